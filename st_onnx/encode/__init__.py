@@ -1,0 +1,1 @@
+"""numpy + tokenizers only: encode options, input checks, length-sorted batching, output formatting."""

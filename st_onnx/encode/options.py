@@ -1,0 +1,112 @@
+"""EncodeOptions: the validated arguments of ``encode``, checked once at the public boundary."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from ..errors import InvalidInputError
+
+OUTPUT_VALUES = ("sentence_embedding", "token_embeddings", None)
+
+
+@dataclass(frozen=True)
+class EncodeOptions:
+    batch_size: int = 32
+    show_progress_bar: bool = False
+    output_value: str | None = "sentence_embedding"
+    convert_to_numpy: bool = True
+    convert_to_tensor: bool = False
+    device: str | None = None
+    normalize_embeddings: bool = False
+
+    @classmethod
+    def from_args(
+        cls,
+        batch_size: Any = 32,
+        show_progress_bar: Any = None,
+        output_value: Any = "sentence_embedding",
+        convert_to_numpy: Any = True,
+        convert_to_tensor: Any = False,
+        device: Any = None,
+        normalize_embeddings: Any = False,
+    ) -> "EncodeOptions":
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+            raise InvalidInputError(f"batch_size must be a positive int; got {batch_size!r}")
+        if output_value not in OUTPUT_VALUES:
+            raise InvalidInputError(
+                f"output_value {output_value!r} is not supported; allowed: 'sentence_embedding', 'token_embeddings', None"
+            )
+        if show_progress_bar is None:
+            import logging
+
+            show_progress_bar = logging.getLogger("st_onnx").getEffectiveLevel() <= logging.INFO
+        if convert_to_tensor:
+            convert_to_numpy = False
+        return cls(
+            batch_size=batch_size,
+            show_progress_bar=bool(show_progress_bar),
+            output_value=output_value,
+            convert_to_numpy=bool(convert_to_numpy),
+            convert_to_tensor=bool(convert_to_tensor),
+            device=None if device is None else str(device),
+            normalize_embeddings=bool(normalize_embeddings),
+        )
+
+
+def as_input_list(sentences: Any) -> tuple[list, bool]:
+    """Return (list of inputs, was_single) after checking every item is a string, a pair or a one-text dict."""
+    if sentences is None:
+        raise InvalidInputError("sentences must be a string or a list of strings; got None")
+    if isinstance(sentences, str) or (isinstance(sentences, tuple) and len(sentences) == 2 and all(isinstance(s, str) for s in sentences)):
+        return [sentences], True
+    if isinstance(sentences, dict):
+        return [sentences], True
+    if hasattr(sentences, "tolist") and not isinstance(sentences, list):
+        sentences = sentences.tolist()
+    try:
+        items = list(sentences)
+    except TypeError as e:
+        raise InvalidInputError(
+            f"sentences must be a string or a list of strings; got {type(sentences).__name__}"
+        ) from e
+    for i, item in enumerate(items):
+        check_item(item, i)
+    return items, False
+
+
+def check_item(item: Any, index: int) -> None:
+    if isinstance(item, str):
+        return
+    if isinstance(item, (tuple, list)) and len(item) == 2 and all(isinstance(s, str) for s in item):
+        return
+    if isinstance(item, dict) and len(item) == 1 and isinstance(next(iter(item.values())), str):
+        return
+    raise InvalidInputError(
+        f"sentences[{index}] is {item!r} ({type(item).__name__}); allowed: a str, a (str, str) pair, "
+        "or a dict with one str value"
+    )
+
+
+def text_length(item: Any) -> int:
+    """Character length used to sort inputs (sentence-transformers sorts by it, longest first)."""
+    if isinstance(item, str):
+        return len(item)
+    if isinstance(item, dict):
+        return sum(len(v) for v in item.values())
+    return sum(len(s) for s in item)
+
+
+def length_order(lengths: Sequence[int]) -> list[int]:
+    """Indices ordering inputs longest first (stable, as numpy's argsort on negated lengths)."""
+    import numpy as np
+
+    return np.argsort([-n for n in lengths], kind="stable").tolist()
+
+
+def restore_order(items: list, order: Sequence[int]) -> list:
+    """Undo ``length_order``: ``result[order[i]] = items[i]``."""
+    out: list = [None] * len(items)
+    for pos, idx in enumerate(order):
+        out[idx] = items[pos]
+    return out

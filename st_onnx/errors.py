@@ -1,0 +1,68 @@
+"""Every exception st-onnx raises.
+
+Each one subclasses the builtin it means, so code that already catches ``ValueError``,
+``FileNotFoundError``, ``ImportError`` or ``RuntimeError`` keeps working::
+
+    StOnnxError                      (mixin: catch every st-onnx error at once)
+    ├── InvalidInputError            (ValueError)   a bad argument: names the value and what is allowed
+    ├── ModelFolderError             (ValueError)   a model folder that is missing a file or holds a broken one
+    │   └── ModelNotFoundError       (FileNotFoundError too) no such folder, or a hub id that cannot be fetched
+    ├── StaleGraphError              (RuntimeError) the fused graph was exported from other weights
+    ├── GraphFileError               (ValueError)   a graph file that is truncated, corrupted or not the expected graph
+    ├── ParityError                  (RuntimeError) an exported graph does not compute what PyTorch computes
+    ├── BackendError                 (RuntimeError) the operation needs the other backend (e.g. ``fit`` on ONNX)
+    ├── ProviderFallbackWarning      (RuntimeWarning) CUDA was asked for, ONNX Runtime bound the CPU
+    ├── PoolError                    (RuntimeError) the session pool is stopped or a worker died
+    └── HubError                     (RuntimeError) a hub call failed: names the repo and the fix
+"""
+
+from __future__ import annotations
+
+
+class StOnnxError(Exception):
+    """Base of every st-onnx exception (used as a mixin beside the builtin it means)."""
+
+
+class InvalidInputError(StOnnxError, ValueError):
+    """An argument has a value that is not allowed."""
+
+
+class ModelFolderError(StOnnxError, ValueError):
+    """A model folder is incomplete or holds a file that cannot be read."""
+
+
+class ModelNotFoundError(ModelFolderError, FileNotFoundError):
+    """No model exists at the given path or id."""
+
+
+class StaleGraphError(StOnnxError, RuntimeError):
+    """The fused ONNX graph was exported from weights other than the current ones."""
+
+
+class GraphFileError(StOnnxError, ValueError):
+    """A graph file is truncated, corrupted, or lacks the inputs/outputs st-onnx needs."""
+
+
+class ParityError(StOnnxError, RuntimeError):
+    """An exported graph's outputs differ from PyTorch's beyond the precision's threshold."""
+
+
+class BackendError(StOnnxError, RuntimeError):
+    """The operation is not available on this backend."""
+
+
+class PoolError(StOnnxError, RuntimeError):
+    """The session pool cannot take work: it is stopped, or a worker failed."""
+
+
+class HubError(StOnnxError, RuntimeError):
+    """A call to the Hugging Face Hub failed."""
+
+
+class ProviderFallbackWarning(RuntimeWarning):
+    """ONNX Runtime bound another execution provider than the one asked for."""
+
+
+def allowed(value: object, choices) -> str:
+    """Format 'got X; allowed: a, b, c' for error messages."""
+    return f"got {value!r}; allowed: {', '.join(repr(c) for c in choices)}"

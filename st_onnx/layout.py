@@ -1,0 +1,151 @@
+"""The on-disk format of a model folder: file names, and reading/writing its JSON configs.
+
+Plain json and pathlib only: the ONNX-only path reads model folders without torch.
+
+A model folder in the sentence-transformers format::
+
+    modules.json                      the module list: idx, name, path, type
+    config_sentence_transformers.json versions, prompts, similarity_fn_name
+    sentence_bert_config.json         the Transformer module's options (max_seq_length, do_lower_case)
+    config.json, model.safetensors, tokenizer.json, ...   the transformer (transformers' format)
+    1_Pooling/config.json             the Pooling module
+    2_Dense/config.json + model.safetensors
+    3_Normalize/
+    onnx/model.onnx                   sentence-transformers' transformer-only graph (never written here)
+    onnx/st_onnx/<precision>.onnx     st-onnx's fused graph: token ids -> finished embedding
+    onnx/st_onnx/<precision>.json     its manifest: weights fingerprint, precision, versions, parity report
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import InvalidInputError, ModelFolderError
+
+MODULES_JSON = "modules.json"
+ST_CONFIG_JSON = "config_sentence_transformers.json"
+SBERT_CONFIG_JSON = "sentence_bert_config.json"
+TOKENIZER_JSON = "tokenizer.json"
+TOKENIZER_CONFIG_JSON = "tokenizer_config.json"
+HF_CONFIG_JSON = "config.json"
+FUSED_DIR = "onnx/st_onnx"
+PRECISIONS = ("fp32", "fp16", "int8")
+
+# modules.json "type" strings, written in the classic spelling every sentence-transformers release loads.
+MODULE_TYPES = {
+    "Transformer": "sentence_transformers.models.Transformer",
+    "Pooling": "sentence_transformers.models.Pooling",
+    "Dense": "sentence_transformers.models.Dense",
+    "Normalize": "sentence_transformers.models.Normalize",
+}
+
+
+def module_kind(type_name: str) -> str:
+    """Map a modules.json type (any sentence-transformers spelling, or st-onnx's own) to a kind name."""
+    last = type_name.rsplit(".", 1)[-1]
+    if last not in MODULE_TYPES:
+        raise ModelFolderError(
+            f"modules.json names a module type st-onnx does not know: {type_name!r}; "
+            f"known: {', '.join(MODULE_TYPES)} (in any sentence-transformers spelling)"
+        )
+    return last
+
+
+def fused_graph_path(folder: str | os.PathLike, precision: str) -> Path:
+    """Where the fused graph for ``precision`` lives inside a model folder."""
+    if precision not in PRECISIONS:
+        raise InvalidInputError(f"precision {precision!r} is not supported; allowed: {', '.join(PRECISIONS)}")
+    return Path(folder) / FUSED_DIR / f"{precision}.onnx"
+
+
+def manifest_path(graph_path: str | os.PathLike) -> Path:
+    return Path(graph_path).with_suffix(".json")
+
+
+def read_json(path: str | os.PathLike, what: str | None = None) -> Any:
+    """Read a JSON file, raising ModelFolderError that names the file when it is missing or broken."""
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError as e:
+        raise ModelFolderError(f"{what or path.name} is missing: {path}") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelFolderError(f"{path} is not valid JSON ({e}); restore the file or re-save the model") from e
+
+
+def read_json_if_exists(path: str | os.PathLike, default: Any = None) -> Any:
+    return read_json(path) if Path(path).is_file() else default
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, sort_keys=False)
+        f.write("\n")
+
+
+def read_modules_json(folder: str | os.PathLike) -> list[dict]:
+    """The validated module list of a sentence-transformers folder."""
+    path = Path(folder) / MODULES_JSON
+    entries = read_json(path)
+    if not isinstance(entries, list) or not entries:
+        raise ModelFolderError(f"{path} must hold a non-empty JSON list of modules; got {type(entries).__name__}")
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or "type" not in entry or "path" not in entry:
+            raise ModelFolderError(
+                f"{path}: entry {i} must be an object with 'type' and 'path' keys; got {entry!r}"
+            )
+        module_kind(entry["type"])
+    return sorted(entries, key=lambda e: e.get("idx", 0))
+
+
+def is_st_folder(folder: str | os.PathLike) -> bool:
+    return (Path(folder) / MODULES_JSON).is_file()
+
+
+@contextmanager
+def atomic_folder(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder beside ``target``; on success it replaces ``target`` in one rename.
+
+    On an exception the temporary folder is removed and ``target`` is left exactly as it was, so a
+    crash never leaves a half-written model folder.
+    """
+    target = Path(target).absolute()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+    os.replace(tmp, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def atomic_file(target: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
+    """Open a temporary file beside ``target`` and rename it over ``target`` once written."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,257 @@
+"""SentenceTransformer: sentence-transformers' class of the same name, as a thin facade over a backend.
+
+The facade validates arguments, picks the backend and formats results; the work lives elsewhere:
+``backends.torch_backend`` (torch modules), ``backends.onnx_backend`` (fused graph on ONNX Runtime),
+``saving`` (model folders), ``fit`` (training), ``pool`` (multi-device encode), ``hub`` (the Hub).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+from . import layout
+from .devices import check_device
+from .encode.options import EncodeOptions, as_input_list
+from .encode.output import format_per_text, format_sentence_embeddings
+from .errors import BackendError, InvalidInputError, ModelNotFoundError, allowed
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("torch", "onnx")
+
+
+class SentenceTransformer:
+    """Load or build a sentence embedding model and ``encode`` texts with it.
+
+    Args:
+        model_name_or_path: a local sentence-transformers folder, a plain transformers folder (Transformer +
+            mean pooling), or a Hugging Face Hub id (downloaded into ``cache_folder``).
+        modules: torch modules to build the model from, instead of a path.
+        device: 'cpu', 'cuda', 'cuda:N'; None picks CUDA when available.
+        cache_folder: where Hub downloads (and exported graphs of hub models) are kept.
+        use_auth_token: a Hugging Face token for private models (``token`` is accepted too).
+        backend: 'torch' (default, the modules) or 'onnx' (the fused graph on ONNX Runtime).
+        onnx_options: for backend='onnx': ``precision`` ('fp32' | 'fp16' | 'int8'), ``file_name``,
+            ``providers``, ``provider_options``, ``session_options``, ``intra_op_num_threads``, ``token_budget``.
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str | os.PathLike | None = None,
+        modules: Iterable[Any] | None = None,
+        device: str | None = None,
+        cache_folder: str | os.PathLike | None = None,
+        use_auth_token: bool | str | None = None,
+        *,
+        backend: str = "torch",
+        onnx_options: dict[str, Any] | None = None,
+        token: bool | str | None = None,
+    ) -> None:
+        if backend not in BACKENDS:
+            raise InvalidInputError(f"backend {allowed(backend, BACKENDS)}")
+        if model_name_or_path is None and modules is None:
+            raise InvalidInputError("give model_name_or_path (a folder or a Hub id) or modules=[...]")
+        if device is not None:
+            device = check_device(device)
+        self.backend = backend
+        self.cache_folder = None if cache_folder is None else str(cache_folder)
+        self._token = token if token is not None else use_auth_token
+        self.model_path: Path | None = None
+        if model_name_or_path is not None:
+            self.model_path = self._resolve_path(str(model_name_or_path))
+        self._stack = None
+        if backend == "torch":
+            from .backends.torch_backend import TorchBackend
+            from .devices import default_torch_device
+
+            device = device or default_torch_device()
+            self._backend = TorchBackend(self._load_stack(modules), device)
+        else:
+            from .backends.onnx_backend import OnnxBackend
+
+            self._backend = OnnxBackend.load(self, modules=modules, device=device, options=dict(onnx_options or {}))
+
+    # -- construction helpers ---------------------------------------------------------------------------
+    def _resolve_path(self, name: str) -> Path:
+        path = Path(name).expanduser()
+        if path.is_dir():
+            return path
+        if path.exists() or name.startswith((".", "/", "~")) or os.sep in name.strip("/").replace("/", "", 1):
+            raise ModelNotFoundError(f"model folder {name!r} does not exist")
+        from .hub import resolve_model_path
+
+        return Path(resolve_model_path(name, cache_folder=self.cache_folder, token=self._token))
+
+    def _load_stack(self, modules: Iterable[Any] | None = None):
+        """The torch modules: given, already loaded, or read from the model folder."""
+        from .modules import ModuleStack, load_stack
+
+        if self._stack is None:
+            if modules is not None:
+                self._stack = ModuleStack(modules)
+            elif self.model_path is not None:
+                self._stack = load_stack(self.model_path)
+            else:
+                raise BackendError("this model has no torch modules")
+        return self._stack
+
+    @property
+    def torch_modules(self):
+        """The authoritative torch modules (loaded on first use for the onnx backend)."""
+        if self.backend == "torch":
+            return self._backend.stack
+        return self._load_stack()
+
+    # -- sentence-transformers API --------------------------------------------------------------------
+    @property
+    def device(self):
+        return self._backend.device
+
+    def to(self, device: str) -> "SentenceTransformer":
+        self._backend.to(check_device(device))
+        return self
+
+    def encode(
+        self,
+        sentences: str | list[str],
+        batch_size: int = 32,
+        show_progress_bar: bool | None = None,
+        output_value: str | None = "sentence_embedding",
+        convert_to_numpy: bool = True,
+        convert_to_tensor: bool = False,
+        device: str | None = None,
+        normalize_embeddings: bool = False,
+    ) -> Any:
+        """Embed one text or a list of texts; see the sentence-transformers documentation for the arguments."""
+        opts = EncodeOptions.from_args(
+            batch_size, show_progress_bar, output_value, convert_to_numpy, convert_to_tensor,
+            None if device is None else check_device(device), normalize_embeddings,
+        )
+        inputs, single = as_input_list(sentences)
+        raw = self._backend.encode(inputs, opts)
+        if opts.output_value == "sentence_embedding":
+            return format_sentence_embeddings(raw, opts, single)
+        return format_per_text(raw, opts, single)
+
+    def tokenize(self, texts: list) -> dict[str, Any]:
+        return self._backend.tokenize(list(texts))
+
+    @property
+    def tokenizer(self):
+        return self._backend.tokenizer
+
+    @tokenizer.setter
+    def tokenizer(self, value) -> None:
+        self._backend.tokenizer = value
+
+    @property
+    def max_seq_length(self) -> int:
+        return self._backend.max_seq_length
+
+    @max_seq_length.setter
+    def max_seq_length(self, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise InvalidInputError(f"max_seq_length must be a positive int; got {value!r}")
+        self._backend.max_seq_length = value
+
+    def get_max_seq_length(self) -> int | None:
+        return self.max_seq_length
+
+    def get_sentence_embedding_dimension(self) -> int | None:
+        return self._backend.sentence_embedding_dimension()
+
+    def __call__(self, features: dict[str, Any]) -> dict[str, Any]:
+        """Run the torch modules over a features dict (what losses call during training)."""
+        return self.torch_modules(features)
+
+    def __getitem__(self, idx: int):
+        return self.torch_modules[idx]
+
+    def __len__(self) -> int:
+        return len(self.torch_modules)
+
+    def __repr__(self) -> str:
+        if self.backend == "torch" or self._stack is not None:
+            inner = "\n".join(f"  ({i}): {m!r}" for i, m in enumerate(self.torch_modules))
+            return f"SentenceTransformer(backend={self.backend!r}\n{inner}\n)"
+        return f"SentenceTransformer(backend='onnx', graph={self._backend!r})"
+
+    def smart_batching_collate(self, batch: list) -> tuple[list[dict[str, Any]], Any]:
+        from .fit import smart_batching_collate
+
+        return smart_batching_collate(self, batch)
+
+    def fit(self, train_objectives, evaluator=None, epochs: int = 1, **kwargs) -> None:
+        """Train the torch modules (sentence-transformers' ``fit``; see ``st_onnx.fit.fit`` for every argument)."""
+        if self.backend != "torch":
+            raise BackendError(
+                "fit needs the torch modules; load the model with SentenceTransformer(path, backend='torch'), "
+                "train it, then save it: the fused ONNX graph is re-exported from the new weights"
+            )
+        from .fit import fit
+
+        fit(self, train_objectives, evaluator=evaluator, epochs=epochs, **kwargs)
+
+    def evaluate(self, evaluator, output_path: str | None = None):
+        if output_path is not None:
+            os.makedirs(output_path, exist_ok=True)
+        return evaluator(self, output_path)
+
+    def save(
+        self,
+        path: str | os.PathLike,
+        model_name: str | None = None,
+        create_model_card: bool = True,
+        train_datasets: list[str] | None = None,
+    ) -> None:
+        """Write the model folder (sentence-transformers format) atomically: a temporary folder, then a rename."""
+        from .saving import save_model
+
+        save_model(self, path, model_name=model_name, create_model_card=create_model_card,
+                   train_datasets=train_datasets)
+
+    def save_to_hub(
+        self,
+        repo_name: str,
+        organization: str | None = None,
+        private: bool | None = None,
+        commit_message: str = "Add new SentenceTransformer model.",
+        local_model_path: str | None = None,
+        exist_ok: bool = False,
+        replace_model_card: bool = False,
+        train_datasets: list[str] | None = None,
+    ) -> str:
+        from .hub import save_to_hub
+
+        return save_to_hub(
+            self, repo_name, organization=organization, private=private, commit_message=commit_message,
+            local_model_path=local_model_path, exist_ok=exist_ok, replace_model_card=replace_model_card,
+            train_datasets=train_datasets, token=self._token,
+        )
+
+    def start_multi_process_pool(self, target_devices: list[str] | None = None):
+        from .pool import start_pool
+
+        return start_pool(self, target_devices)
+
+    @staticmethod
+    def stop_multi_process_pool(pool) -> None:
+        from .pool import stop_pool
+
+        stop_pool(pool)
+
+    def encode_multi_process(
+        self,
+        sentences: list[str],
+        pool,
+        batch_size: int = 32,
+        chunk_size: int | None = None,
+        normalize_embeddings: bool = False,
+    ):
+        from .pool import encode_with_pool
+
+        return encode_with_pool(self, sentences, pool, batch_size=batch_size, chunk_size=chunk_size,
+                                normalize_embeddings=normalize_embeddings)

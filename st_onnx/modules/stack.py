@@ -1,0 +1,106 @@
+"""ModuleStack: the ordered torch modules of a model, loaded from and saved to a sentence-transformers folder."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from .. import layout
+from ..errors import ModelFolderError
+from .dense import Dense
+from .normalize import Normalize
+from .pooling import Pooling
+from .transformer import Transformer
+
+logger = logging.getLogger(__name__)
+
+_KINDS: dict[str, type[nn.Module]] = {
+    "Transformer": Transformer,
+    "Pooling": Pooling,
+    "Dense": Dense,
+    "Normalize": Normalize,
+}
+
+
+class ModuleStack(nn.Sequential):
+    """Runs its modules in order over one features dict (``forward(features) -> features``)."""
+
+    def __init__(self, modules: Iterable[nn.Module]) -> None:
+        modules = list(modules)
+        if not modules:
+            raise ModelFolderError("a model needs at least one module")
+        for m in modules:
+            if not isinstance(m, nn.Module):
+                raise ModelFolderError(f"modules must be torch.nn.Module instances; got {type(m).__name__}")
+        super().__init__(*modules)
+
+    def forward(self, features: dict[str, Any]) -> dict[str, Any]:  # type: ignore[override]
+        for module in self:
+            features = module(features)
+        return features
+
+    @property
+    def transformer(self) -> Transformer:
+        first = self[0]
+        if not isinstance(first, Transformer):
+            raise ModelFolderError(f"the first module must be a Transformer; got {type(first).__name__}")
+        return first
+
+    def sentence_embedding_dimension(self) -> int | None:
+        for module in reversed(list(self)):
+            for attr in ("get_sentence_embedding_dimension",):
+                if hasattr(module, attr):
+                    return int(getattr(module, attr)())
+        return None
+
+    def save(self, folder: str | os.PathLike) -> list[dict]:
+        """Write every module into ``folder`` and return the modules.json entries."""
+        folder = Path(folder)
+        entries = []
+        for idx, module in enumerate(self):
+            kind = type(module).__name__
+            if kind not in _KINDS:
+                kind = next((k for k, c in _KINDS.items() if isinstance(module, c)), None)
+                if kind is None:
+                    raise ModelFolderError(
+                        f"cannot save module {idx} of type {type(module).__name__}; st-onnx saves "
+                        f"{', '.join(_KINDS)}"
+                    )
+            path = "" if idx == 0 and kind == "Transformer" else f"{idx}_{kind}"
+            (folder / path).mkdir(parents=True, exist_ok=True)
+            module.save(folder / path)
+            entries.append({"idx": idx, "name": str(idx), "path": path, "type": layout.MODULE_TYPES[kind]})
+        layout.write_json(folder / layout.MODULES_JSON, entries)
+        return entries
+
+
+def load_stack(folder: str | os.PathLike, device: str | torch.device = "cpu") -> ModuleStack:
+    """Load a sentence-transformers folder's modules, or a plain transformers folder as Transformer + mean pooling."""
+    folder = Path(folder)
+    if layout.is_st_folder(folder):
+        modules = []
+        for entry in layout.read_modules_json(folder):
+            kind = layout.module_kind(entry["type"])
+            module_path = folder / entry["path"]
+            if not module_path.is_dir() and kind != "Normalize":  # Normalize has no files; git drops its folder
+                raise ModelFolderError(f"modules.json names {entry['path']!r}, which is not a folder in {folder}")
+            modules.append(_KINDS[kind].load(module_path))
+    elif (folder / layout.HF_CONFIG_JSON).is_file():
+        logger.warning(
+            "%s is a plain transformers folder (no modules.json): creating Transformer + mean pooling", folder
+        )
+        transformer = Transformer(str(folder))
+        modules = [transformer, Pooling(transformer.get_word_embedding_dimension(), "mean")]
+    else:
+        raise ModelFolderError(
+            f"{folder} is neither a sentence-transformers folder (modules.json) nor a transformers folder (config.json)"
+        )
+    stack = ModuleStack(modules)
+    stack.to(device)
+    stack.eval()
+    return stack

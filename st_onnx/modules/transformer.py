@@ -1,0 +1,148 @@
+"""Transformer: a Hugging Face AutoModel and its fast tokenizer, producing token embeddings."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import layout
+from ..errors import InvalidInputError, ModelFolderError
+
+logger = logging.getLogger(__name__)
+
+
+class Transformer(nn.Module):
+    """Token embeddings from a Hugging Face encoder, with sentence-transformers' arguments.
+
+    ``forward`` reads ``input_ids``/``attention_mask``/``token_type_ids`` from the features dict and adds
+    ``token_embeddings`` (the last hidden state); ``tokenize`` turns texts into those features.
+    """
+
+    config_keys = ["max_seq_length", "do_lower_case"]
+
+    def __init__(
+        self,
+        model_name_or_path: str,
+        max_seq_length: int | None = None,
+        model_args: dict[str, Any] | None = None,
+        tokenizer_args: dict[str, Any] | None = None,
+        config_args: dict[str, Any] | None = None,
+        cache_dir: str | None = None,
+        do_lower_case: bool = False,
+        tokenizer_name_or_path: str | None = None,
+    ) -> None:
+        super().__init__()
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+        self.do_lower_case = do_lower_case
+        local = os.path.isdir(model_name_or_path)
+        if not local:
+            from ..hub import resolve_model_path
+
+            model_name_or_path = str(resolve_model_path(model_name_or_path, cache_folder=cache_dir))
+        hf_kwargs: dict[str, Any] = {"cache_dir": cache_dir, "local_files_only": True}
+        config = AutoConfig.from_pretrained(model_name_or_path, **hf_kwargs, **(config_args or {}))
+        self.auto_model = AutoModel.from_pretrained(
+            model_name_or_path, config=config, **hf_kwargs, **(model_args or {})
+        )
+        self.tokenizer = AutoTokenizer.from_pretrained(
+            tokenizer_name_or_path or model_name_or_path, **hf_kwargs, **(tokenizer_args or {})
+        )
+        if not getattr(self.tokenizer, "is_fast", False):
+            raise ModelFolderError(
+                f"{model_name_or_path} has no fast tokenizer (tokenizer.json); st-onnx needs one to run without "
+                "transformers. Convert it with transformers' AutoTokenizer(..., use_fast=True).save_pretrained()."
+            )
+        if max_seq_length is None:
+            limits = [getattr(config, "max_position_embeddings", None), self.tokenizer.model_max_length]
+            limits = [x for x in limits if isinstance(x, int) and 0 < x < 100_000]
+            max_seq_length = min(limits) if limits else 512
+        self.max_seq_length = int(max_seq_length)
+
+    def __repr__(self) -> str:
+        return (
+            f"Transformer({{'max_seq_length': {self.max_seq_length}, 'do_lower_case': {self.do_lower_case}, "
+            f"'architecture': {type(self.auto_model).__name__!r}}})"
+        )
+
+    @property
+    def uses_token_type_ids(self) -> bool:
+        return "token_type_ids" in self.tokenizer.model_input_names
+
+    def forward(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        inputs = {k: features[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in features}
+        output = self.auto_model(**inputs, return_dict=True)
+        features["token_embeddings"] = output.last_hidden_state
+        if output.hidden_states is not None:
+            features["all_layer_embeddings"] = output.hidden_states
+        return features
+
+    def get_word_embedding_dimension(self) -> int:
+        return int(self.auto_model.config.hidden_size)
+
+    def tokenize(self, texts: list, padding: str | bool = True) -> dict[str, torch.Tensor]:
+        """Tokenize strings, (text, text) pairs, or dicts of one text each, as sentence-transformers does."""
+        columns: list[list[str]]
+        if texts and isinstance(texts[0], dict):
+            columns = [[str(next(iter(t.values()))) for t in texts]]
+        elif texts and isinstance(texts[0], (tuple, list)):
+            columns = [[str(t[0]) for t in texts], [str(t[1]) for t in texts]]
+        else:
+            columns = [list(texts)]
+        columns = [[s.strip() for s in col] for col in columns]
+        if self.do_lower_case:
+            columns = [[s.lower() for s in col] for col in columns]
+        return self.tokenizer(
+            *columns,
+            padding=padding,
+            truncation="longest_first",
+            return_tensors="pt",
+            max_length=self.max_seq_length,
+        )
+
+    def get_config_dict(self) -> dict[str, Any]:
+        return {key: getattr(self, key) for key in self.config_keys}
+
+    def save(self, output_path: str | os.PathLike, safe_serialization: bool = True) -> None:
+        self.auto_model.save_pretrained(output_path, safe_serialization=safe_serialization)
+        self.tokenizer.save_pretrained(output_path)
+        layout.write_json(Path(output_path) / layout.SBERT_CONFIG_JSON, self.get_config_dict())
+
+    @classmethod
+    def load(cls, input_path: str | os.PathLike) -> "Transformer":
+        config = read_transformer_config(input_path)
+        return cls(model_name_or_path=str(input_path), **config)
+
+
+def read_transformer_config(folder: str | os.PathLike) -> dict[str, Any]:
+    """The Transformer options stored in a folder, in the classic or the sentence-transformers 6 spelling."""
+    folder = Path(folder)
+    raw = layout.read_json_if_exists(folder / layout.SBERT_CONFIG_JSON, {}) or {}
+    config: dict[str, Any] = {}
+    if "max_seq_length" in raw and raw["max_seq_length"] is not None:
+        config["max_seq_length"] = int(raw["max_seq_length"])
+    else:
+        tok = layout.read_json_if_exists(folder / layout.TOKENIZER_CONFIG_JSON, {}) or {}
+        limit = tok.get("model_max_length")
+        if isinstance(limit, int) and 0 < limit < 100_000:
+            config["max_seq_length"] = limit
+    config["do_lower_case"] = bool(raw.get("do_lower_case", False))
+    for key in ("model_args", "tokenizer_args", "config_args"):
+        if isinstance(raw.get(key), dict) and raw[key]:
+            config[key] = raw[key]
+    return config
+
+
+def validate_max_seq_length(value: Any, limit: int | None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise InvalidInputError(f"max_seq_length must be a positive int; got {value!r}")
+    if limit is not None and value > limit:
+        raise InvalidInputError(
+            f"max_seq_length {value} exceeds the model's position embeddings ({limit}); allowed: 1..{limit}"
+        )
+    return value

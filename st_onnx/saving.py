@@ -1,0 +1,95 @@
+"""Write a model folder in the sentence-transformers format, atomically, with a model card."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from . import layout
+
+logger = logging.getLogger(__name__)
+
+
+def versions() -> dict[str, str]:
+    out = {}
+    for dist, key in (("transformers", "transformers"), ("torch", "pytorch"), ("st-onnx", "st_onnx")):
+        try:
+            out[key] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    # sentence-transformers compares this key with its own version; the folder is in the classic (2.x) format.
+    out["sentence_transformers"] = "2.2.2"
+    return out
+
+
+def save_model(model, path: str | os.PathLike, model_name: str | None = None, create_model_card: bool = True,
+               train_datasets: list[str] | None = None) -> None:
+    """Save ``model``'s torch modules (and its still-valid fused graphs) to ``path`` in one atomic rename."""
+    path = Path(path)
+    stack = model.torch_modules
+    source = model.model_path
+    with layout.atomic_folder(path) as tmp:
+        stack.save(tmp)
+        layout.write_json(tmp / layout.ST_CONFIG_JSON, {"__version__": versions(), "prompts": {},
+                                                          "default_prompt_name": None,
+                                                          "similarity_fn_name": "cosine"})
+        if create_model_card:
+            (tmp / "README.md").write_text(model_card(model, model_name or path.name, train_datasets),
+                                           encoding="utf-8")
+        if source is not None and (Path(source) / layout.FUSED_DIR).is_dir():
+            _carry_fused_graphs(Path(source), tmp)
+    logger.info("saved model to %s", path)
+
+
+def _carry_fused_graphs(source: Path, target: Path) -> None:
+    """Copy fused graphs whose fingerprint matches the weights just written; drop stale ones (logged)."""
+    from .fingerprint import folder_fingerprint
+
+    current = folder_fingerprint(target)
+    for graph in sorted((source / layout.FUSED_DIR).glob("*.onnx")):
+        manifest = layout.read_json_if_exists(layout.manifest_path(graph), {}) or {}
+        if manifest.get("fingerprint") != current:
+            logger.info("not carrying %s: it was exported from other weights", graph.name)
+            continue
+        dest = target / layout.FUSED_DIR
+        dest.mkdir(parents=True, exist_ok=True)
+        for f in graph.parent.glob(graph.stem + ".*"):
+            shutil.copy2(f, dest / f.name)
+
+
+def model_card(model, model_name: str, train_datasets: list[str] | None) -> str:
+    stack = model.torch_modules
+    dim = stack.sentence_embedding_dimension()
+    datasets = "".join(f"- {d}\n" for d in (train_datasets or []))
+    front = "---\nlibrary_name: sentence-transformers\npipeline_tag: sentence-similarity\ntags:\n" \
+            "- sentence-transformers\n- feature-extraction\n- sentence-similarity\n- st-onnx\n"
+    if datasets:
+        front += "datasets:\n" + datasets
+    front += "---\n\n"
+    modules = "\n".join(f"  ({i}): {m!r}" for i, m in enumerate(stack))
+    return front + f"""# {model_name}
+
+A [sentence-transformers](https://www.SBERT.net) model saved by st-onnx: it maps text to a {dim}-dimensional
+dense vector space.
+
+## Usage
+
+```python
+from st_onnx import SentenceTransformer          # or: from sentence_transformers import SentenceTransformer
+model = SentenceTransformer("{model_name}")                  # torch modules
+fast = SentenceTransformer("{model_name}", backend="onnx")   # one fused ONNX graph on ONNX Runtime
+embeddings = fast.encode(["This is an example sentence", "Each sentence is converted"])
+```
+
+## Architecture
+
+```
+SentenceTransformer(
+{modules}
+)
+```
+"""

