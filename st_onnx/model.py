@@ -184,8 +184,33 @@ class SentenceTransformer:
 
         return smart_batching_collate(self, batch)
 
-    def fit(self, train_objectives, evaluator=None, epochs: int = 1, **kwargs) -> None:
-        """Train the torch modules (sentence-transformers' ``fit``; see ``st_onnx.fit.fit`` for every argument)."""
+    def fit(
+        self,
+        train_objectives,
+        evaluator=None,
+        epochs: int = 1,
+        steps_per_epoch: int | None = None,
+        scheduler: str = "WarmupLinear",
+        warmup_steps: int = 10000,
+        optimizer_class=None,
+        optimizer_params: dict[str, Any] | None = None,
+        weight_decay: float = 0.01,
+        evaluation_steps: int = 0,
+        output_path: str | None = None,
+        save_best_model: bool = True,
+        max_grad_norm: float = 1,
+        use_amp: bool = False,
+        callback=None,
+        show_progress_bar: bool = True,
+        checkpoint_path: str | None = None,
+        checkpoint_save_steps: int = 500,
+        checkpoint_save_total_limit: int = 0,
+        resume_from_checkpoint: bool = False,
+    ) -> None:
+        """Train the torch modules with sentence-transformers' ``fit`` arguments (see ``st_onnx.fit.fit``).
+
+        ``optimizer_class`` defaults to ``torch.optim.AdamW`` and ``optimizer_params`` to ``{"lr": 2e-5}``.
+        """
         if self.backend != "torch":
             raise BackendError(
                 "fit needs the torch modules; load the model with SentenceTransformer(path, backend='torch'), "
@@ -193,7 +218,14 @@ class SentenceTransformer:
             )
         from .fit import fit
 
-        fit(self, train_objectives, evaluator=evaluator, epochs=epochs, **kwargs)
+        fit(self, train_objectives, evaluator=evaluator, epochs=epochs, steps_per_epoch=steps_per_epoch,
+            scheduler=scheduler, warmup_steps=warmup_steps, optimizer_class=optimizer_class,
+            optimizer_params=optimizer_params, weight_decay=weight_decay, evaluation_steps=evaluation_steps,
+            output_path=output_path, save_best_model=save_best_model, max_grad_norm=max_grad_norm,
+            use_amp=use_amp, callback=callback, show_progress_bar=show_progress_bar,
+            checkpoint_path=checkpoint_path, checkpoint_save_steps=checkpoint_save_steps,
+            checkpoint_save_total_limit=checkpoint_save_total_limit,
+            resume_from_checkpoint=resume_from_checkpoint)
 
     def evaluate(self, evaluator, output_path: str | None = None):
         if output_path is not None:
