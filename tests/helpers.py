@@ -45,6 +45,7 @@ def make_tiny_transformer(folder: Path, seed: int = 0, max_position_embeddings: 
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
         mask_token="[MASK]", model_max_length=max_position_embeddings,
+        model_input_names=["input_ids", "token_type_ids", "attention_mask"],  # as BERT's tokenizer
     )
     fast.save_pretrained(folder)
     torch.manual_seed(seed)

@@ -98,10 +98,11 @@ def text_length(item: Any) -> int:
 
 
 def length_order(lengths: Sequence[int]) -> list[int]:
-    """Indices ordering inputs longest first (stable, as numpy's argsort on negated lengths)."""
+    """Indices ordering inputs longest first: numpy's default argsort of negated lengths, as sentence-transformers
+    sorts, so the torch backend forms the very batches sentence-transformers forms (same padding per text)."""
     import numpy as np
 
-    return np.argsort([-n for n in lengths], kind="stable").tolist()
+    return np.argsort([-n for n in lengths]).tolist()
 
 
 def restore_order(items: list, order: Sequence[int]) -> list:

@@ -1,0 +1,137 @@
+"""sentence-transformers' ``util`` helpers: similarity scores, semantic search, paraphrase mining.
+
+Same names, signatures and results as sentence-transformers' (torch tensors out; lists, numpy arrays or tensors
+in). Loaded lazily: ``import st_onnx`` does not import torch.
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = [
+    "cos_sim", "dot_score", "normalize_embeddings", "pairwise_cos_sim", "pairwise_dot_score",
+    "paraphrase_mining", "paraphrase_mining_embeddings", "pytorch_cos_sim", "semantic_search",
+]
+
+
+def _as_matrix(x) -> Tensor:
+    """A 2-D tensor from a tensor, array or list (a single vector becomes one row)."""
+    if not isinstance(x, Tensor):
+        if isinstance(x, list) and x and isinstance(x[0], Tensor):
+            x = torch.stack(x)
+        else:
+            x = torch.as_tensor(np.asarray(x))
+    return x.unsqueeze(0) if x.dim() == 1 else x
+
+
+def normalize_embeddings(embeddings: Tensor) -> Tensor:
+    """Scale every row to unit L2 length."""
+    return torch.nn.functional.normalize(embeddings, p=2, dim=1)
+
+
+def cos_sim(a, b) -> Tensor:
+    """Cosine similarity of every row of ``a`` with every row of ``b``: shape (len(a), len(b))."""
+    a, b = _as_matrix(a), _as_matrix(b)
+    return torch.mm(normalize_embeddings(a), normalize_embeddings(b).T)
+
+
+pytorch_cos_sim = cos_sim
+
+
+def dot_score(a, b) -> Tensor:
+    """Dot product of every row of ``a`` with every row of ``b``."""
+    a, b = _as_matrix(a), _as_matrix(b)
+    return torch.mm(a, b.T)
+
+
+def pairwise_dot_score(a, b) -> Tensor:
+    a, b = _as_matrix(a), _as_matrix(b)
+    return (a * b).sum(dim=-1)
+
+
+def pairwise_cos_sim(a, b) -> Tensor:
+    return pairwise_dot_score(normalize_embeddings(_as_matrix(a)), normalize_embeddings(_as_matrix(b)))
+
+
+def semantic_search(
+    query_embeddings,
+    corpus_embeddings,
+    query_chunk_size: int = 100,
+    corpus_chunk_size: int = 500000,
+    top_k: int = 10,
+    score_function: Callable[[Tensor, Tensor], Tensor] = cos_sim,
+) -> list[list[dict[str, int | float]]]:
+    """For each query, the ``top_k`` corpus entries by score: ``[[{'corpus_id': int, 'score': float}, ...], ...]``."""
+    queries, corpus = _as_matrix(query_embeddings), _as_matrix(corpus_embeddings)
+    if corpus.device != queries.device:
+        queries = queries.to(corpus.device)
+    heaps: list[list[tuple[float, int]]] = [[] for _ in range(len(queries))]
+    for c0 in range(0, len(corpus), corpus_chunk_size):
+        chunk = corpus[c0 : c0 + corpus_chunk_size]
+        for q0 in range(0, len(queries), query_chunk_size):
+            scores = score_function(queries[q0 : q0 + query_chunk_size], chunk)
+            values, idx = torch.topk(scores, min(top_k, scores.shape[1]), dim=1, largest=True, sorted=False)
+            for heap, row_scores, row_idx in zip(heaps[q0:], values.cpu().tolist(), (idx + c0).cpu().tolist()):
+                for candidate in zip(row_scores, row_idx):
+                    if len(heap) < top_k:
+                        heapq.heappush(heap, candidate)
+                    else:
+                        heapq.heappushpop(heap, candidate)
+    return [
+        [{"corpus_id": cid, "score": score} for score, cid in sorted(heap, key=lambda t: t[0], reverse=True)]
+        for heap in heaps
+    ]
+
+
+def paraphrase_mining(
+    model,
+    sentences: list[str],
+    show_progress_bar: bool = False,
+    batch_size: int = 32,
+    query_chunk_size: int = 5000,
+    corpus_chunk_size: int = 100000,
+    max_pairs: int = 500000,
+    top_k: int = 100,
+    score_function: Callable[[Tensor, Tensor], Tensor] = cos_sim,
+) -> list[list[float | int]]:
+    """Pairs of sentences with the highest scores: ``[[score, i, j], ...]`` with i < j, best first."""
+    embeddings = model.encode(sentences, show_progress_bar=show_progress_bar, batch_size=batch_size,
+                              convert_to_tensor=True)
+    return paraphrase_mining_embeddings(embeddings, query_chunk_size, corpus_chunk_size, max_pairs, top_k,
+                                        score_function)
+
+
+def paraphrase_mining_embeddings(
+    embeddings,
+    query_chunk_size: int = 5000,
+    corpus_chunk_size: int = 100000,
+    max_pairs: int = 500000,
+    top_k: int = 100,
+    score_function: Callable[[Tensor, Tensor], Tensor] = cos_sim,
+) -> list[list[float | int]]:
+    embeddings = _as_matrix(embeddings)
+    best: dict[tuple[int, int], float] = {}
+    for q0 in range(0, len(embeddings), query_chunk_size):
+        queries = embeddings[q0 : q0 + query_chunk_size]
+        values, idx = None, None
+        for c0 in range(0, len(embeddings), corpus_chunk_size):
+            scores = score_function(queries, embeddings[c0 : c0 + corpus_chunk_size])
+            v, i = torch.topk(scores, min(top_k + 1, scores.shape[1]), dim=1)
+            i = i + c0
+            if values is not None:
+                v, i = torch.cat([values, v], dim=1), torch.cat([idx, i], dim=1)
+                v, pos = torch.topk(v, min(top_k + 1, v.shape[1]), dim=1)
+                i = torch.gather(i, 1, pos)
+            values, idx = v, i
+        for row, (row_v, row_i) in enumerate(zip(values.cpu().tolist(), idx.cpu().tolist())):
+            i = q0 + row
+            kept = [(j, s) for j, s in zip(row_i, row_v) if j != i][:top_k]
+            for j, score in kept:
+                best.setdefault((min(i, j), max(i, j)), score)
+    ranked = heapq.nlargest(max_pairs, ((s, i, j) for (i, j), s in best.items()), key=lambda t: t[0])
+    return [[s, i, j] for s, i, j in ranked]

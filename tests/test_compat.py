@@ -1,0 +1,125 @@
+"""The torch backend against sentence-transformers itself: same embeddings, same return types, same folders."""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import SENTENCES, make_tiny_model, minilm_path, read_stsb, stsb_sentences
+from st_onnx import SentenceTransformer
+
+pytestmark = pytest.mark.compat
+st = pytest.importorskip("sentence_transformers")
+
+
+def _reference(path):
+    return st.SentenceTransformer(str(path), device="cpu")
+
+
+def _assert_same(ours, theirs, atol=1e-5):
+    """Same type, shape and values, recursively."""
+    if isinstance(theirs, np.ndarray):
+        assert isinstance(ours, np.ndarray) and ours.shape == theirs.shape and ours.dtype == theirs.dtype
+        np.testing.assert_allclose(ours, theirs, atol=atol, rtol=0)
+    elif isinstance(theirs, torch.Tensor):
+        assert isinstance(ours, torch.Tensor) and ours.shape == theirs.shape and ours.dtype == theirs.dtype
+        torch.testing.assert_close(ours, theirs, atol=atol, rtol=0)
+    elif isinstance(theirs, list):
+        assert isinstance(ours, list) and len(ours) == len(theirs)
+        for o, t in zip(ours, theirs):
+            _assert_same(o, t, atol)
+    elif isinstance(theirs, dict):
+        assert isinstance(ours, dict)
+        for key in ("sentence_embedding", "token_embeddings", "input_ids", "attention_mask"):
+            _assert_same(ours[key], theirs[key], atol)
+    else:
+        assert ours == theirs
+
+
+@pytest.fixture(scope="module")
+def minilm_pair():
+    return SentenceTransformer(str(minilm_path()), device="cpu"), _reference(minilm_path())
+
+
+def test_minilm_1000_stsb_sentences_match(minilm_pair):
+    ours, theirs = minilm_pair
+    sentences = stsb_sentences(1000)
+    assert len(sentences) == 1000
+    a, b = ours.encode(sentences), theirs.encode(sentences)
+    assert a.shape == (1000, 384)
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "output_value,convert_to_numpy,convert_to_tensor,normalize",
+    list(itertools.product(["sentence_embedding", "token_embeddings", None], [True, False], [False, True],
+                           [False, True])),
+)
+def test_every_encode_combination_matches(minilm_pair, output_value, convert_to_numpy, convert_to_tensor,
+                                          normalize):
+    ours, theirs = minilm_pair
+    sentences = stsb_sentences(40)
+    kwargs = dict(output_value=output_value, convert_to_numpy=convert_to_numpy,
+                  convert_to_tensor=convert_to_tensor, normalize_embeddings=normalize, batch_size=16)
+    _assert_same(ours.encode(sentences, **kwargs), theirs.encode(sentences, **kwargs))
+    _assert_same(ours.encode(sentences[3], **kwargs), theirs.encode(sentences[3], **kwargs))
+
+
+def test_folder_saved_by_st_onnx_loads_in_sentence_transformers(minilm_pair, tmp_path):
+    ours, _ = minilm_pair
+    ours.save(tmp_path / "saved")
+    sentences = stsb_sentences(100)
+    np.testing.assert_allclose(_reference(tmp_path / "saved").encode(sentences), ours.encode(sentences),
+                               atol=1e-6, rtol=0)
+
+
+def test_folder_saved_by_sentence_transformers_loads_in_st_onnx(minilm_pair, tmp_path):
+    _, theirs = minilm_pair
+    theirs.save(str(tmp_path / "st6"))
+    loaded = SentenceTransformer(str(tmp_path / "st6"), device="cpu")
+    assert loaded.max_seq_length == theirs.max_seq_length == 256
+    sentences = stsb_sentences(100)
+    np.testing.assert_allclose(loaded.encode(sentences), theirs.encode(sentences), atol=1e-6, rtol=0)
+
+
+POOLINGS = ["cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken", ("cls", "mean", "max")]
+
+
+@pytest.mark.parametrize("pooling", POOLINGS, ids=str)
+@pytest.mark.parametrize("dense,normalize", [(None, False), (None, True), (24, False), (24, True)])
+def test_every_pooling_dense_normalize_matches_on_tiny_model(tmp_path, pooling, dense, normalize):
+    folder = make_tiny_model(tmp_path / "m", pooling=pooling, dense=dense, normalize=normalize)
+    ours = SentenceTransformer(str(folder), device="cpu")
+    theirs = _reference(folder)
+    _assert_same(ours.encode(SENTENCES, batch_size=3), theirs.encode(SENTENCES, batch_size=3))
+    assert ours.get_sentence_embedding_dimension() == theirs.get_sentence_embedding_dimension()
+
+
+def test_plain_transformers_folder_gets_mean_pooling_like_sentence_transformers(tiny_model_dir, tmp_path, caplog):
+    plain = tmp_path / "plain"
+    shutil.copytree(tiny_model_dir, plain)
+    for name in ("modules.json", "config_sentence_transformers.json", "sentence_bert_config.json"):
+        (plain / name).unlink()
+    shutil.rmtree(plain / "1_Pooling")
+    with caplog.at_level("WARNING"):
+        ours = SentenceTransformer(str(plain), device="cpu")
+    assert "mean pooling" in caplog.text
+    _assert_same(ours.encode(SENTENCES), _reference(plain).encode(SENTENCES))
+
+
+@pytest.mark.slow
+def test_stsb_test_spearman_matches_published(minilm_pair):
+    from scipy.stats import spearmanr
+
+    ours, _ = minilm_pair
+    rows = read_stsb("test")
+    assert len(rows) == 1379
+    a = ours.encode([r[0] for r in rows], batch_size=64)
+    b = ours.encode([r[1] for r in rows], batch_size=64)
+    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    rho = spearmanr(cos, [r[2] for r in rows]).statistic
+    assert abs(rho - 0.8203247) < 0.001, rho

@@ -1,0 +1,168 @@
+"""The facade and the torch backend: loading, saving, tokenize, max_seq_length, and clear errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import SENTENCES
+from st_onnx import SentenceTransformer
+from st_onnx.errors import InvalidInputError, ModelFolderError, ModelNotFoundError
+from st_onnx.models import Dense, Normalize, Pooling, Transformer
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_dir):
+    return SentenceTransformer(str(tiny_model_dir), device="cpu")
+
+
+def test_empty_input_gives_empty_matrix_of_embedding_width(model):
+    out = model.encode([])
+    assert isinstance(out, np.ndarray) and out.shape == (0, 32)
+    assert model.encode([], convert_to_tensor=True).shape == (0, 32)
+
+
+def test_single_string_gives_one_vector_and_order_is_kept(model):
+    batch = model.encode(SENTENCES, batch_size=2)
+    for i, text in enumerate(SENTENCES):
+        np.testing.assert_allclose(model.encode(text), batch[i], atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kwargs,fragment",
+    [
+        (dict(sentences=None), "got None"),
+        (dict(sentences=["ok", None]), "sentences[1]"),
+        (dict(sentences=["ok", 3]), "sentences[1] is 3"),
+        (dict(sentences=["ok"], batch_size=0), "batch_size"),
+        (dict(sentences=["ok"], batch_size=-4), "-4"),
+        (dict(sentences=["ok"], output_value="cls"), "'cls'"),
+        (dict(sentences=["ok"], device="tpu"), "'tpu'"),
+    ],
+)
+def test_bad_encode_arguments_name_the_value(model, kwargs, fragment):
+    with pytest.raises(InvalidInputError) as err:
+        model.encode(**kwargs)
+    assert fragment in str(err.value)
+
+
+def test_missing_folder_and_broken_modules_json(tmp_path, tiny_model_dir):
+    with pytest.raises(ModelNotFoundError, match="does not exist"):
+        SentenceTransformer(str(tmp_path / "nope" / "deeper"))
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model_dir, broken)
+    (broken / "modules.json").write_text("[{not json")
+    with pytest.raises(ModelFolderError, match="not valid JSON"):
+        SentenceTransformer(str(broken))
+    (broken / "modules.json").write_text(json.dumps([{"idx": 0, "path": "", "type": "x.Unknown"}]))
+    with pytest.raises(ModelFolderError, match="'x.Unknown'"):
+        SentenceTransformer(str(broken))
+    with pytest.raises(InvalidInputError, match="backend"):
+        SentenceTransformer(str(tiny_model_dir), backend="tensorflow")
+    with pytest.raises(InvalidInputError, match="model_name_or_path"):
+        SentenceTransformer()
+
+
+def test_hub_id_offline_fails_with_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelNotFoundError) as err:
+        SentenceTransformer("some-org/not-cached-model", cache_folder=str(tmp_path))
+    assert "some-org/not-cached-model" in str(err.value) and "local" in str(err.value)
+
+
+def test_tokenize_strings_pairs_and_dicts(model):
+    single = model.tokenize(["the cat sleeps", "a dog"])
+    assert set(single) >= {"input_ids", "attention_mask"} and single["input_ids"].shape[0] == 2
+    pairs = model.tokenize([("the cat", "a dog runs"), ("hi", "yes")])
+    assert (pairs["token_type_ids"][0] == 1).any()
+    as_dicts = model.tokenize([{"text": "the cat sleeps"}, {"text": "a dog"}])
+    assert torch.equal(as_dicts["input_ids"], single["input_ids"])
+
+
+def test_max_seq_length_truncates_and_rejects_bad_values(tiny_model_dir):
+    m = SentenceTransformer(str(tiny_model_dir), device="cpu")
+    assert m.max_seq_length == m.get_max_seq_length() == 64
+    long_text = " ".join(["cat"] * 200)
+    assert m.tokenize([long_text])["input_ids"].shape[1] == 64
+    m.max_seq_length = 10
+    assert m.tokenize([long_text])["input_ids"].shape[1] == 10
+    assert m.encode(long_text, output_value="token_embeddings").shape == (10, 32)
+    with pytest.raises(InvalidInputError, match="max_seq_length"):
+        m.max_seq_length = 0
+
+
+def test_tokenizer_can_be_replaced(tiny_model_dir):
+    m = SentenceTransformer(str(tiny_model_dir), device="cpu")
+    tok = m.tokenizer
+    assert tok.is_fast
+    m.tokenizer = tok
+    assert m.tokenizer is tok
+
+
+def test_modules_build_a_model_and_save_round_trips(tmp_path, tiny_model_dir):
+    t = Transformer(str(tiny_model_dir), max_seq_length=32)
+    modules = [t, Pooling(32, pooling_mode="max"), Dense(32, 8, activation_function=torch.nn.ReLU()), Normalize()]
+    built = SentenceTransformer(modules=modules, device="cpu")
+    built.save(tmp_path / "out", model_name="tiny-test")
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "tiny-test" in card and "sentence-transformers" in card
+    loaded = SentenceTransformer(str(tmp_path / "out"), device="cpu")
+    assert loaded.max_seq_length == 32
+    assert isinstance(loaded[2].activation_function, torch.nn.ReLU)
+    np.testing.assert_allclose(loaded.encode(SENTENCES), built.encode(SENTENCES), atol=1e-6)
+
+
+def test_a_failed_save_leaves_no_half_written_folder(tmp_path, tiny_model_dir, monkeypatch):
+    m = SentenceTransformer(str(tiny_model_dir), device="cpu")
+    target = tmp_path / "target"
+    m.save(target)
+    before = sorted(p.name for p in target.rglob("*"))
+
+    def boom(self, path):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Pooling, "save", boom)
+    with pytest.raises(OSError, match="disk full"):
+        m.save(target)
+    with pytest.raises(OSError):
+        m.save(tmp_path / "fresh")
+    assert sorted(p.name for p in target.rglob("*")) == before
+    assert not (tmp_path / "fresh").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_legacy_pickle_weights_load_with_weights_only(tmp_path, tiny_model_dir):
+    folder = tmp_path / "legacy"
+    shutil.copytree(tiny_model_dir, folder)
+    dense_dir = folder / "2_Dense"
+    dense = Dense(32, 4)
+    dense.save(dense_dir)
+    torch.save(dense.state_dict(), dense_dir / "pytorch_model.bin")
+    (dense_dir / "model.safetensors").unlink()
+    entries = json.loads((folder / "modules.json").read_text())
+    entries.insert(2, {"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"})
+    for i, e in enumerate(entries):
+        e["idx"] = i
+    (folder / "modules.json").write_text(json.dumps(entries))
+    m = SentenceTransformer(str(folder), device="cpu")
+    assert m.encode("the cat").shape == (4,)
+    torch.testing.assert_close(m[2].linear.weight, dense.linear.weight)
+
+
+def test_untrusted_dense_activation_is_refused(tmp_path):
+    folder = tmp_path / "d"
+    Dense(4, 2).save(folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["activation_function"] = "os.system"
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelFolderError, match="os.system"):
+        Dense.load(folder)
+
+
+def test_unknown_pooling_mode_is_refused():
+    with pytest.raises(InvalidInputError, match="'median'"):
+        Pooling(8, pooling_mode="median")
