@@ -1,0 +1,51 @@
+"""st_onnx.util against sentence_transformers.util: same results for the same inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from st_onnx import util
+
+st_util = pytest.importorskip("sentence_transformers.util")
+
+
+@pytest.fixture
+def vectors():
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(60, 16)).astype("float32"), rng.normal(size=(90, 16)).astype("float32")
+
+
+def test_scores_match_and_accept_numpy_lists_and_single_vectors(vectors):
+    a, b = vectors
+    for ours, theirs in ((util.cos_sim, st_util.cos_sim), (util.dot_score, st_util.dot_score)):
+        torch.testing.assert_close(ours(a, b), theirs(a, b))
+        torch.testing.assert_close(ours(a[0], b), theirs(a[0], b))
+        torch.testing.assert_close(ours(a.tolist(), torch.from_numpy(b)), theirs(a.tolist(), torch.from_numpy(b)))
+    torch.testing.assert_close(util.pairwise_cos_sim(a, a[::-1].copy()), st_util.pairwise_cos_sim(a, a[::-1].copy()))
+    norms = util.normalize_embeddings(torch.from_numpy(a)).norm(dim=1)
+    torch.testing.assert_close(norms, torch.ones(60))
+
+
+@pytest.mark.parametrize("top_k,qc,cc", [(1, 100, 500000), (5, 7, 20), (200, 13, 31)])
+def test_semantic_search_matches(vectors, top_k, qc, cc):
+    q, c = map(torch.from_numpy, vectors)
+    ours = util.semantic_search(q, c, query_chunk_size=qc, corpus_chunk_size=cc, top_k=top_k)
+    theirs = st_util.semantic_search(q, c, query_chunk_size=qc, corpus_chunk_size=cc, top_k=top_k)
+    assert [[h["corpus_id"] for h in row] for row in ours] == [[h["corpus_id"] for h in row] for row in theirs]
+    assert len(ours[0]) == min(top_k, 90)
+    np.testing.assert_allclose([h["score"] for h in ours[3]], [h["score"] for h in theirs[3]], atol=1e-6)
+
+
+def test_paraphrase_mining_matches(vectors, tiny_model_dir):
+    e = torch.from_numpy(np.concatenate(vectors))
+    kw = dict(query_chunk_size=40, corpus_chunk_size=70, top_k=4, max_pairs=50)
+    ours, theirs = util.paraphrase_mining_embeddings(e, **kw), st_util.paraphrase_mining_embeddings(e, **kw)
+    assert [p[1:] for p in ours] == [p[1:] for p in theirs] and len(ours) == 50
+    from st_onnx import SentenceTransformer
+
+    model = SentenceTransformer(str(tiny_model_dir), device="cpu")
+    texts = ["the cat sleeps", "a cat sleeps", "the big red car", "the red car", "fish swims"]
+    pairs = util.paraphrase_mining(model, texts, top_k=2)
+    assert all(i < j for _, i, j in pairs) and pairs == sorted(pairs, key=lambda p: -p[0])
