@@ -1,0 +1,299 @@
+"""``fit``: sentence-transformers 2.x training (round-robin over (DataLoader, loss) objectives) on the torch modules.
+
+The facade is not an nn.Module: each objective's optimizer gets ``model.torch_modules``' parameters plus the
+loss's own ones (e.g. SoftmaxLoss' classifier), deduplicated. Everything written to disk (the best model at
+``output_path``, checkpoints) goes through ``model.save``, so a fused ONNX graph exported from older weights
+is never carried along: the ONNX backend exports a fresh one from the new weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from tqdm.auto import trange
+
+from .errors import InvalidInputError
+from .training.checkpoints import (TrainingState, capture_rng, find_resume_checkpoint, load_checkpoint,
+                                   restore_rng, save_checkpoint)
+from .training.schedulers import check_scheduler, get_scheduler
+
+logger = logging.getLogger(__name__)
+
+NO_DECAY = ("bias", "LayerNorm.bias", "LayerNorm.weight")
+
+
+def smart_batching_collate(model, batch: list) -> tuple[list[dict[str, Any]], torch.Tensor]:
+    """InputExamples -> (one tokenized features dict per text column, labels tensor)."""
+    if not batch:
+        raise InvalidInputError("smart_batching_collate got an empty batch")
+    n_texts = len(batch[0].texts)
+    for example in batch:
+        if len(example.texts) != n_texts:
+            raise InvalidInputError(
+                f"every InputExample of a batch needs the same number of texts; got {len(example.texts)} "
+                f"and {n_texts} (guid {example.guid!r}): split them into separate DataLoaders"
+            )
+    columns = [list(col) for col in zip(*(example.texts for example in batch))]
+    features = [model.tokenize(col) for col in columns]
+    labels = [example.label for example in batch]
+    if isinstance(labels[0], np.ndarray):
+        return features, torch.from_numpy(np.stack(labels))
+    if isinstance(labels[0], torch.Tensor):
+        return features, torch.stack(labels)
+    return features, torch.tensor(labels)
+
+
+def batch_to_device(features: dict[str, Any], device) -> dict[str, Any]:
+    return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in features.items()}
+
+
+def objective_parameters(model, loss: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
+    """The model's named parameters, then the loss's own ones, each parameter once."""
+    seen: set[int] = set()
+    named = []
+    for prefix, module in (("model", model.torch_modules), ("loss", loss)):
+        for name, param in module.named_parameters():
+            if id(param) not in seen:
+                seen.add(id(param))
+                named.append((f"{prefix}.{name}", param))
+    return named
+
+
+def make_optimizer(named_params, optimizer_class, optimizer_params: dict, weight_decay: float):
+    decay = [p for n, p in named_params if not any(nd in n for nd in NO_DECAY)]
+    no_decay = [p for n, p in named_params if any(nd in n for nd in NO_DECAY)]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return optimizer_class(groups, **optimizer_params)
+
+
+@dataclass
+class _Precision:
+    """Autocast for use_amp: fp16 + GradScaler on CUDA, bf16 (no scaler needed) on CPU."""
+
+    device_type: str
+    dtype: torch.dtype | None = None
+    scaler: Any = None
+
+    @classmethod
+    def choose(cls, use_amp: bool, device: torch.device) -> "_Precision":
+        if not use_amp:
+            return cls(device.type)
+        if device.type == "cuda":
+            return cls("cuda", torch.float16, torch.amp.GradScaler("cuda"))
+        if device.type == "cpu":
+            logger.info("use_amp on CPU: training under bfloat16 autocast")
+            return cls("cpu", torch.bfloat16)
+        logger.warning("use_amp is not supported on device %s: training in float32", device)
+        return cls(device.type)
+
+    def autocast(self):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device_type, dtype=self.dtype)
+
+
+@dataclass
+class _Objective:
+    """One (DataLoader, loss) pair with its optimizer, schedule and the current pass over its data."""
+
+    dataloader: Any
+    loss: torch.nn.Module
+    params: list
+    optimizer: Any
+    scheduler: Any
+    pass_rng: Any = None
+    drawn: int = 0
+    iterator: Any = field(default=None, repr=False)
+    pending: Any = field(default=None, repr=False)
+
+    def start_pass(self, skip: int = 0) -> None:
+        """Start a pass over the DataLoader (skipping ``skip`` batches) and draw its first batch now, so
+        the shuffled order depends on ``pass_rng`` alone and a resumed run can replay it."""
+        self.pass_rng = torch.get_rng_state()
+        self.iterator = iter(self.dataloader)
+        for _ in range(skip):
+            next(self.iterator)
+        self.drawn = skip
+        self.pending = next(self.iterator, None)
+
+    def next_batch(self):
+        batch = self.pending if self.pending is not None else next(self.iterator, None) if self.iterator else None
+        self.pending = None
+        if batch is None:
+            self.start_pass()
+            batch, self.pending = self.pending, None
+            if batch is None:
+                raise InvalidInputError(f"a train DataLoader yields no batches: {self.dataloader!r}")
+        self.drawn += 1
+        return batch
+
+
+def _train_step(obj: _Objective, device, precision: _Precision, max_grad_norm: float) -> float:
+    features, labels = obj.next_batch()
+    labels = labels.to(device)
+    features = [batch_to_device(f, device) for f in features]
+    params = [p for p in obj.params if p.requires_grad]
+    with precision.autocast():
+        loss_value = obj.loss(features, labels)
+    skip_scheduler = False
+    if precision.scaler is not None:
+        scale_before = precision.scaler.get_scale()
+        precision.scaler.scale(loss_value).backward()
+        precision.scaler.unscale_(obj.optimizer)
+        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+        precision.scaler.step(obj.optimizer)
+        precision.scaler.update()
+        skip_scheduler = precision.scaler.get_scale() != scale_before
+    else:
+        loss_value.backward()
+        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+        obj.optimizer.step()
+    obj.optimizer.zero_grad()
+    if not skip_scheduler:
+        obj.scheduler.step()
+    return float(loss_value.detach())
+
+
+def _set_train(model, objectives: list[_Objective], mode: bool) -> None:
+    model.torch_modules.train(mode)
+    for obj in objectives:
+        obj.loss.train(mode)
+
+
+def _evaluate(model, evaluator, output_path, save_best_model, epoch, steps, callback, state: TrainingState):
+    """Run the evaluator; on a new best score, save the model to output_path (sentence-transformers 2.x)."""
+    if evaluator is None:
+        return
+    eval_path = None
+    if output_path is not None:
+        eval_path = os.path.join(output_path, "eval")
+        os.makedirs(eval_path, exist_ok=True)
+    score = evaluator(model, output_path=eval_path, epoch=epoch, steps=steps)
+    if callback is not None:
+        callback(score, epoch, steps)
+    if score > state.best_score:
+        state.best_score = score
+        model.best_score = score
+        if save_best_model and output_path is not None:
+            model.save(output_path)
+
+
+def _build_objectives(model, train_objectives, scheduler, warmup_steps, optimizer_class, optimizer_params,
+                      weight_decay, t_total) -> list[_Objective]:
+    objectives = []
+    for dataloader, loss in train_objectives:
+        dataloader.collate_fn = model.smart_batching_collate
+        loss.to(model.device)
+        params = objective_parameters(model, loss)
+        optimizer = make_optimizer(params, optimizer_class, optimizer_params, weight_decay)
+        objectives.append(_Objective(dataloader, loss, [p for _, p in params], optimizer,
+                                     get_scheduler(optimizer, scheduler, warmup_steps, t_total)))
+    return objectives
+
+
+def _resume(model, objectives: list[_Objective], folder) -> TrainingState:
+    state = load_checkpoint(model, folder)
+    if len(state.optimizers) != len(objectives):
+        raise InvalidInputError(
+            f"checkpoint {folder} was written for {len(state.optimizers)} train objectives; fit got "
+            f"{len(objectives)}: resume with the same train_objectives"
+        )
+    for obj, opt, sched, loss_sd, data in zip(objectives, state.optimizers, state.schedulers, state.losses,
+                                              state.passes):
+        obj.optimizer.load_state_dict(opt)
+        obj.scheduler.load_state_dict(sched)
+        obj.loss.load_state_dict(loss_sd)
+        obj.pass_rng, obj.drawn = data["rng"], data["drawn"]
+        if data["drawn"] < len(obj.dataloader):  # else the pass was used up: the next step starts a new one
+            torch.set_rng_state(data["rng"])  # replay the same shuffled order, then skip what was drawn
+            obj.start_pass(skip=data["drawn"])
+    restore_rng(state.rng)
+    model.best_score = state.best_score
+    return state
+
+
+def _checkpoint(model, checkpoint_path, total_limit, objectives, state: TrainingState) -> None:
+    state.optimizers = [o.optimizer.state_dict() for o in objectives]
+    state.schedulers = [o.scheduler.state_dict() for o in objectives]
+    state.losses = [o.loss.state_dict() for o in objectives]
+    state.passes = [{"rng": o.pass_rng, "drawn": o.drawn} for o in objectives]
+    state.rng = capture_rng()
+    save_checkpoint(model, checkpoint_path, state, total_limit)
+
+
+def _check_args(train_objectives, epochs, steps_per_epoch, scheduler, evaluation_steps) -> list:
+    objectives = list(train_objectives)
+    if not objectives:
+        raise InvalidInputError("train_objectives is empty; give [(DataLoader, loss), ...]")
+    for item in objectives:
+        if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[1], torch.nn.Module)):
+            raise InvalidInputError(f"each train objective must be a (DataLoader, loss) pair; got {item!r}")
+    check_scheduler(scheduler)
+    if epochs < 0 or (steps_per_epoch is not None and steps_per_epoch < 0) or evaluation_steps < 0:
+        raise InvalidInputError(
+            f"epochs, steps_per_epoch and evaluation_steps must be >= 0; got {epochs}, {steps_per_epoch}, "
+            f"{evaluation_steps}"
+        )
+    return objectives
+
+
+def fit(model, train_objectives, evaluator=None, epochs: int = 1, steps_per_epoch: int | None = None,
+        scheduler: str = "WarmupLinear", warmup_steps: int = 10000, optimizer_class=None,
+        optimizer_params: dict[str, Any] | None = None, weight_decay: float = 0.01, evaluation_steps: int = 0,
+        output_path: str | None = None, save_best_model: bool = True, max_grad_norm: float = 1,
+        use_amp: bool = False, callback: Callable[[float, int, int], None] | None = None,
+        show_progress_bar: bool = True, checkpoint_path: str | None = None, checkpoint_save_steps: int = 500,
+        checkpoint_save_total_limit: int = 0, resume_from_checkpoint: bool | str = False) -> None:
+    """Train ``model``'s torch modules; the arguments are sentence-transformers 2.x ``fit``'s.
+
+    ``resume_from_checkpoint``: True continues from the newest checkpoint under ``checkpoint_path`` (or
+    a checkpoint folder given as a path): weights, global step, optimizers, schedulers, losses, RNG and the
+    position in each DataLoader's current pass (replayed with the same shuffle when the DataLoader draws
+    its order from torch's global RNG, the default).
+    """
+    pairs = _check_args(train_objectives, epochs, steps_per_epoch, scheduler, evaluation_steps)
+    optimizer_class = optimizer_class or torch.optim.AdamW
+    optimizer_params = dict(optimizer_params if optimizer_params is not None else {"lr": 2e-5})
+    device = torch.device(model.device)
+    if not steps_per_epoch:
+        steps_per_epoch = min(len(dataloader) for dataloader, _ in pairs)
+    t_total = int(steps_per_epoch * epochs)
+    objectives = _build_objectives(model, pairs, scheduler, warmup_steps, optimizer_class, optimizer_params,
+                                   weight_decay, t_total)
+    precision = _Precision.choose(use_amp, device)
+    model.best_score = -9999999.0
+    resume_folder = find_resume_checkpoint(checkpoint_path, resume_from_checkpoint)
+    if resume_folder is not None:
+        state = _resume(model, objectives, resume_folder)
+    else:
+        state = TrainingState()
+        for obj in objectives:
+            obj.start_pass()
+    first_epoch, first_step = divmod(state.global_step, steps_per_epoch) if steps_per_epoch else (epochs, 0)
+    for epoch in trange(first_epoch, epochs, desc="Epoch", disable=not show_progress_bar):
+        _set_train(model, objectives, True)
+        start = first_step if epoch == first_epoch else 0
+        for training_steps in trange(start + 1, steps_per_epoch + 1, desc="Iteration", smoothing=0.05,
+                                     disable=not show_progress_bar):
+            for obj in objectives:
+                loss_value = _train_step(obj, device, precision, max_grad_norm)
+            state.global_step += 1
+            logger.debug("step %d loss %.6f", state.global_step, loss_value)
+            if evaluation_steps > 0 and training_steps % evaluation_steps == 0:
+                _evaluate(model, evaluator, output_path, save_best_model, epoch, training_steps, callback, state)
+                _set_train(model, objectives, True)
+            if checkpoint_path is not None and checkpoint_save_steps and \
+                    state.global_step % checkpoint_save_steps == 0:
+                _checkpoint(model, checkpoint_path, checkpoint_save_total_limit, objectives, state)
+        _evaluate(model, evaluator, output_path, save_best_model, epoch, -1, callback, state)
+    _set_train(model, objectives, False)
+    if evaluator is None and output_path is not None:
+        model.save(output_path)
+    if checkpoint_path is not None:
+        _checkpoint(model, checkpoint_path, checkpoint_save_total_limit, objectives, state)

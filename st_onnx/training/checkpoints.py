@@ -1,0 +1,115 @@
+"""Checkpoints of ``fit``: a model folder per step, written atomically, with the training state beside it.
+
+``<checkpoint_path>/<global step>/`` is a complete model folder (``model.save``, so a stale fused graph is
+never carried into it) plus ``training_state.pt``: global step, best score, the optimizers' and schedulers'
+states, the losses' own weights (e.g. SoftmaxLoss' classifier), the RNG states, and, for each DataLoader,
+the torch RNG state its current pass was started from and how many batches of that pass were drawn.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import layout
+from ..errors import InvalidInputError
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "training_state.pt"
+
+
+@dataclass
+class TrainingState:
+    """Everything besides the model weights that a resumed ``fit`` needs to continue where it stopped."""
+
+    global_step: int = 0
+    best_score: float = -9999999.0
+    optimizers: list[dict] = field(default_factory=list)
+    schedulers: list[dict] = field(default_factory=list)
+    losses: list[dict] = field(default_factory=list)
+    rng: dict[str, Any] = field(default_factory=dict)
+    passes: list[dict] = field(default_factory=list)  # per DataLoader: {"rng": torch state, "drawn": int}
+
+
+def capture_rng() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(model, checkpoint_path: str | os.PathLike, state: TrainingState, total_limit: int) -> Path:
+    """Write ``<checkpoint_path>/<step>`` in one rename, then keep only the newest ``total_limit`` (0: all)."""
+    target = Path(checkpoint_path) / str(state.global_step)
+    with layout.atomic_folder(target) as tmp:
+        model.save(tmp)  # the model folder, written through model.save (stale fused graphs dropped)
+        torch.save(vars(state), tmp / STATE_FILE)
+    logger.info("saved checkpoint %s", target)
+    prune_checkpoints(checkpoint_path, total_limit)
+    return target
+
+
+def list_checkpoints(checkpoint_path: str | os.PathLike) -> list[Path]:
+    """Step folders under ``checkpoint_path``, oldest first."""
+    root = Path(checkpoint_path)
+    if not root.is_dir():
+        return []
+    return sorted((p for p in root.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+
+
+def prune_checkpoints(checkpoint_path: str | os.PathLike, total_limit: int) -> None:
+    if not total_limit or total_limit <= 0:
+        return
+    for old in list_checkpoints(checkpoint_path)[:-total_limit]:
+        shutil.rmtree(old, ignore_errors=True)
+        logger.info("removed old checkpoint %s (checkpoint_save_total_limit=%d)", old, total_limit)
+
+
+def find_resume_checkpoint(checkpoint_path: str | None, resume_from_checkpoint: bool | str) -> Path | None:
+    """The checkpoint to resume from: a given folder, or the newest one with a training state under
+    ``checkpoint_path``; None (logged) when there is none yet."""
+    if not resume_from_checkpoint:
+        return None
+    if isinstance(resume_from_checkpoint, (str, os.PathLike)):
+        folder = Path(resume_from_checkpoint)
+        if not (folder / STATE_FILE).is_file():
+            raise InvalidInputError(
+                f"resume_from_checkpoint={str(folder)!r} is not a checkpoint folder (no {STATE_FILE}); "
+                "give a <checkpoint_path>/<step> folder written by fit, or True for the newest"
+            )
+        return folder
+    if checkpoint_path is None:
+        raise InvalidInputError("resume_from_checkpoint=True needs checkpoint_path: the folder fit saved checkpoints to")
+    found = [p for p in list_checkpoints(checkpoint_path) if (p / STATE_FILE).is_file()]
+    if not found:
+        logger.warning("no checkpoint under %s yet: training from the start", checkpoint_path)
+        return None
+    return found[-1]
+
+
+def load_checkpoint(model, folder: Path) -> TrainingState:
+    """Load the checkpoint's weights into ``model.torch_modules`` and return its training state."""
+    from ..modules import load_stack
+
+    weights = load_stack(folder).state_dict()
+    model.torch_modules.load_state_dict(weights)
+    raw = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=False)
+    logger.info("resuming from checkpoint %s (global step %d)", folder, raw["global_step"])
+    return TrainingState(**raw)
