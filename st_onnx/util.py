@@ -24,8 +24,10 @@ def _as_matrix(x) -> Tensor:
     if not isinstance(x, Tensor):
         if isinstance(x, list) and x and isinstance(x[0], Tensor):
             x = torch.stack(x)
+        elif isinstance(x, np.ndarray):
+            x = torch.from_numpy(x)
         else:
-            x = torch.as_tensor(np.asarray(x))
+            x = torch.tensor(x)  # python floats become float32, as in sentence-transformers
     return x.unsqueeze(0) if x.dim() == 1 else x
 
 
