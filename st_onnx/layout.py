@@ -107,6 +107,39 @@ def read_modules_json(folder: str | os.PathLike) -> list[dict]:
     return sorted(entries, key=lambda e: e.get("idx", 0))
 
 
+def read_transformer_config(folder: str | os.PathLike) -> dict[str, Any]:
+    """The Transformer options stored in a folder, in the classic or the sentence-transformers 6 spelling.
+
+    Torch-free (the ONNX-only path reads it too); ``modules.transformer`` re-exports it.
+    """
+    folder = Path(folder)
+    raw = read_json_if_exists(folder / SBERT_CONFIG_JSON, {}) or {}
+    config: dict[str, Any] = {}
+    if "max_seq_length" in raw and raw["max_seq_length"] is not None:
+        config["max_seq_length"] = int(raw["max_seq_length"])
+    else:
+        tok = read_json_if_exists(folder / TOKENIZER_CONFIG_JSON, {}) or {}
+        limit = tok.get("model_max_length")
+        if isinstance(limit, int) and 0 < limit < 100_000:
+            config["max_seq_length"] = limit
+    config["do_lower_case"] = bool(raw.get("do_lower_case", False))
+    for key in ("model_args", "tokenizer_args", "config_args"):
+        if isinstance(raw.get(key), dict) and raw[key]:
+            config[key] = raw[key]
+    return config
+
+
+def transformer_folder(folder: str | os.PathLike) -> Path:
+    """The folder of a model's Transformer module (the model folder itself for a plain transformers folder)."""
+    folder = Path(folder)
+    if not is_st_folder(folder):
+        return folder
+    for entry in read_modules_json(folder):
+        if module_kind(entry["type"]) == "Transformer":
+            return folder / entry["path"]
+    raise ModelFolderError(f"{folder / MODULES_JSON} lists no Transformer module; st-onnx needs one first")
+
+
 def is_st_folder(folder: str | os.PathLike) -> bool:
     return (Path(folder) / MODULES_JSON).is_file()
 

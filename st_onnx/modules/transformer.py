@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .. import layout
+from ..layout import read_transformer_config  # noqa: F401  (torch-free, re-exported here)
 from ..errors import InvalidInputError, ModelFolderError
 
 logger = logging.getLogger(__name__)
@@ -117,25 +118,6 @@ class Transformer(nn.Module):
     def load(cls, input_path: str | os.PathLike) -> "Transformer":
         config = read_transformer_config(input_path)
         return cls(model_name_or_path=str(input_path), **config)
-
-
-def read_transformer_config(folder: str | os.PathLike) -> dict[str, Any]:
-    """The Transformer options stored in a folder, in the classic or the sentence-transformers 6 spelling."""
-    folder = Path(folder)
-    raw = layout.read_json_if_exists(folder / layout.SBERT_CONFIG_JSON, {}) or {}
-    config: dict[str, Any] = {}
-    if "max_seq_length" in raw and raw["max_seq_length"] is not None:
-        config["max_seq_length"] = int(raw["max_seq_length"])
-    else:
-        tok = layout.read_json_if_exists(folder / layout.TOKENIZER_CONFIG_JSON, {}) or {}
-        limit = tok.get("model_max_length")
-        if isinstance(limit, int) and 0 < limit < 100_000:
-            config["max_seq_length"] = limit
-    config["do_lower_case"] = bool(raw.get("do_lower_case", False))
-    for key in ("model_args", "tokenizer_args", "config_args"):
-        if isinstance(raw.get(key), dict) and raw[key]:
-            config[key] = raw[key]
-    return config
 
 
 def validate_max_seq_length(value: Any, limit: int | None) -> int:

@@ -1,0 +1,206 @@
+"""OnnxBackend: encode with the fused ONNX graph on ONNX Runtime, mirroring TorchBackend's interface.
+
+Torch is imported only to export a graph (missing or stale, with torch weights in the folder) or to save
+``modules=[...]`` into a folder first; a folder holding only the ONNX bundle (graph + manifest + tokenizer +
+configs) encodes with tokenizers, numpy and ONNX Runtime alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import layout
+from ..encode.batching import DEFAULT_TOKEN_BUDGET, check_token_budget
+from ..encode.options import EncodeOptions
+from ..encode.tokenize import TextTokenizer
+from ..errors import InvalidInputError
+from ..runtime.encoder import OrtEncoder
+from ..runtime.graphs import GraphChoice, cache_dir_for, find_graph
+from ..runtime.providers import resolve_device
+from ..runtime.session import OrtSession, default_session_options
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class OnnxOptions:
+    """``onnx_options`` of the facade, validated."""
+
+    precision: str | None = None  # None: fp16 on CUDA, fp32 on CPU
+    file_name: str | None = None
+    providers: Any = None
+    provider_options: Any = None
+    session_options: Any = None
+    intra_op_num_threads: int | None = None
+    token_budget: int = DEFAULT_TOKEN_BUDGET
+    export: str = "auto"
+
+    @classmethod
+    def from_dict(cls, options: dict[str, Any]) -> "OnnxOptions":
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise InvalidInputError(f"onnx_options has unknown keys {unknown}; allowed: {', '.join(known)}")
+        opts = cls(**options)
+        if opts.precision is not None and opts.precision not in layout.PRECISIONS:
+            raise InvalidInputError(
+                f"onnx_options['precision'] is {opts.precision!r}; allowed: {', '.join(layout.PRECISIONS)}"
+            )
+        check_token_budget(opts.token_budget)
+        return opts
+
+    def precision_for(self, device: str) -> str:
+        precision = self.precision or ("fp16" if device.startswith("cuda") else "fp32")
+        if precision == "fp16" and device == "cpu":
+            raise InvalidInputError(
+                "precision 'fp16' on the CPU is refused: ONNX Runtime's CPU kernels run fp16 graphs about 100x "
+                "slower than fp32; allowed on 'cpu': 'fp32', 'int8' (use fp16 with device='cuda')"
+            )
+        return precision
+
+
+class OnnxBackend:
+    name = "onnx"
+
+    def __init__(self, folder: Path, choice: GraphChoice, device: str, options: OnnxOptions,
+                 tokenizer: TextTokenizer) -> None:
+        self.folder = folder
+        self.graph_path = choice.path
+        self.manifest = choice.manifest
+        self.options = options
+        self._text_tokenizer = tokenizer
+        self._encoder = self._make_encoder(device)
+
+    # -- construction ---------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, model: Any, modules: Any = None, device: str | None = None,
+             options: dict[str, Any] | None = None) -> "OnnxBackend":
+        opts = OnnxOptions.from_dict(dict(options or {}))
+        device = resolve_device(device)
+        precision = opts.precision_for(device)
+        cache_folder = getattr(model, "cache_folder", None)
+        if modules is not None:
+            folder = _save_modules(model, modules, cache_folder)
+        else:
+            folder = Path(model.model_path)
+        choice = find_graph(folder, precision, file_name=opts.file_name, export=opts.export,
+                            cache_folder=cache_folder, exporter=_export)
+        return cls(folder, choice, device, opts, TextTokenizer.from_folder(folder))
+
+    def new_session(self, device: str, threads: int | None = None) -> OrtSession:
+        """Another session over the same graph (the session pool makes one per device)."""
+        opts = self.options
+        session_options = _session_options(opts.session_options, threads or opts.intra_op_num_threads)
+        return OrtSession(self.graph_path, device, threads=threads or opts.intra_op_num_threads,
+                          session_options=session_options, providers=opts.providers,
+                          provider_options=opts.provider_options)
+
+    def encoder_for(self, session: OrtSession) -> OrtEncoder:
+        return OrtEncoder(session, self._text_tokenizer, self.sentence_embedding_dimension(),
+                          self.options.token_budget)
+
+    def _make_encoder(self, device: str) -> OrtEncoder:
+        if device == "cpu" and self.manifest.get("precision") == "fp16":
+            raise InvalidInputError(
+                "this model runs the fp16 graph, which is refused on the CPU (ONNX Runtime's CPU kernels run "
+                "fp16 about 100x slower); reload it with onnx_options={'precision': 'fp32'} (or 'int8')"
+            )
+        self._requested_device = device
+        return self.encoder_for(self.new_session(device))
+
+    # -- TorchBackend's interface ---------------------------------------------------------------------
+    @property
+    def device(self) -> str:
+        return self._encoder.session.device
+
+    def to(self, device: str) -> None:
+        device = resolve_device(device)
+        if device != self._requested_device:
+            self._encoder = self._make_encoder(device)
+
+    def sentence_embedding_dimension(self) -> int | None:
+        dim = self.manifest.get("embedding_dimension")
+        if isinstance(dim, int):
+            return dim
+        encoder = getattr(self, "_encoder", None)
+        return encoder.session.output_dim() if encoder is not None else None
+
+    @property
+    def tokenizer(self):
+        return self._text_tokenizer.tokenizer
+
+    @tokenizer.setter
+    def tokenizer(self, value) -> None:
+        self._text_tokenizer.tokenizer = value
+
+    @property
+    def text_tokenizer(self) -> TextTokenizer:
+        return self._text_tokenizer
+
+    @property
+    def max_seq_length(self) -> int:
+        return self._text_tokenizer.max_seq_length
+
+    @max_seq_length.setter
+    def max_seq_length(self, value: int) -> None:
+        self._text_tokenizer.max_seq_length = value
+
+    def tokenize(self, texts: list) -> dict[str, np.ndarray]:
+        return self._text_tokenizer(texts)
+
+    def encode(self, inputs: list, opts: EncodeOptions) -> Any:
+        if opts.device is not None:
+            self.to(opts.device)
+        return self._encoder.encode(inputs, opts.batch_size, opts.output_value, opts.show_progress_bar)
+
+    def __repr__(self) -> str:
+        return f"OnnxBackend({str(self.graph_path)!r}, device={self.device!r})"
+
+
+def _session_options(value: Any, threads: int | None) -> Any:
+    """A SessionOptions as given, or the defaults with a dict's attributes set on them."""
+    if value is None or isinstance(value, dict):
+        so = default_session_options(threads)
+        for key, item in (value or {}).items():
+            if not hasattr(so, key):
+                raise InvalidInputError(f"onnx_options['session_options'] has {key!r}, not a SessionOptions attribute")
+            setattr(so, key, item)
+        return so
+    return value
+
+
+def _export(folder: Path, precision: str, out_dir: Path | None) -> Path:
+    """Export with the torch exporter (imported here only: exporting needs torch)."""
+    from ..export import export_model_folder
+
+    return Path(export_model_folder(folder, precision=precision, out_dir=out_dir))
+
+
+def _save_modules(model: Any, modules: Any, cache_folder: Any) -> Path:
+    """``modules=[...]`` with backend onnx: save them to a cache folder keyed by their weights, once."""
+    from ..fingerprint import folder_fingerprint
+    from ..saving import save_model
+
+    model._load_stack(modules)
+    root = cache_dir_for(Path(tempfile.gettempdir()), cache_folder).parent / "modules"
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix="modules-", dir=root))
+    save_model(model, staging / "model", create_model_card=False)
+    key = folder_fingerprint(staging / "model").split(":")[-1][:16]
+    target = root / key
+    if target.is_dir():
+        import shutil
+
+        shutil.rmtree(staging, ignore_errors=True)
+    else:
+        (staging / "model").rename(target)
+        staging.rmdir()
+    logger.info("saved the given modules to %s to export their graph", target)
+    return target

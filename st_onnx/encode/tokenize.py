@@ -1,0 +1,162 @@
+"""TextTokenizer: a model's ``tokenizer.json`` run with ``tokenizers`` alone (no transformers, no torch).
+
+It reproduces what the torch Transformer module's ``tokenize`` feeds the model: texts stripped (and lowered
+with ``do_lower_case``), pairs and one-text dicts accepted, truncation at ``max_seq_length`` (longest first),
+special tokens added. Two differences are deliberate and invisible in the embeddings:
+
+- the fixed padding some ``tokenizer.json`` files carry (all-MiniLM-L6-v2 pads every text to 128) is switched
+  off; texts are encoded unpadded and each batch is padded only to its own longest text (``pad``);
+- features are numpy int64 arrays, the types the fused graph consumes.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from tokenizers import Encoding, Tokenizer
+
+from .. import layout
+from ..errors import InvalidInputError, ModelFolderError
+
+FEATURE_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+_LIMIT_CAP = 100_000  # tokenizer configs write 1e30 for "no limit"
+# Tokenizer classes whose model_input_names include token_type_ids (transformers' defaults). Others (and the
+# generic fast tokenizer) return none, and the torch module then runs with the model's default: zeros.
+_TYPE_ID_CLASSES = ("Bert", "Albert", "Electra", "Deberta", "Ernie", "MobileBert", "ConvBert", "Funnel",
+                    "RoFormer", "SqueezeBert", "LayoutLM", "Splinter", "Nezha", "XLNet", "Led", "Mega")
+
+
+def text_columns(texts: Sequence[Any]) -> list[list[str]]:
+    """Split inputs into one column (strings, one-text dicts) or two (pairs), as the torch module does."""
+    if texts and isinstance(texts[0], dict):
+        return [[str(next(iter(t.values()))) for t in texts]]
+    if texts and isinstance(texts[0], (tuple, list)):
+        return [[str(t[0]) for t in texts], [str(t[1]) for t in texts]]
+    return [list(texts)]
+
+
+def model_max_seq_length(folder: Path) -> int:
+    """``max_seq_length`` as the Transformer module resolves it: its config, else the model's limits, else 512."""
+    config = layout.read_transformer_config(folder)
+    if "max_seq_length" in config:
+        return int(config["max_seq_length"])
+    hf = layout.read_json_if_exists(folder / layout.HF_CONFIG_JSON, {}) or {}
+    tok = layout.read_json_if_exists(folder / layout.TOKENIZER_CONFIG_JSON, {}) or {}
+    limits = [hf.get("max_position_embeddings"), tok.get("model_max_length")]
+    limits = [x for x in limits if isinstance(x, int) and 0 < x < _LIMIT_CAP]
+    return min(limits) if limits else 512
+
+
+def uses_token_type_ids(folder: Path) -> bool:
+    """Whether transformers' tokenizer for this folder returns token_type_ids (read from tokenizer_config.json)."""
+    config = layout.read_json_if_exists(folder / layout.TOKENIZER_CONFIG_JSON, {}) or {}
+    names = config.get("model_input_names")
+    if isinstance(names, list):
+        return "token_type_ids" in names
+    cls = str(config.get("tokenizer_class") or "")
+    return cls.startswith(_TYPE_ID_CLASSES)
+
+
+class TextTokenizer:
+    """Encode texts into unpadded encodings, and pad a batch of them into numpy features."""
+
+    def __init__(self, tokenizer: Tokenizer, max_seq_length: int, do_lower_case: bool = False,
+                 pad_id: int | None = None, type_ids: bool = True) -> None:
+        self._tokenizer = tokenizer
+        self.type_ids = bool(type_ids)
+        self.do_lower_case = bool(do_lower_case)
+        self.pad_id = self._find_pad_id() if pad_id is None else int(pad_id)
+        self.max_seq_length = max_seq_length
+
+    @classmethod
+    def from_folder(cls, folder: str | os.PathLike) -> "TextTokenizer":
+        """Load the tokenizer of a model folder (its Transformer module's ``tokenizer.json``)."""
+        folder = layout.transformer_folder(folder)
+        path = folder / layout.TOKENIZER_JSON
+        if not path.is_file():
+            raise ModelFolderError(
+                f"{path} is missing: the onnx backend needs the fast tokenizer file; save it with "
+                "transformers' AutoTokenizer.from_pretrained(...).save_pretrained(folder)"
+            )
+        try:
+            tokenizer = Tokenizer.from_file(str(path))
+        except Exception as e:  # tokenizers raises a bare Exception on a broken file
+            raise ModelFolderError(f"{path} cannot be read by tokenizers ({e}); restore the file") from e
+        config = layout.read_transformer_config(folder)
+        return cls(tokenizer, model_max_seq_length(folder), config.get("do_lower_case", False),
+                   type_ids=uses_token_type_ids(folder))
+
+    # -- settings -------------------------------------------------------------------------------------
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self._tokenizer
+
+    @tokenizer.setter
+    def tokenizer(self, value: Any) -> None:
+        """Accept a ``tokenizers.Tokenizer`` or a transformers fast tokenizer (its backend is used)."""
+        backend = getattr(value, "backend_tokenizer", value)
+        if not isinstance(backend, Tokenizer):
+            raise InvalidInputError(
+                f"tokenizer must be a tokenizers.Tokenizer or a transformers fast tokenizer; got {type(value).__name__}"
+            )
+        self._tokenizer = backend
+        self.pad_id = self._find_pad_id()
+        self.max_seq_length = self._max_seq_length
+
+    @property
+    def max_seq_length(self) -> int:
+        return self._max_seq_length
+
+    @max_seq_length.setter
+    def max_seq_length(self, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise InvalidInputError(f"max_seq_length must be a positive int; got {value!r}")
+        self._max_seq_length = value
+        self._tokenizer.no_padding()
+        self._tokenizer.enable_truncation(max_length=value, strategy="longest_first", direction="right")
+
+    def _find_pad_id(self) -> int:
+        padding = self._tokenizer.padding
+        if padding and padding.get("pad_id") is not None:
+            return int(padding["pad_id"])
+        for token in ("[PAD]", "<pad>", "<|pad|>"):
+            idx = self._tokenizer.token_to_id(token)
+            if idx is not None:
+                return idx
+        return 0
+
+    # -- encoding -------------------------------------------------------------------------------------
+    def encode(self, texts: Sequence[Any]) -> list[Encoding]:
+        """Unpadded, truncated encodings of strings, (a, b) pairs or one-text dicts."""
+        if not texts:
+            return []
+        columns = [[s.strip() for s in col] for col in text_columns(texts)]
+        if self.do_lower_case:
+            columns = [[s.lower() for s in col] for col in columns]
+        batch = columns[0] if len(columns) == 1 else list(zip(columns[0], columns[1]))
+        return self._tokenizer.encode_batch(batch, add_special_tokens=True)
+
+    def pad(self, encodings: Sequence[Encoding], names: Sequence[str] = FEATURE_NAMES,
+            dtype: Any = np.int64) -> dict[str, np.ndarray]:
+        """Features of a batch, padded to its longest encoding (right padding)."""
+        n = len(encodings)
+        width = max((len(e.ids) for e in encodings), default=0)
+        ids = np.full((n, width), self.pad_id, dtype=dtype)
+        mask = np.zeros((n, width), dtype=dtype)
+        types = np.zeros((n, width), dtype=dtype) if "token_type_ids" in names else None
+        for i, e in enumerate(encodings):
+            k = len(e.ids)
+            ids[i, :k] = e.ids
+            mask[i, :k] = 1
+            if types is not None and self.type_ids:
+                types[i, :k] = e.type_ids
+        out = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+        return {name: out[name] for name in names}
+
+    def __call__(self, texts: Sequence[Any]) -> dict[str, np.ndarray]:
+        """Features of ``texts`` in their order, padded to the longest (what ``model.tokenize`` returns)."""
+        names = FEATURE_NAMES if self.type_ids else FEATURE_NAMES[:2]
+        return self.pad(self.encode(list(texts)), names)

@@ -1,0 +1,101 @@
+"""OrtEncoder: texts -> embeddings with a TextTokenizer and an OrtSession, torch-free.
+
+The loop: order texts by character length (longest first) and cut them into chunks; tokenize a chunk in one
+batch call (unpadded); re-order it by token length; run it in token-budgeted batches, each padded to its own
+longest text; write each result straight to its input position (no list of rows, no final re-sort copy).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from tokenizers import Encoding
+
+from ..encode.batching import DEFAULT_TOKEN_BUDGET, budget_batches, check_token_budget, chunks, longest_first
+from ..encode.options import text_length
+from ..encode.tokenize import TextTokenizer
+from .session import OrtSession
+
+logger = logging.getLogger(__name__)
+
+SENTENCE = "sentence_embedding"
+TOKENS = "token_embeddings"
+CHUNK_TEXTS = 8192  # texts tokenized per call: bounds the memory of encodings on huge inputs
+
+
+class OrtEncoder:
+    def __init__(self, session: OrtSession, tokenizer: TextTokenizer, dim: int | None = None,
+                 token_budget: int = DEFAULT_TOKEN_BUDGET) -> None:
+        self.session = session
+        self.tokenizer = tokenizer
+        self.token_budget = check_token_budget(token_budget)
+        self.dim = dim or session.output_dim(SENTENCE)
+
+    def encode(self, inputs: Sequence[Any], batch_size: int, output_value: str | None = SENTENCE,
+               show_progress_bar: bool = False) -> Any:
+        """(n, dim) float32 array for sentence embeddings, else a list with one item per input, in input order."""
+        n = len(inputs)
+        order = longest_first([text_length(x) for x in inputs])
+        result = self._empty_result(n, output_value)
+        progress = _progress(n, show_progress_bar)
+        for start, stop in chunks(n, CHUNK_TEXTS):
+            idx = order[start:stop]
+            encodings = self.tokenizer.encode([inputs[i] for i in idx])
+            part = self.embed_encodings(encodings, batch_size, output_value, progress)
+            if output_value == SENTENCE:
+                result[idx] = part
+            else:
+                for j, i in enumerate(idx):
+                    result[i] = part[j]
+        if progress is not None:
+            progress.close()
+        return result
+
+    def embed_encodings(self, encodings: Sequence[Encoding], batch_size: int, output_value: str | None = SENTENCE,
+                        progress: Any = None) -> Any:
+        """Results for already tokenized texts, in their order (what the session pool's workers call)."""
+        lengths = [len(e.ids) for e in encodings]
+        order = longest_first(lengths)
+        result = self._empty_result(len(encodings), output_value)
+        names = [SENTENCE] if output_value == SENTENCE else [SENTENCE, TOKENS]
+        sorted_lengths = [lengths[i] for i in order]
+        for start, stop in budget_batches(sorted_lengths, batch_size, self.token_budget):
+            idx = order[start:stop]
+            features = self.tokenizer.pad([encodings[i] for i in idx], self.session.input_names,
+                                          self.session.input_dtype)
+            outputs = self.session.run(features, names)
+            self._place(result, idx, outputs, features, [lengths[i] for i in idx], output_value)
+            if progress is not None:
+                progress.update(stop - start)
+        return result
+
+    def _empty_result(self, n: int, output_value: str | None) -> Any:
+        if output_value == SENTENCE:
+            return np.empty((n, self.dim or 0), dtype=np.float32)
+        return [None] * n
+
+    @staticmethod
+    def _place(result: Any, idx: np.ndarray, outputs: list[np.ndarray], features: dict[str, np.ndarray],
+               lengths: list[int], output_value: str | None) -> None:
+        if output_value == SENTENCE:
+            result[idx] = outputs[0]
+            return
+        sentence, tokens = outputs
+        for row, (i, k) in enumerate(zip(idx, lengths)):
+            trimmed = np.array(tokens[row, :k])  # own copy: the padded batch array can be freed
+            if output_value == TOKENS:
+                result[i] = trimmed
+            else:
+                item = {name: np.array(value[row, :k]) for name, value in features.items()}
+                item.update({TOKENS: trimmed, SENTENCE: np.array(sentence[row])})
+                result[i] = item
+
+
+def _progress(total: int, show: bool) -> Callable | None:
+    if not show:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="Texts", unit="text")

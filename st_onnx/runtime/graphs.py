@@ -1,0 +1,139 @@
+"""Finding the fused graph a model folder should run, and deciding whether it must be (re-)exported.
+
+Torch-free: this module reads folders, manifests and fingerprints (files only); the export itself is a callable
+handed in by the backend, which imports the torch exporter only when an export is really needed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .. import layout
+from ..errors import GraphFileError, InvalidInputError, ModelFolderError, StaleGraphError
+
+logger = logging.getLogger(__name__)
+
+EXPORT_MODES = ("auto", "never")
+_WEIGHT_PATTERNS = ("model.safetensors", "pytorch_model.bin", "model-*-of-*.safetensors",
+                    "pytorch_model-*-of-*.bin")
+
+
+@dataclass(frozen=True)
+class GraphChoice:
+    path: Path
+    manifest: dict[str, Any]
+    exported: bool  # True when this load exported it
+
+
+def has_weights(folder: Path) -> bool:
+    """True when the folder holds the torch weights of its Transformer (so a graph can be exported from it)."""
+    base = layout.transformer_folder(folder)
+    return any(any(base.glob(pattern)) for pattern in _WEIGHT_PATTERNS)
+
+
+def read_manifest(graph: Path) -> dict[str, Any]:
+    """The manifest beside a graph ({} when there is none: a graph st-onnx did not export)."""
+    manifest = layout.read_json_if_exists(layout.manifest_path(graph), {})
+    if not isinstance(manifest, dict):
+        raise GraphFileError(f"the manifest {layout.manifest_path(graph)} is not a JSON object; re-export the graph")
+    return manifest
+
+
+def default_cache_root() -> Path:
+    env = os.environ.get("ST_ONNX_CACHE")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(xdg) / "st_onnx"
+
+
+def cache_dir_for(folder: Path, cache_folder: str | os.PathLike | None) -> Path:
+    """Where graphs of a read-only folder go: one sub-folder per model folder path."""
+    key = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:16]
+    root = Path(cache_folder) if cache_folder else default_cache_root()
+    return root / "st_onnx_graphs" / f"{folder.name}-{key}"
+
+
+def is_writable(folder: Path) -> bool:
+    target = folder / layout.FUSED_DIR
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(target, os.W_OK)
+
+
+def find_graph(folder: Path, precision: str, *, file_name: str | None = None, export: str = "auto",
+               cache_folder: str | os.PathLike | None = None,
+               exporter: Callable[[Path, str, Path | None], Path] | None = None) -> GraphChoice:
+    """The graph to run for ``folder``: fresh as found, exported when missing or stale, or an error that says why."""
+    if export not in EXPORT_MODES:
+        raise InvalidInputError(f"onnx_options['export'] is {export!r}; allowed: {', '.join(map(repr, EXPORT_MODES))}")
+    if file_name is not None:
+        return _named_graph(folder, file_name)
+    weights = has_weights(folder)
+    cache = cache_dir_for(folder, cache_folder)
+    candidates = [layout.fused_graph_path(folder, precision), layout.fused_graph_path(cache, precision)]
+    existing = [g for g in candidates if g.is_file()]
+    if not weights:
+        if not existing:
+            raise ModelFolderError(
+                f"{folder} holds neither a fused {precision} graph ({candidates[0]}) nor torch weights to export "
+                f"one from; export it where the weights are (`st-onnx export MODEL_DIR {folder}`) or pass "
+                "onnx_options={'precision': ...} naming a precision that was exported"
+            )
+        logger.debug("no torch weights in %s: using %s as it is", folder, existing[0])
+        return GraphChoice(existing[0], read_manifest(existing[0]), exported=False)
+    from ..fingerprint import folder_fingerprint
+
+    current = folder_fingerprint(folder)
+    for graph in existing:
+        manifest = read_manifest(graph)
+        if manifest.get("fingerprint") == current:
+            return GraphChoice(graph, manifest, exported=False)
+    if export == "never":
+        raise _not_exporting(folder, precision, existing, current)
+    out_dir = None if is_writable(folder) else cache
+    if exporter is None:
+        raise GraphFileError(f"no exporter available to export the {precision} graph of {folder}")
+    logger.info("exporting the fused %s graph of %s into %s (once: later loads reuse it)", precision, folder,
+                out_dir or candidates[0].parent)
+    graph = Path(exporter(folder, precision, out_dir))
+    return GraphChoice(graph, read_manifest(graph), exported=True)
+
+
+def _named_graph(folder: Path, file_name: str) -> GraphChoice:
+    graph = Path(file_name)
+    if not graph.is_absolute():
+        graph = folder / graph
+    if not graph.is_file():
+        raise GraphFileError(f"onnx_options['file_name'] names {graph}, which does not exist")
+    manifest = read_manifest(graph)
+    if manifest.get("fingerprint") and has_weights(folder):
+        from ..fingerprint import folder_fingerprint
+
+        current = folder_fingerprint(folder)
+        if manifest["fingerprint"] != current:
+            raise StaleGraphError(
+                f"the graph {graph} was exported from other weights (manifest {manifest['fingerprint']!r}, "
+                f"folder now {current!r}); re-export it (`st-onnx export {folder} {folder}`) or drop file_name"
+            )
+    return GraphChoice(graph, manifest, exported=False)
+
+
+def _not_exporting(folder: Path, precision: str, existing: list[Path], current: str) -> Exception:
+    if existing:
+        return StaleGraphError(
+            f"the fused graph {existing[0]} was exported from other weights (folder fingerprint now {current!r}) "
+            f"and onnx_options['export'] is 'never'; re-export it (`st-onnx export {folder} {folder}`) or "
+            "load with export='auto'"
+        )
+    return GraphFileError(
+        f"{folder} has no fused {precision} graph and onnx_options['export'] is 'never'; export it "
+        f"(`st-onnx export {folder} {folder}`) or load with export='auto'"
+    )

@@ -1,0 +1,96 @@
+"""Execution providers: which ones a device asks for, whether a GPU is really usable, and whether CUDA bound.
+
+``onnxruntime-gpu`` lists CUDAExecutionProvider as available on machines without a GPU, and a session asked
+for it then silently runs on the CPU. So "usable" is decided by the CUDA driver (``cuDeviceGetCount``), and
+after a session is created ``check_bound`` compares what it bound with what was asked.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import logging
+import warnings
+from typing import Any, Sequence
+
+from ..devices import check_device, device_index
+from ..errors import InvalidInputError, ProviderFallbackWarning
+
+logger = logging.getLogger(__name__)
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+
+
+@functools.lru_cache(maxsize=1)
+def cuda_device_count() -> int:
+    """Number of CUDA devices the driver sees (0 without a driver or a GPU); never imports torch."""
+    for name in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError:
+            continue
+        count = ctypes.c_int(0)
+        try:
+            if lib.cuInit(0) != 0 or lib.cuDeviceGetCount(ctypes.byref(count)) != 0:
+                return 0
+        except AttributeError:
+            return 0
+        return int(count.value)
+    return 0
+
+
+def cuda_usable() -> bool:
+    """True when ONNX Runtime has its CUDA provider and the driver reports at least one GPU."""
+    import onnxruntime as ort
+
+    return CUDA in ort.get_available_providers() and cuda_device_count() > 0
+
+
+def resolve_device(device: str | None) -> str:
+    """'cpu' or 'cuda:N' for a requested device; None picks CUDA only when a GPU is really usable."""
+    if device is None:
+        return "cuda:0" if cuda_usable() else "cpu"
+    device = check_device(device)
+    if device.startswith("cuda"):
+        return f"cuda:{device_index(device)}"
+    if device == "cpu":
+        return "cpu"
+    raise InvalidInputError(f"device {device!r} is not supported by the onnx backend; allowed: 'cpu', 'cuda', 'cuda:N'")
+
+
+def providers_for(device: str, providers: Sequence[Any] | None = None,
+                  provider_options: Sequence[dict] | dict | None = None) -> tuple[list[str], list[dict]]:
+    """(providers, provider_options) for ``InferenceSession``: explicit ones win, else derived from the device."""
+    if providers:
+        names = [p[0] if isinstance(p, (tuple, list)) else p for p in providers]
+        opts = [dict(p[1]) if isinstance(p, (tuple, list)) and len(p) > 1 else {} for p in providers]
+        if isinstance(provider_options, dict):
+            provider_options = [provider_options] + [{}] * (len(names) - 1)
+        if provider_options:
+            opts = [{**o, **dict(po or {})} for o, po in zip(opts, provider_options)]
+        return list(names), opts
+    if device.startswith("cuda"):
+        cuda_opts = {"device_id": device_index(device), "arena_extend_strategy": "kSameAsRequested"}
+        if isinstance(provider_options, dict):
+            cuda_opts.update(provider_options)
+        return [CUDA, CPU], [cuda_opts, {}]
+    return [CPU], [{}]
+
+
+def check_bound(session: Any, asked: Sequence[str]) -> str:
+    """The provider the session runs on; warns (ProviderFallbackWarning) when CUDA was asked and CPU bound."""
+    bound = list(session.get_providers())
+    if CUDA in asked and CUDA not in bound:
+        count = cuda_device_count()
+        why = ("the CUDA driver reports no GPU" if count == 0 else
+               "ONNX Runtime could not load its CUDA libraries (check the CUDA/cuDNN versions "
+               "onnxruntime-gpu needs, and LD_LIBRARY_PATH)")
+        warnings.warn(
+            f"CUDAExecutionProvider was asked for but the session bound {bound}: {why}; encoding runs on the "
+            "CPU. Pass device='cpu' to silence this, or fix the CUDA setup.",
+            ProviderFallbackWarning,
+            stacklevel=3,
+        )
+        return CPU
+    return bound[0] if bound else CPU

@@ -1,0 +1,117 @@
+"""OrtSession: one ONNX Runtime InferenceSession over a fused graph, set up for many mixed-length calls.
+
+Choices, each measured on the 2-core development machine (see benchmarks/bench_encode.py):
+- threads: ``intra_op_num_threads`` = the cores this process may use, one inter-op thread, sequential execution
+  (the fused encoder is one chain of nodes: parallel execution only adds scheduling).
+- memory: every batch has another shape, so ORT's CPU arena (which only grows) and its memory patterns (cached
+  per shape) would ratchet RSS over a long run; both are switched off. The CUDA arena uses kSameAsRequested.
+- outputs: only the outputs asked for are fetched (token embeddings are (batch, seq, hidden): copying them for
+  a sentence embedding would be waste). On CUDA, inputs and outputs go through IO binding, the outputs copied
+  to the host once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import GraphFileError, InvalidInputError
+from .providers import CUDA, check_bound, providers_for
+
+logger = logging.getLogger(__name__)
+
+_ORT_INT_TYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def default_session_options(threads: int | None = None) -> Any:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads or available_cores()
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.enable_cpu_mem_arena = False
+    so.enable_mem_pattern = False
+    so.log_severity_level = 3
+    return so
+
+
+class OrtSession:
+    """Run the fused graph: numpy features in, numpy outputs out, on the device it was created for."""
+
+    def __init__(self, graph_path: str | os.PathLike, device: str = "cpu", *, threads: int | None = None,
+                 session_options: Any = None, providers: Sequence[Any] | None = None,
+                 provider_options: Sequence[dict] | dict | None = None) -> None:
+        import onnxruntime as ort
+
+        self.graph_path = Path(graph_path)
+        if not self.graph_path.is_file():
+            raise GraphFileError(f"fused graph {self.graph_path} does not exist; export it first")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads <= 0):
+            raise InvalidInputError(f"intra_op_num_threads must be a positive int; got {threads!r}")
+        so = session_options if session_options is not None else default_session_options(threads)
+        if session_options is not None and threads is not None:
+            so.intra_op_num_threads = threads
+        names, opts = providers_for(device, providers, provider_options)
+        try:
+            self._session = ort.InferenceSession(str(self.graph_path), sess_options=so, providers=names,
+                                                 provider_options=opts)
+        except Exception as e:  # ORT raises its own Fail/InvalidGraph/NoSuchFile types
+            raise GraphFileError(f"ONNX Runtime cannot load {self.graph_path}: {e}") from e
+        self.provider = check_bound(self._session, names)
+        self.device = device if self.provider == CUDA else "cpu"
+        self.threads = so.intra_op_num_threads
+        self.input_names = [i.name for i in self._session.get_inputs()]
+        self.input_types = {i.name: _ORT_INT_TYPES.get(i.type, np.int64) for i in self._session.get_inputs()}
+        self.output_names = [o.name for o in self._session.get_outputs()]
+        logger.debug("session on %s (%s, %d threads) over %s", self.device, self.provider, self.threads,
+                     self.graph_path)
+
+    @property
+    def input_dtype(self) -> Any:
+        """The integer type the graph's inputs take (int64 unless exported with int32 inputs)."""
+        return self.input_types.get("input_ids", np.int64)
+
+    def output_dim(self, name: str = "sentence_embedding") -> int | None:
+        for out in self._session.get_outputs():
+            if out.name == name and out.shape and isinstance(out.shape[-1], int):
+                return out.shape[-1]
+        return None
+
+    def run(self, features: dict[str, np.ndarray], outputs: Sequence[str]) -> list[np.ndarray]:
+        """Outputs ``outputs`` for ``features`` (extra feature names the graph does not take are ignored)."""
+        feed = {name: self._as_input(name, features[name]) for name in self.input_names}
+        if self.provider == CUDA:
+            return self._run_bound(feed, outputs)
+        return self._session.run(list(outputs), feed)
+
+    def _as_input(self, name: str, value: np.ndarray) -> np.ndarray:
+        dtype = self.input_types[name]
+        return value if value.dtype == dtype else value.astype(dtype)
+
+    def _run_bound(self, feed: dict[str, np.ndarray], outputs: Sequence[str]) -> list[np.ndarray]:
+        """CUDA: inputs copied to the device once, outputs left there by the run and copied back once."""
+        binding = self._session.io_binding()
+        device_id = int(self.device.partition(":")[2] or 0)
+        for name, value in feed.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        for name in outputs:
+            binding.bind_output(name, "cuda", device_id)
+        self._session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()
+
+    def __repr__(self) -> str:
+        return f"OrtSession({str(self.graph_path)!r}, device={self.device!r}, threads={self.threads})"
