@@ -1,0 +1,124 @@
+"""The fused graph's manifest (JSON beside the graph) and the checks a runtime makes before using a graph.
+
+Torch-free: json, hashlib and (for ``check_graph``) the ``onnx`` package only, so the ONNX Runtime path can
+import it. The manifest keys the runtime relies on: ``format``, ``fingerprint``, ``precision``, ``inputs``,
+``outputs``, ``embedding_dimension``, ``graph_bytes``, ``graph_sha256``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .. import layout
+from ..errors import GraphFileError, StaleGraphError
+
+FORMAT = "st-onnx-fused/1"
+INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+OUTPUT_NAMES = ("sentence_embedding", "token_embeddings")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return "sha256:" + h.hexdigest()
+
+
+def write_manifest(graph_path: str | os.PathLike, manifest: dict[str, Any]) -> Path:
+    """Write the manifest beside ``graph_path`` atomically (rename over any previous one)."""
+    target = layout.manifest_path(graph_path)
+    with layout.atomic_file(target, "w") as f:
+        json.dump(manifest, f, indent=2)
+        f.write("\n")
+    return target
+
+
+def read_manifest(graph_path: str | os.PathLike) -> dict[str, Any]:
+    """The manifest of a fused graph; GraphFileError when it is missing, broken or of another format."""
+    path = layout.manifest_path(graph_path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            manifest = json.load(f)
+    except FileNotFoundError as e:
+        raise GraphFileError(
+            f"the graph {graph_path} has no manifest {path.name} beside it; re-export it "
+            "(st-onnx export MODEL_DIR MODEL_DIR)"
+        ) from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise GraphFileError(f"the manifest {path} is not valid JSON ({e}); re-export the graph") from e
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise GraphFileError(f"the manifest {path} has format {found!r}; allowed: {FORMAT!r}. Re-export the graph")
+    return manifest
+
+
+def check_graph(graph_path: str | os.PathLike, *, verify_hash: bool = True) -> dict[str, Any]:
+    """Check that a fused graph file is whole and is the graph its manifest describes; return the manifest.
+
+    Raises GraphFileError when the file is missing, truncated or corrupted (size or sha256 differ from the
+    manifest, or the protobuf does not parse), or when it lacks the inputs/outputs the manifest names.
+    """
+    graph_path = Path(graph_path)
+    if not graph_path.is_file():
+        raise GraphFileError(f"the fused graph {graph_path} does not exist; export it first")
+    manifest = read_manifest(graph_path)
+    size = graph_path.stat().st_size
+    expected = manifest.get("graph_bytes")
+    if expected is not None and size != expected:
+        raise GraphFileError(
+            f"the fused graph {graph_path} is {size} bytes but its manifest says {expected}: the file is truncated "
+            "or was replaced; re-export it"
+        )
+    if verify_hash and manifest.get("graph_sha256") and file_sha256(graph_path) != manifest["graph_sha256"]:
+        raise GraphFileError(f"the fused graph {graph_path} does not match its manifest's sha256: it is corrupted; re-export it")
+    _check_proto(graph_path, manifest)
+    return manifest
+
+
+def _check_proto(graph_path: Path, manifest: dict[str, Any]) -> None:
+    import onnx
+
+    try:
+        model = onnx.load(str(graph_path), load_external_data=False)
+    except Exception as e:  # protobuf's DecodeError and friends: the file is not a whole ONNX model
+        raise GraphFileError(f"the fused graph {graph_path} is not a readable ONNX model ({e}); re-export it") from e
+    inputs = [i.name for i in model.graph.input]
+    outputs = [o.name for o in model.graph.output]
+    if inputs != list(manifest.get("inputs", inputs)) or not set(manifest.get("outputs", [])) <= set(outputs):
+        raise GraphFileError(
+            f"the fused graph {graph_path} has inputs {inputs} and outputs {outputs}; its manifest names "
+            f"inputs {manifest.get('inputs')} and outputs {manifest.get('outputs')}. Re-export it"
+        )
+    if "sentence_embedding" not in outputs:
+        raise GraphFileError(f"the graph {graph_path} has no 'sentence_embedding' output (outputs: {outputs})")
+
+
+def graph_is_fresh(folder: str | os.PathLike, graph_path: str | os.PathLike) -> bool:
+    """True when the graph's manifest fingerprint equals the current fingerprint of the model folder."""
+    from ..fingerprint import folder_fingerprint
+
+    try:
+        manifest = read_manifest(graph_path)
+    except GraphFileError:
+        return False
+    return Path(graph_path).is_file() and manifest.get("fingerprint") == folder_fingerprint(folder)
+
+
+def check_fresh(folder: str | os.PathLike, graph_path: str | os.PathLike) -> dict[str, Any]:
+    """Return the manifest, or raise StaleGraphError when the graph was exported from other weights."""
+    from ..fingerprint import folder_fingerprint
+
+    manifest = read_manifest(graph_path)
+    current = folder_fingerprint(folder)
+    if manifest.get("fingerprint") != current:
+        raise StaleGraphError(
+            f"the fused graph {graph_path} was exported from other weights (manifest fingerprint "
+            f"{manifest.get('fingerprint')!r}, folder {folder} now {current!r}); re-export it with "
+            f"`st-onnx export {folder} {folder}` or load the model with backend='torch'"
+        )
+    return manifest

@@ -1,0 +1,129 @@
+"""Parity: does the exported graph compute what the torch modules compute?
+
+The reference is always the fp32 torch ``ModuleStack``; the graph runs on ONNX Runtime's CPU provider (or CUDA
+for fp16, where a CUDA provider exists). Texts of mixed lengths are run in padded batches, so a graph that lets
+padding leak into pooling fails here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any, Sequence
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+# Minimum cosine between graph and torch embeddings, per precision.
+#  fp32: same maths, only kernel order differs -> 1e-5 is generous (measured ~1e-7 off on all-MiniLM-L6-v2).
+#  int8: dynamic quantization of every MatMul; published int8 encoders lose ~0.3% quality. 0.98 catches a
+#        broken quantization (an unscaled layer gives cos << 0.9) while passing honest rounding noise.
+#  fp16: tensor-core fp16 is ~3 decimal digits; 0.999 is the usual fp16 parity bound for encoders.
+COSINE_THRESHOLDS = {"fp32": 0.99999, "fp16": 0.999, "int8": 0.98}
+
+DEFAULT_SENTENCES = (
+    "A man is playing a guitar.",
+    "hi",
+    "",
+    "The quick brown fox jumps over the lazy dog while the cat sleeps on the warm windowsill.",
+    "Two dogs run through the park.",
+    "A woman is slicing an onion in the kitchen, and a child is reading a very old book about rivers, "
+    "mountains, cities and the long history of trains that crossed the continent in the nineteenth century.",
+    "Stocks fell sharply on Monday.",
+    "A plane is taking off.",
+    "Who wrote this?",
+    "Several people are sitting at a table outside a cafe and drinking coffee in the afternoon sun.",
+    "red",
+    "The committee will meet again next week to discuss the budget, the schedule and the new hiring plan.",
+) + (" ".join(["the long text that is truncated at the maximum sequence length"] * 80),)
+
+
+@dataclasses.dataclass
+class ParityReport:
+    """How far a graph's sentence embeddings are from the torch modules' on the same texts."""
+
+    precision: str
+    n_texts: int
+    max_abs_diff: float
+    min_cosine: float
+    mean_cosine: float
+    worst_index: int
+    worst_text: str
+    threshold: float
+    passed: bool
+    provider: str = "CPUExecutionProvider"
+    token_max_abs_diff: float | None = None
+
+    def __str__(self) -> str:
+        verdict = "PASSED" if self.passed else "FAILED"
+        text = self.worst_text if len(self.worst_text) <= 60 else self.worst_text[:57] + "..."
+        tokens = "" if self.token_max_abs_diff is None else f", token_embeddings max|diff| {self.token_max_abs_diff:.3g}"
+        return (
+            f"parity {verdict} ({self.precision} graph on {self.provider} vs torch fp32, {self.n_texts} texts): "
+            f"max|diff| {self.max_abs_diff:.3g}, cosine min {self.min_cosine:.7f} / mean {self.mean_cosine:.7f} "
+            f"(threshold min >= {self.threshold}){tokens}; worst text #{self.worst_index}: {text!r}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ParityReport":
+        fields = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in fields})
+
+
+def compare(reference: np.ndarray, actual: np.ndarray, texts: Sequence[str], precision: str,
+            provider: str = "CPUExecutionProvider", token_max_abs_diff: float | None = None) -> ParityReport:
+    """Row-wise comparison of two (n, dim) embedding matrices."""
+    reference = np.asarray(reference, dtype=np.float64)
+    actual = np.asarray(actual, dtype=np.float64)
+    diff = np.abs(reference - actual)
+    norms = np.linalg.norm(reference, axis=1) * np.linalg.norm(actual, axis=1)
+    dots = (reference * actual).sum(axis=1)
+    both_zero = (np.linalg.norm(reference, axis=1) == 0) & (np.linalg.norm(actual, axis=1) == 0)
+    cos = np.where(both_zero, 1.0, dots / np.maximum(norms, 1e-30))
+    worst = int(np.argmin(cos)) if len(cos) else 0
+    threshold = COSINE_THRESHOLDS[precision]
+    finite = bool(np.isfinite(actual).all())
+    min_cos = float(cos.min()) if len(cos) else 1.0
+    return ParityReport(
+        precision=precision, n_texts=len(texts), max_abs_diff=float(diff.max()) if diff.size else 0.0,
+        min_cosine=min_cos, mean_cosine=float(cos.mean()) if len(cos) else 1.0, worst_index=worst,
+        worst_text=str(texts[worst]) if texts else "", threshold=threshold,
+        passed=finite and min_cos >= threshold, provider=provider, token_max_abs_diff=token_max_abs_diff,
+    )
+
+
+def check_parity(stack, session, input_names: Sequence[str], precision: str,
+                 sentences: Sequence[str] | None = None, batch_size: int = 8) -> ParityReport:
+    """Encode ``sentences`` with the torch stack and the ORT session in the same padded batches and compare."""
+    import torch
+
+    texts = list(sentences) if sentences else list(DEFAULT_SENTENCES)
+    # Interleave long and short texts so that every batch is padded.
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    order = [order[i // 2] if i % 2 == 0 else order[-1 - i // 2] for i in range(len(order))]
+    ref_rows, out_rows, token_diff = {}, {}, 0.0
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        features = dict(stack.transformer.tokenize([texts[i] for i in idx]))
+        feed = {name: features[name].cpu().numpy().astype(np.int64) for name in input_names}
+        with torch.no_grad():
+            ref = stack({k: v.to(_device(stack)) for k, v in features.items()})
+        sentence, tokens = session.run(["sentence_embedding", "token_embeddings"], feed)
+        mask = feed["attention_mask"].astype(bool)
+        ref_tokens = ref["token_embeddings"].float().cpu().numpy()
+        token_diff = max(token_diff, float(np.abs(ref_tokens[mask] - tokens.astype(np.float32)[mask]).max()))
+        for row, i in enumerate(idx):
+            ref_rows[i] = ref["sentence_embedding"][row].float().cpu().numpy()
+            out_rows[i] = sentence[row].astype(np.float32)
+    provider = session.get_providers()[0]
+    n = len(texts)
+    return compare(np.stack([ref_rows[i] for i in range(n)]), np.stack([out_rows[i] for i in range(n)]), texts,
+                   precision, provider, token_diff)
+
+
+def _device(stack):
+    return next(stack.parameters()).device

@@ -1,0 +1,236 @@
+"""The exporter: one fused graph per model, parity with torch, manifest, freshness, broken files, int8."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import SENTENCES, make_tiny_model, stsb_sentences
+from st_onnx import layout
+from st_onnx.errors import GraphFileError, InvalidInputError, ParityError, StaleGraphError
+from st_onnx.export import (
+    FORMAT, ParityReport, check_fresh, check_graph, export_fused_graph, export_model_folder, graph_is_fresh,
+    read_manifest,
+)
+from st_onnx.fingerprint import folder_fingerprint
+from st_onnx.modules import load_stack
+
+ort = pytest.importorskip("onnxruntime")
+
+MODES = ["cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken", ("cls", "max", "mean")]
+LONG = " ".join(["the quick brown fox jumps over the lazy dog and the cat sleeps"] * 6)
+MIXED = ["hi", LONG, "", "a man is playing music", LONG[:120], "the cat", "the red car drives over the old city"]
+
+
+def session(graph):
+    return ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+
+
+def run_graph(sess, stack, texts):
+    features = stack.transformer.tokenize(texts)
+    feed = {i.name: features[i.name].numpy() for i in sess.get_inputs()}
+    return sess.run(["sentence_embedding", "token_embeddings"], feed), features
+
+
+def torch_embed(stack, features):
+    with torch.no_grad():
+        out = stack(dict(features))
+    return out["sentence_embedding"].numpy(), out["token_embeddings"].numpy()
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """(folder, graph) of a tiny model with Dense(16, Tanh) + Normalize, exported in place."""
+    folder = make_tiny_model(tmp_path_factory.mktemp("exp") / "model", dense=16)
+    return folder, export_model_folder(folder)
+
+
+@pytest.mark.parametrize("mode", MODES, ids=lambda m: m if isinstance(m, str) else "+".join(m))
+def test_every_pooling_mode_matches_torch(tmp_path, mode):
+    folder = make_tiny_model(tmp_path / "model", pooling=mode, normalize=False)
+    stack = load_stack(folder)
+    graph = export_fused_graph(stack, tmp_path / "out", fingerprint="sha256:test", optimize=False)
+    (sentence, tokens), features = run_graph(session(graph), stack, MIXED)
+    ref_sentence, ref_tokens = torch_embed(stack, features)
+    width = 32 * (len(mode) if isinstance(mode, tuple) else 1)
+    assert sentence.shape == (len(MIXED), width)
+    np.testing.assert_allclose(sentence, ref_sentence, atol=1e-5, rtol=1e-4)
+    mask = features["attention_mask"].numpy().astype(bool)
+    np.testing.assert_allclose(tokens[mask], ref_tokens[mask], atol=1e-5)
+
+
+def test_dense_activation_without_normalize(tmp_path):
+    folder = make_tiny_model(tmp_path / "model", dense=8, normalize=False, activation=torch.nn.ReLU())
+    stack = load_stack(folder)
+    graph = export_fused_graph(stack, tmp_path / "out", fingerprint="sha256:x")
+    (sentence, _), features = run_graph(session(graph), stack, MIXED)
+    ref, _ = torch_embed(stack, features)
+    assert sentence.shape == (len(MIXED), 8) and (sentence >= 0).all()
+    assert not np.allclose(np.linalg.norm(sentence, axis=1), 1.0)  # no Normalize in this stack
+    np.testing.assert_allclose(sentence, ref, atol=1e-5)
+
+
+def test_fused_graph_with_dense_and_normalize(exported):
+    folder, graph = exported
+    stack = load_stack(folder)
+    (sentence, tokens), features = run_graph(session(graph), stack, SENTENCES)
+    ref, _ = torch_embed(stack, features)
+    assert sentence.shape == (len(SENTENCES), 16) and tokens.shape[-1] == 32
+    np.testing.assert_allclose(np.linalg.norm(sentence, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(sentence, ref, atol=1e-5)
+
+
+def test_padding_does_not_change_embeddings(exported):
+    folder, graph = exported
+    stack, sess = load_stack(folder), session(graph)
+    (batch, _), features = run_graph(sess, stack, MIXED)
+    assert features["attention_mask"].numpy().min() == 0  # the batch really is padded
+    for i, text in enumerate(MIXED):
+        (alone, _), _ = run_graph(sess, stack, [text])
+        np.testing.assert_allclose(batch[i], alone[0], atol=1e-5, err_msg=f"text {i} changed by padding")
+
+
+def test_manifest_describes_graph(exported):
+    folder, graph = exported
+    assert graph == layout.fused_graph_path(folder, "fp32")
+    manifest = read_manifest(graph)
+    assert manifest["format"] == FORMAT
+    assert manifest["fingerprint"] == folder_fingerprint(folder)
+    assert manifest["precision"] == "fp32" and manifest["opset"] == 17
+    assert manifest["inputs"] == [i.name for i in session(graph).get_inputs()]
+    assert manifest["inputs"][:2] == ["input_ids", "attention_mask"]
+    assert manifest["outputs"] == ["sentence_embedding", "token_embeddings"]
+    assert manifest["embedding_dimension"] == 16
+    assert set(manifest["versions"]) == {"torch", "transformers", "onnx", "onnxruntime", "st_onnx"}
+    assert manifest["fusions"].get("Attention") == 2 and manifest["fusions"].get("SkipLayerNormalization") == 4
+    report = ParityReport.from_dict(manifest["parity"])
+    assert report.passed and report.min_cosine >= 0.99999 and "PASSED" in str(report)
+    for inp in session(graph).get_inputs():
+        assert inp.type == "tensor(int64)" and inp.shape == ["batch", "sequence"]
+    assert check_graph(graph)["graph_sha256"] == manifest["graph_sha256"]
+    assert not [p for p in graph.parent.iterdir() if p.name.startswith(".")]  # no temp leftovers
+
+
+def test_stale_graph_is_refused(exported, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(exported[0], folder)
+    graph = layout.fused_graph_path(folder, "fp32")
+    assert graph_is_fresh(folder, graph) and check_fresh(folder, graph)["precision"] == "fp32"
+    config = layout.read_json(folder / "1_Pooling" / "config.json")
+    config["pooling_mode_mean_tokens"], config["pooling_mode_max_tokens"] = False, True
+    layout.write_json(folder / "1_Pooling" / "config.json", config)
+    assert not graph_is_fresh(folder, graph)
+    with pytest.raises(StaleGraphError, match="re-export"):
+        check_fresh(folder, graph)
+
+
+def test_truncated_or_corrupted_graph_raises(exported, tmp_path):
+    graph = tmp_path / "fp32.onnx"
+    shutil.copy(exported[1], graph)
+    shutil.copy(layout.manifest_path(exported[1]), layout.manifest_path(graph))
+    data = graph.read_bytes()
+    graph.write_bytes(data[: len(data) // 2])
+    with pytest.raises(GraphFileError, match="truncated"):
+        check_graph(graph)
+    graph.write_bytes(data[:100] + bytes([data[100] ^ 0xFF]) + data[101:])
+    with pytest.raises(GraphFileError, match="corrupted"):
+        check_graph(graph)
+    graph.write_bytes(b"\x00garbage" * 10)
+    manifest = json.loads(layout.manifest_path(graph).read_text())
+    manifest.pop("graph_bytes"), manifest.pop("graph_sha256")
+    layout.manifest_path(graph).write_text(json.dumps(manifest))
+    with pytest.raises(GraphFileError, match="not a readable ONNX model"):
+        check_graph(graph)
+    layout.manifest_path(graph).unlink()
+    with pytest.raises(GraphFileError, match="no manifest"):
+        check_graph(graph)
+
+
+def test_check_graph_does_not_import_torch(exported):
+    code = (
+        "import sys; from st_onnx.export import check_graph, graph_is_fresh; "
+        f"m = check_graph({str(exported[1])!r}); assert graph_is_fresh({str(exported[0])!r}, {str(exported[1])!r}); "
+        "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'torch imported'; print(m['precision'])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "fp32"
+
+
+def test_failed_parity_raises_and_writes_nothing(exported, tmp_path, monkeypatch):
+    from st_onnx.export import verify
+
+    out = tmp_path / "out"
+    stack = load_stack(exported[0])
+    graph = export_fused_graph(stack, out, fingerprint="sha256:old", optimize=False)
+    before = graph.read_bytes()
+    monkeypatch.setitem(verify.COSINE_THRESHOLDS, "fp32", 1.5)  # no graph can pass
+    with pytest.raises(ParityError, match="FAILED") as info:
+        export_fused_graph(stack, out, fingerprint="sha256:new", optimize=False)
+    assert "max|diff|" in str(info.value)
+    assert graph.read_bytes() == before and read_manifest(graph)["fingerprint"] == "sha256:old"
+    assert sorted(p.name for p in graph.parent.iterdir()) == ["fp32.json", "fp32.onnx"]
+
+
+def test_int8_export_on_tiny_model(exported, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(exported[0], folder)
+    graph = export_model_folder(folder, "int8")
+    manifest = read_manifest(graph)
+    assert graph == layout.fused_graph_path(folder, "int8") and manifest["precision"] == "int8"
+    assert manifest["parity"]["passed"] and manifest["parity"]["min_cosine"] >= 0.98
+    assert "per_channel" in manifest["quantization"]
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(graph)).graph.node}
+    assert ops & {"DynamicQuantizeMatMul", "MatMulInteger", "QAttention", "DynamicQuantizeLinear"}, ops
+    (sentence, _), features = run_graph(session(graph), load_stack(folder), SENTENCES)
+    ref, _ = torch_embed(load_stack(folder), features)
+    cos = (sentence * ref).sum(1) / np.linalg.norm(sentence, axis=1) / np.linalg.norm(ref, axis=1)
+    assert cos.min() >= 0.98
+
+
+def test_export_to_other_folder_makes_complete_copy(exported, tmp_path):
+    out = tmp_path / "bundle"
+    graph = export_model_folder(exported[0], "fp32", out_dir=out)
+    assert graph == layout.fused_graph_path(out, "fp32")
+    assert (out / "modules.json").is_file() and (out / "tokenizer.json").is_file()
+    assert graph_is_fresh(out, graph) and folder_fingerprint(out) == folder_fingerprint(exported[0])
+    again = export_model_folder(exported[0], "fp32", out_dir=out)  # an earlier export is replaced
+    assert again == graph and graph.is_file()
+    stranger = tmp_path / "stranger"
+    stranger.mkdir()
+    (stranger / "notes.txt").write_text("mine")
+    with pytest.raises(InvalidInputError, match="not a model folder"):
+        export_model_folder(exported[0], "fp32", out_dir=stranger)
+    assert (stranger / "notes.txt").read_text() == "mine"
+
+
+def test_bad_precision_is_refused(exported, tmp_path):
+    with pytest.raises(InvalidInputError, match="allowed: fp32, fp16, int8"):
+        export_model_folder(exported[0], "bf16", out_dir=tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
+def test_minilm_fp32_graph_matches_torch_on_1000_stsb_sentences(minilm_dir):
+    from st_onnx.export.verify import check_parity
+
+    stack = load_stack(minilm_dir)
+    graph = export_fused_graph(stack, minilm_dir, fingerprint=folder_fingerprint(minilm_dir))
+    manifest = read_manifest(graph)
+    assert manifest["inputs"] == ["input_ids", "attention_mask", "token_type_ids"]
+    assert manifest["embedding_dimension"] == 384
+    assert manifest["fusions"] == {"EmbedLayerNormalization": 1, "Attention": 6, "SkipLayerNormalization": 12,
+                                   "BiasGelu": 6}
+    report = check_parity(stack, session(graph), manifest["inputs"], "fp32", stsb_sentences(1000), batch_size=32)
+    print(report)
+    assert report.n_texts == 1000
+    assert report.passed and report.min_cosine >= 0.99999 and report.max_abs_diff < 1e-4
