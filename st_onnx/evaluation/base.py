@@ -1,0 +1,104 @@
+"""What every evaluator shares: the ``__call__`` contract, paired scores in numpy, the 2.x CSV file.
+
+Evaluators call only ``model.encode(..., convert_to_numpy=True)`` and compute with numpy, so they run on
+either backend and import no torch (the ONNX backend stays torch-free).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from enum import Enum
+from typing import Any
+
+import numpy as np
+
+from ..errors import InvalidInputError, allowed
+
+logger = logging.getLogger(__name__)
+
+
+class SimilarityFunction(Enum):
+    """sentence-transformers 2.x's similarity functions (``from_name`` also takes 3.x's string names)."""
+
+    COSINE = 0
+    EUCLIDEAN = 1
+    MANHATTAN = 2
+    DOT_PRODUCT = 3
+
+    @classmethod
+    def from_name(cls, value: Any) -> "SimilarityFunction":
+        if isinstance(value, cls):
+            return value
+        names = {"cosine": cls.COSINE, "cos_sim": cls.COSINE, "euclidean": cls.EUCLIDEAN,
+                 "manhattan": cls.MANHATTAN, "dot": cls.DOT_PRODUCT, "dot_product": cls.DOT_PRODUCT,
+                 "dot_score": cls.DOT_PRODUCT}
+        if isinstance(value, str) and value.lower() in names:
+            return names[value.lower()]
+        if isinstance(value, int) and not isinstance(value, bool) and value in (0, 1, 2, 3):
+            return cls(value)
+        raise InvalidInputError(f"similarity function {allowed(value, list(names) + [m.name for m in cls])}")
+
+
+def paired_scores(a: np.ndarray, b: np.ndarray) -> dict[str, np.ndarray]:
+    """Row-wise similarity of two embedding matrices; distances negated so that higher is more similar."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    dot = np.sum(a * b, axis=1)
+    return {
+        "cosine": dot / np.maximum(norms, 1e-12),
+        "euclidean": -np.linalg.norm(a - b, axis=1),
+        "manhattan": -np.sum(np.abs(a - b), axis=1),
+        "dot": dot,
+    }
+
+
+def encode(model, sentences: list, batch_size: int, show_progress_bar: bool) -> np.ndarray:
+    return np.asarray(model.encode(list(sentences), batch_size=batch_size, show_progress_bar=show_progress_bar,
+                                   convert_to_numpy=True))
+
+
+def encode_unique(model, columns: list[list], batch_size: int, show_progress_bar: bool) -> list[np.ndarray]:
+    """Encode each distinct text of several columns once; return one embedding matrix per column."""
+    unique = list(dict.fromkeys(text for column in columns for text in column))
+    embeddings = encode(model, unique, batch_size, show_progress_bar)
+    index = {text: i for i, text in enumerate(unique)}
+    return [embeddings[[index[t] for t in column]] for column in columns]
+
+
+def check_same_length(**columns: list) -> None:
+    lengths = {name: len(col) for name, col in columns.items()}
+    if len(set(lengths.values())) > 1:
+        raise InvalidInputError(f"the evaluator's columns must have the same length; got {lengths}")
+
+
+def describe(epoch: int, steps: int) -> str:
+    if epoch == -1:
+        return ""
+    return f" after epoch {epoch}" if steps == -1 else f" in epoch {epoch} after {steps} steps"
+
+
+class SentenceEvaluator:
+    """Base of the evaluators: ``evaluator(model, output_path=None, epoch=-1, steps=-1) -> main score``."""
+
+    csv_file: str = ""
+    csv_headers: list[str] = []
+    write_csv: bool = True
+
+    def __call__(self, model, output_path: str | None = None, epoch: int = -1, steps: int = -1) -> float:
+        raise NotImplementedError
+
+    def append_csv(self, output_path: str | None, row: list) -> None:
+        """Append a row to ``output_path/csv_file``, writing the header first when the file is new."""
+        if output_path is None or not self.write_csv:
+            return
+        os.makedirs(output_path, exist_ok=True)
+        path = os.path.join(output_path, self.csv_file)
+        new = not os.path.isfile(path)
+        with open(path, newline="", mode="w" if new else "a", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            if new:
+                writer.writerow(self.csv_headers)
+            writer.writerow(row)

@@ -1,0 +1,68 @@
+"""EmbeddingSimilarityEvaluator: Pearson and Spearman correlation of pair similarities with gold scores."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from scipy.stats import pearsonr, spearmanr
+
+from .base import (SentenceEvaluator, SimilarityFunction, check_same_length, describe, encode, paired_scores)
+
+logger = logging.getLogger(__name__)
+
+_ORDER = ("cosine", "euclidean", "manhattan", "dot")
+_BY_FUNCTION = {SimilarityFunction.COSINE: "cosine", SimilarityFunction.EUCLIDEAN: "euclidean",
+                SimilarityFunction.MANHATTAN: "manhattan", SimilarityFunction.DOT_PRODUCT: "dot"}
+
+
+class EmbeddingSimilarityEvaluator(SentenceEvaluator):
+    """Encode sentences1 and sentences2, score each pair with cosine, euclidean, manhattan and dot, and
+    correlate with ``scores``. The main score is the Spearman of ``main_similarity``, or the best of the four
+    when it is None (sentence-transformers 2.x)."""
+
+    def __init__(self, sentences1: list[str], sentences2: list[str], scores: list[float], batch_size: int = 16,
+                 main_similarity=None, name: str = "", show_progress_bar: bool = False,
+                 write_csv: bool = True) -> None:
+        check_same_length(sentences1=sentences1, sentences2=sentences2, scores=scores)
+        self.sentences1 = list(sentences1)
+        self.sentences2 = list(sentences2)
+        self.scores = list(scores)
+        self.batch_size = batch_size
+        self.main_similarity = None if main_similarity is None else SimilarityFunction.from_name(main_similarity)
+        self.name = name
+        self.show_progress_bar = show_progress_bar
+        self.write_csv = write_csv
+        self.csv_file = f"similarity_evaluation{'_' + name if name else ''}_results.csv"
+        self.csv_headers = ["epoch", "steps"] + [f"{s}_{c}" for s in ("cosine", "euclidean", "manhattan", "dot")
+                                                 for c in ("pearson", "spearman")]
+        self.last_metrics: dict[str, float] = {}
+
+    @classmethod
+    def from_input_examples(cls, examples, **kwargs) -> "EmbeddingSimilarityEvaluator":
+        return cls([e.texts[0] for e in examples], [e.texts[1] for e in examples], [e.label for e in examples],
+                   **kwargs)
+
+    def compute_metrics(self, model) -> dict[str, float]:
+        """``{"<similarity>_pearson": r, "<similarity>_spearman": rho}`` for the four similarities."""
+        emb1 = encode(model, self.sentences1, self.batch_size, self.show_progress_bar)
+        emb2 = encode(model, self.sentences2, self.batch_size, self.show_progress_bar)
+        gold = np.asarray(self.scores, dtype=np.float64)
+        metrics = {}
+        for sim, values in paired_scores(emb1, emb2).items():
+            metrics[f"{sim}_pearson"] = float(pearsonr(gold, values)[0])
+            metrics[f"{sim}_spearman"] = float(spearmanr(gold, values)[0])
+        return metrics
+
+    def __call__(self, model, output_path: str | None = None, epoch: int = -1, steps: int = -1) -> float:
+        logger.info("EmbeddingSimilarityEvaluator: evaluating the model on the %s dataset%s:", self.name,
+                    describe(epoch, steps))
+        m = self.compute_metrics(model)
+        self.last_metrics = m
+        for sim in _ORDER:
+            logger.info("%-10s Pearson: %.4f\tSpearman: %.4f", sim.capitalize(), m[f"{sim}_pearson"],
+                        m[f"{sim}_spearman"])
+        self.append_csv(output_path, [epoch, steps] + [m[h] for h in self.csv_headers[2:]])
+        if self.main_similarity is None:
+            return max(m[f"{s}_spearman"] for s in _ORDER)
+        return m[f"{_BY_FUNCTION[self.main_similarity]}_spearman"]

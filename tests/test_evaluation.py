@@ -1,0 +1,242 @@
+"""Evaluators: maths against sentence-transformers' own evaluators, 2.x CSV files, tiny IR slice, full scores."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import DATA, SHARED_DATA, read_stsb
+
+from st_onnx import InputExample
+from st_onnx.evaluation import (BinaryClassificationEvaluator, EmbeddingSimilarityEvaluator,
+                                InformationRetrievalEvaluator, SequentialEvaluator, SimilarityFunction,
+                                TripletEvaluator)
+from st_onnx.evaluation.binary_classification import average_precision
+
+ALL_SIMS = ["cosine", "euclidean", "manhattan", "dot"]
+
+
+class FakeModel:
+    """An encoder whose embeddings are a fixed function of the text: both libraries' evaluators see the same."""
+
+    similarity_fn_name = "cosine"
+
+    class model_card_data:  # sentence-transformers' evaluators record their metrics here
+        @staticmethod
+        def set_evaluation_metrics(*args, **kwargs):
+            pass
+
+    def encode(self, sentences, **kwargs):
+        return np.stack([np.random.default_rng(zlib.crc32(s.encode())).standard_normal(8).astype(np.float32)
+                         for s in sentences])
+
+    encode_query = encode_document = encode
+
+
+@pytest.fixture
+def pairs():
+    rng = np.random.default_rng(0)
+    s1 = [f"a{i}" for i in range(40)]
+    s2 = [f"b{i % 25}" for i in range(40)]
+    return s1, s2, [float(x) for x in rng.random(40)], [int(x) for x in rng.integers(0, 2, 40)]
+
+
+def st_eval():
+    pytest.importorskip("sentence_transformers")
+    import sentence_transformers.sentence_transformer.evaluation as evaluation
+
+    return evaluation
+
+
+# -- compat: the same embeddings give sentence-transformers' numbers ---------------------------------------
+@pytest.mark.compat
+def test_embedding_similarity_matches_sentence_transformers(pairs):
+    s1, s2, scores, _ = pairs
+    theirs = st_eval().EmbeddingSimilarityEvaluator(s1, s2, scores, similarity_fn_names=ALL_SIMS)(FakeModel())
+    ours = EmbeddingSimilarityEvaluator(s1, s2, scores)
+    main = ours(FakeModel())
+    for sim in ALL_SIMS:
+        for corr in ("pearson", "spearman"):
+            assert ours.last_metrics[f"{sim}_{corr}"] == pytest.approx(theirs[f"{corr}_{sim}"], abs=1e-6)
+    assert main == pytest.approx(theirs["spearman_max"], abs=1e-6)
+
+
+@pytest.mark.compat
+def test_binary_classification_matches_sentence_transformers(pairs):
+    s1, s2, _, labels = pairs
+    theirs = st_eval().BinaryClassificationEvaluator(s1, s2, labels, similarity_fn_names=ALL_SIMS)(FakeModel())
+    ours = BinaryClassificationEvaluator(s1, s2, labels)
+    main = ours(FakeModel())
+    for short, sim in (("cossim", "cosine"), ("euclidean", "euclidean"), ("manhattan", "manhattan"), ("dot", "dot")):
+        for metric in ("accuracy", "accuracy_threshold", "f1", "f1_threshold", "precision", "recall", "ap"):
+            assert ours.last_metrics[short][metric] == pytest.approx(theirs[f"{sim}_{metric}"], rel=1e-5, abs=1e-5)
+    assert main == pytest.approx(theirs["max_ap"], abs=1e-6)
+
+
+def test_average_precision_matches_scikit_learn():
+    metrics = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, 200)
+    scores = np.round(rng.random(200), 2)  # with ties
+    assert average_precision(labels, scores) == pytest.approx(metrics.average_precision_score(labels, scores))
+
+
+@pytest.mark.compat
+def test_triplet_matches_sentence_transformers(pairs):
+    s1, s2, _, _ = pairs
+    s3 = [f"c{i}" for i in range(len(s1))]
+    theirs = st_eval().TripletEvaluator(s1, s2, s3, similarity_fn_names=["cosine", "euclidean", "manhattan"])(
+        FakeModel())
+    ours = TripletEvaluator(s1, s2, s3)
+    main = ours(FakeModel())
+    for short, sim in (("cosinus", "cosine"), ("euclidean", "euclidean"), ("manhattan", "manhattan")):
+        assert ours.last_metrics[f"accuracy_{short}"] == pytest.approx(theirs[f"{sim}_accuracy"], abs=1e-6)
+    assert main == pytest.approx(theirs["max_accuracy"], abs=1e-6)
+
+
+@pytest.mark.compat
+def test_information_retrieval_matches_sentence_transformers():
+    from sentence_transformers import util
+
+    rng = np.random.default_rng(2)
+    queries = {f"q{i}": f"q{i}" for i in range(12)}
+    corpus = {f"d{i}": f"d{i}" for i in range(80)}
+    relevant = {f"q{i}": {f"d{j}" for j in rng.choice(80, size=1 + i % 3, replace=False)} for i in range(12)}
+    theirs = st_eval().InformationRetrievalEvaluator(queries, corpus, relevant,
+                                                     score_functions={"cos_sim": util.cos_sim})(FakeModel())
+    ours = InformationRetrievalEvaluator(queries, corpus, relevant, corpus_chunk_size=30)  # chunks merge top-k
+    ours(FakeModel())
+    for key, value in theirs.items():
+        name, metric = key[len("cos_sim_"):].split("@")
+        assert ours.last_metrics["cos_sim"][f"{name}@k"][int(metric)] == pytest.approx(value, abs=1e-6), key
+
+
+# -- behaviour ---------------------------------------------------------------------------------------------
+def test_csv_files_as_sentence_transformers_2x_writes_them(pairs, tmp_path):
+    s1, s2, scores, labels = pairs
+    EmbeddingSimilarityEvaluator(s1, s2, scores, name="sts")(FakeModel(), str(tmp_path), epoch=1, steps=5)
+    EmbeddingSimilarityEvaluator(s1, s2, scores, name="sts")(FakeModel(), str(tmp_path), epoch=2, steps=-1)
+    rows = list(csv.reader(open(tmp_path / "similarity_evaluation_sts_results.csv")))
+    assert rows[0] == ["epoch", "steps", "cosine_pearson", "cosine_spearman", "euclidean_pearson",
+                       "euclidean_spearman", "manhattan_pearson", "manhattan_spearman", "dot_pearson", "dot_spearman"]
+    assert [r[:2] for r in rows[1:]] == [["1", "5"], ["2", "-1"]]
+    BinaryClassificationEvaluator(s1, s2, labels)(FakeModel(), str(tmp_path))
+    header = next(csv.reader(open(tmp_path / "binary_classification_evaluation_results.csv")))
+    assert header[2:9] == ["cossim_accuracy", "cossim_accuracy_threshold", "cossim_f1", "cossim_precision",
+                           "cossim_recall", "cossim_f1_threshold", "cossim_ap"] and len(header) == 30
+    TripletEvaluator(s1, s2, s2[::-1])(FakeModel(), str(tmp_path))
+    header = next(csv.reader(open(tmp_path / "triplet_evaluation_results.csv")))
+    assert header == ["epoch", "steps", "accuracy_cosinus", "accuracy_manhattan", "accuracy_euclidean"]
+    ir = InformationRetrievalEvaluator({"q": "q"}, {"d1": "d1", "d2": "d2"}, {"q": {"d1"}}, name="x")
+    ir(FakeModel(), str(tmp_path))
+    header = next(csv.reader(open(tmp_path / "Information-Retrieval_evaluation_x_results.csv")))
+    assert header[:4] == ["epoch", "steps", "cos_sim-Accuracy@1", "cos_sim-Accuracy@3"]
+    assert header[-1] == "dot_score-MAP@100" and "cos_sim-Precision@1" in header and "cos_sim-NDCG@10" in header
+
+
+def test_main_similarity_and_from_input_examples(pairs):
+    s1, s2, scores, _ = pairs
+    examples = [InputExample(texts=[a, b], label=s) for a, b, s in zip(s1, s2, scores)]
+    ev = EmbeddingSimilarityEvaluator.from_input_examples(examples, main_similarity=SimilarityFunction.COSINE)
+    assert ev(FakeModel()) == pytest.approx(ev.last_metrics["cosine_spearman"])
+    assert EmbeddingSimilarityEvaluator(s1, s2, scores, main_similarity="manhattan")(FakeModel()) == \
+        pytest.approx(ev.last_metrics["manhattan_spearman"])
+    with pytest.raises(ValueError, match="cosine"):
+        SimilarityFunction.from_name("cosinus")
+    with pytest.raises(ValueError, match="same length"):
+        EmbeddingSimilarityEvaluator(s1, s2[:3], scores)
+    with pytest.raises(ValueError, match="0 or 1"):
+        BinaryClassificationEvaluator(s1[:2], s2[:2], [0, 2])
+
+
+def test_sequential_evaluator(pairs):
+    s1, s2, scores, labels = pairs
+    a = EmbeddingSimilarityEvaluator(s1, s2, scores)
+    b = BinaryClassificationEvaluator(s1, s2, labels)
+    assert SequentialEvaluator([a, b])(FakeModel()) == pytest.approx(b(FakeModel()))
+    mean = SequentialEvaluator([a, b], main_score_function=np.mean)(FakeModel())
+    assert mean == pytest.approx((a(FakeModel()) + b(FakeModel())) / 2)
+
+
+def test_evaluators_import_no_torch():
+    code = ("import sys, st_onnx.evaluation; "
+            "assert not [m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')], 'torch loaded'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# -- SciFact (BEIR format) ---------------------------------------------------------------------------------
+def load_scifact(folder: Path, corpus_file: str, qrels_file: str):
+    opener = gzip.open if corpus_file.endswith(".gz") else open
+    with opener(folder / corpus_file, "rt", encoding="utf-8") as f:
+        docs = [json.loads(line) for line in f]
+    corpus = {d["_id"]: (d["title"] + " " + d["text"]).strip() for d in docs}
+    with open(folder / qrels_file, encoding="utf-8") as f:
+        next(f)
+        relevant: dict[str, set] = {}
+        for line in f:
+            q, c, score = line.rstrip("\n").split("\t")
+            if int(score) > 0:
+                relevant.setdefault(q, set()).add(c)
+    queries_file = "scifact_queries.jsonl" if folder == DATA else "queries.jsonl"
+    with open(folder / queries_file, encoding="utf-8") as f:
+        queries = {q["_id"]: q["text"] for q in map(json.loads, f) if q["_id"] in relevant}
+    return queries, corpus, relevant
+
+
+def test_scifact_slice_with_tiny_model(tiny_model_dir):
+    from st_onnx import SentenceTransformer
+
+    queries, corpus, relevant = load_scifact(DATA, "scifact_corpus.jsonl", "scifact_qrels_test.tsv")
+    assert len(queries) == 8 and len(corpus) == 40
+    ev = InformationRetrievalEvaluator(queries, corpus, relevant, corpus_chunk_size=16)
+    score = ev(SentenceTransformer(str(tiny_model_dir), device="cpu"))
+    m = ev.last_metrics["cos_sim"]
+    assert 0.0 <= m["ndcg@k"][10] <= 1.0 and score == pytest.approx(max(ev.last_metrics[n]["map@k"][100]
+                                                                         for n in ev.last_metrics))
+
+
+# -- full evaluations with the real all-MiniLM-L6-v2 (published scores: ../shared/data/REFERENCE_SCORES.md) ---
+def stsb_evaluator(split: str = "test") -> EmbeddingSimilarityEvaluator:
+    rows = read_stsb(split)
+    return EmbeddingSimilarityEvaluator([a for a, _, _ in rows], [b for _, b, _ in rows],
+                                        [s / 5 for _, _, s in rows], name=f"sts-{split}",
+                                        main_similarity=SimilarityFunction.COSINE)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_stsb_test_score_of_all_minilm(minilm_dir, backend, tmp_path):
+    from st_onnx import SentenceTransformer
+
+    model = SentenceTransformer(str(minilm_dir), device="cpu", backend=backend)
+    start = time.perf_counter()
+    score = stsb_evaluator("test")(model, output_path=str(tmp_path))
+    print(f"STSb test cosine Spearman ({backend}): {score:.6f} in {time.perf_counter() - start:.1f} s")
+    assert score == pytest.approx(0.8203, abs=0.001)
+    assert (tmp_path / "similarity_evaluation_sts-test_results.csv").is_file()
+
+
+@pytest.mark.slow
+def test_scifact_ndcg_at_10_of_all_minilm(minilm_dir):
+    from st_onnx import SentenceTransformer
+
+    folder = SHARED_DATA / "scifact"
+    if not (folder / "corpus.jsonl.gz").is_file():
+        pytest.skip(f"full SciFact is not here ({folder}); see ../shared/data/scifact/README.md")
+    queries, corpus, relevant = load_scifact(folder, "corpus.jsonl.gz", "qrels/test.tsv")
+    assert (len(queries), len(corpus)) == (300, 5183)
+    model = SentenceTransformer(str(minilm_dir), device="cpu")
+    ev = InformationRetrievalEvaluator(queries, corpus, relevant, batch_size=32)
+    start = time.perf_counter()
+    ev(model)
+    ndcg = ev.last_metrics["cos_sim"]["ndcg@k"][10]
+    print(f"SciFact nDCG@10: {ndcg:.5f} in {time.perf_counter() - start:.1f} s")
+    assert ndcg == pytest.approx(0.6451, abs=0.002)
