@@ -1,0 +1,289 @@
+"""st_onnx.hub against a local stand-in Hub (tests/hub_server.py) on 127.0.0.1: push, load, offline, errors.
+
+huggingface_hub reads HF_ENDPOINT / HF_HUB_OFFLINE when it is imported (conftest sets HF_HUB_OFFLINE=1 first), so
+the ``hub`` fixture points its ``constants`` at the server for one test; ``test_env_settings_in_a_fresh_process``
+checks the environment variables themselves in subprocesses.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import SENTENCES
+from hub_server import HubServer
+
+from st_onnx import SentenceTransformer, hub
+from st_onnx.errors import HubError, InvalidInputError, ModelNotFoundError
+
+TOKEN = "hf_TestTokenAlice0123456789abcdef"  # alice: member of 'acme'
+BOB_TOKEN = "hf_TestTokenBob0123456789abcdefgh"  # bob: no organization
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def server(monkeypatch, tmp_path):
+    """A running local Hub; huggingface_hub pointed at it, online, with no saved token; shut down afterwards."""
+    from huggingface_hub import constants
+
+    srv = HubServer(tokens={TOKEN: "alice", BOB_TOKEN: "bob"}, orgs={"alice": ["acme"]})
+    url = srv.start()
+    try:
+        monkeypatch.setattr(constants, "ENDPOINT", url)
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}")
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-saved-token"))
+        for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE", "SENTENCE_TRANSFORMERS_HOME"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+
+
+@pytest.fixture(scope="module")
+def tiny_embeddings(tiny_model_dir):
+    return SentenceTransformer(str(tiny_model_dir), device="cpu").encode(SENTENCES)
+
+
+def _load(repo_id: str, cache: Path, token=None) -> SentenceTransformer:
+    return SentenceTransformer(repo_id, cache_folder=cache, use_auth_token=token, device="cpu")
+
+
+def _hub_files(paths: list[str]) -> dict[str, bytes]:
+    return {p: f"content of {p}".encode() for p in paths}
+
+
+# -- round trip ---------------------------------------------------------------------------------------------------
+def test_round_trip_push_load_then_offline(server, tiny_model_dir, tiny_embeddings, tmp_path, monkeypatch):
+    model = SentenceTransformer(str(tiny_model_dir), device="cpu", use_auth_token=TOKEN)
+    url = model.save_to_hub("tiny", organization="acme")
+
+    sha = server.repos["acme/tiny"].snapshot("main")[0]
+    assert url == f"{server.url}/acme/tiny/commit/{sha}"
+    pushed = server.files("acme/tiny")
+    assert {"modules.json", "config.json", "tokenizer.json", "1_Pooling/config.json", "README.md"} <= set(pushed)
+    assert "# acme/tiny" in pushed["README.md"].decode()
+
+    cache = tmp_path / "cache"
+    loaded = _load("acme/tiny", cache, TOKEN)
+    assert loaded.model_path == cache / "models--acme--tiny" / "snapshots" / sha
+    np.testing.assert_array_equal(loaded.encode(SENTENCES), tiny_embeddings)
+
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    before = len(server.requests)
+    again = _load("acme/tiny", cache)  # no token, no network: the cached snapshot
+    assert len(server.requests) == before
+    assert again.model_path == loaded.model_path
+    np.testing.assert_array_equal(again.encode(SENTENCES), tiny_embeddings)
+
+
+def test_env_settings_in_a_fresh_process(server, tmp_path):
+    """HF_ENDPOINT, HF_HOME and HF_HUB_OFFLINE as a user sets them, read by huggingface_hub at import."""
+    sha = server.add_repo("acme/env", _hub_files(["modules.json", "config.json", "tf_model.h5"]))
+    home = tmp_path / "hf-home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING", "SENTENCE_TRANSFORMERS"))}
+    env.update(HF_ENDPOINT=server.url, HF_HOME=str(home), HF_HUB_OFFLINE="0", NO_PROXY="127.0.0.1",
+               HF_HUB_DISABLE_PROGRESS_BARS="1", PYTHONPATH=str(REPO_ROOT))
+    code = "import sys; from st_onnx.hub import resolve_model_path; print(resolve_model_path(sys.argv[1]))"
+
+    def run(**extra) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", code, "acme/env"], env={**env, **extra}, capture_output=True,
+                              text=True, timeout=60, cwd=tmp_path)
+
+    online = run()
+    assert online.returncode == 0, online.stderr
+    snapshot = home / "hub" / "models--acme--env" / "snapshots" / sha
+    assert Path(online.stdout.strip()) == snapshot
+    assert sorted(p.name for p in snapshot.iterdir()) == [".gitattributes", "config.json", "modules.json"]
+
+    before = len(server.requests)
+    cached = run(HF_HUB_OFFLINE="1")
+    assert cached.returncode == 0, cached.stderr
+    assert Path(cached.stdout.strip()) == snapshot
+    assert len(server.requests) == before
+
+    missing = subprocess.run([sys.executable, "-c", code, "acme/absent"], env={**env, "HF_HUB_OFFLINE": "1"},
+                             capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert missing.returncode != 0
+    assert "ModelNotFoundError" in missing.stderr and "'acme/absent'" in missing.stderr
+
+
+# -- which files are fetched --------------------------------------------------------------------------------------
+REPO_FILES = [
+    "modules.json", "config.json", "config_sentence_transformers.json", "sentence_bert_config.json",
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "README.md",
+    "model.safetensors", "pytorch_model.bin", "tf_model.h5", "flax_model.msgpack", "rust_model.ot",
+    "onnx/model.onnx", "onnx/model_O4.onnx", "onnx/model_qint8_avx512.onnx", "openvino/openvino_model.xml",
+    "1_Pooling/config.json", "2_Dense/config.json", "2_Dense/model.safetensors", "2_Dense/pytorch_model.bin",
+    "onnx/st_onnx/fp32.onnx", "onnx/st_onnx/fp32.json", "optimizer.pt", "training_args.bin",
+]
+NEEDED = {
+    "modules.json", "config.json", "config_sentence_transformers.json", "sentence_bert_config.json",
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "README.md",
+    "model.safetensors", "1_Pooling/config.json", "2_Dense/config.json", "2_Dense/model.safetensors",
+    "onnx/st_onnx/fp32.onnx", "onnx/st_onnx/fp32.json",
+}
+
+
+def test_select_files_keeps_what_a_model_needs():
+    assert set(hub.select_files(REPO_FILES)) == NEEDED
+    assert set(hub.select_files(REPO_FILES, include=["onnx/model.onnx"])) == NEEDED | {"onnx/model.onnx"}
+    # no safetensors beside it: pytorch_model.bin is the weights
+    assert hub.select_files(["config.json", "pytorch_model.bin", "tf_model.h5"]) == ["config.json",
+                                                                                      "pytorch_model.bin"]
+
+
+def test_load_downloads_only_the_needed_files(server, tmp_path):
+    sha = server.add_repo("acme/full", _hub_files(REPO_FILES))
+    folder = hub.resolve_model_path("acme/full", cache_folder=tmp_path / "cache")
+    got = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+    assert got == NEEDED | {".gitattributes"}
+    fetched = {p.rsplit(f"/resolve/{sha}/", 1)[1] for p in server.paths_requested("GET") if "/resolve/" in p}
+    assert fetched == got  # skipped files were never requested
+
+    extra = hub.resolve_model_path("acme/full", cache_folder=tmp_path / "cache", include=["onnx/model.onnx"])
+    assert (extra / "onnx" / "model.onnx").read_bytes() == b"content of onnx/model.onnx"
+
+
+# -- pushing ------------------------------------------------------------------------------------------------------
+def _folder_with_graph(tiny_model_dir: Path, dest: Path) -> Path:
+    import shutil
+
+    shutil.copytree(tiny_model_dir, dest)
+    (dest / "onnx" / "st_onnx").mkdir(parents=True)
+    (dest / "onnx" / "st_onnx" / "fp32.onnx").write_bytes(b"graph bytes")
+    (dest / "onnx" / "st_onnx" / "fp32.json").write_text('{"fingerprint": "x"}')
+    return dest
+
+
+def test_push_local_folder_keeps_or_replaces_the_model_card(server, tiny_model_dir, tmp_path):
+    server.add_repo("acme/carded", {"README.md": b"# the owner's own card\n"})
+    folder = _folder_with_graph(tiny_model_dir, tmp_path / "folder")
+    model = SentenceTransformer(str(tiny_model_dir), device="cpu", use_auth_token=TOKEN)
+
+    url = model.save_to_hub("acme/carded", local_model_path=str(folder), exist_ok=True, commit_message="mine")
+    files = server.files("acme/carded")
+    assert url.endswith(server.repos["acme/carded"].snapshot("main")[0])
+    assert files["README.md"] == b"# the owner's own card\n"
+    assert files["onnx/st_onnx/fp32.onnx"] == b"graph bytes" and "onnx/st_onnx/fp32.json" in files
+    assert files["modules.json"] == (folder / "modules.json").read_bytes()
+
+    model.save_to_hub("carded", organization="acme", local_model_path=str(folder), exist_ok=True,
+                      replace_model_card=True)
+    assert server.files("acme/carded")["README.md"] == (folder / "README.md").read_bytes()
+
+
+def test_push_model_keeps_existing_card_and_defaults_to_the_users_namespace(server, tiny_model_dir):
+    model = SentenceTransformer(str(tiny_model_dir), device="cpu", use_auth_token=TOKEN)
+    model.save_to_hub("mine", train_datasets=["sentence-transformers/stsb"])  # no organization: alice's
+    card = server.files("alice/mine")["README.md"].decode()
+    assert "# alice/mine" in card and "- sentence-transformers/stsb" in card
+
+    server.add_repo("alice/kept", {"README.md": b"hand-written\n"})
+    model.save_to_hub("kept", exist_ok=True)
+    assert server.files("alice/kept")["README.md"] == b"hand-written\n"
+    assert "modules.json" in server.files("alice/kept")
+
+
+def test_token_is_never_written_or_logged(server, tiny_model_dir, tmp_path, caplog):
+    for name in ("", "huggingface_hub", "httpx2", "st_onnx"):
+        caplog.set_level(logging.DEBUG, logger=name or None)
+    model = SentenceTransformer(str(tiny_model_dir), device="cpu", use_auth_token=TOKEN)
+    model.save_to_hub("secret-check", organization="acme", private=True)
+    loaded = _load("acme/secret-check", tmp_path / "cache", TOKEN)
+    loaded.save(tmp_path / "resaved")
+    with pytest.raises(HubError) as exists:
+        model.save_to_hub("secret-check", organization="acme")
+
+    assert server.repos["acme/secret-check"].private
+    leaks = [p for p in tmp_path.rglob("*") if p.is_file() and TOKEN.encode() in p.read_bytes()]
+    leaks += [p for p, content in server.files("acme/secret-check").items() if TOKEN.encode() in content]
+    assert leaks == []
+    assert caplog.records and TOKEN not in caplog.text
+    assert TOKEN not in str(exists.value) and TOKEN not in repr(loaded) and TOKEN not in repr(model)
+
+
+# -- errors --------------------------------------------------------------------------------------------------------
+def test_push_to_an_existing_repo_needs_exist_ok(server, tiny_model_dir):
+    server.add_repo("acme/taken", {"README.md": b"x\n"})
+    model = SentenceTransformer(str(tiny_model_dir), device="cpu", use_auth_token=TOKEN)
+    with pytest.raises(HubError, match=r"'acme/taken' already exists.*exist_ok=True"):
+        model.save_to_hub("taken", organization="acme")
+
+
+def test_push_without_a_token(server, tiny_model_dir):
+    model = SentenceTransformer(str(tiny_model_dir), device="cpu")
+    with pytest.raises(HubError, match=r"'acme/tokenless' needs a Hugging Face token.*use_auth_token.*HF_TOKEN"):
+        model.save_to_hub("tokenless", organization="acme")
+    assert not any(path.startswith("/api/repos") for _, path in server.requests)
+
+
+def test_push_with_a_rejected_token_401(server, tiny_model_dir):
+    model = SentenceTransformer(str(tiny_model_dir), device="cpu", use_auth_token="hf_NotAValidToken")
+    with pytest.raises(HubError, match=r"rejected the token.*'acme/x'.*401.*write access") as info:
+        model.save_to_hub("x", organization="acme")
+    assert "hf_NotAValidToken" not in str(info.value)
+
+
+def test_push_to_a_foreign_organization_403(server, tiny_model_dir):
+    model = SentenceTransformer(str(tiny_model_dir), device="cpu", use_auth_token=BOB_TOKEN)
+    with pytest.raises(HubError, match=r"'acme/bobs'.*403"):
+        model.save_to_hub("bobs", organization="acme")
+
+
+def test_push_argument_errors(server, tiny_model_dir, tmp_path, offline):
+    model = SentenceTransformer(str(tiny_model_dir), device="cpu", use_auth_token=TOKEN)
+    with pytest.raises(InvalidInputError, match=r"'acme/x'.*organization='other'"):
+        model.save_to_hub("acme/x", organization="other")
+    with pytest.raises(InvalidInputError, match=r"local_model_path .*nowhere.* is not a folder"):
+        model.save_to_hub("x", local_model_path=str(tmp_path / "nowhere"))
+    with pytest.raises(HubError, match=r"cannot push to 'acme/x': HF_HUB_OFFLINE=1.*model.save\(path\)"):
+        model.save_to_hub("x", organization="acme")
+
+
+def test_load_missing_repo_404(server, tmp_path):
+    with pytest.raises(ModelNotFoundError, match=r"'acme/nope'.*404.*local model folder") as info:
+        _load("acme/nope", tmp_path / "cache", TOKEN)
+    assert isinstance(info.value, FileNotFoundError)
+
+
+def test_load_private_repo_needs_a_token_401(server, tmp_path):
+    server.add_repo("acme/private", _hub_files(["config.json"]), private=True)
+    with pytest.raises(ModelNotFoundError, match=r"refused access to model 'acme/private' \(401.*use_auth_token"):
+        hub.resolve_model_path("acme/private", cache_folder=tmp_path / "cache")
+    folder = hub.resolve_model_path("acme/private", cache_folder=tmp_path / "cache", token=TOKEN)
+    assert (folder / "config.json").read_bytes() == b"content of config.json"
+
+
+def test_load_offline_and_not_cached(server, tmp_path, offline):
+    before = len(server.requests)
+    with pytest.raises(ModelNotFoundError, match=r"'acme/absent'.*HF_HUB_OFFLINE.*path of a local model folder"):
+        _load("acme/absent", tmp_path / "cache")
+    assert len(server.requests) == before
+
+
+def test_unreachable_hub_falls_back_to_the_cache(server, tmp_path, caplog):
+    server.add_repo("acme/cached", _hub_files(["config.json"]))
+    cache = tmp_path / "cache"
+    folder = hub.resolve_model_path("acme/cached", cache_folder=cache)
+    server.stop()  # the endpoint now refuses connections
+    assert hub.resolve_model_path("acme/cached", cache_folder=cache) == folder
+    assert "cannot list 'acme/cached'" in caplog.text
+    with pytest.raises(ModelNotFoundError, match=r"'acme/other'.*cannot be reached.*local model folder"):
+        hub.resolve_model_path("acme/other", cache_folder=cache)
