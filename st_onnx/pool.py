@@ -1,0 +1,250 @@
+"""SessionPool: ``encode_multi_process`` over several devices with threads, not processes.
+
+onnx backend: one ORT session per target device ('cuda:0', ... or 'cpu'; several 'cpu' entries split the cores
+between their sessions), each fed by one thread. ``InferenceSession.run`` releases the GIL, so threads run the
+sessions in parallel; nothing is pickled or spawned, which is why the pool works in notebooks. GPU sessions are
+created one device at a time (session creation holds the GIL anyway) and each is checked on its provider.
+
+torch backend: the same threads, one module replica per CUDA device. 'cpu' workers share the one CPU stack
+(inference forward passes do not mutate modules, and torch ops release the GIL), since copying it would only
+double memory: torch's intra-op thread pool is process-wide and cannot be split per worker anyway.
+
+The caller tokenizes each chunk once (onnx) and queues it while workers run earlier chunks; chunks are cut from
+texts sorted by length, each worker re-sorts its chunk by token length; results land at their input positions.
+A failing chunk makes the caller raise that error (the pool stays usable); a worker thread that died makes it
+raise PoolError. Waits poll every 50 ms, so neither ever hangs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+from typing import Any, Callable
+
+import numpy as np
+
+from .encode.batching import chunks, longest_first
+from .encode.options import EncodeOptions, as_input_list, text_length
+from .encode.output import l2_normalize
+from .errors import InvalidInputError, PoolError
+
+logger = logging.getLogger(__name__)
+
+_POLL_S = 0.05
+
+
+class _Call:
+    """One encode_multi_process call: its output array, chunks left, and the first error of its chunks."""
+
+    def __init__(self, n: int, dim: int, n_chunks: int) -> None:
+        self.out = np.zeros((n, dim), dtype=np.float32)
+        self.left = n_chunks
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+        self._lock = threading.Lock()
+        if n_chunks == 0:
+            self.done.set()
+
+    def finish(self, idx: np.ndarray, emb: Any) -> None:
+        with self._lock:
+            self.out[idx] = emb
+            self.left -= 1
+            if self.left == 0:
+                self.done.set()
+
+    def fail(self, error: BaseException) -> None:
+        with self._lock:
+            if self.error is None:
+                self.error = error
+            self.done.set()
+
+
+class SessionPool:
+    """Worker threads, one per target device, each owning a session (onnx) or a module replica (torch)."""
+
+    def __init__(self, model: Any, target_devices: list[str] | None = None) -> None:
+        self.model = model
+        self.backend_name = model.backend
+        self.devices = _check_devices(target_devices, self.backend_name)
+        self._jobs: queue.Queue = queue.Queue()
+        self._stopped = False
+        self._threads: list[threading.Thread] = []
+        runners = self._make_runners()
+        for i, (device, runner) in enumerate(zip(self.devices, runners)):
+            thread = threading.Thread(target=self._work, args=(runner,), name=f"st-onnx-pool-{i}-{device}",
+                                      daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        logger.info("session pool started on %s", ", ".join(self.devices))
+
+    # -- workers --------------------------------------------------------------------------------------
+    def _make_runners(self) -> list[Callable]:
+        if self.backend_name == "onnx":
+            return _onnx_runners(self.model._backend, self.devices)
+        return _torch_runners(self.model._backend, self.devices)
+
+    def _work(self, runner: Callable) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            call, idx, payload, batch_size = job
+            if call.error is not None:
+                continue  # a chunk of this call failed already: skip the rest
+            try:
+                call.finish(idx, runner(payload, batch_size))
+            except BaseException as e:  # noqa: BLE001 - handed to the caller, which re-raises it
+                call.fail(e)
+
+    def _check_alive(self) -> None:
+        dead = [t.name for t in self._threads if not t.is_alive()]
+        if dead and not self._stopped:
+            raise PoolError(f"pool worker(s) {dead} died; stop the pool and start a new one")
+
+    # -- public ---------------------------------------------------------------------------------------
+    @property
+    def stopped(self) -> bool:
+        return self._stopped
+
+    def encode(self, sentences: Any, batch_size: int = 32, chunk_size: int | None = None,
+               normalize_embeddings: bool = False) -> np.ndarray:
+        """(n, dim) embeddings in input order, computed by the workers chunk by chunk."""
+        if self._stopped:
+            raise PoolError("this pool is stopped; start a new one with model.start_multi_process_pool()")
+        self._check_alive()
+        EncodeOptions.from_args(batch_size=batch_size)
+        inputs, single = as_input_list(sentences)
+        size = _chunk_size(chunk_size, len(inputs), len(self.devices))
+        order = longest_first([text_length(x) for x in inputs])
+        pieces = list(chunks(len(inputs), size))
+        call = _Call(len(inputs), self.model.get_sentence_embedding_dimension() or 0, len(pieces))
+        for start, stop in pieces:
+            idx = order[start:stop]
+            self._jobs.put((call, idx, self._payload([inputs[i] for i in idx]), batch_size))
+        self._wait(call)
+        out = call.out
+        if normalize_embeddings and len(out):
+            out = l2_normalize(out)
+        return out[0] if single else out
+
+    def _payload(self, texts: list) -> Any:
+        """What a worker runs: encodings tokenized here, once (onnx), or the texts (torch tokenizes itself)."""
+        if self.backend_name == "onnx":
+            return self.model._backend.text_tokenizer.encode(texts)
+        return texts
+
+    def _wait(self, call: _Call) -> None:
+        while not call.done.wait(_POLL_S):
+            self._check_alive()
+            if self._stopped:
+                raise PoolError("the pool was stopped while encoding")
+        if call.error is not None:
+            raise call.error
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop the workers (idempotent); chunks still queued are dropped."""
+        if self._stopped:
+            return
+        self._stopped = True
+        for _ in self._threads:
+            self._jobs.put(None)
+        for thread in self._threads:
+            thread.join(timeout_s)
+        logger.info("session pool stopped")
+
+    def __enter__(self) -> "SessionPool":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "stopped" if self._stopped else "running"
+        return f"SessionPool({self.backend_name}, devices={self.devices}, {state})"
+
+
+def _check_devices(target_devices: list[str] | None, backend: str) -> list[str]:
+    from .devices import check_device
+
+    if target_devices is None:
+        return _default_devices(backend)
+    if isinstance(target_devices, str) or not target_devices:
+        raise InvalidInputError(f"target_devices must be a non-empty list like ['cpu', 'cpu'] or ['cuda:0']; "
+                                f"got {target_devices!r}")
+    devices = [check_device(d) for d in target_devices]
+    return [f"cuda:{d.partition(':')[2] or 0}" if d.startswith("cuda") else d for d in devices]
+
+
+def _default_devices(backend: str) -> list[str]:
+    if backend == "onnx":
+        from .runtime.providers import cuda_device_count, cuda_usable
+
+        return [f"cuda:{i}" for i in range(cuda_device_count())] if cuda_usable() else ["cpu"]
+    import torch
+
+    return [f"cuda:{i}" for i in range(torch.cuda.device_count())] or ["cpu"]
+
+
+def _chunk_size(chunk_size: int | None, n: int, workers: int) -> int:
+    if chunk_size is None:
+        return max(1, min(math.ceil(n / workers / 10), 5000))
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
+        raise InvalidInputError(f"chunk_size must be a positive int or None; got {chunk_size!r}")
+    return chunk_size
+
+
+def _onnx_runners(backend: Any, devices: list[str]) -> list[Callable]:
+    from .runtime.session import available_cores
+
+    n_cpu = sum(d == "cpu" for d in devices)
+    cpu_threads = max(1, available_cores() // n_cpu) if n_cpu else None
+    runners = []
+    for device in devices:  # one device at a time: each session is checked on its provider as it is made
+        session = backend.new_session(device, cpu_threads if device == "cpu" else None)
+        encoder = backend.encoder_for(session)
+        runners.append(lambda encodings, batch_size, enc=encoder: enc.embed_encodings(encodings, batch_size))
+    return runners
+
+
+def _torch_runners(backend: Any, devices: list[str]) -> list[Callable]:
+    import copy
+
+    from .backends.torch_backend import TorchBackend
+
+    replicas: dict[str, Any] = {}
+    runners = []
+    for device in devices:
+        if device not in replicas:
+            stack = backend.stack if str(backend.device) == device else copy.deepcopy(backend.stack)
+            replicas[device] = TorchBackend(stack, device)
+        replica = replicas[device]
+
+        def run(texts: list, batch_size: int, rep=replica) -> np.ndarray:
+            emb = rep.encode(texts, EncodeOptions(batch_size=batch_size))
+            return emb.float().cpu().numpy()
+
+        runners.append(run)
+    return runners
+
+
+def start_pool(model: Any, target_devices: list[str] | None = None) -> SessionPool:
+    return SessionPool(model, target_devices)
+
+
+def stop_pool(pool: Any) -> None:
+    if not isinstance(pool, SessionPool):
+        raise InvalidInputError(f"pool must be what start_multi_process_pool returned; got {type(pool).__name__}")
+    pool.stop()
+
+
+def encode_with_pool(model: Any, sentences: Any, pool: Any, batch_size: int = 32, chunk_size: int | None = None,
+                     normalize_embeddings: bool = False) -> np.ndarray:
+    if not isinstance(pool, SessionPool):
+        raise InvalidInputError(f"pool must be what start_multi_process_pool returned; got {type(pool).__name__}")
+    if pool.model is not model:
+        raise InvalidInputError("this pool was started by another model; start one with this model's "
+                                "start_multi_process_pool()")
+    return pool.encode(sentences, batch_size=batch_size, chunk_size=chunk_size,
+                       normalize_embeddings=normalize_embeddings)

@@ -1,0 +1,295 @@
+"""backend='onnx': the same encode API and results as backend='torch', graph export once, staleness, memory."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import SENTENCES, stsb_sentences
+from st_onnx import SentenceTransformer, layout
+from st_onnx.errors import GraphFileError, InvalidInputError, ModelFolderError, StaleGraphError
+
+OUTPUT_VALUES = ["sentence_embedding", "token_embeddings", None]
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tiny_model_dir, tmp_path_factory):
+    """A private copy of the tiny model: the onnx backend exports its graph into it once."""
+    dest = tmp_path_factory.mktemp("onnx-backend") / "model"
+    shutil.copytree(tiny_model_dir, dest)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def torch_model(tiny_folder):
+    return SentenceTransformer(str(tiny_folder), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def onnx_model(tiny_folder):
+    return SentenceTransformer(str(tiny_folder), backend="onnx", device="cpu")
+
+
+@pytest.fixture(params=["torch", "onnx"])
+def model(request, torch_model, onnx_model):
+    """One encode test, both backends."""
+    return torch_model if request.param == "torch" else onnx_model
+
+
+def as_np(x):
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def close(a, b, atol=1e-5):
+    if isinstance(a, dict):
+        return all(close(a[k], b[k], atol) for k in ("sentence_embedding", "token_embeddings"))
+    a, b = as_np(a), as_np(b)
+    if a.ndim == 2 and b.ndim == 2 and a.shape != b.shape:  # torch's per-text dicts keep batch padding
+        k = min(a.shape[0], b.shape[0])
+        a, b = a[:k], b[:k]
+    return a.shape == b.shape and np.abs(a - b).max(initial=0) <= atol
+
+
+# -- one encode test, two backends ---------------------------------------------------------------------
+@pytest.mark.parametrize("output_value", OUTPUT_VALUES)
+@pytest.mark.parametrize("convert_to_numpy", [True, False])
+@pytest.mark.parametrize("convert_to_tensor", [False, True])
+@pytest.mark.parametrize("normalize", [False, True])
+def test_every_output_combination_matches_torch(model, torch_model, output_value, convert_to_numpy,
+                                                 convert_to_tensor, normalize):
+    kwargs = dict(output_value=output_value, convert_to_numpy=convert_to_numpy,
+                  convert_to_tensor=convert_to_tensor, normalize_embeddings=normalize, show_progress_bar=False)
+    got = model.encode(SENTENCES, **kwargs)
+    ref = torch_model.encode(SENTENCES, **kwargs)
+    if output_value == "sentence_embedding":
+        assert type(got) is type(ref)
+        if convert_to_tensor:
+            assert isinstance(got, torch.Tensor) and got.shape == (len(SENTENCES), 32)
+        elif convert_to_numpy:
+            assert isinstance(got, np.ndarray) and got.dtype == np.float32
+        else:
+            assert isinstance(got, list) and all(isinstance(x, torch.Tensor) for x in got)
+        assert close(torch.stack(got) if isinstance(got, list) else got,
+                     torch.stack(ref) if isinstance(ref, list) else ref)
+    else:
+        assert isinstance(got, list) and len(got) == len(SENTENCES)
+        if convert_to_tensor or not convert_to_numpy:
+            first = got[0]["token_embeddings"] if isinstance(got[0], dict) else got[0]
+            assert isinstance(first, torch.Tensor)
+        assert all(close(g, r) for g, r in zip(got, ref))
+
+
+def test_single_string_gives_one_vector(model):
+    emb = model.encode("A man is playing music.")
+    assert isinstance(emb, np.ndarray) and emb.shape == (32,)
+    assert np.allclose(emb, model.encode(["A man is playing music."])[0], atol=1e-6)
+
+
+def test_empty_list_gives_zero_rows(model):
+    emb = model.encode([])
+    assert isinstance(emb, np.ndarray) and emb.shape == (0, 32)
+
+
+def test_input_order_is_kept(model):
+    forward = model.encode(SENTENCES)
+    backward = model.encode(SENTENCES[::-1])
+    assert np.allclose(forward, backward[::-1], atol=1e-6)
+    alone = np.stack([model.encode(s) for s in SENTENCES])
+    assert np.allclose(forward, alone, atol=1e-5)
+
+
+def test_pairs_and_dicts_match_torch(model, torch_model):
+    pairs = [(SENTENCES[i], SENTENCES[i + 1]) for i in range(len(SENTENCES) - 1)]
+    assert close(model.encode(pairs), torch_model.encode(pairs))
+    dicts = [{"text": s} for s in SENTENCES]
+    assert close(model.encode(dicts), torch_model.encode(SENTENCES))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"batch_size": 0}, "batch_size"),
+    ({"batch_size": -3}, "batch_size"),
+    ({"output_value": "pooler"}, "output_value"),
+    ({"device": "tpu"}, "device"),
+])
+def test_bad_arguments_raise_clear_errors(model, kwargs, match):
+    with pytest.raises(InvalidInputError, match=match):
+        model.encode(SENTENCES, **kwargs)
+
+
+def test_none_item_is_refused(model):
+    with pytest.raises(InvalidInputError, match=r"sentences\[1\]"):
+        model.encode(["a", None])
+    with pytest.raises(InvalidInputError, match="None"):
+        model.encode(None)
+
+
+def test_same_facade_api(model, torch_model):
+    assert model.get_sentence_embedding_dimension() == 32
+    assert model.max_seq_length == torch_model.max_seq_length == 64
+    features = model.tokenize(["the cat sleeps", "a dog"])
+    assert features["input_ids"].shape == (2, 5)
+    assert as_np(features["attention_mask"]).tolist() == [[1] * 5, [1, 1, 1, 1, 0]]
+
+
+def test_max_seq_length_truncates_like_torch(tiny_folder):
+    long = " ".join(["the quick brown fox"] * 40)
+    onnx = SentenceTransformer(str(tiny_folder), backend="onnx", device="cpu")
+    ref = SentenceTransformer(str(tiny_folder), device="cpu")
+    for m in (onnx, ref):
+        m.max_seq_length = 16
+    assert onnx.encode([long], output_value="token_embeddings")[0].shape == (16, 32)
+    assert close(onnx.encode([long, "hi"]), ref.encode([long, "hi"]))
+
+
+def test_small_token_budget_gives_the_same_embeddings(tiny_folder, onnx_model):
+    small = SentenceTransformer(str(tiny_folder), backend="onnx", device="cpu", onnx_options={"token_budget": 7})
+    texts = stsb_sentences(200)
+    assert close(small.encode(texts, batch_size=64), onnx_model.encode(texts, batch_size=3))
+
+
+# -- options ---------------------------------------------------------------------------------------------
+def test_fp16_on_cpu_is_refused(tiny_folder):
+    with pytest.raises(InvalidInputError, match="fp16"):
+        SentenceTransformer(str(tiny_folder), backend="onnx", device="cpu", onnx_options={"precision": "fp16"})
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"precison": "fp32"}, "unknown keys"),
+    ({"precision": "int4"}, "precision"),
+    ({"token_budget": 0}, "token_budget"),
+    ({"export": "sometimes"}, "export"),
+    ({"file_name": "onnx/missing.onnx"}, "does not exist"),
+])
+def test_bad_onnx_options(tiny_folder, options, match):
+    with pytest.raises((InvalidInputError, GraphFileError), match=match):
+        SentenceTransformer(str(tiny_folder), backend="onnx", device="cpu", onnx_options=options)
+
+
+def test_device_none_is_cpu_without_a_usable_gpu(tiny_folder):
+    from st_onnx.runtime.providers import cuda_usable
+
+    m = SentenceTransformer(str(tiny_folder), backend="onnx")
+    assert m.device == ("cuda:0" if cuda_usable() else "cpu")
+
+
+def test_modules_with_onnx_backend(tiny_folder, torch_model, tmp_path):
+    from st_onnx.modules import load_stack
+
+    m = SentenceTransformer(modules=list(load_stack(tiny_folder)), backend="onnx", device="cpu",
+                            cache_folder=str(tmp_path))
+    assert close(m.encode(SENTENCES), torch_model.encode(SENTENCES))
+
+
+# -- export once, staleness -----------------------------------------------------------------------------
+def _exports(caplog) -> int:
+    return sum("exporting the fused" in r.getMessage() for r in caplog.records)
+
+
+def test_graph_is_exported_once(tiny_model_copy, caplog):
+    caplog.set_level(logging.INFO, logger="st_onnx")
+    SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu")
+    graph = layout.fused_graph_path(tiny_model_copy, "fp32")
+    assert graph.is_file() and _exports(caplog) == 1
+    mtime = graph.stat().st_mtime_ns
+    SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu")
+    assert _exports(caplog) == 1 and graph.stat().st_mtime_ns == mtime
+
+
+def _change_weights(folder):
+    from safetensors.numpy import load_file, save_file
+
+    path = folder / "model.safetensors"
+    weights = load_file(str(path))
+    name = next(k for k in weights if "word_embeddings" in k)
+    weights[name] = weights[name] * 1.5
+    save_file(weights, str(path), metadata={"format": "pt"})
+
+
+def test_stale_graph_is_re_exported(tiny_model_copy, caplog):
+    caplog.set_level(logging.INFO, logger="st_onnx")
+    before = SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu").encode(SENTENCES)
+    _change_weights(tiny_model_copy)
+    with pytest.raises(StaleGraphError, match="other weights"):
+        SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu", onnx_options={"export": "never"})
+    after = SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu").encode(SENTENCES)
+    assert _exports(caplog) == 2
+    assert not np.allclose(before, after, atol=1e-3)
+    ref = SentenceTransformer(str(tiny_model_copy), device="cpu").encode(SENTENCES)
+    assert close(after, ref)
+
+
+def test_export_never_without_a_graph(tiny_model_copy):
+    with pytest.raises(GraphFileError, match="never"):
+        SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu", onnx_options={"export": "never"})
+
+
+def test_read_only_folder_exports_into_the_cache(tiny_model_copy, tmp_path, monkeypatch):
+    from st_onnx.runtime import graphs
+
+    monkeypatch.setattr(graphs, "is_writable", lambda folder: False)
+    cache = tmp_path / "cache"
+    m = SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu", cache_folder=str(cache))
+    assert not layout.fused_graph_path(tiny_model_copy, "fp32").exists()
+    assert cache in m._backend.graph_path.parents
+    again = SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu", cache_folder=str(cache))
+    assert again._backend.graph_path == m._backend.graph_path
+    assert close(m.encode(SENTENCES), again.encode(SENTENCES))
+
+
+def onnx_bundle(folder, dest):
+    """The deployable part of a model folder: configs, tokenizer, fused graph; no torch weights."""
+    dest.mkdir(parents=True)
+    for item in folder.rglob("*"):
+        rel = item.relative_to(folder)
+        if item.is_file() and not item.name.endswith((".safetensors", ".bin")):
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(item, dest / rel)
+    return dest
+
+
+def test_onnx_bundle_without_weights(tiny_folder, onnx_model, tmp_path):
+    bundle = onnx_bundle(tiny_folder, tmp_path / "bundle")
+    m = SentenceTransformer(str(bundle), backend="onnx", device="cpu")
+    assert close(m.encode(SENTENCES), onnx_model.encode(SENTENCES), atol=0)
+    with pytest.raises(ModelFolderError, match="neither"):
+        SentenceTransformer(str(bundle), backend="onnx", device="cpu", onnx_options={"precision": "int8"})
+
+
+# -- the real model ----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def minilm_onnx(minilm_dir):
+    return SentenceTransformer(str(minilm_dir), backend="onnx", device="cpu")
+
+
+@pytest.mark.slow
+def test_minilm_onnx_matches_torch_on_stsb(minilm_dir, minilm_onnx):
+    texts = stsb_sentences(1000)
+    ref = SentenceTransformer(str(minilm_dir), device="cpu").encode(texts, batch_size=32)
+    got = minilm_onnx.encode(texts, batch_size=32)
+    assert got.shape == ref.shape == (1000, 384)
+    assert np.abs(got - ref).max() <= 1e-4
+
+
+@pytest.mark.slow
+def test_rss_stays_flat_over_mixed_length_encodes(minilm_onnx):
+    psutil = pytest.importorskip("psutil")
+    rng = np.random.default_rng(0)
+    words = " ".join(stsb_sentences(400)).split()
+
+    def batch():
+        n = int(rng.integers(1, 6))
+        return [" ".join(rng.choice(words, int(rng.integers(2, 160)))) for _ in range(n)]
+
+    for _ in range(5):  # warm-up: kernels, thread pools, first allocations
+        minilm_onnx.encode(batch())
+    proc = psutil.Process(os.getpid())
+    start = proc.memory_info().rss
+    for _ in range(50):
+        minilm_onnx.encode(batch())
+    growth_mb = (proc.memory_info().rss - start) / 2**20
+    assert growth_mb < 60, f"RSS grew {growth_mb:.1f} MB over 50 mixed-length encodes"
