@@ -91,10 +91,7 @@ def resolve_model_path(model_id: str, cache_folder: str | os.PathLike | None = N
             "a Hub id such as 'sentence-transformers/all-MiniLM-L6-v2'"
         ) from e
     except (HfHubHTTPError, *_network_errors()) as e:
-        if isinstance(e, HfHubHTTPError) and _status(e) in (401, 403, 404):
-            raise _load_error(model_id, e) from e
-        logger.warning("cannot list %r on %s (%s); looking for it in the cache %s",
-                       model_id, constants.ENDPOINT, _reason(e), cache_dir)
+        # as huggingface_hub does: a snapshot already cached still loads (a warning says why the Hub was not used)
         return _cached_snapshot(model_id, cache_dir, revision, include, failure=e)
     files = select_files([s.rfilename for s in info.siblings or []], include)
     if not files:
@@ -117,11 +114,17 @@ def _download(model_id: str, cache_dir: str, revision: str | None, token, files:
 
 def _cached_snapshot(model_id: str, cache_dir: str, revision: str | None, include: Iterable[str],
                      failure: BaseException | None) -> Path:
-    """The cached snapshot of ``model_id`` (complete for ``select_files``), or ModelNotFoundError saying why not."""
-    from huggingface_hub import get_cached_repo_tree, snapshot_download
-    from huggingface_hub.errors import CachedRepoTreeNotFoundError, HFValidationError, LocalEntryNotFoundError
+    """The cached snapshot of ``model_id`` (complete for ``select_files``), or ModelNotFoundError saying why not.
 
-    why = OFFLINE_HINT if failure is None else f"the Hub cannot be reached ({_reason(failure)})"
+    ``failure``: why the Hub was not asked (None: offline mode), raised as the error when nothing is cached.
+    """
+    from huggingface_hub import constants, get_cached_repo_tree, snapshot_download
+    from huggingface_hub.errors import (CachedRepoTreeNotFoundError, HfHubHTTPError, HFValidationError,
+                                        IncompleteSnapshotError, LocalEntryNotFoundError)
+
+    why = OFFLINE_HINT
+    if failure is not None:
+        why = f"the Hub at {constants.ENDPOINT} cannot be reached ({_reason(failure)})"
     try:
         tree = get_cached_repo_tree(model_id, revision=revision, cache_dir=cache_dir)
         patterns = _exact_patterns(select_files([f.path for f in tree], include))
@@ -133,15 +136,20 @@ def _cached_snapshot(model_id: str, cache_dir: str, revision: str | None, includ
         folder = snapshot_download(model_id, revision=revision, cache_dir=cache_dir, local_files_only=True,
                                    allow_patterns=patterns)
     except LocalEntryNotFoundError as e:
-        incomplete = type(e).__name__ == "IncompleteSnapshotError"
-        state = "is only partly in" if incomplete else "is not in"
+        if isinstance(failure, HfHubHTTPError):
+            raise _load_error(model_id, failure) from failure
+        state = "is only partly in" if isinstance(e, IncompleteSnapshotError) else "is not in"
         fix = ("unset HF_HUB_OFFLINE (or set HF_HUB_OFFLINE=0) to download it once"
                if failure is None else "check the network connection and HF_ENDPOINT, then retry")
         raise ModelNotFoundError(
             f"model {model_id!r} is not a local folder and {state} the Hugging Face cache {cache_dir}, and {why}. "
             f"Pass the path of a local model folder instead (e.g. one written by model.save(path)), or {fix}"
         ) from (failure or e)
-    logger.info("using the cached snapshot of %r (%s): %s", model_id, why, folder)
+    if failure is None:
+        logger.info("using the cached snapshot of %r (%s): %s", model_id, why, folder)
+    else:
+        logger.warning("could not ask the Hub at %s for %r (%s); using its cached snapshot %s",
+                       constants.ENDPOINT, model_id, _reason(failure), folder)
     return Path(folder)
 
 
@@ -166,9 +174,9 @@ def _load_error(model_id: str, e: BaseException) -> ModelNotFoundError:
     elif isinstance(e, RevisionNotFoundError):
         msg = f"model {model_id!r} has no such revision on {where}: check the branch, tag or commit, {local}"
     elif status == 401:
-        msg = (f"{where} refused access to model {model_id!r} (401 Unauthorized): it is private or gated and no "
-               f"valid token was sent. Pass use_auth_token='hf_...' (a token with read access to {model_id!r}), "
-               f"set HF_TOKEN or run `hf auth login`, {local}")
+        msg = (f"{where} refused access to model {model_id!r} (401 Unauthorized): no valid token was sent, and the "
+               f"repo is private, gated or does not exist. Check the id; if it is private pass use_auth_token='hf_...' "
+               f"(a token with read access to {model_id!r}), set HF_TOKEN or run `hf auth login`, {local}")
     elif status == 403:
         msg = (f"{where} forbids this token to read model {model_id!r} (403 Forbidden): use a token with read "
                f"access to {model_id!r}, {local}")

@@ -269,6 +269,8 @@ def test_load_private_repo_needs_a_token_401(server, tmp_path):
         hub.resolve_model_path("acme/private", cache_folder=tmp_path / "cache")
     folder = hub.resolve_model_path("acme/private", cache_folder=tmp_path / "cache", token=TOKEN)
     assert (folder / "config.json").read_bytes() == b"content of config.json"
+    # as huggingface_hub does: once cached, a refused listing falls back to the cached snapshot
+    assert hub.resolve_model_path("acme/private", cache_folder=tmp_path / "cache") == folder
 
 
 def test_load_offline_and_not_cached(server, tmp_path, offline):
@@ -278,12 +280,23 @@ def test_load_offline_and_not_cached(server, tmp_path, offline):
     assert len(server.requests) == before
 
 
+def test_load_offline_from_a_partial_cache(server, tmp_path, monkeypatch):
+    server.add_repo("acme/partial", _hub_files(["modules.json", "config.json"]))
+    folder = hub.resolve_model_path("acme/partial", cache_folder=tmp_path / "cache")
+    (folder / "config.json").unlink()
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ModelNotFoundError, match=r"'acme/partial' .*only partly in the Hugging Face cache"):
+        hub.resolve_model_path("acme/partial", cache_folder=tmp_path / "cache")
+
+
 def test_unreachable_hub_falls_back_to_the_cache(server, tmp_path, caplog):
     server.add_repo("acme/cached", _hub_files(["config.json"]))
     cache = tmp_path / "cache"
     folder = hub.resolve_model_path("acme/cached", cache_folder=cache)
     server.stop()  # the endpoint now refuses connections
     assert hub.resolve_model_path("acme/cached", cache_folder=cache) == folder
-    assert "cannot list 'acme/cached'" in caplog.text
+    assert "could not ask the Hub" in caplog.text and "'acme/cached'" in caplog.text
     with pytest.raises(ModelNotFoundError, match=r"'acme/other'.*cannot be reached.*local model folder"):
         hub.resolve_model_path("acme/other", cache_folder=cache)
