@@ -1,0 +1,142 @@
+"""Losses: the same embeddings and labels give sentence-transformers' loss values; forward runs the modules."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from st_onnx import InputExample, losses
+
+pytestmark = pytest.mark.compat
+
+
+class Stub(torch.nn.Module):
+    """Stands in for the model when a loss is built: the maths is compared on given embeddings."""
+
+    device = torch.device("cpu")
+
+    def forward(self, features):
+        return {"sentence_embedding": features["emb"]}
+
+
+def st_losses():
+    pytest.importorskip("sentence_transformers")
+    from sentence_transformers.sentence_transformer import losses as theirs
+
+    return theirs
+
+
+def embeddings(n_columns: int, batch: int = 12, dim: int = 16, seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(batch, dim, generator=g) for _ in range(n_columns)]
+
+
+def compare(ours, theirs, embs, labels, **kw):
+    a = ours.compute_loss_from_embeddings(embs, labels)
+    b = theirs.compute_loss_from_embeddings(embs, labels)
+    assert torch.isfinite(a)
+    assert a.item() == pytest.approx(b.item(), rel=1e-5, abs=1e-6)
+
+
+FLOAT_LABELS = torch.rand(12, generator=torch.Generator().manual_seed(1))
+BINARY_LABELS = torch.tensor([1, 0] * 6)
+
+
+def test_cosine_similarity_loss():
+    t = st_losses()
+    compare(losses.CosineSimilarityLoss(Stub()), t.CosineSimilarityLoss(Stub()), embeddings(2), FLOAT_LABELS)
+    l1 = torch.nn.L1Loss()
+    compare(losses.CosineSimilarityLoss(Stub(), loss_fct=l1), t.CosineSimilarityLoss(Stub(), loss_fct=l1),
+            embeddings(2), FLOAT_LABELS)
+
+
+@pytest.mark.parametrize("scale", [20.0, 5.0])
+def test_cosent_loss(scale):
+    t = st_losses()
+    labels = torch.tensor([0.1, 0.5, 0.5, 0.9, 0.2, 0.0, 1.0, 0.5, 0.3, 0.3, 0.7, 0.8])
+    compare(losses.CoSENTLoss(Stub(), scale=scale), t.CoSENTLoss(Stub(), scale=scale), embeddings(2), labels)
+
+
+@pytest.mark.parametrize("columns", [2, 3])
+def test_multiple_negatives_ranking_loss(columns):
+    t = st_losses()
+    compare(losses.MultipleNegativesRankingLoss(Stub()), t.MultipleNegativesRankingLoss(Stub()),
+            embeddings(columns), torch.zeros(12))
+    compare(losses.MultipleNegativesRankingLoss(Stub(), scale=1.0), t.MultipleNegativesRankingLoss(Stub(), scale=1.0),
+            embeddings(columns, seed=3), torch.zeros(12))
+    with pytest.raises(ValueError, match="positive"):
+        losses.MultipleNegativesRankingLoss(Stub(), scale=0)
+
+
+@pytest.mark.parametrize("multiplication", [False, True])
+def test_softmax_loss(multiplication):
+    t = st_losses()
+    ours = losses.SoftmaxLoss(Stub(), sentence_embedding_dimension=16, num_labels=3,
+                              concatenation_sent_multiplication=multiplication)
+    theirs = t.SoftmaxLoss(Stub(), 16, 3, concatenation_sent_multiplication=multiplication)
+    ours.classifier.load_state_dict(theirs.classifier.state_dict())
+    features = [{"emb": e} for e in embeddings(2)]
+    labels = torch.tensor([0, 1, 2] * 4)
+    assert ours(features, labels).item() == pytest.approx(theirs(features, labels).item(), rel=1e-5)
+    reps, logits = ours(features, None)
+    assert logits.shape == (12, 3) and len(reps) == 2
+    assert [n for n, _ in ours.named_parameters()] == ["classifier.weight", "classifier.bias"]
+    with pytest.raises(ValueError, match="num_labels"):
+        losses.SoftmaxLoss(Stub(), sentence_embedding_dimension=16, num_labels=0)
+
+
+@pytest.mark.parametrize("metric", ["EUCLIDEAN", "MANHATTAN", "COSINE_DISTANCE"])
+def test_contrastive_losses(metric):
+    t = st_losses()
+    ours_metric = getattr(losses.SiameseDistanceMetric, metric)
+    their_metric = getattr(t.SiameseDistanceMetric, metric)
+    for size_average in (True, False):
+        compare(losses.ContrastiveLoss(Stub(), ours_metric, margin=2.0, size_average=size_average),
+                t.ContrastiveLoss(Stub(), their_metric, margin=2.0, size_average=size_average),
+                embeddings(2), BINARY_LABELS)
+    compare(losses.OnlineContrastiveLoss(Stub(), ours_metric, margin=4.0),
+            t.OnlineContrastiveLoss(Stub(), their_metric, margin=4.0), embeddings(2), BINARY_LABELS)
+    compare(losses.OnlineContrastiveLoss(Stub()), t.OnlineContrastiveLoss(Stub()), embeddings(2), BINARY_LABELS)
+
+
+@pytest.mark.parametrize("metric", ["EUCLIDEAN", "MANHATTAN", "COSINE"])
+def test_triplet_loss(metric):
+    t = st_losses()
+    compare(losses.TripletLoss(Stub(), getattr(losses.TripletDistanceMetric, metric), triplet_margin=1.0),
+            t.TripletLoss(Stub(), getattr(t.TripletDistanceMetric, metric), triplet_margin=1.0),
+            embeddings(3), torch.zeros(12))
+
+
+def test_mse_loss():
+    t = st_losses()
+    teacher = embeddings(1, seed=9)[0]
+    per_column = torch.stack(embeddings(2, seed=5), dim=1)
+    for columns, labels in ((1, teacher), (2, teacher), (2, per_column)):
+        features = [{"emb": e} for e in embeddings(columns)]
+        ours = losses.MSELoss(Stub())(features, labels)
+        assert ours.item() == pytest.approx(t.MSELoss(Stub())(features, labels).item(), rel=1e-5)
+    with pytest.raises(ValueError, match="teacher embeddings"):
+        losses.MSELoss(Stub()).compute_loss_from_embeddings(embeddings(1), torch.zeros(12))
+
+
+def test_label_count_is_checked():
+    with pytest.raises(ValueError, match="labels"):
+        losses.CosineSimilarityLoss(Stub()).compute_loss_from_embeddings(embeddings(2), torch.zeros(5))
+
+
+def test_forward_runs_the_torch_modules_and_gradients_reach_them(tiny_model_dir):
+    from st_onnx import SentenceTransformer
+
+    model = SentenceTransformer(str(tiny_model_dir), device="cpu")
+    batch = [InputExample(texts=["the cat sleeps", "a dog runs", "fish swims"], label=0.5),
+             InputExample(texts=["a man plays music", "the man sings", "the car is red"], label=0.9)]
+    features, labels = model.smart_batching_collate(batch)
+    assert len(features) == 3 and labels.tolist() == pytest.approx([0.5, 0.9])
+    loss = losses.MultipleNegativesRankingLoss(model)
+    assert list(loss.parameters()) == []  # the model's parameters are fit's to collect, not the loss's
+    value = loss(features, labels)
+    value.backward()
+    grads = [p.grad for p in model.torch_modules.parameters() if p.grad is not None]
+    assert grads and any(g.abs().sum() > 0 for g in grads)
+    emb = [model(f)["sentence_embedding"] for f in features]
+    assert value.item() == pytest.approx(loss.compute_loss_from_embeddings(emb, labels).item(), rel=1e-5)
