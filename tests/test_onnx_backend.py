@@ -293,3 +293,15 @@ def test_rss_stays_flat_over_mixed_length_encodes(minilm_onnx):
         minilm_onnx.encode(batch())
     growth_mb = (proc.memory_info().rss - start) / 2**20
     assert growth_mb < 60, f"RSS grew {growth_mb:.1f} MB over 50 mixed-length encodes"
+
+
+def test_cuda_asked_cpu_bound_warns(tiny_folder):
+    from st_onnx.errors import ProviderFallbackWarning
+    from st_onnx.runtime.providers import cuda_usable
+
+    if cuda_usable():
+        pytest.skip("a GPU is usable here: CUDA binds (tests/test_gpu.py covers it)")
+    with pytest.warns(ProviderFallbackWarning, match="no GPU"):
+        m = SentenceTransformer(str(tiny_folder), backend="onnx", device="cuda", onnx_options={"precision": "fp32"})
+    assert m.device == "cpu"
+    assert m.encode(SENTENCES).shape == (len(SENTENCES), 32)
