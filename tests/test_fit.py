@@ -1,0 +1,249 @@
+"""fit: training falls the loss, schedulers, checkpoints and resume, evaluation during training, and the fused
+ONNX graph follows the new weights."""
+
+from __future__ import annotations
+
+import csv
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from st_onnx import InputExample, SentenceTransformer, losses
+from st_onnx.errors import InvalidInputError
+from st_onnx.evaluation import EmbeddingSimilarityEvaluator
+from st_onnx.fit import NO_DECAY, objective_parameters
+from st_onnx.training.checkpoints import STATE_FILE, list_checkpoints
+from st_onnx.training.schedulers import SCHEDULERS, get_scheduler
+
+PAIRS = [
+    ("the cat sleeps", "a cat sleeps", 0.9), ("the dog runs", "a dog runs fast", 0.8),
+    ("a man plays music", "the man sings", 0.6), ("the car is red", "a fish swims", 0.1),
+    ("the bird flies", "the plane flies", 0.5), ("the child reads", "a woman drives a car", 0.0),
+    ("the river is cold", "the water is cold", 0.7), ("a big house", "a small tree", 0.2),
+]
+EXAMPLES = [InputExample(texts=[a, b], label=s) for a, b, s in PAIRS]
+FIT_QUIET = dict(show_progress_bar=False, warmup_steps=0, optimizer_params={"lr": 1e-3})
+
+
+def model_from(folder) -> SentenceTransformer:
+    return SentenceTransformer(str(folder), device="cpu")
+
+
+def batch_loss(model, loss) -> float:
+    features, labels = model.smart_batching_collate(EXAMPLES)
+    with torch.no_grad():
+        return loss(features, labels).item()
+
+
+def weights(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.torch_modules.state_dict().items()}
+
+
+def test_loss_falls_and_model_changes(tiny_model_dir):
+    model = model_from(tiny_model_dir)
+    loss = losses.CosineSimilarityLoss(model)
+    before, w0 = batch_loss(model, loss), weights(model)
+    torch.manual_seed(0)
+    model.fit([(DataLoader(EXAMPLES, shuffle=True, batch_size=4), loss)], epochs=5, **FIT_QUIET)
+    assert batch_loss(model, loss) < 0.5 * before
+    assert any(not torch.equal(w0[k], v) for k, v in weights(model).items())
+    assert not model.torch_modules.training  # left in eval mode
+
+
+def test_smart_batching_collate(tiny_model_dir):
+    model = model_from(tiny_model_dir)
+    features, labels = model.smart_batching_collate(EXAMPLES[:3])
+    assert len(features) == 2 and features[0]["input_ids"].shape[0] == 3 and labels.dtype == torch.float32
+    _, labels = model.smart_batching_collate([InputExample(texts=["a"], label=np.ones(4, dtype=np.float32))] * 2)
+    assert labels.shape == (2, 4)
+    with pytest.raises(InvalidInputError, match="same number of texts"):
+        model.smart_batching_collate([InputExample(texts=["a", "b"]), InputExample(texts=["a"])])
+
+
+@pytest.mark.parametrize("name", SCHEDULERS)
+def test_every_scheduler_matches_transformers(name):
+    import transformers
+
+    expected = {
+        "constantlr": lambda o: transformers.get_constant_schedule(o),
+        "warmupconstant": lambda o: transformers.get_constant_schedule_with_warmup(o, 3),
+        "warmuplinear": lambda o: transformers.get_linear_schedule_with_warmup(o, 3, 20),
+        "warmupcosine": lambda o: transformers.get_cosine_schedule_with_warmup(o, 3, 20),
+        "warmupcosinewithhardrestarts": lambda o: transformers.get_cosine_with_hard_restarts_schedule_with_warmup(
+            o, 3, 20),
+    }[name]
+    ours_opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    ref_opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    ours, ref = get_scheduler(ours_opt, name.upper(), 3, 20), expected(ref_opt)
+    for _ in range(24):
+        assert ours.get_last_lr()[0] == pytest.approx(ref.get_last_lr()[0], abs=1e-9)
+        ours_opt.step(), ref_opt.step(), ours.step(), ref.step()
+
+
+def test_every_scheduler_name_trains(tiny_model_dir):
+    model = model_from(tiny_model_dir)
+    loss = losses.CoSENTLoss(model)
+    for name in ("ConstantLR", "WarmupConstant", "WarmupLinear", "WarmupCosine", "WarmupCosineWithHardRestarts"):
+        model.fit([(DataLoader(EXAMPLES, batch_size=4), loss)], scheduler=name, steps_per_epoch=1,
+                  show_progress_bar=False, warmup_steps=1)
+
+
+def test_bad_scheduler_name_lists_the_allowed_ones(tiny_model_dir):
+    model = model_from(tiny_model_dir)
+    w0 = weights(model)
+    with pytest.raises(InvalidInputError, match="warmuplinear") as info:
+        model.fit([(DataLoader(EXAMPLES, batch_size=4), losses.CosineSimilarityLoss(model))], scheduler="linear",
+                  show_progress_bar=False)
+    assert "'linear'" in str(info.value) and isinstance(info.value, ValueError)
+    assert all(torch.equal(w0[k], v) for k, v in weights(model).items())
+
+
+def test_no_decay_groups_and_loss_parameters(tiny_model_dir):
+    model = model_from(tiny_model_dir)
+    loss = losses.SoftmaxLoss(model, model.get_sentence_embedding_dimension(), num_labels=3)
+    named = objective_parameters(model, loss)
+    assert len({id(p) for _, p in named}) == len(named)
+    assert sum(p.numel() for _, p in named) == sum(p.numel() for p in model.torch_modules.parameters()) + \
+        sum(p.numel() for p in loss.parameters())
+    assert any("LayerNorm.weight" in n for n, _ in named) and any(n.endswith("bias") for n, _ in named)
+    examples = [InputExample(texts=[a, b], label=i % 3) for i, (a, b, _) in enumerate(PAIRS)]
+    classifier = loss.classifier.weight.detach().clone()
+    model.fit([(DataLoader(examples, batch_size=4), loss)], epochs=1, **FIT_QUIET)
+    assert not torch.equal(classifier, loss.classifier.weight)  # the loss's own parameters were trained too
+    assert NO_DECAY == ("bias", "LayerNorm.bias", "LayerNorm.weight")
+
+
+def test_round_robin_over_objectives(tiny_model_dir):
+    model = model_from(tiny_model_dir)
+    calls = []
+
+    class Counting(losses.CosineSimilarityLoss):
+        def forward(self, features, labels):
+            calls.append(self.tag)
+            return super().forward(features, labels)
+
+    a, b = Counting(model), Counting(model)
+    a.tag, b.tag = "a", "b"
+    model.fit([(DataLoader(EXAMPLES, batch_size=2), a), (DataLoader(EXAMPLES[:4], batch_size=2), b)],
+              epochs=1, **FIT_QUIET)
+    assert calls == ["a", "b", "a", "b"]  # steps_per_epoch = the smallest DataLoader (2 batches)
+
+
+def test_evaluator_callback_and_best_model(tiny_model_dir, tmp_path):
+    model = model_from(tiny_model_dir)
+    evaluator = EmbeddingSimilarityEvaluator.from_input_examples(EXAMPLES, name="dev")
+    seen = []
+    out = tmp_path / "out"
+    model.fit([(DataLoader(EXAMPLES, batch_size=2), losses.CosineSimilarityLoss(model))], evaluator=evaluator,
+              epochs=2, evaluation_steps=2, output_path=str(out), callback=lambda *a: seen.append(a), **FIT_QUIET)
+    assert [(e, s) for _, e, s in seen] == [(0, 2), (0, 4), (0, -1), (1, 2), (1, 4), (1, -1)]
+    assert model.best_score == max(score for score, _, _ in seen)
+    rows = list(csv.reader(open(out / "eval" / "similarity_evaluation_dev_results.csv")))
+    assert len(rows) == 7 and rows[0][:3] == ["epoch", "steps", "cosine_pearson"]
+    saved = model_from(out)  # the best model was saved through model.save
+    assert evaluator(saved) == pytest.approx(model.best_score, abs=1e-5)
+
+
+def test_use_amp_on_cpu_trains_under_bfloat16(tiny_model_dir):
+    model = model_from(tiny_model_dir)
+    loss = losses.CosineSimilarityLoss(model)
+    model.fit([(DataLoader(EXAMPLES, batch_size=4), loss)], epochs=1, use_amp=True, **FIT_QUIET)
+    assert all(p.dtype == torch.float32 for p in model.torch_modules.parameters())
+
+
+# -- checkpoints and resume --------------------------------------------------------------------------------
+class Interrupted(Exception):
+    pass
+
+
+class StopAfter(losses.CosineSimilarityLoss):
+    """Raises once it has been called ``limit`` times: a crash in the middle of training."""
+
+    def __init__(self, model, limit):
+        super().__init__(model)
+        self.limit, self.calls = limit, 0
+
+    def forward(self, features, labels):
+        self.calls += 1
+        if self.calls > self.limit:
+            raise Interrupted
+        return super().forward(features, labels)
+
+
+def run(model, loss, **kw):
+    torch.manual_seed(123)
+    loader = DataLoader(EXAMPLES * 2, shuffle=True, batch_size=3)  # 6 batches, the last one short
+    model.fit([(loader, loss)], epochs=2, steps_per_epoch=4, scheduler="WarmupLinear", warmup_steps=2,
+              show_progress_bar=False, optimizer_params={"lr": 1e-3}, **kw)
+
+
+def test_checkpoints_kept_to_the_limit(tiny_model_dir, tmp_path):
+    model = model_from(tiny_model_dir)
+    ckpt = tmp_path / "ckpt"
+    run(model, losses.CosineSimilarityLoss(model), checkpoint_path=str(ckpt), checkpoint_save_steps=2,
+        checkpoint_save_total_limit=2)
+    assert [p.name for p in list_checkpoints(ckpt)] == ["6", "8"]
+    assert not [p for p in ckpt.iterdir() if p.name.startswith(".")]  # no temporary folders left
+    state = torch.load(ckpt / "8" / STATE_FILE, weights_only=False)
+    assert state["global_step"] == 8 and state["schedulers"][0]["last_epoch"] == 8
+    reloaded = model_from(ckpt / "8")
+    for k, v in weights(model).items():
+        assert torch.equal(reloaded.torch_modules.state_dict()[k], v)
+
+
+def test_resume_continues_where_it_stopped(tiny_model_dir, tmp_path):
+    straight = model_from(tiny_model_dir)
+    run(straight, losses.CosineSimilarityLoss(straight))
+
+    ckpt = tmp_path / "ckpt"
+    crashed = model_from(tiny_model_dir)
+    with pytest.raises(Interrupted):  # checkpoints at steps 3 and 6; dies in step 7
+        run(crashed, StopAfter(crashed, 6), checkpoint_path=str(ckpt), checkpoint_save_steps=3)
+    assert [p.name for p in list_checkpoints(ckpt)] == ["3", "6"]
+
+    resumed = model_from(tiny_model_dir)
+    loss = StopAfter(resumed, 10**6)
+    torch.manual_seed(999)  # a different RNG state: the checkpoint's must win
+    resumed.fit([(DataLoader(EXAMPLES * 2, shuffle=True, batch_size=3), loss)], epochs=2, steps_per_epoch=4,
+                scheduler="WarmupLinear", warmup_steps=2, show_progress_bar=False, optimizer_params={"lr": 1e-3},
+                checkpoint_path=str(ckpt), checkpoint_save_steps=3, resume_from_checkpoint=True)
+    assert loss.calls == 2  # steps 7 and 8 only
+    state = torch.load(ckpt / "8" / STATE_FILE, weights_only=False)
+    assert state["global_step"] == 8 and state["schedulers"][0]["last_epoch"] == 8
+    assert state["optimizers"][0]["state"][0]["step"].item() == 8
+    for k, v in weights(straight).items():  # same data order, same optimizer moments, same schedule
+        torch.testing.assert_close(resumed.torch_modules.state_dict()[k], v, rtol=1e-5, atol=1e-6)
+
+
+def test_resume_without_checkpoint_path_is_an_error(tiny_model_dir):
+    model = model_from(tiny_model_dir)
+    with pytest.raises(InvalidInputError, match="checkpoint_path"):
+        model.fit([(DataLoader(EXAMPLES), losses.CosineSimilarityLoss(model))], resume_from_checkpoint=True,
+                  show_progress_bar=False)
+
+
+# -- the fused ONNX graph follows the weights --------------------------------------------------------------
+def test_saved_model_on_onnx_backend_gives_the_trained_embeddings(tiny_model_copy, tmp_path):
+    pytest.importorskip("onnxruntime")
+    texts = [a for a, _, _ in PAIRS] + [b for _, b, _ in PAIRS]
+    graph = tiny_model_copy / "onnx" / "st_onnx" / "fp32.onnx"
+    before = SentenceTransformer(str(tiny_model_copy), backend="onnx").encode(texts)
+    assert graph.is_file()  # the folder now holds a graph of the untrained weights
+
+    model = model_from(tiny_model_copy)
+    torch.manual_seed(0)
+    model.fit([(DataLoader(EXAMPLES, shuffle=True, batch_size=4), losses.CosineSimilarityLoss(model))], epochs=3,
+              output_path=str(tmp_path / "trained"), **FIT_QUIET)
+    trained = model.encode(texts)
+    assert np.abs(trained - before).max() > 1e-3
+    model.save(str(tiny_model_copy))  # over the model's own folder: the old graph must not survive
+    assert not graph.is_file()
+    for folder in (tiny_model_copy, tmp_path / "trained"):
+        onnx = SentenceTransformer(str(folder), backend="onnx").encode(texts)
+        np.testing.assert_allclose(onnx, trained, atol=1e-5, rtol=0)
+    shutil.rmtree(tmp_path / "trained")
+    assert math.isfinite(float(trained.sum()))
