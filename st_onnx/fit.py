@@ -14,12 +14,14 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 from tqdm.auto import trange
 
+from . import layout
 from .errors import InvalidInputError
 from .training.checkpoints import (TrainingState, capture_rng, find_resume_checkpoint, load_checkpoint,
                                    restore_rng, save_checkpoint)
@@ -314,3 +316,12 @@ def fit(model, train_objectives, evaluator=None, epochs: int = 1, steps_per_epoc
         save_keeping_eval(model, output_path)
     if checkpoint_path is not None:
         _checkpoint(model, checkpoint_path, checkpoint_save_total_limit, objectives, state)
+    _note_old_graphs(model)
+
+
+def _note_old_graphs(model) -> None:
+    source = getattr(model, "model_path", None)
+    if source is not None and (Path(source) / layout.FUSED_DIR).is_dir():
+        logger.info("%s holds fused ONNX graphs of the weights before training; model.save(path) writes the "
+                    "trained weights without them, and SentenceTransformer(path, backend='onnx') exports fresh ones",
+                    source)

@@ -12,8 +12,12 @@ from .base import SentenceEvaluator, check_same_length, describe, encode_unique,
 logger = logging.getLogger(__name__)
 
 # (2.x short name, key in paired_scores, higher score means more similar, display name)
-_SIMILARITIES = (("cossim", "cosine", True, "Cosine-Similarity"), ("manhattan", "manhattan", False, "Manhattan-Distance"),
-                 ("euclidean", "euclidean", False, "Euclidean-Distance"), ("dot", "dot", True, "Dot-Product"))
+_SIMILARITIES = (
+    ("cossim", "cosine", True, "Cosine-Similarity"),
+    ("manhattan", "manhattan", False, "Manhattan-Distance"),
+    ("euclidean", "euclidean", False, "Euclidean-Distance"),
+    ("dot", "dot", True, "Dot-Product"),
+)
 _COLUMNS = ("accuracy", "accuracy_threshold", "f1", "precision", "recall", "f1_threshold", "ap")
 
 

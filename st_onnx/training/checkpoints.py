@@ -96,7 +96,9 @@ def find_resume_checkpoint(checkpoint_path: str | None, resume_from_checkpoint: 
             )
         return folder
     if checkpoint_path is None:
-        raise InvalidInputError("resume_from_checkpoint=True needs checkpoint_path: the folder fit saved checkpoints to")
+        raise InvalidInputError(
+            "resume_from_checkpoint=True needs checkpoint_path: the folder fit saved checkpoints to"
+        )
     found = [p for p in list_checkpoints(checkpoint_path) if (p / STATE_FILE).is_file()]
     if not found:
         logger.warning("no checkpoint under %s yet: training from the start", checkpoint_path)
