@@ -16,7 +16,6 @@ import json
 import logging
 import math
 import platform
-import tempfile
 import time
 from pathlib import Path
 
@@ -77,9 +76,8 @@ def main() -> None:
     eval_s = time.perf_counter() - start
     logger.info("dev Spearman before: %.4f (published %.4f), %.1f s", dev_before, REFERENCE_DEV, eval_s)
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        model.fit([(loader, losses.CosineSimilarityLoss(model))], epochs=args.epochs, warmup_steps=warmup,
-                  optimizer_params={"lr": args.lr}, output_path=str(Path(tmp) / "model"), show_progress_bar=False)
+    model.fit([(loader, losses.CosineSimilarityLoss(model))], epochs=args.epochs, warmup_steps=warmup,
+              optimizer_params={"lr": args.lr}, show_progress_bar=False)
     train_min = (time.perf_counter() - start) / 60
     dev_after, test_after = dev(model), test(model)
 
