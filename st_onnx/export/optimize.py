@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -21,6 +22,7 @@ REPORTED_FUSIONS = (
 # sentences, this project's 2-core CPU; see _INT8_NOTE in the module docstring of the report).
 INT8_PER_CHANNEL = True
 INT8_REDUCE_RANGE = False
+INT8_OP_TYPES: tuple[str, ...] | None = ("MatMul", "Attention")
 
 
 def fuse(src: str | os.PathLike, dst: str | os.PathLike, num_heads: int, hidden_size: int) -> dict[str, int]:
@@ -53,12 +55,14 @@ def to_fp16(src: str | os.PathLike, dst: str | os.PathLike) -> None:
 
 
 def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, *, per_channel: bool = INT8_PER_CHANNEL,
-                  reduce_range: bool = INT8_REDUCE_RANGE) -> dict[str, bool]:
+                  reduce_range: bool = INT8_REDUCE_RANGE,
+                  op_types: tuple[str, ...] | None = INT8_OP_TYPES) -> dict[str, Any]:
     """Dynamic int8 weights (MatMul/Attention/Gather...), activations quantized at run time, for the CPU."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     # ONNX shape inference cannot type the outputs of ORT's fused (com.microsoft) operators; they are all float.
     quantize_dynamic(Path(src), Path(dst), per_channel=per_channel, reduce_range=reduce_range,
-                     weight_type=QuantType.QInt8, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
-    return {"per_channel": per_channel, "reduce_range": reduce_range}
+                     weight_type=QuantType.QInt8,
+                     op_types_to_quantize=list(op_types) if op_types else None, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    return {"per_channel": per_channel, "reduce_range": reduce_range, "op_types": list(op_types or ["all"])}
