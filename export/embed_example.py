@@ -1,0 +1,61 @@
+"""Embed texts with a bundle from export/make_bundle.py, using only onnxruntime, tokenizers and numpy.
+
+    python export/embed_example.py BUNDLE_DIR "first text" "second text" [--out embeddings.npy]
+
+This is the whole contract of the graph (export/README.md) in code: strip (and lower-case when do_lower_case),
+tokenize with the bundle's tokenizer.json (pads to the batch's longest text, truncates at max_seq_length), feed
+int64 input_ids / attention_mask (/ token_type_ids when the graph lists it), read sentence_embedding.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+
+class BundleEncoder:
+    def __init__(self, bundle_dir, providers=("CPUExecutionProvider",)):
+        bundle_dir = Path(bundle_dir)
+        self.info = json.loads((bundle_dir / "bundle.json").read_text(encoding="utf-8"))
+        self.tokenizer = Tokenizer.from_file(str(bundle_dir / self.info["tokenizer"]))
+        self.session = ort.InferenceSession(str(bundle_dir / self.info["graph"]), providers=list(providers))
+
+    def encode(self, texts, batch_size=32):
+        texts = [t.strip() for t in texts]
+        if self.info["do_lower_case"]:
+            texts = [t.lower() for t in texts]
+        order = np.argsort([len(t) for t in texts], kind="stable")  # similar lengths together: less padding
+        out = np.zeros((len(texts), self.info["embedding_dimension"]), dtype=np.float32)
+        for start in range(0, len(texts), batch_size):
+            idx = order[start:start + batch_size]
+            encodings = self.tokenizer.encode_batch([texts[i] for i in idx])
+            columns = {
+                "input_ids": [e.ids for e in encodings],
+                "attention_mask": [e.attention_mask for e in encodings],
+                "token_type_ids": [e.type_ids for e in encodings],
+            }
+            feed = {name: np.asarray(columns[name], dtype=np.int64) for name in self.info["inputs"]}
+            out[idx] = self.session.run(["sentence_embedding"], feed)[0]
+        return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="embed texts with an st-onnx bundle")
+    parser.add_argument("bundle_dir")
+    parser.add_argument("texts", nargs="+")
+    parser.add_argument("--out", help="save the (n, dim) float32 embeddings to this .npy file")
+    args = parser.parse_args(argv)
+    embeddings = BundleEncoder(args.bundle_dir).encode(args.texts)
+    if args.out:
+        np.save(args.out, embeddings)
+    for text, vector in zip(args.texts, embeddings):
+        print(f"{text[:40]!r:44} {vector[:4].round(4)} ... (dim {vector.shape[0]})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""Export a sentence-transformers model folder into a self-contained deployment bundle.
+
+    python export/make_bundle.py MODEL_DIR BUNDLE_DIR [--precision fp32|int8|fp16]
+
+The bundle holds everything a plain ONNX Runtime + tokenizers program needs (see export/README.md):
+
+    model.onnx       the fused graph: token ids -> finished sentence embedding (pooling, dense, normalize inside)
+    manifest.json    st-onnx's manifest of that graph (fingerprint, versions, fusions, parity report)
+    tokenizer.json   the model's tokenizer with fixed-length padding switched off (pads to the batch's longest
+                     text) and truncation at max_seq_length
+    bundle.json      max_seq_length, do_lower_case, inputs, outputs, embedding_dimension, precision
+
+The bundle is written atomically: BUNDLE_DIR appears complete or not at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+from st_onnx import layout
+from st_onnx.export import ParityReport, export_fused_graph, read_manifest
+from st_onnx.fingerprint import folder_fingerprint
+from st_onnx.modules import load_stack
+
+GRAPH, MANIFEST, TOKENIZER, BUNDLE = "model.onnx", "manifest.json", "tokenizer.json", "bundle.json"
+
+
+def bundle_tokenizer(source: Path, max_seq_length: int):
+    """The folder's tokenizer.json without fixed padding, truncating at ``max_seq_length``."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(source))
+    padding = tok.padding or {}
+    pad_token = padding.get("pad_token") or ("[PAD]" if tok.token_to_id("[PAD]") is not None else "<pad>")
+    pad_id = padding.get("pad_id", tok.token_to_id(pad_token) or 0)
+    tok.no_padding()
+    tok.enable_padding(pad_id=pad_id, pad_token=pad_token)  # length=None: pad to the longest text of a batch
+    strategy = (tok.truncation or {}).get("strategy", "longest_first")
+    tok.enable_truncation(max_length=max_seq_length, strategy=strategy)
+    return tok, pad_id
+
+
+def make_bundle(model_dir: Path, bundle_dir: Path, precision: str = "fp32") -> Path:
+    stack = load_stack(model_dir)
+    transformer = stack.transformer
+    if not (model_dir / TOKENIZER).is_file():
+        raise SystemExit(f"{model_dir} has no {TOKENIZER}; save the model with a fast tokenizer first")
+    with layout.atomic_folder(bundle_dir) as tmp:
+        graph = export_fused_graph(stack, tmp / "export", precision, fingerprint=folder_fingerprint(model_dir))
+        manifest = read_manifest(graph)
+        shutil.move(graph, tmp / GRAPH)
+        shutil.move(layout.manifest_path(graph), tmp / MANIFEST)
+        shutil.rmtree(tmp / "export")
+        tok, pad_id = bundle_tokenizer(model_dir / TOKENIZER, transformer.max_seq_length)
+        tok.save(str(tmp / TOKENIZER))
+        info = {
+            "graph": GRAPH, "tokenizer": TOKENIZER, "precision": precision,
+            "max_seq_length": int(transformer.max_seq_length), "do_lower_case": bool(transformer.do_lower_case),
+            "pad_id": pad_id, "inputs": manifest["inputs"], "outputs": manifest["outputs"],
+            "embedding_dimension": manifest["embedding_dimension"],
+        }
+        (tmp / BUNDLE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    return bundle_dir
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="export a model folder into a self-contained ONNX bundle")
+    parser.add_argument("model_dir", type=Path)
+    parser.add_argument("bundle_dir", type=Path)
+    parser.add_argument("--precision", choices=layout.PRECISIONS, default="fp32")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    bundle = make_bundle(args.model_dir, args.bundle_dir, args.precision)
+    parity = json.loads((bundle / MANIFEST).read_text(encoding="utf-8"))["parity"]
+    print(f"wrote {bundle}: {', '.join(sorted(p.name for p in bundle.iterdir()))}")
+    print(ParityReport.from_dict(parity) if "min_cosine" in parity else f"parity not checked: {parity.get('reason')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""The ``st-onnx`` command line.
+
+    st-onnx export MODEL_DIR OUT_DIR [--precision fp32|fp16|int8]   export the fused graph, print its parity report
+    st-onnx bench [ARGS...]                                          run benchmarks/bench_encode.py with ARGS
+
+``export`` into MODEL_DIR itself adds ``onnx/st_onnx/<precision>.onnx`` (+ manifest) to the folder; into another
+OUT_DIR it writes a complete, self-contained copy of the model folder with the graph added (atomically).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+from .errors import StOnnxError
+from .layout import PRECISIONS
+
+
+def bench_script() -> Path:
+    import st_onnx
+
+    return Path(st_onnx.__file__).resolve().parents[1] / "benchmarks" / "bench_encode.py"
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .export import ParityReport, export_model_folder, read_manifest
+
+    graph = export_model_folder(args.model_dir, args.precision, out_dir=args.out_dir)
+    manifest = read_manifest(graph)
+    print(f"wrote {graph}")
+    print(f"fusions: {manifest.get('fusions') or 'none'}")
+    parity = manifest.get("parity") or {}
+    if "min_cosine" in parity:
+        print(ParityReport.from_dict(parity))
+    else:
+        print(f"parity not checked: {parity.get('reason', 'unknown')}")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    script = bench_script()
+    if not script.is_file():
+        print(f"error: the benchmark script {script} is absent; `st-onnx bench` needs a source checkout of st-onnx "
+              "(benchmarks/ is not installed with the package)", file=sys.stderr)
+        return 2
+    return subprocess.call([sys.executable, str(script), *args.bench_args])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="st-onnx", description="sentence-transformers models as one fused ONNX graph")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress (fusions, parity) to stderr")
+    sub = parser.add_subparsers(dest="command", required=True)
+    export = sub.add_parser("export", help="export a model folder's fused graph and print its parity report")
+    export.add_argument("model_dir", help="a sentence-transformers (or plain transformers) model folder")
+    export.add_argument("out_dir", help="MODEL_DIR itself, or a new folder for a self-contained copy")
+    export.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="fp32 (any device), int8 (CPU), fp16 (CUDA only)")
+    export.set_defaults(run=_export)
+    bench = sub.add_parser("bench", help="run benchmarks/bench_encode.py, passing the arguments through")
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments for bench_encode.py")
+    bench.set_defaults(run=_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # everything after 'bench' belongs to the script, options included
+        return _bench(argparse.Namespace(bench_args=argv[1:]))
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.run(args)
+    except StOnnxError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""The deployment kit (export/): make_bundle.py and embed_example.py, run as a user would, in subprocesses."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import make_tiny_model
+from st_onnx.export import check_graph
+from st_onnx.modules import load_stack
+
+ROOT = Path(__file__).resolve().parents[1]
+KIT = ROOT / "export"
+TEXTS = ["hi", "  The quick brown fox jumps over the lazy dog  ", "", "a man " * 80, "the cat sleeps on the red car"]
+
+
+def run(args, **kw):
+    out = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, timeout=300, **kw)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("kit")
+    folder = make_tiny_model(tmp / "model", pooling="cls", dense=10)
+    out = run([KIT / "make_bundle.py", folder, tmp / "bundle"])
+    assert "PASSED" in out.stdout
+    return folder, tmp / "bundle"
+
+
+def test_bundle_files_and_tokenizer(bundle):
+    folder, path = bundle
+    assert sorted(p.name for p in path.iterdir()) == ["bundle.json", "manifest.json", "model.onnx", "tokenizer.json"]
+    info = json.loads((path / "bundle.json").read_text())
+    assert info["max_seq_length"] == 64 and info["do_lower_case"] is False
+    assert info["inputs"] == ["input_ids", "attention_mask", "token_type_ids"] and info["embedding_dimension"] == 10
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(path / "tokenizer.json"))
+    assert tok.padding["length"] is None  # the source pads to 32 always; the bundle pads to the batch's longest
+    assert tok.truncation["max_length"] == 64
+    assert len(tok.encode_batch(["hi", "the cat"])[0].ids) == 4
+    # the manifest still describes the graph bytes after the move into the bundle
+    (path / "fp32.json").write_bytes((path / "manifest.json").read_bytes())
+    try:
+        (path / "fp32.onnx").symlink_to(path / "model.onnx")
+        assert check_graph(path / "fp32.onnx")["embedding_dimension"] == 10
+    finally:
+        (path / "fp32.json").unlink()
+        (path / "fp32.onnx").unlink()
+
+
+def test_example_embeds_like_torch_without_torch(bundle, tmp_path):
+    folder, path = bundle
+    npy = tmp_path / "emb.npy"
+    code = (
+        "import runpy, sys\n"
+        f"sys.argv = ['embed_example.py', {str(path)!r}, *{TEXTS!r}, '--out', {str(npy)!r}]\n"
+        f"runpy.run_path({str(KIT / 'embed_example.py')!r}, run_name='__main__')\n"
+        "assert 'torch' not in sys.modules and 'st_onnx' not in sys.modules, 'the example imported torch'\n"
+    )
+    run(["-c", code])
+    got = np.load(npy)
+    stack = load_stack(folder)
+    features = stack.transformer.tokenize(TEXTS)
+    with torch.no_grad():
+        ref = stack(dict(features))["sentence_embedding"].numpy()
+    assert got.shape == (len(TEXTS), 10)
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+
+
+def test_bundle_refuses_missing_model(tmp_path):
+    out = subprocess.run([sys.executable, str(KIT / "make_bundle.py"), str(tmp_path / "nope"), str(tmp_path / "b")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "nope" in out.stderr
+    assert not (tmp_path / "b").exists()
