@@ -185,7 +185,8 @@ def test_int8_export_on_tiny_model(exported, tmp_path):
     graph = export_model_folder(folder, "int8")
     manifest = read_manifest(graph)
     assert graph == layout.fused_graph_path(folder, "int8") and manifest["precision"] == "int8"
-    assert manifest["parity"]["passed"] and manifest["parity"]["min_cosine"] >= 0.98
+    assert manifest["parity"]["passed"] and manifest["parity"]["min_cosine"] >= 0.96
+    assert manifest["parity"]["mean_cosine"] >= 0.985 and manifest["parity"]["max_abs_diff"] > 1e-5  # quantized
     assert "per_channel" in manifest["quantization"]
     import onnx
 
@@ -194,7 +195,7 @@ def test_int8_export_on_tiny_model(exported, tmp_path):
     (sentence, _), features = run_graph(session(graph), load_stack(folder), SENTENCES)
     ref, _ = torch_embed(load_stack(folder), features)
     cos = (sentence * ref).sum(1) / np.linalg.norm(sentence, axis=1) / np.linalg.norm(ref, axis=1)
-    assert cos.min() >= 0.98
+    assert cos.min() >= 0.96 and cos.mean() >= 0.985
 
 
 def test_export_to_other_folder_makes_complete_copy(exported, tmp_path):
@@ -234,3 +235,27 @@ def test_minilm_fp32_graph_matches_torch_on_1000_stsb_sentences(minilm_dir):
     print(report)
     assert report.n_texts == 1000
     assert report.passed and report.min_cosine >= 0.99999 and report.max_abs_diff < 1e-4
+
+
+def test_cli_export_prints_parity_and_reports_errors(exported, tmp_path, capsys):
+    from st_onnx.cli import main
+
+    assert main(["export", str(exported[0]), str(tmp_path / "copy")]) == 0
+    out = capsys.readouterr().out
+    assert "parity PASSED" in out and "fp32.onnx" in out and "Attention" in out
+    assert layout.fused_graph_path(tmp_path / "copy", "fp32").is_file()
+    assert main(["export", str(tmp_path / "missing"), str(tmp_path / "x")]) == 1
+    assert "missing" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["export", str(exported[0]), str(tmp_path / "y"), "--precision", "bf16"])
+
+
+def test_cli_bench_passes_arguments_or_says_script_is_absent(tmp_path, monkeypatch, capsys):
+    from st_onnx import cli
+
+    script = tmp_path / "bench_encode.py"
+    monkeypatch.setattr(cli, "bench_script", lambda: script)
+    assert cli.main(["bench", "--x", "1"]) == 2
+    assert "absent" in capsys.readouterr().err
+    script.write_text("import sys; sys.exit(len(sys.argv))")
+    assert cli.main(["bench", "--x", "1"]) == 3  # script name + the two arguments, passed through

@@ -15,12 +15,16 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-# Minimum cosine between graph and torch embeddings, per precision.
-#  fp32: same maths, only kernel order differs -> 1e-5 is generous (measured ~1e-7 off on all-MiniLM-L6-v2).
-#  int8: dynamic quantization of every MatMul; published int8 encoders lose ~0.3% quality. 0.98 catches a
-#        broken quantization (an unscaled layer gives cos << 0.9) while passing honest rounding noise.
-#  fp16: tensor-core fp16 is ~3 decimal digits; 0.999 is the usual fp16 parity bound for encoders.
-COSINE_THRESHOLDS = {"fp32": 0.99999, "fp16": 0.999, "int8": 0.98}
+# Minimum (per text) and mean cosine between graph and torch embeddings, per precision.
+#  fp32: same maths, only kernel order differs -> 1e-5 is generous (measured 2.6e-7 max|diff| on all-MiniLM-L6-v2).
+#  int8: dynamic quantization of every MatMul/Attention. Measured on all-MiniLM-L6-v2 (per-channel weights):
+#        mean cosine 0.994 over 1,000 STSb sentences and STSb Spearman 0.8187 vs 0.8203 fp32, but texts of 1-3
+#        tokens ('ok.', '', 'hi') fall to 0.970-0.980, because the per-tensor activation range of a tiny batch is
+#        set by the [CLS]/[SEP] outliers. So: min >= 0.96 (honest rounding noise passes) and mean >= 0.985, which
+#        fails the broken settings measured (per-tensor weights: mean 0.966; + reduce_range: mean 0.877).
+#  fp16: tensor-core fp16 keeps ~3 decimal digits; 0.999 / 0.9995 are the usual fp16 bounds for encoders.
+COSINE_THRESHOLDS = {"fp32": 0.99999, "fp16": 0.999, "int8": 0.96}
+MEAN_COSINE_THRESHOLDS = {"fp32": 0.99999, "fp16": 0.9995, "int8": 0.985}
 
 DEFAULT_SENTENCES = (
     "A man is playing a guitar.",
@@ -54,6 +58,7 @@ class ParityReport:
     passed: bool
     provider: str = "CPUExecutionProvider"
     token_max_abs_diff: float | None = None
+    mean_threshold: float = 0.0
 
     def __str__(self) -> str:
         verdict = "PASSED" if self.passed else "FAILED"
@@ -62,7 +67,7 @@ class ParityReport:
         return (
             f"parity {verdict} ({self.precision} graph on {self.provider} vs torch fp32, {self.n_texts} texts): "
             f"max|diff| {self.max_abs_diff:.3g}, cosine min {self.min_cosine:.7f} / mean {self.mean_cosine:.7f} "
-            f"(threshold min >= {self.threshold}){tokens}; worst text #{self.worst_index}: {text!r}"
+            f"(thresholds: min >= {self.threshold}, mean >= {self.mean_threshold}){tokens}; worst text #{self.worst_index}: {text!r}"
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -85,14 +90,16 @@ def compare(reference: np.ndarray, actual: np.ndarray, texts: Sequence[str], pre
     both_zero = (np.linalg.norm(reference, axis=1) == 0) & (np.linalg.norm(actual, axis=1) == 0)
     cos = np.where(both_zero, 1.0, dots / np.maximum(norms, 1e-30))
     worst = int(np.argmin(cos)) if len(cos) else 0
-    threshold = COSINE_THRESHOLDS[precision]
+    threshold, mean_threshold = COSINE_THRESHOLDS[precision], MEAN_COSINE_THRESHOLDS[precision]
     finite = bool(np.isfinite(actual).all())
     min_cos = float(cos.min()) if len(cos) else 1.0
+    mean_cos = float(cos.mean()) if len(cos) else 1.0
     return ParityReport(
         precision=precision, n_texts=len(texts), max_abs_diff=float(diff.max()) if diff.size else 0.0,
-        min_cosine=min_cos, mean_cosine=float(cos.mean()) if len(cos) else 1.0, worst_index=worst,
+        min_cosine=min_cos, mean_cosine=mean_cos, worst_index=worst,
         worst_text=str(texts[worst]) if texts else "", threshold=threshold,
-        passed=finite and min_cos >= threshold, provider=provider, token_max_abs_diff=token_max_abs_diff,
+        passed=finite and min_cos >= threshold and mean_cos >= mean_threshold, provider=provider,
+        token_max_abs_diff=token_max_abs_diff, mean_threshold=mean_threshold,
     )
 
 
