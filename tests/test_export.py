@@ -259,3 +259,38 @@ def test_cli_bench_passes_arguments_or_says_script_is_absent(tmp_path, monkeypat
     assert "absent" in capsys.readouterr().err
     script.write_text("import sys; sys.exit(len(sys.argv))")
     assert cli.main(["bench", "--x", "1"]) == 3  # script name + the two arguments, passed through
+
+
+def test_fp16_export_keeps_fp32_io_and_is_checked(exported, tmp_path):
+    import onnx
+
+    stack = load_stack(exported[0])
+    graph = export_fused_graph(stack, tmp_path, "fp16", fingerprint="sha256:f")
+    model = onnx.load(str(graph))
+    types = {t.data_type for t in model.graph.initializer if t.dims and len(t.dims) == 2}
+    assert onnx.TensorProto.FLOAT16 in types  # the weight matrices are fp16
+    for value in list(model.graph.output):
+        assert value.type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # keep_io_types
+    parity = read_manifest(graph)["parity"]
+    assert parity["passed"] and parity["precision"] == "fp16" and parity["threshold"] == 0.999
+    assert parity["provider"] in ("CPUExecutionProvider", "CUDAExecutionProvider")
+
+
+@pytest.mark.gpu
+def test_fp16_graph_on_cuda_matches_torch(exported, tmp_path):
+    stack = load_stack(exported[0])
+    graph = export_fused_graph(stack, tmp_path, "fp16", fingerprint="sha256:f")
+    parity = read_manifest(graph)["parity"]
+    assert parity["provider"] == "CUDAExecutionProvider" and parity["min_cosine"] >= 0.999
+
+
+def test_token_type_ids_only_when_the_model_uses_them(exported, tmp_path):
+    stack = load_stack(exported[0])
+    stack.transformer.tokenizer.model_input_names = ["input_ids", "attention_mask"]
+    graph = export_fused_graph(stack, tmp_path, fingerprint="sha256:t")
+    sess = session(graph)
+    assert [i.name for i in sess.get_inputs()] == ["input_ids", "attention_mask"]
+    assert read_manifest(graph)["inputs"] == ["input_ids", "attention_mask"]
+    (sentence, _), features = run_graph(sess, stack, MIXED)
+    assert "token_type_ids" not in features
+    np.testing.assert_allclose(sentence, torch_embed(stack, features)[0], atol=1e-5)

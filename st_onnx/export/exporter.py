@@ -59,7 +59,7 @@ def export_fused_graph(stack, out_dir: str | os.PathLike, precision: str = "fp32
         raw, dim = _trace(stack, names, tmp / "raw.onnx", opset)
         graph, fusions, extra = _optimize(stack, raw, tmp, precision, optimize)
         report = _verify(stack, graph, names, precision, sentences)
-        if report is not None and not report.passed:
+        if not report.passed:
             raise ParityError(f"the exported {precision} graph does not compute what PyTorch computes: {report}")
         size = graph.stat().st_size
         if size > MAX_GRAPH_BYTES:
@@ -70,7 +70,7 @@ def export_fused_graph(stack, out_dir: str | os.PathLike, precision: str = "fp32
         manifest_mod.write_manifest(target, manifest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    logger.info("wrote %s (%s)", target, report if report is not None else "parity not checked")
+    logger.info("wrote %s (%s)", target, report)
     return target
 
 
@@ -150,31 +150,27 @@ def _optimize(stack, raw: Path, tmp: Path, precision: str, optimize: bool) -> tu
     return graph, fusions, extra
 
 
-def _verify(stack, graph: Path, names, precision: str, sentences) -> ParityReport | None:
+def _verify(stack, graph: Path, names, precision: str, sentences) -> ParityReport:
+    """Parity on the CPU provider; fp16 on CUDA where a GPU is usable, else (loosely) on the CPU.
+
+    An fp16 graph run on the CPU goes through ORT's fp16 CPU kernels and inserted casts, not the CUDA kernels it
+    is made for: that check proves the conversion (weights, casts, no overflow) but not the CUDA numerics, and
+    the report's ``provider`` says which ran.
+    """
     import onnxruntime as ort
 
     providers = ["CPUExecutionProvider"]
-    if precision == "fp16":
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            logger.warning("fp16 graph not parity-checked: ONNX Runtime has no CUDA provider here, and fp16 is "
-                           "a CUDA-only precision (CPU kernels would test other code)")
-            return None
-        providers = ["CUDAExecutionProvider"]
-    try:
-        session = ort.InferenceSession(str(graph), providers=providers)
-    except Exception as e:
-        if precision == "fp16":  # a CUDA provider listed but no usable GPU
-            logger.warning("fp16 graph not parity-checked: no CUDA session (%s)", e)
-            return None
-        raise
+    if precision == "fp16" and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    session = ort.InferenceSession(str(graph), providers=providers)
     if precision == "fp16" and session.get_providers()[0] != "CUDAExecutionProvider":
-        logger.warning("fp16 graph not parity-checked: ONNX Runtime bound %s, not CUDA", session.get_providers())
-        return None
+        logger.warning("fp16 graph parity-checked on the CPU provider only (no usable CUDA GPU): this verifies the "
+                       "fp16 conversion, not the CUDA kernels it will run on")
     return check_parity(stack, session, names, precision, sentences)
 
 
 def _manifest(stack, graph: Path, names, dim: int, precision: str, fingerprint: str, opset: int,
-              fusions: dict, extra: dict, report: ParityReport | None) -> dict[str, Any]:
+              fusions: dict, extra: dict, report: ParityReport) -> dict[str, Any]:
     pooling = next((m for m in stack if type(m).__name__ == "Pooling"), None)
     return {
         "format": manifest_mod.FORMAT,
@@ -191,7 +187,7 @@ def _manifest(stack, graph: Path, names, dim: int, precision: str, fingerprint: 
         "versions": _versions(),
         "fusions": fusions,
         **extra,
-        "parity": report.to_dict() if report is not None else {"checked": False, "reason": "no CUDA provider"},
+        "parity": report.to_dict(),
         "graph_bytes": graph.stat().st_size,
         "graph_sha256": manifest_mod.file_sha256(graph),
     }
