@@ -75,7 +75,9 @@ def check_graph(graph_path: str | os.PathLike, *, verify_hash: bool = True) -> d
             "or was replaced; re-export it"
         )
     if verify_hash and manifest.get("graph_sha256") and file_sha256(graph_path) != manifest["graph_sha256"]:
-        raise GraphFileError(f"the fused graph {graph_path} does not match its manifest's sha256: it is corrupted; re-export it")
+        raise GraphFileError(
+            f"the fused graph {graph_path} does not match its manifest's sha256: it is corrupted; re-export it"
+        )
     _check_proto(graph_path, manifest)
     return manifest
 

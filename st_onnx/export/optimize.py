@@ -70,5 +70,6 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, *, per_channel
     # ONNX shape inference cannot type the outputs of ORT's fused (com.microsoft) operators; they are all float.
     quantize_dynamic(Path(src), Path(dst), per_channel=per_channel, reduce_range=reduce_range,
                      weight_type=QuantType.QInt8,
-                     op_types_to_quantize=list(op_types) if op_types else None, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+                     op_types_to_quantize=list(op_types) if op_types else None,
+                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     return {"per_channel": per_channel, "reduce_range": reduce_range, "op_types": list(op_types or ["all"])}

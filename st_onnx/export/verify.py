@@ -67,7 +67,8 @@ class ParityReport:
         return (
             f"parity {verdict} ({self.precision} graph on {self.provider} vs torch fp32, {self.n_texts} texts): "
             f"max|diff| {self.max_abs_diff:.3g}, cosine min {self.min_cosine:.7f} / mean {self.mean_cosine:.7f} "
-            f"(thresholds: min >= {self.threshold}, mean >= {self.mean_threshold}){tokens}; worst text #{self.worst_index}: {text!r}"
+            f"(thresholds: min >= {self.threshold}, mean >= {self.mean_threshold}){tokens}; "
+            f"worst text #{self.worst_index}: {text!r}"
         )
 
     def to_dict(self) -> dict[str, Any]:
