@@ -55,7 +55,9 @@ def exported(tmp_path_factory):
 def test_every_pooling_mode_matches_torch(tmp_path, mode):
     folder = make_tiny_model(tmp_path / "model", pooling=mode, normalize=False)
     stack = load_stack(folder)
+    attention = stack.transformer.auto_model.config._attn_implementation
     graph = export_fused_graph(stack, tmp_path / "out", fingerprint="sha256:test", optimize=False)
+    assert stack.transformer.auto_model.config._attn_implementation == attention  # eager only while tracing
     (sentence, tokens), features = run_graph(session(graph), stack, MIXED)
     ref_sentence, ref_tokens = torch_embed(stack, features)
     width = 32 * (len(mode) if isinstance(mode, tuple) else 1)
