@@ -205,8 +205,14 @@ def test_export_to_other_folder_makes_complete_copy(exported, tmp_path):
     assert graph == layout.fused_graph_path(out, "fp32")
     assert (out / "modules.json").is_file() and (out / "tokenizer.json").is_file()
     assert graph_is_fresh(out, graph) and folder_fingerprint(out) == folder_fingerprint(exported[0])
-    again = export_model_folder(exported[0], "fp32", out_dir=out)  # an earlier export is replaced
-    assert again == graph and graph.is_file()
+    weights = (out / "model.safetensors").stat().st_mtime_ns
+    int8 = export_model_folder(exported[0], "int8", out_dir=out)  # an earlier export: the graph is added
+    assert int8 == layout.fused_graph_path(out, "int8") and graph.is_file() and graph_is_fresh(out, int8)
+    assert (out / "model.safetensors").stat().st_mtime_ns == weights  # not copied again
+    other = make_tiny_model(tmp_path / "other", seed=3)
+    assert export_model_folder(other, "fp32", out_dir=out) == graph  # other weights: a fresh copy
+    assert not layout.fused_graph_path(out, "int8").exists() and graph_is_fresh(out, graph)
+    assert read_manifest(graph)["fingerprint"] == folder_fingerprint(other)
     stranger = tmp_path / "stranger"
     stranger.mkdir()
     (stranger / "notes.txt").write_text("mine")

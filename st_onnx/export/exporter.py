@@ -79,30 +79,37 @@ def export_model_folder(model_folder: str | os.PathLike, precision: str = "fp32"
                         out_dir: str | os.PathLike | None = None) -> Path:
     """Export a saved model folder; into the folder itself, or into a complete copy of it at ``out_dir``.
 
-    A copy is written atomically (the whole folder appears at once). An existing ``out_dir`` is replaced only
-    when it is empty or a model folder itself (an earlier export); anything else is refused.
+    ``out_dir`` may be new or empty (a copy of the model folder is written atomically, the graph added), a copy
+    of the same weights (an earlier export: the graph is added beside the graphs already there, nothing is
+    copied again) or a model folder of other weights (replaced by a fresh copy). Anything else is refused.
     """
     from ..fingerprint import folder_fingerprint
     from ..modules import load_stack
 
     model_folder = Path(model_folder)
-    if not layout.is_st_folder(model_folder) and not (model_folder / layout.HF_CONFIG_JSON).is_file():
+    if not _is_model_folder(model_folder):
         raise ModelFolderError(f"{model_folder} is not a model folder (no modules.json or config.json)")
     layout.fused_graph_path(model_folder, precision)  # validate before loading anything
-    stack = load_stack(model_folder)
-    fingerprint = folder_fingerprint(model_folder)
-    if out_dir is None or Path(out_dir).resolve() == model_folder.resolve():
-        return export_fused_graph(stack, model_folder, precision, fingerprint=fingerprint)
-    out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not layout.is_st_folder(out_dir):
+    out_dir = None if out_dir is None else Path(out_dir)
+    if out_dir is not None and out_dir.exists() and any(out_dir.iterdir()) and not _is_model_folder(out_dir):
         raise InvalidInputError(
             f"out_dir {out_dir} exists and is not a model folder; allowed: a new or empty folder, the model "
-            "folder itself, or an earlier export (it is replaced)"
+            "folder itself, or an earlier export (the graph is added to it)"
         )
+    stack = load_stack(model_folder)
+    fingerprint = folder_fingerprint(model_folder)
+    if out_dir is None or out_dir.resolve() == model_folder.resolve():
+        return export_fused_graph(stack, model_folder, precision, fingerprint=fingerprint)
+    if _is_model_folder(out_dir) and folder_fingerprint(out_dir) == fingerprint:
+        return export_fused_graph(stack, out_dir, precision, fingerprint=fingerprint)
     with layout.atomic_folder(out_dir) as tmp:
         shutil.copytree(model_folder, tmp, dirs_exist_ok=True)
         export_fused_graph(stack, tmp, precision, fingerprint=fingerprint)
     return layout.fused_graph_path(out_dir, precision)
+
+
+def _is_model_folder(folder: Path) -> bool:
+    return layout.is_st_folder(folder) or (folder / layout.HF_CONFIG_JSON).is_file()
 
 
 def _cpu_eval(stack):
