@@ -294,7 +294,10 @@ def test_fp16_graph_on_cuda_matches_torch(exported, tmp_path):
 def test_token_type_ids_only_when_the_model_uses_them(exported, tmp_path):
     stack = load_stack(exported[0])
     stack.transformer.tokenizer.model_input_names = ["input_ids", "attention_mask"]
-    graph = export_fused_graph(stack, tmp_path, fingerprint="sha256:t")
+    stack.train()
+    graph = export_fused_graph(stack, tmp_path, fingerprint="sha256:t")  # traced in eval mode, then restored
+    assert stack.training and stack.transformer.auto_model.training
+    stack.eval()
     sess = session(graph)
     assert [i.name for i in sess.get_inputs()] == ["input_ids", "attention_mask"]
     assert read_manifest(graph)["inputs"] == ["input_ids", "attention_mask"]

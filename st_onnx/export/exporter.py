@@ -52,6 +52,7 @@ def export_fused_graph(stack, out_dir: str | os.PathLike, precision: str = "fp32
     opset = DEFAULT_OPSET if opset is None else int(opset)
     if opset < 14:
         raise InvalidInputError(f"opset {opset} is too old; allowed: 14 or newer (default {DEFAULT_OPSET})")
+    was_training = stack.training
     stack = _cpu_eval(stack)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=target.parent))
@@ -71,6 +72,7 @@ def export_fused_graph(stack, out_dir: str | os.PathLike, precision: str = "fp32
         manifest_mod.write_manifest(target, manifest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        stack.train(was_training)  # a model exported mid-training keeps training
     logger.info("wrote %s (%s)", target, report)
     return target
 
