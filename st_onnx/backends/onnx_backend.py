@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from .. import layout
-from ..encode.batching import DEFAULT_TOKEN_BUDGET, check_token_budget
+from ..encode.batching import DEFAULT_TOKEN_BUDGET, GPU_TOKEN_BUDGET, check_token_budget
 from ..encode.options import EncodeOptions
 from ..encode.tokenize import TextTokenizer
 from ..errors import InvalidInputError
@@ -39,7 +39,7 @@ class OnnxOptions:
     provider_options: Any = None
     session_options: Any = None
     intra_op_num_threads: int | None = None
-    token_budget: int = DEFAULT_TOKEN_BUDGET
+    token_budget: int | None = None  # None: 2048 padded tokens per batch on CPU, 16384 on CUDA
     export: str = "auto"
 
     @classmethod
@@ -53,7 +53,8 @@ class OnnxOptions:
             raise InvalidInputError(
                 f"onnx_options['precision'] is {opts.precision!r}; allowed: {', '.join(layout.PRECISIONS)}"
             )
-        check_token_budget(opts.token_budget)
+        if opts.token_budget is not None:
+            check_token_budget(opts.token_budget)
         return opts
 
     def precision_for(self, device: str) -> str:
@@ -103,8 +104,9 @@ class OnnxBackend:
                           provider_options=opts.provider_options)
 
     def encoder_for(self, session: OrtSession) -> OrtEncoder:
-        return OrtEncoder(session, self._text_tokenizer, self.sentence_embedding_dimension(),
-                          self.options.token_budget)
+        budget = self.options.token_budget or (
+            GPU_TOKEN_BUDGET if session.device.startswith("cuda") else DEFAULT_TOKEN_BUDGET)
+        return OrtEncoder(session, self._text_tokenizer, self.sentence_embedding_dimension(), budget)
 
     def _make_encoder(self, device: str) -> OrtEncoder:
         if device == "cpu" and self.manifest.get("precision") == "fp16":
@@ -165,13 +167,23 @@ class OnnxBackend:
 
 
 def _session_options(value: Any, threads: int | None) -> Any:
-    """A SessionOptions as given, or the defaults with a dict's attributes set on them."""
+    """A SessionOptions as given, or the defaults with a dict's attributes set on them.
+
+    In a dict, ``config_entries`` ({key: value}) go to ``add_session_config_entry``; other keys are attributes.
+    """
     if value is None or isinstance(value, dict):
         so = default_session_options(threads)
         for key, item in (value or {}).items():
-            if not hasattr(so, key):
-                raise InvalidInputError(f"onnx_options['session_options'] has {key!r}, not a SessionOptions attribute")
-            setattr(so, key, item)
+            if key == "config_entries":
+                for entry, setting in dict(item).items():
+                    so.add_session_config_entry(str(entry), str(setting))
+            elif hasattr(so, key):
+                setattr(so, key, item)
+            else:
+                raise InvalidInputError(
+                    f"onnx_options['session_options'] has {key!r}; allowed: SessionOptions attributes "
+                    "(e.g. 'intra_op_num_threads', 'enable_cpu_mem_arena') or 'config_entries'"
+                )
         return so
     return value
 

@@ -13,7 +13,10 @@ import numpy as np
 
 from ..errors import InvalidInputError
 
-DEFAULT_TOKEN_BUDGET = 16384
+# CPU: 2048 keeps every intermediate of a BERT-base-sized layer under glibc's 32 MB mmap threshold (see
+# runtime/session.py); larger budgets were no faster on the 2-core machine. GPUs want more (TEI uses 16k).
+DEFAULT_TOKEN_BUDGET = 2048
+GPU_TOKEN_BUDGET = 16384
 
 
 def check_token_budget(value: object) -> int:

@@ -89,12 +89,17 @@ def find_graph(folder: Path, precision: str, *, file_name: str | None = None, ex
             )
         logger.debug("no torch weights in %s: using %s as it is", folder, existing[0])
         return GraphChoice(existing[0], read_manifest(existing[0]), exported=False)
+    for graph in existing:
+        manifest = read_manifest(graph)
+        if manifest.get("fingerprint") and _stat_unchanged(folder, graph, manifest["fingerprint"]):
+            return GraphChoice(graph, manifest, exported=False)
     from ..fingerprint import folder_fingerprint
 
     current = folder_fingerprint(folder)
     for graph in existing:
         manifest = read_manifest(graph)
         if manifest.get("fingerprint") == current:
+            _record_stat(folder, graph, current)
             return GraphChoice(graph, manifest, exported=False)
     if export == "never":
         raise _not_exporting(folder, precision, existing, current)
@@ -104,7 +109,44 @@ def find_graph(folder: Path, precision: str, *, file_name: str | None = None, ex
     logger.info("exporting the fused %s graph of %s into %s (once: later loads reuse it)", precision, folder,
                 out_dir or candidates[0].parent)
     graph = Path(exporter(folder, precision, out_dir))
-    return GraphChoice(graph, read_manifest(graph), exported=True)
+    manifest = read_manifest(graph)
+    if manifest.get("fingerprint") == current:
+        _record_stat(folder, graph, current)
+    return GraphChoice(graph, manifest, exported=True)
+
+
+# -- a stat record that spares hashing the weights on every load (the bulk of a cold start) -------------------
+def _stat_path(graph: Path) -> Path:
+    return graph.with_name(graph.stem + ".stat.json")
+
+
+def _stat_signature(folder: Path) -> list:
+    """(file, size, mtime_ns, ctime_ns, inode) of every file the fingerprint may hash; ctime cannot be set back,
+    so a weight file replaced by one with the same size and mtime (cp -p) still changes the signature."""
+    files = [p for pattern in ("modules.json", "config.json", "*.safetensors", "*.bin", "*.index.json")
+             for p in folder.rglob(pattern) if layout.FUSED_DIR not in p.relative_to(folder).as_posix()]
+    out = []
+    for p in sorted(set(files)):
+        st = p.stat()
+        out.append([p.relative_to(folder).as_posix(), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino])
+    return out
+
+
+def _stat_unchanged(folder: Path, graph: Path, fingerprint: str) -> bool:
+    record = layout.read_json_if_exists(_stat_path(graph), None) if _stat_path(graph).is_file() else None
+    try:
+        return (isinstance(record, dict) and record.get("fingerprint") == fingerprint
+                and record.get("folder") == str(folder.resolve()) and record.get("files") == _stat_signature(folder))
+    except OSError:
+        return False
+
+
+def _record_stat(folder: Path, graph: Path, fingerprint: str) -> None:
+    try:
+        layout.write_json(_stat_path(graph), {"fingerprint": fingerprint, "folder": str(folder.resolve()),
+                                              "files": _stat_signature(folder)})
+    except OSError:  # a read-only folder: the next load hashes again
+        logger.debug("cannot write %s", _stat_path(graph))
 
 
 def _named_graph(folder: Path, file_name: str) -> GraphChoice:
