@@ -24,7 +24,7 @@ from ..errors import InvalidInputError
 from ..runtime.encoder import OrtEncoder
 from ..runtime.graphs import GraphChoice, cache_dir_for, find_graph
 from ..runtime.providers import resolve_device
-from ..runtime.session import OrtSession, default_session_options
+from ..runtime.session import OrtSession, available_cores, default_session_options
 
 logger = logging.getLogger(__name__)
 
@@ -103,10 +103,10 @@ class OnnxBackend:
                           session_options=session_options, providers=opts.providers,
                           provider_options=opts.provider_options)
 
-    def encoder_for(self, session: OrtSession) -> OrtEncoder:
+    def encoder_for(self, session: OrtSession, parallel: int = 1) -> OrtEncoder:
         budget = self.options.token_budget or (
             GPU_TOKEN_BUDGET if session.device.startswith("cuda") else DEFAULT_TOKEN_BUDGET)
-        return OrtEncoder(session, self._text_tokenizer, self.sentence_embedding_dimension(), budget)
+        return OrtEncoder(session, self._text_tokenizer, self.sentence_embedding_dimension(), budget, parallel)
 
     def _make_encoder(self, device: str) -> OrtEncoder:
         if device == "cpu" and self.manifest.get("precision") == "fp16":
@@ -115,6 +115,13 @@ class OnnxBackend:
                 "fp16 about 100x slower); reload it with onnx_options={'precision': 'fp32'} (or 'int8')"
             )
         self._requested_device = device
+        old = getattr(self, "_encoder", None)
+        if old is not None:
+            old.close()
+        if device == "cpu" and self.options.intra_op_num_threads is None and not _fixed_threads(self.options):
+            # batch-level parallelism: one thread per run, as many runs at once as cores (see runtime/encoder.py)
+            cores = available_cores()
+            return self.encoder_for(self.new_session(device, threads=1), parallel=cores)
         return self.encoder_for(self.new_session(device))
 
     # -- TorchBackend's interface ---------------------------------------------------------------------
@@ -164,6 +171,12 @@ class OnnxBackend:
 
     def __repr__(self) -> str:
         return f"OnnxBackend({str(self.graph_path)!r}, device={self.device!r})"
+
+
+def _fixed_threads(options: OnnxOptions) -> bool:
+    """True when the caller set the session's threads (a SessionOptions object, or a dict naming them)."""
+    so = options.session_options
+    return so is not None and (not isinstance(so, dict) or "intra_op_num_threads" in so)
 
 
 def _session_options(value: Any, threads: int | None) -> Any:

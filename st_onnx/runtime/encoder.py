@@ -3,11 +3,19 @@
 The loop: order texts by character length (longest first) and cut them into chunks; tokenize a chunk in one
 batch call (unpadded); re-order it by token length; run it in token-budgeted batches, each padded to its own
 longest text; write each result straight to its input position (no list of rows, no final re-sort copy).
+
+On the CPU the batches run ``parallel`` at a time, each on one thread of one shared session (``run`` releases
+the GIL and is thread-safe; the weights are loaded once). Batch-level parallelism needs no barrier between the
+threads at every node, which intra-op threads do: on the 2-core machine, 2 batches x 1 thread beat 1 batch x 2
+threads by 1.2x (8 x 256 tokens) to 1.4x (32 x 24 tokens) in fp32 and 1.7x in int8.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -27,11 +35,14 @@ CHUNK_TEXTS = 8192  # texts tokenized per call: bounds the memory of encodings o
 
 class OrtEncoder:
     def __init__(self, session: OrtSession, tokenizer: TextTokenizer, dim: int | None = None,
-                 token_budget: int = DEFAULT_TOKEN_BUDGET) -> None:
+                 token_budget: int = DEFAULT_TOKEN_BUDGET, parallel: int = 1) -> None:
         self.session = session
         self.tokenizer = tokenizer
         self.token_budget = check_token_budget(token_budget)
         self.dim = dim or session.output_dim(SENTENCE)
+        self.parallel = max(1, int(parallel))
+        self._executor: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
 
     def encode(self, inputs: Sequence[Any], batch_size: int, output_value: str | None = SENTENCE,
                show_progress_bar: bool = False) -> Any:
@@ -61,15 +72,49 @@ class OrtEncoder:
         result = self._empty_result(len(encodings), output_value)
         names = [SENTENCE] if output_value == SENTENCE else [SENTENCE, TOKENS]
         sorted_lengths = [lengths[i] for i in order]
-        for start, stop in budget_batches(sorted_lengths, batch_size, self.token_budget):
+
+        def run(start: int, stop: int) -> tuple:
             idx = order[start:stop]
             features = self.tokenizer.pad([encodings[i] for i in idx], self.session.input_names,
                                           self.session.input_dtype)
-            outputs = self.session.run(features, names)
-            self._place(result, idx, outputs, features, [lengths[i] for i in idx], output_value)
+            return idx, self.session.run(features, names), features, [lengths[i] for i in idx]
+
+        for idx, outputs, features, batch_lengths in self._map(run, budget_batches(sorted_lengths, batch_size,
+                                                                                    self.token_budget)):
+            self._place(result, idx, outputs, features, batch_lengths, output_value)
             if progress is not None:
-                progress.update(stop - start)
+                progress.update(len(idx))
         return result
+
+    def _map(self, fn: Callable, slices: Any) -> Any:
+        """``fn(start, stop)`` over the slices, in order; up to ``parallel`` at once, 2 x parallel queued."""
+        if self.parallel == 1:
+            for start, stop in slices:
+                yield fn(start, stop)
+            return
+        executor = self._get_executor()
+        pending: collections.deque[Future] = collections.deque()
+        try:
+            for start, stop in slices:
+                pending.append(executor.submit(fn, start, stop))
+                if len(pending) >= 2 * self.parallel:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:  # an error (or an abandoned generator): drop what has not started
+                future.cancel()
+
+    def _get_executor(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(self.parallel, thread_name_prefix="st-onnx-run")
+            return self._executor
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
 
     def _empty_result(self, n: int, output_value: str | None) -> Any:
         if output_value == SENTENCE:
