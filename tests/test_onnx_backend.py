@@ -305,3 +305,12 @@ def test_cuda_asked_cpu_bound_warns(tiny_folder):
         m = SentenceTransformer(str(tiny_folder), backend="onnx", device="cuda", onnx_options={"precision": "fp32"})
     assert m.device == "cpu"
     assert m.encode(SENTENCES).shape == (len(SENTENCES), 32)
+
+
+def test_parallel_runs_and_intra_op_threads_agree(tiny_folder, onnx_model):
+    texts = stsb_sentences(300)
+    assert onnx_model._backend._encoder.parallel >= 1
+    threaded = SentenceTransformer(str(tiny_folder), backend="onnx", device="cpu",
+                                   onnx_options={"intra_op_num_threads": 2})
+    assert threaded._backend._encoder.parallel == 1 and threaded._backend._encoder.session.threads == 2
+    assert close(threaded.encode(texts, batch_size=16), onnx_model.encode(texts, batch_size=16), atol=1e-6)

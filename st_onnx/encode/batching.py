@@ -13,9 +13,10 @@ import numpy as np
 
 from ..errors import InvalidInputError
 
-# CPU: 2048 keeps every intermediate of a BERT-base-sized layer under glibc's 32 MB mmap threshold (see
-# runtime/session.py); larger budgets were no faster on the 2-core machine. GPUs want more (TEI uses 16k).
-DEFAULT_TOKEN_BUDGET = 2048
+# CPU: padded tokens per run. Runs go 'cores' at a time (runtime/encoder.py); 1024 per run bounds ORT's CPU
+# arena (runtime/session.py) and peak RSS (all-MiniLM-L6-v2, long texts: 323 MB) at the speed of larger budgets
+# on the 2-core machine. GPUs want more (TEI uses 16k).
+DEFAULT_TOKEN_BUDGET = 1024
 GPU_TOKEN_BUDGET = 16384
 
 

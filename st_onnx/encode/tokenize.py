@@ -60,6 +60,20 @@ def uses_token_type_ids(folder: Path) -> bool:
     return cls.startswith(_TYPE_ID_CLASSES)
 
 
+class TokenIds:
+    """One text's token ids (and segment ids for pairs), compact: a tokenizers Encoding also keeps its tokens,
+    offsets and masks, several times the memory, for the whole chunk being encoded."""
+
+    __slots__ = ("ids", "type_ids")
+
+    def __init__(self, ids: np.ndarray, type_ids: np.ndarray | None = None) -> None:
+        self.ids = ids
+        self.type_ids = type_ids
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
 class TextTokenizer:
     """Encode texts into unpadded encodings, and pad a batch of them into numpy features."""
 
@@ -129,17 +143,21 @@ class TextTokenizer:
         return 0
 
     # -- encoding -------------------------------------------------------------------------------------
-    def encode(self, texts: Sequence[Any]) -> list[Encoding]:
-        """Unpadded, truncated encodings of strings, (a, b) pairs or one-text dicts."""
+    def encode(self, texts: Sequence[Any]) -> list[TokenIds]:
+        """Unpadded, truncated token ids of strings, (a, b) pairs or one-text dicts."""
         if not texts:
             return []
         columns = [[s.strip() for s in col] for col in text_columns(texts)]
         if self.do_lower_case:
             columns = [[s.lower() for s in col] for col in columns]
-        batch = columns[0] if len(columns) == 1 else list(zip(columns[0], columns[1]))
-        return self._tokenizer.encode_batch(batch, add_special_tokens=True)
+        pairs = len(columns) == 2
+        batch = columns[0] if not pairs else list(zip(columns[0], columns[1]))
+        encodings: list[Encoding] = self._tokenizer.encode_batch(batch, add_special_tokens=True)
+        return [TokenIds(np.array(e.ids, dtype=np.int32),
+                         np.array(e.type_ids, dtype=np.int8) if pairs and self.type_ids else None)
+                for e in encodings]
 
-    def pad(self, encodings: Sequence[Encoding], names: Sequence[str] = FEATURE_NAMES,
+    def pad(self, encodings: Sequence[TokenIds], names: Sequence[str] = FEATURE_NAMES,
             dtype: Any = np.int64) -> dict[str, np.ndarray]:
         """Features of a batch, padded to its longest encoding (right padding)."""
         n = len(encodings)
@@ -151,7 +169,7 @@ class TextTokenizer:
             k = len(e.ids)
             ids[i, :k] = e.ids
             mask[i, :k] = 1
-            if types is not None and self.type_ids:
+            if types is not None and e.type_ids is not None:
                 types[i, :k] = e.type_ids
         out = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
         return {name: out[name] for name in names}

@@ -19,18 +19,17 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Sequence
 
 import numpy as np
-from tokenizers import Encoding
 
 from ..encode.batching import DEFAULT_TOKEN_BUDGET, budget_batches, check_token_budget, chunks, longest_first
 from ..encode.options import text_length
-from ..encode.tokenize import TextTokenizer
+from ..encode.tokenize import TextTokenizer, TokenIds
 from .session import OrtSession
 
 logger = logging.getLogger(__name__)
 
 SENTENCE = "sentence_embedding"
 TOKENS = "token_embeddings"
-CHUNK_TEXTS = 8192  # texts tokenized per call: bounds the memory of encodings on huge inputs
+CHUNK_TEXTS = 4096  # texts tokenized per call: bounds the memory of token ids on huge inputs
 
 
 class OrtEncoder:
@@ -64,7 +63,7 @@ class OrtEncoder:
             progress.close()
         return result
 
-    def embed_encodings(self, encodings: Sequence[Encoding], batch_size: int, output_value: str | None = SENTENCE,
+    def embed_encodings(self, encodings: Sequence[TokenIds], batch_size: int, output_value: str | None = SENTENCE,
                         progress: Any = None) -> Any:
         """Results for already tokenized texts, in their order (what the session pool's workers call)."""
         lengths = [len(e.ids) for e in encodings]
