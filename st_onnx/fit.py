@@ -11,8 +11,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -185,22 +183,7 @@ def _evaluate(model, evaluator, output_path, save_best_model, epoch, steps, call
         state.best_score = score
         model.best_score = score
         if save_best_model and output_path is not None:
-            save_keeping_eval(model, output_path)
-
-
-def save_keeping_eval(model, output_path: str) -> None:
-    """``model.save(output_path)`` (an atomic folder swap) that keeps the evaluators' ``eval/`` CSV files."""
-    eval_dir = os.path.join(output_path, "eval")
-    if not os.path.isdir(eval_dir):
-        model.save(output_path)
-        return
-    stash = tempfile.mkdtemp(prefix=".eval-", dir=os.path.dirname(os.path.abspath(output_path)))
-    shutil.move(eval_dir, os.path.join(stash, "eval"))
-    try:
-        model.save(output_path)
-    finally:
-        shutil.move(os.path.join(stash, "eval"), eval_dir)
-        shutil.rmtree(stash, ignore_errors=True)
+            model.save(output_path)
 
 
 def _build_objectives(model, train_objectives, scheduler, warmup_steps, optimizer_class, optimizer_params,
@@ -313,7 +296,7 @@ def fit(model, train_objectives, evaluator=None, epochs: int = 1, steps_per_epoc
         _evaluate(model, evaluator, output_path, save_best_model, epoch, -1, callback, state)
     _set_train(model, objectives, False)
     if evaluator is None and output_path is not None:
-        save_keeping_eval(model, output_path)
+        model.save(output_path)
     if checkpoint_path is not None:
         _checkpoint(model, checkpoint_path, checkpoint_save_total_limit, objectives, state)
     _note_old_graphs(model)

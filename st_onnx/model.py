@@ -12,7 +12,6 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
-from . import layout
 from .devices import check_device
 from .encode.options import EncodeOptions, as_input_list
 from .encode.output import format_per_text, format_sentence_embeddings

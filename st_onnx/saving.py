@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 
 from . import layout
 
@@ -42,7 +42,37 @@ def save_model(model, path: str | os.PathLike, model_name: str | None = None, cr
                                            encoding="utf-8")
         if source is not None and (Path(source) / layout.FUSED_DIR).is_dir():
             _carry_fused_graphs(Path(source), tmp)
+        if path.is_dir():
+            _keep_foreign_entries(path, tmp)
     logger.info("saved model to %s", path)
+
+
+# What a save owns in a model folder: files and folders it writes, and anything derived from older weights.
+_OWNED = re.compile(
+    r"^(\d+_\w+|onnx|openvino|modules\.json|config.*\.json|sentence_bert_config\.json|.*\.safetensors"
+    r"|.*\.bin|.*\.index\.json|tokenizer.*|vocab\.txt|merges\.txt|special_tokens_map\.json|.*\.model)$"
+)
+
+
+def _keep_foreign_entries(old: Path, new: Path) -> None:
+    """Carry entries the model does not own (an ``eval/`` folder of CSVs, notes) from the folder being replaced.
+
+    sentence-transformers writes into the folder and leaves such files alone; the atomic swap must too. They are
+    hard-linked where possible (no copy of large files), copied otherwise.
+    """
+    def link_or_copy(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    for entry in old.iterdir():
+        if _OWNED.match(entry.name) or (new / entry.name).exists():
+            continue
+        if entry.is_dir():
+            shutil.copytree(entry, new / entry.name, copy_function=link_or_copy, symlinks=True)
+        else:
+            link_or_copy(str(entry), str(new / entry.name))
 
 
 def _carry_fused_graphs(source: Path, target: Path) -> None:

@@ -166,3 +166,19 @@ def test_untrusted_dense_activation_is_refused(tmp_path):
 def test_unknown_pooling_mode_is_refused():
     with pytest.raises(InvalidInputError, match="'median'"):
         Pooling(8, pooling_mode="median")
+
+
+def test_save_over_a_folder_keeps_foreign_files_but_drops_derived_ones(tmp_path, tiny_model_dir):
+    m = SentenceTransformer(str(tiny_model_dir), device="cpu")
+    target = tmp_path / "target"
+    m.save(target)
+    (target / "eval").mkdir()
+    (target / "eval" / "similarity_evaluation_results.csv").write_text("epoch,steps\n")
+    (target / "notes.txt").write_text("mine")
+    (target / "onnx").mkdir()
+    (target / "onnx" / "model.onnx").write_bytes(b"a graph of older weights")
+    (target / "7_Dense").mkdir()
+    m.save(target)
+    assert (target / "eval" / "similarity_evaluation_results.csv").read_text() == "epoch,steps\n"
+    assert (target / "notes.txt").read_text() == "mine"
+    assert not (target / "onnx").exists() and not (target / "7_Dense").exists()
