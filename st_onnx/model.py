@@ -34,7 +34,8 @@ class SentenceTransformer:
         use_auth_token: a Hugging Face token for private models (``token`` is accepted too).
         backend: 'torch' (default, the modules) or 'onnx' (the fused graph on ONNX Runtime).
         onnx_options: for backend='onnx': ``precision`` ('fp32' | 'fp16' | 'int8'), ``file_name``,
-            ``providers``, ``provider_options``, ``session_options``, ``intra_op_num_threads``, ``token_budget``.
+            ``providers``, ``provider_options``, ``session_options``, ``intra_op_num_threads``, ``token_budget``,
+            ``export`` ('auto': export a missing or stale graph from the torch weights; 'never': raise instead).
     """
 
     def __init__(
