@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import importlib.util
 import json
 import os
 import subprocess
@@ -230,7 +229,8 @@ def test_stsb_test_score_of_all_minilm(minilm_dir, backend, tmp_path):
 @pytest.mark.skipif(not os.environ.get("ST_ONNX_FULL_SCIFACT"),
                     reason="full SciFact encodes 5,183 abstracts: ~14 min on 2 busy CPU cores with the onnx backend; "
                            "opt in with ST_ONNX_FULL_SCIFACT=1")
-def test_scifact_ndcg_at_10_of_all_minilm(minilm_dir):
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_scifact_ndcg_at_10_of_all_minilm(minilm_dir, backend):
     from st_onnx import SentenceTransformer
 
     folder = SHARED_DATA / "scifact"
@@ -238,7 +238,6 @@ def test_scifact_ndcg_at_10_of_all_minilm(minilm_dir):
         pytest.skip(f"full SciFact is not here ({folder}); see ../shared/data/scifact/README.md")
     queries, corpus, relevant = load_scifact(folder, "corpus.jsonl.gz", "qrels/test.tsv")
     assert (len(queries), len(corpus)) == (300, 5183)
-    backend = "onnx" if importlib.util.find_spec("onnxruntime") else "torch"
     model = SentenceTransformer(str(minilm_dir), device="cpu", backend=backend)
     ev = InformationRetrievalEvaluator(queries, corpus, relevant, batch_size=32)
     start = time.perf_counter()
