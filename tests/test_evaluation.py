@@ -227,8 +227,7 @@ def test_stsb_test_score_of_all_minilm(minilm_dir, backend, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("ST_ONNX_FULL_SCIFACT"),
-                    reason="full SciFact encodes 5,183 abstracts: ~14 min on 2 busy CPU cores with the onnx backend; "
-                           "opt in with ST_ONNX_FULL_SCIFACT=1")
+                    reason="full SciFact encodes 5,183 abstracts: 3-4 min per backend on an idle 2-core machine (7.5 min for both), too long for the default run; opt in with ST_ONNX_FULL_SCIFACT=1")
 @pytest.mark.parametrize("backend", ["torch", "onnx"])
 def test_scifact_ndcg_at_10_of_all_minilm(minilm_dir, backend):
     from st_onnx import SentenceTransformer
