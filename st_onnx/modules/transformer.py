@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from .. import layout
-from ..layout import read_transformer_config  # noqa: F401  (torch-free, re-exported here)
-from ..errors import InvalidInputError, ModelFolderError
+from ..layout import read_transformer_config
+from ..errors import ModelFolderError
 
 logger = logging.getLogger(__name__)
 
@@ -119,12 +119,3 @@ class Transformer(nn.Module):
         config = read_transformer_config(input_path)
         return cls(model_name_or_path=str(input_path), **config)
 
-
-def validate_max_seq_length(value: Any, limit: int | None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise InvalidInputError(f"max_seq_length must be a positive int; got {value!r}")
-    if limit is not None and value > limit:
-        raise InvalidInputError(
-            f"max_seq_length {value} exceeds the model's position embeddings ({limit}); allowed: 1..{limit}"
-        )
-    return value
