@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
 import subprocess
 import sys
 
@@ -117,6 +119,10 @@ def test_manifest_describes_graph(exported):
         assert inp.type == "tensor(int64)" and inp.shape == ["batch", "sequence"]
     assert check_graph(graph)["graph_sha256"] == manifest["graph_sha256"]
     assert not [p for p in graph.parent.iterdir() if p.name.startswith(".")]  # no temp leftovers
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in (graph, layout.manifest_path(graph)):  # readable like any file the user writes (not 0600)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path
 
 
 def test_stale_graph_is_refused(exported, tmp_path):

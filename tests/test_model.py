@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
 
 import numpy as np
 import pytest
@@ -114,6 +116,22 @@ def test_modules_build_a_model_and_save_round_trips(tmp_path, tiny_model_dir):
     assert loaded.max_seq_length == 32
     assert isinstance(loaded[2].activation_function, torch.nn.ReLU)
     np.testing.assert_allclose(loaded.encode(SENTENCES), built.encode(SENTENCES), atol=1e-6)
+
+
+def test_saved_folder_has_the_permissions_of_the_umask(tmp_path, tiny_model_dir):
+    # temp folders and files are made 0700/0600; once renamed into place they must read like any others
+    old = os.umask(0o022)
+    try:
+        SentenceTransformer(str(tiny_model_dir), device="cpu").save(tmp_path / "out")
+    finally:
+        os.umask(old)
+    out = tmp_path / "out"
+    folders = [out, *(p for p in out.rglob("*") if p.is_dir())]
+    assert len(folders) >= 3 and all(stat.S_IMODE(p.stat().st_mode) == 0o755 for p in folders)
+    # the files st-onnx writes (transformers' save_pretrained writes model.safetensors 0600 itself, as it does
+    # under sentence-transformers: left as transformers makes it)
+    for name in ("modules.json", "README.md", "sentence_bert_config.json", "1_Pooling/config.json"):
+        assert stat.S_IMODE((out / name).stat().st_mode) == 0o644, name
 
 
 def test_a_failed_save_leaves_no_half_written_folder(tmp_path, tiny_model_dir, monkeypatch):
