@@ -74,7 +74,9 @@ def session_for(path: Path, threads: int):
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    # as export/README.md advises for CPU sessions (the graph is left unfused where ORT's CPU kernels are slower)
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
+                                disabled_optimizers=["SkipLayerNormFusion", "BiasGeluFusion"])
 
 
 def main(argv=None) -> int:

@@ -22,7 +22,10 @@ class BundleEncoder:
         bundle_dir = Path(bundle_dir)
         self.info = json.loads((bundle_dir / "bundle.json").read_text(encoding="utf-8"))
         self.tokenizer = Tokenizer.from_file(str(bundle_dir / self.info["tokenizer"]))
-        self.session = ort.InferenceSession(str(bundle_dir / self.info["graph"]), providers=list(providers))
+        # on the CPU, keep ORT from re-fusing what the graph leaves apart for speed (export/README.md)
+        disabled = [] if "CUDAExecutionProvider" in providers else ["SkipLayerNormFusion", "BiasGeluFusion"]
+        self.session = ort.InferenceSession(str(bundle_dir / self.info["graph"]), providers=list(providers),
+                                            disabled_optimizers=disabled)
 
     def encode(self, texts, batch_size=32):
         texts = [t.strip() for t in texts]

@@ -112,7 +112,9 @@ def test_manifest_describes_graph(exported):
     assert manifest["outputs"] == ["sentence_embedding", "token_embeddings"]
     assert manifest["embedding_dimension"] == 16
     assert set(manifest["versions"]) == {"torch", "transformers", "onnx", "onnxruntime", "st_onnx"}
-    assert manifest["fusions"].get("Attention") == 2 and manifest["fusions"].get("SkipLayerNormalization") == 4
+    # a CPU graph: LayerNormalization and Gelu fused, Attention/SkipLayerNormalization/BiasGelu left apart
+    assert manifest["fusion_target"] == "cpu"
+    assert manifest["fusions"] == {"LayerNormalization": 5, "Gelu": 2}
     report = ParityReport.from_dict(manifest["parity"])
     assert report.passed and report.min_cosine >= 0.99999 and "PASSED" in str(report)
     for inp in session(graph).get_inputs():
@@ -123,6 +125,27 @@ def test_manifest_describes_graph(exported):
     os.umask(umask)
     for path in (graph, layout.manifest_path(graph)):  # readable like any file the user writes (not 0600)
         assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path
+
+
+def test_cpu_session_keeps_the_graph_unfused(exported, tmp_path):
+    # ORT would re-fuse LayerNormalization+Add into SkipLayerNormalization (slower on CPUs) when it loads the graph
+    import onnx
+
+    from st_onnx.runtime.session import OrtSession, default_session_options
+
+    so = default_session_options(1)
+    so.optimized_model_filepath = str(tmp_path / "as_loaded.onnx")
+    OrtSession(exported[1], "cpu", session_options=so)
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "as_loaded.onnx")).graph.node}
+    assert "LayerNormalization" in ops and not ops & {"SkipLayerNormalization", "BiasGelu", "Attention"}
+    plain = tmp_path / "plain.onnx"  # the same graph loaded without st-onnx's settings does get re-fused
+    import onnxruntime as ort
+
+    plain_so = ort.SessionOptions()
+    plain_so.optimized_model_filepath = str(plain)
+    plain_so.log_severity_level = 3
+    ort.InferenceSession(str(exported[1]), plain_so, providers=["CPUExecutionProvider"])
+    assert {n.op_type for n in onnx.load(str(plain)).graph.node} & {"SkipLayerNormalization", "BiasGelu"}
 
 
 def test_stale_graph_is_refused(exported, tmp_path):
@@ -242,8 +265,8 @@ def test_minilm_fp32_graph_matches_torch_on_1000_stsb_sentences(minilm_dir):
     manifest = read_manifest(graph)
     assert manifest["inputs"] == ["input_ids", "attention_mask", "token_type_ids"]
     assert manifest["embedding_dimension"] == 384
-    assert manifest["fusions"] == {"EmbedLayerNormalization": 1, "Attention": 6, "SkipLayerNormalization": 12,
-                                   "BiasGelu": 6}
+    # the CPU layout: 13 LayerNorms (embeddings + 2 per layer) and 6 Gelus fused, Attention left apart
+    assert manifest["fusions"] == {"LayerNormalization": 13, "Gelu": 6}
     report = check_parity(stack, session(graph), manifest["inputs"], "fp32", stsb_sentences(1000), batch_size=32)
     print(report)
     assert report.n_texts == 1000
@@ -255,7 +278,7 @@ def test_cli_export_prints_parity_and_reports_errors(exported, tmp_path, capsys)
 
     assert main(["export", str(exported[0]), str(tmp_path / "copy")]) == 0
     out = capsys.readouterr().out
-    assert "parity PASSED" in out and "fp32.onnx" in out and "Attention" in out
+    assert "parity PASSED" in out and "fp32.onnx" in out and "LayerNormalization" in out
     assert layout.fused_graph_path(tmp_path / "copy", "fp32").is_file()
     assert main(["export", str(tmp_path / "missing"), str(tmp_path / "x")]) == 1
     assert "missing" in capsys.readouterr().err
@@ -284,7 +307,11 @@ def test_fp16_export_keeps_fp32_io_and_is_checked(exported, tmp_path):
     assert onnx.TensorProto.FLOAT16 in types  # the weight matrices are fp16
     for value in list(model.graph.output):
         assert value.type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # keep_io_types
-    parity = read_manifest(graph)["parity"]
+    manifest = read_manifest(graph)
+    assert manifest["fusion_target"] == "cuda"  # every fusion: the fused CUDA kernels are the fast ones
+    assert manifest["fusions"]["Attention"] == 2 and manifest["fusions"]["SkipLayerNormalization"] == 4
+    assert {n.op_type for n in model.graph.node} >= {"Attention", "SkipLayerNormalization", "BiasGelu"}
+    parity = manifest["parity"]
     assert parity["passed"] and parity["precision"] == "fp16" and parity["threshold"] == 0.999
     assert parity["provider"] in ("CPUExecutionProvider", "CUDAExecutionProvider")
 

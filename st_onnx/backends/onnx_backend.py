@@ -98,7 +98,8 @@ class OnnxBackend:
     def new_session(self, device: str, threads: int | None = None) -> OrtSession:
         """Another session over the same graph (the session pool makes one per device)."""
         opts = self.options
-        session_options = _session_options(opts.session_options, threads or opts.intra_op_num_threads)
+        session_options = _session_options(opts.session_options, threads or opts.intra_op_num_threads,
+                                           prepack=self.manifest.get("precision") == "int8")
         return OrtSession(self.graph_path, device, threads=threads or opts.intra_op_num_threads,
                           session_options=session_options, providers=opts.providers,
                           provider_options=opts.provider_options)
@@ -179,13 +180,13 @@ def _fixed_threads(options: OnnxOptions) -> bool:
     return so is not None and (not isinstance(so, dict) or "intra_op_num_threads" in so)
 
 
-def _session_options(value: Any, threads: int | None) -> Any:
+def _session_options(value: Any, threads: int | None, prepack: bool = False) -> Any:
     """A SessionOptions as given, or the defaults with a dict's attributes set on them.
 
     In a dict, ``config_entries`` ({key: value}) go to ``add_session_config_entry``; other keys are attributes.
     """
     if value is None or isinstance(value, dict):
-        so = default_session_options(threads)
+        so = default_session_options(threads, prepack)
         for key, item in (value or {}).items():
             if key == "config_entries":
                 for entry, setting in dict(item).items():

@@ -149,7 +149,9 @@ def _optimize(stack, raw: Path, tmp: Path, precision: str, optimize: bool) -> tu
     if optimize:
         config = stack.transformer.auto_model.config
         graph = tmp / "fused.onnx"
-        fusions = passes.fuse(raw, graph, int(config.num_attention_heads), int(config.hidden_size))
+        target = "cuda" if precision == "fp16" else "cpu"  # fp16 is for CUDA only; fp32 and int8 mostly run on CPUs
+        fusions = passes.fuse(raw, graph, int(config.num_attention_heads), int(config.hidden_size), target)
+        extra["fusion_target"] = target
         logger.info("ORT fusions: %s", fusions or "none")
     if precision == "fp16":
         passes.to_fp16(graph, tmp / "fp16.onnx")

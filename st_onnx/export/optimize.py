@@ -1,4 +1,4 @@
-"""Graph passes on an exported fp32 graph: ORT transformer fusions, fp16 (CUDA) and dynamic int8 (CPU).
+"""Graph passes on an exported fp32 graph: ORT transformer fusions (per target), fp16 (CUDA), dynamic int8 (CPU).
 
 onnx + onnxruntime only. Every pass reads one file and writes another, inside the exporter's temp folder.
 """
@@ -19,29 +19,55 @@ REPORTED_FUSIONS = (
 )
 
 # Dynamic int8 settings, chosen by measurement on all-MiniLM-L6-v2 (`benchmarks/eval_stsb_graph.py --int8-variants`,
-# STSb test Spearman, fp32 graph 0.8203; texts/s on 2 shared, noisy cores):
-#   per_channel=False reduce_range=False  0.8173  (mean cos to torch 0.966)
-#   per_channel=False reduce_range=True   0.8015  (0.877: 7-bit weights, no help on a VNNI CPU)
-#   per_channel=True  reduce_range=False  0.8187  fastest of the four (201 vs 78 texts/s fp32)  <- chosen
-#   per_channel=True  reduce_range=True   0.8184
-#   per_channel=True, all op types (Gather/EmbedLayerNorm too) 0.8168 and slower: embeddings stay fp32.
+# STSb test Spearman, fp32 graph 0.8203; CPU layout of export/optimize.py, 2 shared cores):
+#   per_channel=False reduce_range=False  0.8180
+#   per_channel=False reduce_range=True   0.8034  (7-bit weights: no help on a VNNI CPU)
+#   per_channel=True  reduce_range=False  0.8182  <- chosen (earlier layout with fused Attention: 0.8187)
+#   per_channel=True  reduce_range=True   0.8181
+#   per_channel=True, all op types (Gather too) 0.8169 and slower: embeddings stay fp32.
 # reduce_range exists for CPUs without VNNI (u8s8 overflow); this machine has avx512_vnni/avx_vnni.
 INT8_PER_CHANNEL = True
 INT8_REDUCE_RANGE = False
 INT8_OP_TYPES: tuple[str, ...] | None = ("MatMul", "Attention")
 
 
-def fuse(src: str | os.PathLike, dst: str | os.PathLike, num_heads: int, hidden_size: int) -> dict[str, int]:
-    """Run ORT's BERT fusions (``optimize_model``, model_type 'bert') and return the fused-operator counts.
+# Which of ORT's transformer fusions each target gets. ORT's CPU kernels for the fused SkipLayerNormalization and
+# BiasGelu are slower than the plain ops they replace (one thread, 1,024 x 384 floats: SkipLayerNormalization
+# 2.9 ms, Add + LayerNormalization 0.9 ms; 1,024 x 1,536: BiasGelu 3.3 ms, Add + Gelu 2.6 ms), and its CPU
+# Attention kernel loses to the unfused MatMul/Softmax subgraph, most on short texts. Measured on
+# all-MiniLM-L6-v2 (2-core AVX-512 machine, ORT 1.31.1, the runtime's 2 single-thread runs at once, first 600
+# short / 60 long texts of ../shared/data/bench, medians of 8 interleaved rounds), graph with every fusion = 1.00:
+#   fp32  no SkipLayerNorm/BiasGelu                      short 1.14  long 1.04
+#   fp32  no SkipLayerNorm/BiasGelu/Attention (CPU)      short 1.31  long 1.06
+#   int8  no SkipLayerNorm/BiasGelu                      short 1.35  long 1.15
+#   int8  no SkipLayerNorm/BiasGelu/Attention            short 1.56  long 1.05
+#   int8  ... + prepacked weights (CPU, runtime)         short 1.68  long 1.21
+# CUDA keeps every fusion (fp16 graphs: the fused kernels are what make it fast there; the fp16 conversion also
+# needs LayerNorm/Gelu fused first). The CPU session must also switch off ORT's load-time SkipLayerNorm/BiasGelu
+# fusions, or it re-fuses what the file leaves apart: runtime/session.py ``CPU_DISABLED_OPTIMIZERS``.
+CPU_FUSIONS_OFF = ("enable_attention", "enable_skip_layer_norm", "enable_bias_skip_layer_norm", "enable_bias_gelu")
 
-    ``num_heads``/``hidden_size`` come from the model config: with 0 (auto-detect) ORT fails to detect them on
-    the TorchScript graph of all-MiniLM-L6-v2 and fuses no Attention at all.
+
+def fuse(src: str | os.PathLike, dst: str | os.PathLike, num_heads: int, hidden_size: int,
+         target: str = "cpu") -> dict[str, int]:
+    """Run ORT's BERT fusions (``optimize_model``, model_type 'bert') for ``target`` ('cpu' or 'cuda').
+
+    Returns the fused-operator counts. ``num_heads``/``hidden_size`` come from the model config: with 0
+    (auto-detect) ORT fails to detect them on the TorchScript graph of all-MiniLM-L6-v2 and fuses no Attention.
     ``opt_level=0`` keeps ORT's own session-level rewrites out of the saved file, so the graph stays portable
     between providers (the session applies them at load time).
     """
+    from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
-    model = optimize_model(str(src), model_type="bert", num_heads=num_heads, hidden_size=hidden_size, opt_level=0)
+    if target not in ("cpu", "cuda"):
+        raise ValueError(f"fusion target must be 'cpu' or 'cuda'; got {target!r}")
+    options = FusionOptions("bert")
+    if target == "cpu":
+        for name in CPU_FUSIONS_OFF:
+            setattr(options, name, False)
+    model = optimize_model(str(src), model_type="bert", num_heads=num_heads, hidden_size=hidden_size, opt_level=0,
+                           optimization_options=options)
     stats = model.get_fused_operator_statistics()
     model.save_model_to_file(str(dst), use_external_data_format=False)
     return {name: int(stats[name]) for name in REPORTED_FUSIONS if stats.get(name)}
@@ -63,7 +89,7 @@ def to_fp16(src: str | os.PathLike, dst: str | os.PathLike) -> None:
 def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, *, per_channel: bool = INT8_PER_CHANNEL,
                   reduce_range: bool = INT8_REDUCE_RANGE,
                   op_types: tuple[str, ...] | None = INT8_OP_TYPES) -> dict[str, Any]:
-    """Dynamic int8 weights (MatMul/Attention/Gather...), activations quantized at run time, for the CPU."""
+    """Dynamic int8 weights (MatMul, Attention where fused), activations quantized at run time, for the CPU."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
