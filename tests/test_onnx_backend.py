@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -221,6 +222,24 @@ def test_stale_graph_is_re_exported(tiny_model_copy, caplog):
     assert not np.allclose(before, after, atol=1e-3)
     ref = SentenceTransformer(str(tiny_model_copy), device="cpu").encode(SENTENCES)
     assert close(after, ref)
+
+
+def test_graph_of_an_older_layout_is_re_exported_once(tiny_model_copy, caplog):
+    # a graph exported by an older st-onnx (every fusion, no "layout" in its manifest) is correct but slower
+    caplog.set_level(logging.INFO, logger="st_onnx")
+    SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu")
+    graph = layout.fused_graph_path(tiny_model_copy, "fp32")
+    manifest = json.loads(layout.manifest_path(graph).read_text())
+    assert manifest["layout"] == layout.GRAPH_LAYOUT
+    del manifest["layout"]
+    layout.manifest_path(graph).write_text(json.dumps(manifest))
+    kept = SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu", onnx_options={"export": "never"})
+    assert _exports(caplog) == 1 and "layout" not in kept._backend.manifest  # used as it is, never exported
+    SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu")
+    assert _exports(caplog) == 2 and "older st-onnx" in caplog.text
+    assert json.loads(layout.manifest_path(graph).read_text())["layout"] == layout.GRAPH_LAYOUT
+    SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu")
+    assert _exports(caplog) == 2
 
 
 def test_export_never_without_a_graph(tiny_model_copy):

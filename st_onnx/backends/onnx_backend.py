@@ -39,7 +39,7 @@ class OnnxOptions:
     provider_options: Any = None
     session_options: Any = None
     intra_op_num_threads: int | None = None
-    token_budget: int | None = None  # None: 2048 padded tokens per batch on CPU, 16384 on CUDA
+    token_budget: int | None = None  # None: DEFAULT_TOKEN_BUDGET (CPU) or GPU_TOKEN_BUDGET padded tokens
     export: str = "auto"
 
     @classmethod

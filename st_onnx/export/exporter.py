@@ -186,6 +186,7 @@ def _manifest(stack, graph: Path, names, dim: int, precision: str, fingerprint: 
     pooling = next((m for m in stack if type(m).__name__ == "Pooling"), None)
     return {
         "format": manifest_mod.FORMAT,
+        "layout": layout.GRAPH_LAYOUT,
         "fingerprint": fingerprint,
         "precision": precision,
         "opset": opset,

@@ -89,16 +89,18 @@ def find_graph(folder: Path, precision: str, *, file_name: str | None = None, ex
             )
         logger.debug("no torch weights in %s: using %s as it is", folder, existing[0])
         return GraphChoice(existing[0], read_manifest(existing[0]), exported=False)
+    upgrade = export == "auto"  # a fresh graph of an older layout is re-exported once (layout.GRAPH_LAYOUT)
     for graph in existing:
         manifest = read_manifest(graph)
         if manifest.get("fingerprint") and _stat_unchanged(folder, graph, manifest["fingerprint"]):
-            return GraphChoice(graph, manifest, exported=False)
+            if not (upgrade and _older_layout(graph, manifest)):
+                return GraphChoice(graph, manifest, exported=False)
     from ..fingerprint import folder_fingerprint
 
     current = folder_fingerprint(folder)
     for graph in existing:
         manifest = read_manifest(graph)
-        if manifest.get("fingerprint") == current:
+        if manifest.get("fingerprint") == current and not (upgrade and _older_layout(graph, manifest)):
             _record_stat(folder, graph, current)
             return GraphChoice(graph, manifest, exported=False)
     if export == "never":
@@ -113,6 +115,14 @@ def find_graph(folder: Path, precision: str, *, file_name: str | None = None, ex
     if manifest.get("fingerprint") == current:
         _record_stat(folder, graph, current)
     return GraphChoice(graph, manifest, exported=True)
+
+
+def _older_layout(graph: Path, manifest: dict[str, Any]) -> bool:
+    older = int(manifest.get("layout", 1)) < layout.GRAPH_LAYOUT
+    if older:
+        logger.info("%s was exported by an older st-onnx (graph layout %s, now %s): same embeddings, slower; "
+                    "re-exporting it", graph, manifest.get("layout", 1), layout.GRAPH_LAYOUT)
+    return older
 
 
 # -- a stat record that spares hashing the weights on every load (the bulk of a cold start) -------------------

@@ -5,10 +5,10 @@ Choices, each measured on the 2-core development machine (see benchmarks/bench_e
   asks for 1 and runs that many batches at once instead: runtime/encoder.py), one inter-op thread, sequential
   execution (the fused encoder is one chain of nodes: parallel execution only adds scheduling).
 - memory: every batch has another shape, so ORT's memory patterns (planned per shape) are off. ORT's CPU arena
-  only grows (fastembed #222/#483/#570), so what bounds it is the token budget: no run holds more than 1024
-  padded tokens (runtime/encoder.py runs 'cores' of them at once), so the arena stops growing after the first
+  only grows (fastembed #222/#483/#570), so what bounds it is the token budget: no run holds more than
+  ``encode.batching.DEFAULT_TOKEN_BUDGET`` padded tokens (runtime/encoder.py runs 'cores' of them at once), so the arena stops growing after the first
   full batches. Kept on, it spares every run the page faults of fresh buffers and pools the runs' memory; off,
-  each executor thread's malloc arena keeps its own high-water mark. Measured, all-MiniLM-L6-v2, 2 runs at
+  each executor thread's malloc arena keeps its own high-water mark. Measured, all-MiniLM-L6-v2, 2 runs of 1024 tokens at
   once: 60 mixed batches (1-32 texts x 2-300 words) flat at 272 MB with the arena, 288 -> 313 MB creeping
   without; peak RSS 244 MB (1000 short texts) and 323 MB (1000 long) against 277 MB and 364 MB without. The
   CUDA arena uses kSameAsRequested.
