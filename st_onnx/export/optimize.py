@@ -10,6 +10,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..errors import InvalidInputError
+
 logger = logging.getLogger(__name__)
 
 # The fused operators we report; ORT's statistics list more (rotary, QOrdered...) that never apply to encoders.
@@ -61,7 +63,7 @@ def fuse(src: str | os.PathLike, dst: str | os.PathLike, num_heads: int, hidden_
     from onnxruntime.transformers.optimizer import optimize_model
 
     if target not in ("cpu", "cuda"):
-        raise ValueError(f"fusion target must be 'cpu' or 'cuda'; got {target!r}")
+        raise InvalidInputError(f"fusion target must be 'cpu' or 'cuda'; got {target!r}")
     options = FusionOptions("bert")
     if target == "cpu":
         for name in CPU_FUSIONS_OFF:

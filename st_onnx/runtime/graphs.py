@@ -118,10 +118,11 @@ def find_graph(folder: Path, precision: str, *, file_name: str | None = None, ex
 
 
 def _older_layout(graph: Path, manifest: dict[str, Any]) -> bool:
-    older = int(manifest.get("layout", 1)) < layout.GRAPH_LAYOUT
+    found = manifest.get("layout", 1)  # manifests of the first st-onnx have no "layout"
+    older = not isinstance(found, int) or found < layout.GRAPH_LAYOUT
     if older:
         logger.info("%s was exported by an older st-onnx (graph layout %s, now %s): same embeddings, slower; "
-                    "re-exporting it", graph, manifest.get("layout", 1), layout.GRAPH_LAYOUT)
+                    "re-exporting it", graph, found, layout.GRAPH_LAYOUT)
     return older
 
 

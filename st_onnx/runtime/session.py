@@ -6,17 +6,18 @@ Choices, each measured on the 2-core development machine (see benchmarks/bench_e
   execution (the fused encoder is one chain of nodes: parallel execution only adds scheduling).
 - memory: every batch has another shape, so ORT's memory patterns (planned per shape) are off. ORT's CPU arena
   only grows (fastembed #222/#483/#570), so what bounds it is the token budget: no run holds more than
-  ``encode.batching.DEFAULT_TOKEN_BUDGET`` padded tokens (runtime/encoder.py runs 'cores' of them at once), so the arena stops growing after the first
-  full batches. Kept on, it spares every run the page faults of fresh buffers and pools the runs' memory; off,
-  each executor thread's malloc arena keeps its own high-water mark. Measured, all-MiniLM-L6-v2, 2 runs of 1024 tokens at
-  once: 60 mixed batches (1-32 texts x 2-300 words) flat at 272 MB with the arena, 288 -> 313 MB creeping
-  without; peak RSS 244 MB (1000 short texts) and 323 MB (1000 long) against 277 MB and 364 MB without. The
-  CUDA arena uses kSameAsRequested.
+  ``encode.batching.DEFAULT_TOKEN_BUDGET`` padded tokens (runtime/encoder.py runs 'cores' of them at once), so
+  the arena stops growing after the first full batches. Kept on, it spares every run the page faults of fresh
+  buffers and pools the runs' memory; off, each executor thread's malloc arena keeps its own high-water mark, and
+  runs are 8-18% slower. Measured, all-MiniLM-L6-v2, 2 runs of 1024 tokens at once: 60 mixed batches (1-32
+  texts x 2-300 words) flat at 272 MB with the arena, 288 -> 313 MB creeping without; peak RSS 244 MB (1000
+  short texts) and 323 MB (1000 long) against 277 MB and 364 MB without. ORT's kSameAsRequested extension
+  strategy fragments on the CPU (+100 MB on short texts); the CUDA arena uses it.
 - fusions: on the CPU, ORT's load-time SkipLayerNormFusion and BiasGeluFusion are switched off: its CPU kernels
   for those fused ops are slower than the ops they replace (numbers in export/optimize.py), and CPU graphs are
   exported without them. A CUDA session keeps them.
 - prepacking: off by default (a second copy of every fp32 GEMM weight, +17-25 MB RSS for MiniLM, for 0-6% speed
-  in fp32), on for int8 graphs, where the int8 GEMMs run on prepacked weights 10-20% faster for a few MB.
+  in fp32), on for int8 graphs, which run 7-15% faster on prepacked weights for a few MB.
 - outputs: only the outputs asked for are fetched (token embeddings are (batch, seq, hidden): copying them for
   a sentence embedding would be waste). On CUDA, inputs and outputs go through IO binding, the outputs copied
   to the host once.
@@ -60,8 +61,8 @@ def default_session_options(threads: int | None = None, prepack: bool = False) -
     so.enable_mem_pattern = False
     so.log_severity_level = 3
     # Prepacked weights are a second copy of every fp32 GEMM weight (+17-25 MB RSS for MiniLM); packing per run
-    # instead costs O(K x N) against the run's O(M x K x N), M >= hundreds of tokens: 0-6% in fp32. int8 GEMMs
-    # gain 10-20% from prepacked weights, which are a quarter the size: ``prepack=True`` for int8 graphs.
+    # instead costs O(K x N) against the run's O(M x K x N), M >= hundreds of tokens: 0-6% in fp32. int8 graphs
+    # run 7-15% faster on prepacked weights, which are a quarter the size: ``prepack=True`` for int8 graphs.
     so.add_session_config_entry("session.disable_prepacking", "0" if prepack else "1")
     return so
 
