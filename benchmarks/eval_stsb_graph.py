@@ -74,9 +74,10 @@ def session_for(path: Path, threads: int):
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    # as export/README.md advises for CPU sessions (the graph is left unfused where ORT's CPU kernels are slower)
+    from st_onnx.runtime.session import CPU_DISABLED_OPTIMIZERS  # torch-free, as export/README.md advises
+
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
-                                disabled_optimizers=["SkipLayerNormFusion", "BiasGeluFusion"])
+                                disabled_optimizers=list(CPU_DISABLED_OPTIMIZERS))
 
 
 def main(argv=None) -> int:

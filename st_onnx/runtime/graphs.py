@@ -89,18 +89,18 @@ def find_graph(folder: Path, precision: str, *, file_name: str | None = None, ex
             )
         logger.debug("no torch weights in %s: using %s as it is", folder, existing[0])
         return GraphChoice(existing[0], read_manifest(existing[0]), exported=False)
-    upgrade = export == "auto"  # a fresh graph of an older layout is re-exported once (layout.GRAPH_LAYOUT)
+    if export == "auto":  # a fresh graph of an older layout is re-exported once (layout.GRAPH_LAYOUT)
+        existing = [g for g in existing if not _older_layout(g, read_manifest(g))]
     for graph in existing:
         manifest = read_manifest(graph)
         if manifest.get("fingerprint") and _stat_unchanged(folder, graph, manifest["fingerprint"]):
-            if not (upgrade and _older_layout(graph, manifest)):
-                return GraphChoice(graph, manifest, exported=False)
+            return GraphChoice(graph, manifest, exported=False)
     from ..fingerprint import folder_fingerprint
 
     current = folder_fingerprint(folder)
     for graph in existing:
         manifest = read_manifest(graph)
-        if manifest.get("fingerprint") == current and not (upgrade and _older_layout(graph, manifest)):
+        if manifest.get("fingerprint") == current:
             _record_stat(folder, graph, current)
             return GraphChoice(graph, manifest, exported=False)
     if export == "never":
