@@ -14,6 +14,7 @@ A model folder in the sentence-transformers format::
     onnx/model.onnx                   sentence-transformers' transformer-only graph (never written here)
     onnx/st_onnx/<precision>.onnx     st-onnx's fused graph: token ids -> finished embedding
     onnx/st_onnx/<precision>.json     its manifest: weights fingerprint, precision, versions, parity report
+    onnx/st_onnx/fp16-packed.onnx     the fp16 graph in ONNX Runtime's packing mode (CUDA only; opt-in) + .json
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ TOKENIZER_CONFIG_JSON = "tokenizer_config.json"
 HF_CONFIG_JSON = "config.json"
 FUSED_DIR = "onnx/st_onnx"
 PRECISIONS = ("fp32", "fp16", "int8")
+PACKED_SUFFIX = "-packed"
 # How the exporter lays out a fused graph (which fusions, for which target): recorded in the manifest as "layout".
 # 1: every ORT fusion for every precision. 2: CPU graphs (fp32, int8) keep Attention, SkipLayerNormalization and
 # BiasGelu unfused (export/optimize.py: 1.3x-1.7x faster on CPUs). A graph of an older layout computes the same
@@ -67,6 +69,12 @@ def fused_graph_path(folder: str | os.PathLike, precision: str) -> Path:
     if precision not in PRECISIONS:
         raise InvalidInputError(f"precision {precision!r} is not supported; allowed: {', '.join(PRECISIONS)}")
     return Path(folder) / FUSED_DIR / f"{precision}.onnx"
+
+
+def packed_graph_path(graph_path: str | os.PathLike) -> Path:
+    """Where the packing-mode version of a fused graph goes: beside it, ``<precision>-packed.onnx``."""
+    graph_path = Path(graph_path)
+    return graph_path.with_name(f"{graph_path.stem}{PACKED_SUFFIX}.onnx")
 
 
 def manifest_path(graph_path: str | os.PathLike) -> Path:

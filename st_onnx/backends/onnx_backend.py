@@ -22,7 +22,7 @@ from ..encode.options import EncodeOptions
 from ..encode.tokenize import TextTokenizer
 from ..errors import InvalidInputError
 from ..runtime.encoder import OrtEncoder
-from ..runtime.graphs import GraphChoice, cache_dir_for, find_graph
+from ..runtime.graphs import GraphChoice, cache_dir_for, find_graph, find_packed
 from ..runtime.providers import resolve_device
 from ..runtime.session import OrtSession, available_cores, default_session_options
 
@@ -41,6 +41,7 @@ class OnnxOptions:
     intra_op_num_threads: int | None = None
     token_budget: int | None = None  # None: DEFAULT_TOKEN_BUDGET (CPU) or GPU_TOKEN_BUDGET padded tokens
     export: str = "auto"
+    packing: bool = False  # CUDA fp16 only: run the packing-mode graph (export/packing.py)
 
     @classmethod
     def from_dict(cls, options: dict[str, Any]) -> "OnnxOptions":
@@ -55,6 +56,13 @@ class OnnxOptions:
             )
         if opts.token_budget is not None:
             check_token_budget(opts.token_budget)
+        if not isinstance(opts.packing, bool):
+            raise InvalidInputError(f"onnx_options['packing'] must be True or False; got {opts.packing!r}")
+        if opts.packing and opts.file_name is not None:
+            raise InvalidInputError(
+                "onnx_options names both 'file_name' and 'packing': file_name picks the graph file to run "
+                f"({opts.file_name!r}), packing derives one from the fp16 graph; pass one of them"
+            )
         return opts
 
     def precision_for(self, device: str) -> str:
@@ -63,6 +71,11 @@ class OnnxOptions:
             raise InvalidInputError(
                 "precision 'fp16' on the CPU is refused: ONNX Runtime's CPU kernels run fp16 graphs about 100x "
                 "slower than fp32; allowed on 'cpu': 'fp32', 'int8' (use fp16 with device='cuda')"
+            )
+        if self.packing and (precision != "fp16" or not device.startswith("cuda")):
+            raise InvalidInputError(
+                f"onnx_options['packing'] needs device 'cuda' and precision 'fp16' (ONNX Runtime has CUDA kernels "
+                f"only for packed attention); got device {device!r}, precision {precision!r}"
             )
         return precision
 
@@ -93,6 +106,8 @@ class OnnxBackend:
             folder = Path(model.model_path)
         choice = find_graph(folder, precision, file_name=opts.file_name, export=opts.export,
                             cache_folder=cache_folder, exporter=_export)
+        if opts.packing:
+            choice = find_packed(folder, choice, export=opts.export, cache_folder=cache_folder, packer=_pack)
         return cls(folder, choice, device, opts, TextTokenizer.from_folder(folder))
 
     def new_session(self, device: str, threads: int | None = None) -> OrtSession:
@@ -110,6 +125,11 @@ class OnnxBackend:
         return OrtEncoder(session, self._text_tokenizer, self.sentence_embedding_dimension(), budget, parallel)
 
     def _make_encoder(self, device: str) -> OrtEncoder:
+        if device == "cpu" and self.manifest.get("packing"):
+            raise InvalidInputError(
+                f"{self.graph_path.name} is a packing-mode graph, which runs on CUDA only (ONNX Runtime has no CPU "
+                "kernels for RemovePadding/PackedAttention); use device='cuda', or the padded graph on the CPU"
+            )
         if device == "cpu" and self.manifest.get("precision") == "fp16":
             raise InvalidInputError(
                 "this model runs the fp16 graph, which is refused on the CPU (ONNX Runtime's CPU kernels run "
@@ -207,6 +227,13 @@ def _export(folder: Path, precision: str, out_dir: Path | None) -> Path:
     from ..export import export_model_folder
 
     return Path(export_model_folder(folder, precision=precision, out_dir=out_dir))
+
+
+def _pack(graph: Path, target: Path, folder: Path) -> Path:
+    """Pack the fp16 graph (onnx and ORT's transformer tools: imported here only)."""
+    from ..export.packing import pack_graph
+
+    return pack_graph(graph, target, model_folder=folder)
 
 
 def _save_modules(model: Any, modules: Any, cache_folder: Any) -> Path:

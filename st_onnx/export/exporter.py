@@ -171,8 +171,10 @@ def _verify(stack, graph: Path, names, precision: str, sentences) -> ParityRepor
     """
     import onnxruntime as ort
 
+    from ..runtime.providers import cuda_usable
+
     providers = ["CPUExecutionProvider"]
-    if precision == "fp16" and "CUDAExecutionProvider" in ort.get_available_providers():
+    if precision == "fp16" and cuda_usable():  # not merely listed: onnxruntime-gpu lists CUDA without a GPU
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
     session = ort.InferenceSession(str(graph), providers=providers)
     if precision == "fp16" and session.get_providers()[0] != "CUDAExecutionProvider":

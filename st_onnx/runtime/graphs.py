@@ -117,6 +117,35 @@ def find_graph(folder: Path, precision: str, *, file_name: str | None = None, ex
     return GraphChoice(graph, manifest, exported=True)
 
 
+def find_packed(folder: Path, padded: GraphChoice, *, export: str = "auto",
+                cache_folder: str | os.PathLike | None = None,
+                packer: Callable[[Path, Path, Path], Path] | None = None) -> GraphChoice:
+    """The packing-mode graph made from ``padded`` (the fresh fp16 graph): reused while it was made from those
+    very bytes (the manifests' sha256), else made again by ``packer(padded_graph, target, folder)``."""
+    targets = [layout.packed_graph_path(padded.path)]
+    cached = layout.packed_graph_path(layout.fused_graph_path(cache_dir_for(folder, cache_folder),
+                                                              padded.manifest.get("precision", "fp16")))
+    if cached != targets[0]:
+        targets.append(cached)
+    source = padded.manifest.get("graph_sha256")
+    for graph in targets:
+        manifest = read_manifest(graph) if graph.is_file() else {}
+        if source and (manifest.get("packing") or {}).get("source_sha256") == source:
+            return GraphChoice(graph, manifest, exported=False)
+    if export == "never":
+        raise GraphFileError(
+            f"no packed graph made from {padded.path} and onnx_options['export'] is 'never'; load once with "
+            "export='auto' (or drop packing)"
+        )
+    if packer is None:
+        raise GraphFileError(f"no packer available to pack {padded.path}")
+    target = targets[0] if os.access(padded.path.parent, os.W_OK) else cached
+    target.parent.mkdir(parents=True, exist_ok=True)
+    logger.info("packing %s into %s (once: later loads reuse it)", padded.path, target)
+    graph = Path(packer(padded.path, target, folder))
+    return GraphChoice(graph, read_manifest(graph), exported=True)
+
+
 def _older_layout(graph: Path, manifest: dict[str, Any]) -> bool:
     found = manifest.get("layout", 1)  # manifests of the first st-onnx have no "layout"
     older = not isinstance(found, int) or found < layout.GRAPH_LAYOUT

@@ -1,0 +1,39 @@
+"""The GPU benchmark script runs end to end in its CPU dry-run mode, so a lent GPU's minutes are not spent on a
+script error. Speed is never asserted; what is checked is that every row ran (or says why it could not)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from helpers import stsb_sentences
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bench_gpu_dry_run_writes_every_row(tmp_path):
+    data = tmp_path / "bench"
+    data.mkdir()
+    sentences = stsb_sentences(120)
+    for corpus, texts in (("short", sentences[:90]), ("long", [" ".join(sentences[i:i + 12]) for i in range(30)])):
+        with gzip.open(data / f"{corpus}.json.gz", "wt", encoding="utf-8") as f:
+            json.dump(texts, f)
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py"), "--dry-run", "--data", str(data), "--out",
+         str(out), "--work", str(tmp_path / "work"), "--repeat", "1", "--batch-sizes", "16"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((out / "gpu_results.json").read_text())
+    assert report["dry_run"] and report["texts"] == 120 and report["device"] == "cpu"
+    rows = report["runs"]["tiny-bert (dry run), batch 16"]["rows"]
+    for name in ("sentence-transformers", "st-onnx", "pool 1 session", "pool 2 sessions"):
+        assert rows[name]["texts_per_s"] > 0 and len(rows[name]["seconds"]) == 1, name
+    assert rows["sentence-transformers"]["ratio"] == 1.0
+    assert "ratio_to_pool 1 session" in rows["pool 2 sessions"]
+    assert "needs device 'cuda'" in rows["st-onnx packed"]["error"]  # the CPU has no packed-attention kernels
+    assert "st-onnx packed - (target 1.3x) n/a" in proc.stdout
