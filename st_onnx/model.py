@@ -7,13 +7,15 @@ The facade validates arguments, picks the backend and formats results; the work 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from pathlib import Path
 from typing import Any, Iterable
 
 from .devices import check_device
-from .encode.options import EncodeOptions, as_input_list
+from .encode.options import EncodeOptions, as_input_list, check_truncate_dim
+from .encode.prompts import ModelSettings, check_prompts, check_similarity_fn_name, prepend
 from .encode.output import format_per_text, format_sentence_embeddings
 from .errors import BackendError, InvalidInputError, ModelNotFoundError, allowed
 
@@ -35,7 +37,11 @@ class SentenceTransformer:
         backend: 'torch' (default, the modules) or 'onnx' (the fused graph on ONNX Runtime).
         onnx_options: for backend='onnx': ``precision`` ('fp32' | 'fp16' | 'int8'), ``file_name``,
             ``providers``, ``provider_options``, ``session_options``, ``intra_op_num_threads``, ``token_budget``,
-            ``export`` ('auto': export a missing or stale graph from the torch weights; 'never': raise instead).
+            ``export`` ('auto': export a missing or stale graph from the torch weights; 'never': raise instead),
+            ``packing`` (CUDA fp16: ONNX Runtime's packing mode).
+        prompts, default_prompt_name, similarity_fn_name: as in sentence-transformers; the model folder's saved
+            ones (config_sentence_transformers.json) apply where these are not given.
+        truncate_dim: keep the first N dimensions of every sentence embedding (Matryoshka models).
     """
 
     def __init__(
@@ -49,6 +55,10 @@ class SentenceTransformer:
         backend: str = "torch",
         onnx_options: dict[str, Any] | None = None,
         token: bool | str | None = None,
+        prompts: dict[str, str] | None = None,
+        default_prompt_name: str | None = None,
+        similarity_fn_name: str | None = None,
+        truncate_dim: int | None = None,
     ) -> None:
         if backend not in BACKENDS:
             raise InvalidInputError(f"backend {allowed(backend, BACKENDS)}")
@@ -56,12 +66,14 @@ class SentenceTransformer:
             raise InvalidInputError("give model_name_or_path (a folder or a Hub id) or modules=[...]")
         if device is not None:
             device = check_device(device)
+        self.truncate_dim = check_truncate_dim(truncate_dim)
         self.backend = backend
         self.cache_folder = None if cache_folder is None else str(cache_folder)
         self._token = token if token is not None else use_auth_token
         self.model_path: Path | None = None
         if model_name_or_path is not None:
             self.model_path = self._resolve_path(str(model_name_or_path))
+        self._settings = ModelSettings.load(self.model_path, prompts, default_prompt_name, similarity_fn_name)
         self._stack = None
         if backend == "torch":
             from .backends.torch_backend import TorchBackend
@@ -124,17 +136,89 @@ class SentenceTransformer:
         convert_to_tensor: bool = False,
         device: str | None = None,
         normalize_embeddings: bool = False,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
+        truncate_dim: int | None = None,
     ) -> Any:
-        """Embed one text or a list of texts; see the sentence-transformers documentation for the arguments."""
+        """Embed one text or a list of texts; see the sentence-transformers documentation for the arguments.
+
+        ``prompt`` (or the prompt named ``prompt_name``, else the model's default prompt) is prepended to every
+        text; ``truncate_dim`` (default: the model's) keeps the first N dimensions, before normalizing.
+        """
         opts = EncodeOptions.from_args(
             batch_size, show_progress_bar, output_value, convert_to_numpy, convert_to_tensor,
             None if device is None else check_device(device), normalize_embeddings,
+            truncate_dim if truncate_dim is not None else self.truncate_dim,
         )
         inputs, single = as_input_list(sentences)
+        inputs, opts = self._with_prompt(inputs, opts, prompt, prompt_name)
         raw = self._backend.encode(inputs, opts)
         if opts.output_value == "sentence_embedding":
             return format_sentence_embeddings(raw, opts, single)
         return format_per_text(raw, opts, single)
+
+    def encode_query(self, sentences: str | list[str], **kwargs: Any) -> Any:
+        """``encode`` with the model's "query" prompt unless a prompt or prompt_name is given."""
+        if kwargs.get("prompt") is None and kwargs.get("prompt_name") is None and "query" in self.prompts:
+            kwargs["prompt_name"] = "query"
+        return self.encode(sentences, **kwargs)
+
+    def encode_document(self, sentences: str | list[str], **kwargs: Any) -> Any:
+        """``encode`` with the model's "document" (else "passage", else "corpus") prompt unless one is given."""
+        if kwargs.get("prompt") is None and kwargs.get("prompt_name") is None:
+            name = next((n for n in ("document", "passage", "corpus") if n in self.prompts), None)
+            if name is not None:
+                kwargs["prompt_name"] = name
+        return self.encode(sentences, **kwargs)
+
+    def _with_prompt(self, inputs: list, opts: EncodeOptions, prompt: Any, prompt_name: Any):
+        """Inputs with the resolved prompt prepended, and the prompt's token count where pooling leaves it out."""
+        text = self._settings.resolve(prompt, prompt_name, stacklevel=4)
+        if not text:
+            return inputs, opts
+        if not self._backend.pooling_include_prompt():
+            opts = dataclasses.replace(opts, prompt_length=self._backend.prompt_length(text))
+        return prepend(text, inputs), opts
+
+    # -- prompts and similarity (sentence-transformers 2.4+) ------------------------------------------
+    @property
+    def prompts(self) -> dict[str, str]:
+        return self._settings.prompts
+
+    @prompts.setter
+    def prompts(self, value: dict[str, str]) -> None:
+        self._settings.prompts = check_prompts(value)
+
+    @property
+    def default_prompt_name(self) -> str | None:
+        return self._settings.default_prompt_name
+
+    @default_prompt_name.setter
+    def default_prompt_name(self, value: str | None) -> None:
+        self._settings.default_prompt_name = self._settings.check_name(value, "default_prompt_name")
+
+    @property
+    def similarity_fn_name(self) -> str:
+        """'cosine', 'dot', 'euclidean' or 'manhattan' (the model's; 'cosine' when it names none)."""
+        if self._settings.similarity_fn_name is None:
+            self._settings.similarity_fn_name = "cosine"
+        return self._settings.similarity_fn_name
+
+    @similarity_fn_name.setter
+    def similarity_fn_name(self, value: str) -> None:
+        self._settings.similarity_fn_name = check_similarity_fn_name(value)
+
+    def similarity(self, embeddings1: Any, embeddings2: Any) -> Any:
+        """Every embedding of ``embeddings1`` against every one of ``embeddings2`` (a torch tensor)."""
+        from .util import similarity_functions
+
+        return similarity_functions(self.similarity_fn_name)[0](embeddings1, embeddings2)
+
+    def similarity_pairwise(self, embeddings1: Any, embeddings2: Any) -> Any:
+        """Row i of ``embeddings1`` against row i of ``embeddings2`` (a torch tensor)."""
+        from .util import similarity_functions
+
+        return similarity_functions(self.similarity_fn_name)[1](embeddings1, embeddings2)
 
     def tokenize(self, texts: list) -> dict[str, Any]:
         return self._backend.tokenize(list(texts))
@@ -161,7 +245,8 @@ class SentenceTransformer:
         return self.max_seq_length
 
     def get_sentence_embedding_dimension(self) -> int | None:
-        return self._backend.sentence_embedding_dimension()
+        dim = self._backend.sentence_embedding_dimension()
+        return min(dim, self.truncate_dim) if dim is not None and self.truncate_dim is not None else dim
 
     def __call__(self, features: dict[str, Any]) -> dict[str, Any]:
         """Run the torch modules over a features dict (what losses call during training)."""
@@ -282,8 +367,27 @@ class SentenceTransformer:
         batch_size: int = 32,
         chunk_size: int | None = None,
         normalize_embeddings: bool = False,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
+        truncate_dim: int | None = None,
     ):
+        """``encode`` over the pool's devices; prompts and truncate_dim as in ``encode``."""
+        from .encode.output import l2_normalize
         from .pool import encode_with_pool
 
-        return encode_with_pool(self, sentences, pool, batch_size=batch_size, chunk_size=chunk_size,
-                                normalize_embeddings=normalize_embeddings)
+        truncate_dim = check_truncate_dim(truncate_dim if truncate_dim is not None else self.truncate_dim)
+        text = self._settings.resolve(prompt, prompt_name)
+        if text:
+            if not self._backend.pooling_include_prompt():
+                raise InvalidInputError(
+                    "this model's pooling leaves the prompt's tokens out (include_prompt=False), which "
+                    "encode_multi_process does not do; use encode() for prompts on this model"
+                )
+            sentences = prepend(text, as_input_list(sentences)[0])
+        out = encode_with_pool(self, sentences, pool, batch_size=batch_size, chunk_size=chunk_size,
+                               normalize_embeddings=normalize_embeddings and truncate_dim is None)
+        if truncate_dim is not None:
+            out = out[:, :truncate_dim]
+            if normalize_embeddings and len(out):
+                out = l2_normalize(out)
+        return out

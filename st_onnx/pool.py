@@ -119,7 +119,7 @@ class SessionPool:
         size = _chunk_size(chunk_size, len(inputs), len(self.devices))
         order = longest_first([text_length(x) for x in inputs])
         pieces = list(chunks(len(inputs), size))
-        call = _Call(len(inputs), self.model.get_sentence_embedding_dimension() or 0, len(pieces))
+        call = _Call(len(inputs), self.model._backend.sentence_embedding_dimension() or 0, len(pieces))  # untruncated
         for start, stop in pieces:
             idx = order[start:stop]
             self._jobs.put((call, idx, self._payload([inputs[i] for i in idx]), batch_size))

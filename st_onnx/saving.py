@@ -34,9 +34,12 @@ def save_model(model, path: str | os.PathLike, model_name: str | None = None, cr
     source = model.model_path
     with layout.atomic_folder(path) as tmp:
         stack.save(tmp)
-        layout.write_json(tmp / layout.ST_CONFIG_JSON, {"__version__": versions(), "prompts": {},
-                                                          "default_prompt_name": None,
-                                                          "similarity_fn_name": "cosine"})
+        settings = model._settings.to_config() if hasattr(model, "_settings") else {}
+        layout.write_json(tmp / layout.ST_CONFIG_JSON, {
+            "__version__": versions(), "prompts": settings.get("prompts", {}),
+            "default_prompt_name": settings.get("default_prompt_name"),
+            "similarity_fn_name": settings.get("similarity_fn_name") or "cosine",
+        })
         if create_model_card:
             (tmp / "README.md").write_text(model_card(model, model_name or path.name, train_datasets),
                                            encoding="utf-8")

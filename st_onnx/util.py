@@ -14,8 +14,9 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "cos_sim", "dot_score", "normalize_embeddings", "pairwise_cos_sim", "pairwise_dot_score",
-    "paraphrase_mining", "paraphrase_mining_embeddings", "pytorch_cos_sim", "semantic_search",
+    "cos_sim", "dot_score", "euclidean_sim", "manhattan_sim", "normalize_embeddings", "pairwise_cos_sim",
+    "pairwise_dot_score", "pairwise_euclidean_sim", "pairwise_manhattan_sim", "paraphrase_mining",
+    "paraphrase_mining_embeddings", "pytorch_cos_sim", "semantic_search", "similarity_functions",
 ]
 
 
@@ -58,6 +59,36 @@ def pairwise_dot_score(a, b) -> Tensor:
 
 def pairwise_cos_sim(a, b) -> Tensor:
     return pairwise_dot_score(normalize_embeddings(_as_matrix(a)), normalize_embeddings(_as_matrix(b)))
+
+
+def euclidean_sim(a, b) -> Tensor:
+    """Negative Euclidean distance of every row of ``a`` to every row of ``b`` (higher is more similar)."""
+    a, b = _as_matrix(a), _as_matrix(b)
+    return -torch.cdist(a, b, p=2.0)
+
+
+def manhattan_sim(a, b) -> Tensor:
+    """Negative Manhattan (L1) distance of every row of ``a`` to every row of ``b``."""
+    a, b = _as_matrix(a), _as_matrix(b)
+    return -torch.cdist(a, b, p=1.0)
+
+
+def pairwise_euclidean_sim(a, b) -> Tensor:
+    a, b = _as_matrix(a), _as_matrix(b)
+    return -torch.sqrt(((a - b) ** 2).sum(dim=-1))
+
+
+def pairwise_manhattan_sim(a, b) -> Tensor:
+    a, b = _as_matrix(a), _as_matrix(b)
+    return -(a - b).abs().sum(dim=-1)
+
+
+def similarity_functions(name: str) -> tuple[Callable, Callable]:
+    """(matrix, pairwise) similarity functions for a ``similarity_fn_name``."""
+    table = {"cosine": (cos_sim, pairwise_cos_sim), "dot": (dot_score, pairwise_dot_score),
+             "euclidean": (euclidean_sim, pairwise_euclidean_sim),
+             "manhattan": (manhattan_sim, pairwise_manhattan_sim)}
+    return table[name]
 
 
 def semantic_search(

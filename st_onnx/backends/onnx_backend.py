@@ -20,7 +20,7 @@ from .. import layout
 from ..encode.batching import DEFAULT_TOKEN_BUDGET, GPU_TOKEN_BUDGET, check_token_budget
 from ..encode.options import EncodeOptions
 from ..encode.tokenize import TextTokenizer
-from ..errors import InvalidInputError
+from ..errors import BackendError, InvalidInputError
 from ..runtime.encoder import OrtEncoder
 from ..runtime.graphs import GraphChoice, cache_dir_for, find_graph, find_packed
 from ..runtime.providers import resolve_device
@@ -184,6 +184,16 @@ class OnnxBackend:
 
     def tokenize(self, texts: list) -> dict[str, np.ndarray]:
         return self._text_tokenizer(texts)
+
+    def pooling_include_prompt(self) -> bool:
+        return bool(self.manifest.get("pooling_include_prompt", True))
+
+    def prompt_length(self, prompt: str) -> int:
+        raise BackendError(
+            f"this model's pooling leaves the prompt's tokens out (include_prompt=False), which the fused graph "
+            f"cannot do: it pools every token the attention mask keeps. Encode with prompt {prompt!r} on "
+            "backend='torch', or without a prompt"
+        )
 
     def encode(self, inputs: list, opts: EncodeOptions) -> Any:
         if opts.device is not None:

@@ -50,6 +50,16 @@ class TorchBackend:
     def tokenize(self, texts: list) -> dict[str, torch.Tensor]:
         return self.stack.transformer.tokenize(texts)
 
+    # -- prompts --------------------------------------------------------------------------------------
+    def pooling_include_prompt(self) -> bool:
+        return all(getattr(m, "include_prompt", True) for m in self.stack)
+
+    def prompt_length(self, prompt: str) -> int:
+        """Tokens of ``prompt`` as it starts every input: its ids without a trailing special token ([SEP])."""
+        ids = self.tokenize([prompt])["input_ids"][0].tolist()
+        special = set(getattr(self.tokenizer, "all_special_ids", []) or [])
+        return len(ids) - 1 if ids and ids[-1] in special else len(ids)
+
     # -- encode ---------------------------------------------------------------------------------------
     @torch.inference_mode()
     def encode(self, inputs: list, opts: EncodeOptions) -> Any:
@@ -65,6 +75,8 @@ class TorchBackend:
         for start in tqdm(starts, desc="Batches", disable=not opts.show_progress_bar):
             batch = ordered[start : start + opts.batch_size]
             features = batch_to_device(self.tokenize(batch), device)
+            if opts.prompt_length is not None:
+                features["prompt_length"] = opts.prompt_length
             out = self.stack(features)
             results.extend(split_outputs(out, len(batch), opts.output_value, to_cpu=opts.convert_to_numpy))
         results = restore_order(results, order)

@@ -19,6 +19,8 @@ class EncodeOptions:
     convert_to_tensor: bool = False
     device: str | None = None
     normalize_embeddings: bool = False
+    truncate_dim: int | None = None  # keep the first N dimensions of sentence embeddings (before normalizing)
+    prompt_length: int | None = None  # tokens of a prompt that pooling leaves out (include_prompt=False)
 
     @classmethod
     def from_args(
@@ -30,6 +32,7 @@ class EncodeOptions:
         convert_to_tensor: Any = False,
         device: Any = None,
         normalize_embeddings: Any = False,
+        truncate_dim: Any = None,
     ) -> "EncodeOptions":
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
             raise InvalidInputError(f"batch_size must be a positive int; got {batch_size!r}")
@@ -37,6 +40,7 @@ class EncodeOptions:
             raise InvalidInputError(
                 f"output_value {output_value!r} is not supported; allowed: 'sentence_embedding', 'token_embeddings', None"
             )
+        check_truncate_dim(truncate_dim)
         if show_progress_bar is None:
             import logging
 
@@ -51,7 +55,15 @@ class EncodeOptions:
             convert_to_tensor=bool(convert_to_tensor),
             device=None if device is None else str(device),
             normalize_embeddings=bool(normalize_embeddings),
+            truncate_dim=truncate_dim,
         )
+
+
+def check_truncate_dim(truncate_dim: Any) -> int | None:
+    if truncate_dim is not None and (isinstance(truncate_dim, bool) or not isinstance(truncate_dim, int)
+                                     or truncate_dim <= 0):
+        raise InvalidInputError(f"truncate_dim must be a positive int or None; got {truncate_dim!r}")
+    return truncate_dim
 
 
 def as_input_list(sentences: Any) -> tuple[list, bool]:

@@ -46,6 +46,8 @@ def l2_normalize(x: Any) -> Any:
 
 def format_sentence_embeddings(emb: Any, opts: EncodeOptions, single: bool) -> Any:
     """``emb`` is a (n, dim) numpy array or torch tensor, already in input order."""
+    if opts.truncate_dim is not None:
+        emb = emb[:, :opts.truncate_dim]
     if opts.normalize_embeddings and len(emb):
         emb = l2_normalize(emb)
     if opts.convert_to_tensor:

@@ -1,0 +1,116 @@
+"""A model's prompts and similarity function: what ``config_sentence_transformers.json`` holds besides versions.
+
+sentence-transformers (2.4 and later) saves ``prompts`` (name -> text prepended to every input at encode time),
+``default_prompt_name`` (the prompt applied when encode names none) and ``similarity_fn_name``. A model folder
+that sets a default prompt embeds ``prompt + text``, so ignoring the file would give other embeddings than
+sentence-transformers without a word; saving without it would drop the prompts. Plain Python: both backends and
+the ONNX-only path use it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import layout
+from ..errors import InvalidInputError, ModelFolderError
+
+logger = logging.getLogger(__name__)
+
+SIMILARITY_FNS = ("cosine", "dot", "euclidean", "manhattan")
+
+
+@dataclass
+class ModelSettings:
+    """Prompts, default prompt name and similarity function of one model, validated."""
+
+    prompts: dict[str, str] = field(default_factory=dict)
+    default_prompt_name: str | None = None
+    similarity_fn_name: str | None = None  # None: 'cosine' once a similarity is asked for, as sentence-transformers
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike | None, prompts: Any = None, default_prompt_name: Any = None,
+             similarity_fn_name: Any = None) -> "ModelSettings":
+        """The saved settings of ``folder`` (if any) under the ones given, which win key by key."""
+        saved = _read_saved(folder)
+        merged = dict(saved.get("prompts") or {})
+        merged.update(check_prompts(prompts))
+        settings = cls(check_prompts(merged),
+                       default_prompt_name if default_prompt_name is not None else saved.get("default_prompt_name"),
+                       similarity_fn_name if similarity_fn_name is not None else saved.get("similarity_fn_name"))
+        settings.default_prompt_name = settings.check_name(settings.default_prompt_name, "default_prompt_name")
+        settings.similarity_fn_name = check_similarity_fn_name(settings.similarity_fn_name)
+        return settings
+
+    def check_name(self, name: Any, what: str = "prompt_name") -> str | None:
+        if name is None:
+            return None
+        if not isinstance(name, str) or name not in self.prompts:
+            raise InvalidInputError(f"{what} {name!r} is not one of this model's prompts; allowed: "
+                                    f"{sorted(self.prompts) or 'none (the model has no prompts)'}")
+        return name
+
+    def resolve(self, prompt: Any = None, prompt_name: Any = None, stacklevel: int = 3) -> str | None:
+        """The text to prepend: ``prompt``, else the named prompt, else the default prompt (None: no prompt).
+
+        ``stacklevel`` points a warning at the caller's caller (the user's line, through the facade)."""
+        if prompt is not None:
+            if not isinstance(prompt, str):
+                raise InvalidInputError(f"prompt must be a string; got {type(prompt).__name__}")
+            if prompt_name is not None:
+                warnings.warn(f"both prompt and prompt_name ({prompt_name!r}) were given: the prompt is used and "
+                              "prompt_name ignored, as in sentence-transformers", UserWarning, stacklevel=stacklevel)
+            return prompt
+        name = self.check_name(prompt_name) if prompt_name is not None else self.default_prompt_name
+        return self.prompts[name] if name is not None else None
+
+    def to_config(self) -> dict[str, Any]:
+        return {"prompts": dict(self.prompts), "default_prompt_name": self.default_prompt_name,
+                "similarity_fn_name": self.similarity_fn_name}
+
+
+def check_prompts(prompts: Any) -> dict[str, str]:
+    if prompts is None:
+        return {}
+    if not isinstance(prompts, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                for k, v in prompts.items()):
+        raise InvalidInputError(f"prompts must be a dict of prompt name -> prompt text (both strings); got {prompts!r}")
+    return dict(prompts)
+
+
+def check_similarity_fn_name(name: Any) -> str | None:
+    name = getattr(name, "value", name)  # sentence-transformers' SimilarityFunction enum
+    if name is not None and name not in SIMILARITY_FNS:
+        raise InvalidInputError(f"similarity_fn_name {name!r} is not supported; allowed: {', '.join(SIMILARITY_FNS)}")
+    return name
+
+
+def prepend(prompt: str, inputs: list) -> list:
+    """``prompt + text`` for every input: a string, the first text of a pair, or the text of a one-text dict."""
+    out = []
+    for item in inputs:
+        if isinstance(item, str):
+            out.append(prompt + item)
+        elif isinstance(item, (tuple, list)):
+            out.append((prompt + item[0], *item[1:]))
+        else:  # a one-text dict {key: text} (checked by encode.options.check_item)
+            out.append({key: prompt + text for key, text in item.items()})
+    return out
+
+
+def _read_saved(folder: str | os.PathLike | None) -> dict[str, Any]:
+    if folder is None:
+        return {}
+    path = Path(folder) / layout.ST_CONFIG_JSON
+    saved = layout.read_json_if_exists(path, {}) or {}
+    if not isinstance(saved, dict):
+        raise ModelFolderError(f"{path} must hold a JSON object; got {type(saved).__name__}")
+    try:
+        check_prompts(saved.get("prompts"))
+    except InvalidInputError as e:
+        raise ModelFolderError(f"{path}: {e}") from e
+    return saved

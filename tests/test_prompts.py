@@ -1,0 +1,216 @@
+"""Prompts, similarity functions and truncate_dim, against sentence-transformers on the same folders.
+
+A folder saved by sentence-transformers with a default prompt must embed as sentence-transformers embeds it (the
+prompt prepended), on both backends; st-onnx must keep the prompts when it saves the folder again.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import SENTENCES
+from st_onnx import SentenceTransformer, layout
+from st_onnx.errors import BackendError, InvalidInputError, ModelFolderError
+
+st = pytest.importorskip("sentence_transformers")
+
+PROMPTS = {"query": "query: ", "document": "passage: ", "fish": "the fish "}
+
+
+@pytest.fixture(scope="module")
+def prompted(tiny_model_dir, tmp_path_factory):
+    """The tiny model saved by sentence-transformers with prompts and default prompt 'query'."""
+    folder = tmp_path_factory.mktemp("prompted") / "model"
+    reference = st.SentenceTransformer(str(tiny_model_dir), device="cpu", prompts=PROMPTS,
+                                       default_prompt_name="query", similarity_fn_name="dot")
+    reference.save(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def reference(prompted):
+    return st.SentenceTransformer(str(prompted), device="cpu")
+
+
+@pytest.fixture(scope="module", params=["torch", "onnx"])
+def ours(request, prompted):
+    return SentenceTransformer(str(prompted), backend=request.param, device="cpu")
+
+
+def test_saved_prompts_are_read(ours):
+    assert ours.prompts["query"] == "query: " and ours.default_prompt_name == "query"
+    assert ours.similarity_fn_name == "dot"
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"prompt_name": "fish"}, {"prompt": "hello "}, {"prompt": ""}])
+def test_prompts_embed_as_sentence_transformers(ours, reference, kwargs):
+    got = ours.encode(SENTENCES, **kwargs)
+    want = reference.encode(SENTENCES, **kwargs)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_the_default_prompt_changes_the_embedding(ours):
+    assert not np.allclose(ours.encode(SENTENCES), ours.encode(SENTENCES, prompt=""), atol=1e-3)
+
+
+def test_encode_query_and_document_pick_their_prompts(ours, reference):
+    np.testing.assert_allclose(ours.encode_query(SENTENCES), reference.encode_query(SENTENCES), atol=1e-5)
+    np.testing.assert_allclose(ours.encode_document(SENTENCES), reference.encode_document(SENTENCES), atol=1e-5)
+    np.testing.assert_allclose(ours.encode_document(SENTENCES), ours.encode(SENTENCES, prompt_name="document"),
+                               atol=1e-6)
+
+
+def test_prompt_and_prompt_name_together_warn_and_use_the_prompt(ours):
+    with pytest.warns(UserWarning, match="both prompt and prompt_name \\('fish'\\)"):
+        got = ours.encode(SENTENCES[:2], prompt="x ", prompt_name="fish")
+    np.testing.assert_allclose(got, ours.encode(SENTENCES[:2], prompt="x "), atol=1e-6)
+
+
+def test_bad_prompt_arguments_are_refused(ours, prompted):
+    with pytest.raises(InvalidInputError, match=r"prompt_name 'nope' is not one of this model's prompts; "
+                                                r"allowed: \['document', 'fish', 'query'\]"):
+        ours.encode(SENTENCES, prompt_name="nope")
+    with pytest.raises(InvalidInputError, match="prompt must be a string; got int"):
+        ours.encode(SENTENCES, prompt=3)
+    with pytest.raises(InvalidInputError, match="default_prompt_name 'other'"):
+        SentenceTransformer(str(prompted), device="cpu", default_prompt_name="other")
+    with pytest.raises(InvalidInputError, match="prompts must be a dict"):
+        SentenceTransformer(str(prompted), device="cpu", prompts={"q": 1})
+    with pytest.raises(InvalidInputError, match="similarity_fn_name 'cos' is not supported; allowed: cosine, dot"):
+        SentenceTransformer(str(prompted), device="cpu", similarity_fn_name="cos")
+    with pytest.raises(InvalidInputError, match="default_prompt_name 'x'"):
+        ours.default_prompt_name = "x"
+
+
+def test_given_settings_win_over_saved_ones(prompted):
+    model = SentenceTransformer(str(prompted), device="cpu", prompts={"query": "q: "}, default_prompt_name="fish",
+                                similarity_fn_name="cosine")
+    assert model.prompts == {**PROMPTS, "query": "q: "}
+    assert model.default_prompt_name == "fish" and model.similarity_fn_name == "cosine"
+
+
+def test_a_broken_saved_config_names_the_file(tiny_model_copy):
+    path = tiny_model_copy / layout.ST_CONFIG_JSON
+    path.write_text(json.dumps({"prompts": ["query: "]}))
+    with pytest.raises(ModelFolderError, match="config_sentence_transformers.json.*prompts must be a dict"):
+        SentenceTransformer(str(tiny_model_copy), device="cpu")
+
+
+def test_saving_keeps_the_prompts_for_sentence_transformers(prompted, tmp_path):
+    model = SentenceTransformer(str(prompted), device="cpu")
+    model.prompts = {**model.prompts, "extra": "e: "}
+    model.save(str(tmp_path / "again"))
+    config = json.loads((tmp_path / "again" / layout.ST_CONFIG_JSON).read_text())
+    assert config["prompts"]["extra"] == "e: " and config["default_prompt_name"] == "query"
+    assert config["similarity_fn_name"] == "dot"
+    reloaded = st.SentenceTransformer(str(tmp_path / "again"), device="cpu")
+    assert reloaded.prompts["extra"] == "e: " and reloaded.default_prompt_name == "query"
+    np.testing.assert_allclose(model.encode(SENTENCES), reloaded.encode(SENTENCES), atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def prompt_excluded(tiny_model_dir, tmp_path_factory):
+    """The tiny model with include_prompt=False pooling (instructor-style), saved by sentence-transformers."""
+    folder = tmp_path_factory.mktemp("exclude") / "model"
+    reference = st.SentenceTransformer(str(tiny_model_dir), device="cpu", prompts=PROMPTS)
+    reference.set_pooling_include_prompt(False)
+    reference.save(str(folder))
+    return folder
+
+
+def test_pooling_without_the_prompt_tokens_matches_sentence_transformers(prompt_excluded):
+    ours = SentenceTransformer(str(prompt_excluded), device="cpu")
+    reference = st.SentenceTransformer(str(prompt_excluded), device="cpu")
+    for kwargs in ({"prompt_name": "query"}, {"prompt": "the big red dog "}):
+        np.testing.assert_allclose(ours.encode(SENTENCES, **kwargs), reference.encode(SENTENCES, **kwargs),
+                                   atol=1e-5)
+    # the prompt's tokens are attended to but not pooled: not the same as encoding without the prompt
+    assert not np.allclose(ours.encode(SENTENCES, prompt_name="query"), ours.encode(SENTENCES), atol=1e-3)
+
+
+def test_onnx_refuses_prompts_it_cannot_leave_out_of_pooling(prompt_excluded):
+    model = SentenceTransformer(str(prompt_excluded), backend="onnx", device="cpu")
+    with pytest.raises(BackendError, match="include_prompt=False.*backend='torch'"):
+        model.encode(SENTENCES, prompt_name="query")
+    reference = st.SentenceTransformer(str(prompt_excluded), device="cpu")
+    np.testing.assert_allclose(model.encode(SENTENCES), reference.encode(SENTENCES), atol=1e-5)  # no prompt: fine
+    with model.start_multi_process_pool(["cpu"]) as pool, pytest.raises(InvalidInputError, match="use encode"):
+        model.encode_multi_process(SENTENCES, pool, prompt_name="query")
+
+
+@pytest.mark.parametrize("name", ["cosine", "dot", "euclidean", "manhattan"])
+def test_similarity_functions_match_sentence_transformers(tiny_model_dir, name):
+    ours = SentenceTransformer(str(tiny_model_dir), device="cpu", similarity_fn_name=name)
+    reference = st.SentenceTransformer(str(tiny_model_dir), device="cpu", similarity_fn_name=name)
+    a, b = ours.encode(SENTENCES[:5]), ours.encode(SENTENCES[3:])
+    got, want = ours.similarity(a, b), reference.similarity(a, b)
+    assert isinstance(got, torch.Tensor) and got.shape == (5, len(SENTENCES) - 3)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ours.similarity_pairwise(a, a[::-1].copy()),
+                               reference.similarity_pairwise(a, a[::-1].copy()), atol=1e-5, rtol=0)
+
+
+def test_similarity_fn_name_defaults_to_cosine(tiny_model_dir):
+    model = SentenceTransformer(str(tiny_model_dir), device="cpu")
+    assert model.similarity_fn_name == "cosine"
+    model.similarity_fn_name = "manhattan"
+    assert model.similarity_fn_name == "manhattan"
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_truncate_dim_keeps_the_first_dimensions_then_normalizes(tiny_model_dir, backend):
+    model = SentenceTransformer(str(tiny_model_dir), backend=backend, device="cpu")
+    reference = st.SentenceTransformer(str(tiny_model_dir), device="cpu")
+    full = model.encode(SENTENCES)
+    cut = model.encode(SENTENCES, truncate_dim=8, normalize_embeddings=True)
+    assert cut.shape == (len(SENTENCES), 8)
+    np.testing.assert_allclose(np.linalg.norm(cut, axis=1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(cut, full[:, :8] / np.linalg.norm(full[:, :8], axis=1, keepdims=True), atol=1e-6)
+    np.testing.assert_allclose(cut, reference.encode(SENTENCES, truncate_dim=8, normalize_embeddings=True),
+                               atol=1e-5)
+    with pytest.raises(InvalidInputError, match="truncate_dim must be a positive int or None; got 0"):
+        model.encode(SENTENCES, truncate_dim=0)
+
+
+def test_model_level_truncate_dim(tiny_model_dir):
+    model = SentenceTransformer(str(tiny_model_dir), device="cpu", truncate_dim=12)
+    assert model.get_sentence_embedding_dimension() == 12
+    assert model.encode(SENTENCES).shape == (len(SENTENCES), 12)
+    assert model.encode(SENTENCES, truncate_dim=4).shape == (len(SENTENCES), 4)
+    with model.start_multi_process_pool(["cpu", "cpu"]) as pool:
+        got = model.encode_multi_process(SENTENCES * 3, pool, chunk_size=5, normalize_embeddings=True)
+    np.testing.assert_allclose(got, model.encode(SENTENCES * 3, normalize_embeddings=True), atol=1e-5)
+    with pytest.raises(InvalidInputError, match="truncate_dim"):
+        SentenceTransformer(str(tiny_model_dir), device="cpu", truncate_dim="8")
+
+
+def test_pool_applies_the_default_prompt(prompted):
+    model = SentenceTransformer(str(prompted), backend="onnx", device="cpu")
+    with model.start_multi_process_pool(["cpu"]) as pool:
+        got = model.encode_multi_process(SENTENCES, pool, chunk_size=3)
+        named = model.encode_multi_process(SENTENCES, pool, chunk_size=3, prompt_name="fish")
+    np.testing.assert_allclose(got, model.encode(SENTENCES), atol=1e-5)
+    np.testing.assert_allclose(named, model.encode(SENTENCES, prompt_name="fish"), atol=1e-5)
+
+
+def test_prompts_need_no_warning_when_used_alone(ours):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ours.encode(SENTENCES[:1], prompt_name="fish")
+
+
+def test_prompts_on_pairs_and_dicts_go_to_the_first_text(tiny_model_copy):
+    model = SentenceTransformer(str(tiny_model_copy), device="cpu", prompts={"q": "the "})
+    pairs = [("a cat", "a dog"), ("red car", "blue bus")]
+    got = model.encode(pairs, prompt_name="q")
+    want = model.encode([("the a cat", "a dog"), ("the red car", "blue bus")])
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    np.testing.assert_allclose(model.encode([{"t": "a cat"}], prompt_name="q"), model.encode(["the a cat"]),
+                               atol=1e-6)
+    shutil.rmtree(tiny_model_copy)
