@@ -1,8 +1,9 @@
 """Embed texts with a bundle from export/make_bundle.py, using only onnxruntime, tokenizers and numpy.
 
-    python export/embed_example.py BUNDLE_DIR "first text" "second text" [--out embeddings.npy]
+    python export/embed_example.py BUNDLE_DIR "first text" "second text" [--prompt-name query] [--out emb.npy]
 
-This is the whole contract of the graph (export/README.md) in code: strip (and lower-case when do_lower_case),
+This is the whole contract of the graph (export/README.md) in code: prepend the prompt (the named one, else the
+model's default_prompt_name, if any), strip (and lower-case when do_lower_case),
 tokenize with the bundle's tokenizer.json (pads to the batch's longest text, truncates at max_seq_length), feed
 int64 input_ids / attention_mask (/ token_type_ids when the graph lists it), read sentence_embedding.
 """
@@ -27,8 +28,22 @@ class BundleEncoder:
         self.session = ort.InferenceSession(str(bundle_dir / self.info["graph"]), providers=list(providers),
                                             disabled_optimizers=disabled)
 
-    def encode(self, texts, batch_size=32):
-        texts = [t.strip() for t in texts]
+    def prompt(self, prompt_name=None):
+        """The text to prepend: the named prompt, else the model's default one, else none."""
+        prompts = self.info.get("prompts") or {}
+        name = prompt_name or self.info.get("default_prompt_name")
+        if name is None:
+            return ""
+        if name not in prompts:
+            raise ValueError(f"prompt {name!r} is not in the bundle; allowed: {sorted(prompts)}")
+        if prompts[name] and not self.info.get("pooling_include_prompt", True):
+            raise ValueError("this model pools without the prompt's tokens (include_prompt=False), which the fused "
+                             "graph cannot do; encode it with st-onnx's torch backend")
+        return prompts[name]
+
+    def encode(self, texts, batch_size=32, prompt_name=None):
+        prompt = self.prompt(prompt_name)
+        texts = [(prompt + t).strip() for t in texts]
         if self.info["do_lower_case"]:
             texts = [t.lower() for t in texts]
         order = np.argsort([len(t) for t in texts], kind="stable")  # similar lengths together: less padding
@@ -50,9 +65,10 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description="embed texts with an st-onnx bundle")
     parser.add_argument("bundle_dir")
     parser.add_argument("texts", nargs="+")
+    parser.add_argument("--prompt-name", help="a prompt of the model's (default: its default_prompt_name, if any)")
     parser.add_argument("--out", help="save the (n, dim) float32 embeddings to this .npy file")
     args = parser.parse_args(argv)
-    embeddings = BundleEncoder(args.bundle_dir).encode(args.texts)
+    embeddings = BundleEncoder(args.bundle_dir).encode(args.texts, prompt_name=args.prompt_name)
     if args.out:
         np.save(args.out, embeddings)
     for text, vector in zip(args.texts, embeddings):

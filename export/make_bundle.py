@@ -8,7 +8,8 @@ The bundle holds everything a plain ONNX Runtime + tokenizers program needs (see
     manifest.json    st-onnx's manifest of that graph (fingerprint, versions, fusions, parity report)
     tokenizer.json   the model's tokenizer with fixed-length padding switched off (pads to the batch's longest
                      text) and truncation at max_seq_length
-    bundle.json      max_seq_length, do_lower_case, inputs, outputs, embedding_dimension, precision
+    bundle.json      max_seq_length, do_lower_case, inputs, outputs, embedding_dimension, precision, and the
+                     model's prompts (prepended to texts at encode time; default_prompt_name applies to all)
 
 The bundle is written atomically: BUNDLE_DIR appears complete or not at all.
 """
@@ -23,6 +24,7 @@ import sys
 from pathlib import Path
 
 from st_onnx import layout
+from st_onnx.encode.prompts import ModelSettings
 from st_onnx.export import ParityReport, export_fused_graph, read_manifest
 from st_onnx.fingerprint import folder_fingerprint
 from st_onnx.modules import load_stack
@@ -63,6 +65,8 @@ def make_bundle(model_dir: Path, bundle_dir: Path, precision: str = "fp32") -> P
             "max_seq_length": int(transformer.max_seq_length), "do_lower_case": bool(transformer.do_lower_case),
             "pad_id": pad_id, "inputs": manifest["inputs"], "outputs": manifest["outputs"],
             "embedding_dimension": manifest["embedding_dimension"],
+            **ModelSettings.load(model_dir).to_config(),
+            "pooling_include_prompt": manifest.get("pooling_include_prompt", True),
         }
         (tmp / BUNDLE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return bundle_dir
