@@ -45,7 +45,10 @@ save_file({k: v.astype(np.float32) if v.dtype == np.float16 else v for k, v in w
 export ST_ONNX_MINILM=$HOME/minilm
 
 # the order is the issue's: correctness, then speed, then STSb (each result is written as soon as it exists)
-step pytest-gpu 150 python3 -m pytest -q -m gpu -p no:cacheprovider tests
+# the GPU tests, and the packing tests (on a GPU their packed graphs get the CUDA parity check); only these files:
+# the others import test-only packages (psutil) the machine may lack
+step pytest-gpu 150 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_packing.py \
+  tests/test_export.py::test_fp16_graph_on_cuda_matches_torch
 tail -n 25 "$OUT/pytest-gpu.log"
 step bench-gpu 240 python3 benchmarks/bench_gpu.py --minilm "$HOME/minilm" --data .gpuwork/bench --out "$OUT" \
   --work "$HOME/benchwork" --repeat 3 --limit 4000
