@@ -200,9 +200,40 @@ def save_to_hub(model, repo_name: str, organization: str | None = None, private:
     token's user; the model card is written unless the repo already has a README.md (``replace_model_card`` forces
     it); ``local_model_path`` uploads that folder instead of saving the model.
     """
+    return push(model, _join_repo_id(repo_name, organization), private=private, commit_message=commit_message,
+                local_model_path=local_model_path, exist_ok=exist_ok, replace_model_card=replace_model_card,
+                train_datasets=train_datasets, token=token)
+
+
+def push_to_hub(model, repo_id: str, token: bool | str | None = None, private: bool | None = None,
+                safe_serialization: bool = True, commit_message: str | None = None,
+                local_model_path: str | None = None, exist_ok: bool = False, replace_model_card: bool = False,
+                train_datasets: list[str] | None = None, revision: str | None = None,
+                create_pr: bool = False) -> str:
+    """sentence-transformers 3+'s ``push_to_hub``: ``save_to_hub`` with the repo id whole (a bare name goes to the
+    token's user). Weights are always safetensors; pushing to a branch or as a pull request is not supported."""
+    if safe_serialization is not True:
+        raise InvalidInputError("safe_serialization=False (pytorch_model.bin) is not supported: st-onnx saves "
+                                "weights as safetensors only; leave safe_serialization=True")
+    if revision is not None or create_pr:
+        raise InvalidInputError(f"push_to_hub(revision={revision!r}, create_pr={create_pr!r}) is not supported: "
+                                "st-onnx pushes to the main branch; for a branch or a pull request, save the "
+                                "model (model.save(path)) and upload it with huggingface_hub.upload_folder")
+    if commit_message is None:
+        commit_message = "Add new SentenceTransformer model" + (
+            "" if getattr(model, "backend", "torch") == "torch" else f" with an {model.backend} backend")
+    return push(model, repo_id, private=private, commit_message=commit_message, local_model_path=local_model_path,
+                exist_ok=exist_ok, replace_model_card=replace_model_card, train_datasets=train_datasets, token=token)
+
+
+def push(model, repo_id: str, *, private: bool | None, commit_message: str, local_model_path: str | None,
+         exist_ok: bool, replace_model_card: bool, train_datasets: list[str] | None,
+         token: bool | str | None) -> str:
+    """Create ``repo_id`` (the token's user's when it has no '/'), upload, return the commit URL."""
     from huggingface_hub import HfApi, constants
 
-    repo_id = _join_repo_id(repo_name, organization)
+    if not isinstance(repo_id, str) or not repo_id.strip("/"):
+        raise InvalidInputError(f"repo_id must be 'name' or 'owner/name'; got {repo_id!r}")
     if local_model_path is not None and not Path(local_model_path).is_dir():
         raise InvalidInputError(f"local_model_path {str(local_model_path)!r} is not a folder; pass a model folder "
                                 "(one written by model.save(path)) or leave it None to upload this model")

@@ -349,6 +349,30 @@ class SentenceTransformer:
             train_datasets=train_datasets, token=self._token,
         )
 
+    def push_to_hub(
+        self,
+        repo_id: str,
+        token: str | None = None,
+        private: bool | None = None,
+        safe_serialization: bool = True,
+        commit_message: str | None = None,
+        local_model_path: str | None = None,
+        exist_ok: bool = False,
+        replace_model_card: bool = False,
+        train_datasets: list[str] | None = None,
+        revision: str | None = None,
+        create_pr: bool = False,
+    ) -> str:
+        """sentence-transformers 3+'s name for ``save_to_hub``, with the repo id whole ('owner/name')."""
+        from .hub import push_to_hub
+
+        return push_to_hub(
+            self, repo_id, token=token if token is not None else self._token, private=private,
+            safe_serialization=safe_serialization, commit_message=commit_message, local_model_path=local_model_path,
+            exist_ok=exist_ok, replace_model_card=replace_model_card, train_datasets=train_datasets,
+            revision=revision, create_pr=create_pr,
+        )
+
     def start_multi_process_pool(self, target_devices: list[str] | None = None):
         from .pool import start_pool
 

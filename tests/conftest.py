@@ -6,6 +6,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -39,9 +40,16 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory) -> Path:
-    """Tiny BERT + mean pooling + Normalize, saved by st-onnx (read-only by convention: copy to modify)."""
-    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+def tiny_model_dir(tmp_path_factory) -> Iterator[Path]:
+    """Tiny BERT + mean pooling + Normalize, saved by st-onnx (read-only by convention: copy to modify).
+
+    Checked at the end of the session: a test that exported a graph into it (backend="onnx" on this folder
+    instead of ``tiny_model_copy``) would change what later tests see."""
+    folder = make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+    before = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
+    yield folder
+    after = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
+    assert after == before, f"a test wrote into tiny_model_dir: {sorted(set(after) - set(before))}"
 
 
 @pytest.fixture

@@ -42,6 +42,7 @@ class Repo:
     repo_id: str
     private: bool = False
     commits: list[tuple[str, dict[str, bytes]]] = field(default_factory=list)  # (sha, files), oldest first
+    messages: list[str] = field(default_factory=list)  # commit messages, oldest first
 
     def snapshot(self, rev: str) -> tuple[str, dict[str, bytes]] | None:
         if rev == "main":
@@ -55,6 +56,7 @@ class Repo:
             digest.update(f"{path}\0{git_blob_oid(files[path])}\n".encode())
         sha = digest.hexdigest()
         self.commits.append((sha, dict(files)))
+        self.messages.append(message)
         return sha
 
 

@@ -219,6 +219,37 @@ def test_token_is_never_written_or_logged(server, tiny_model_dir, tmp_path, capl
     assert TOKEN not in str(exists.value) and TOKEN not in repr(loaded) and TOKEN not in repr(model)
 
 
+def test_push_to_hub_takes_the_repo_id_whole_and_keeps_the_prompts(server, tiny_model_dir, tiny_model_copy,
+                                                                    tmp_path):
+    model = SentenceTransformer(str(tiny_model_dir), device="cpu", prompts={"query": "the "},
+                                default_prompt_name="query")
+    url = model.push_to_hub("acme/pushed", token=TOKEN, private=True)
+    assert url.endswith(server.repos["acme/pushed"].snapshot("main")[0])
+    assert server.repos["acme/pushed"].private
+    loaded = _load("acme/pushed", tmp_path / "cache", TOKEN)
+    assert loaded.prompts == {"query": "the "} and loaded.default_prompt_name == "query"
+    np.testing.assert_allclose(loaded.encode(SENTENCES), model.encode(SENTENCES), atol=1e-6)
+
+    onnx_model = SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu", use_auth_token=TOKEN)
+    onnx_model.push_to_hub("bare", exist_ok=True)  # no owner: the token's user; the model's own token
+    assert "modules.json" in server.files("alice/bare")
+    assert server.repos["alice/bare"].messages[-1] == "Add new SentenceTransformer model with an onnx backend"
+    assert server.repos["acme/pushed"].messages[-1] == "Add new SentenceTransformer model"
+
+
+def test_push_to_hub_refuses_what_it_does_not_do(server, tiny_model_dir):
+    model = SentenceTransformer(str(tiny_model_dir), device="cpu", use_auth_token=TOKEN)
+    with pytest.raises(InvalidInputError, match="revision='dev', create_pr=False.*upload_folder"):
+        model.push_to_hub("acme/x", revision="dev")
+    with pytest.raises(InvalidInputError, match="create_pr=True"):
+        model.push_to_hub("acme/x", create_pr=True)
+    with pytest.raises(InvalidInputError, match="safe_serialization=False"):
+        model.push_to_hub("acme/x", safe_serialization=False)
+    with pytest.raises(InvalidInputError, match="repo_id must be"):
+        model.push_to_hub("")
+    assert "acme/x" not in server.repos
+
+
 # -- errors --------------------------------------------------------------------------------------------------------
 def test_push_to_an_existing_repo_needs_exist_ok(server, tiny_model_dir):
     server.add_repo("acme/taken", {"README.md": b"x\n"})

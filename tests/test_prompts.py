@@ -164,9 +164,9 @@ def test_similarity_fn_name_defaults_to_cosine(tiny_model_dir):
 
 
 @pytest.mark.parametrize("backend", ["torch", "onnx"])
-def test_truncate_dim_keeps_the_first_dimensions_then_normalizes(tiny_model_dir, backend):
-    model = SentenceTransformer(str(tiny_model_dir), backend=backend, device="cpu")
-    reference = st.SentenceTransformer(str(tiny_model_dir), device="cpu")
+def test_truncate_dim_keeps_the_first_dimensions_then_normalizes(tiny_model_copy, backend):
+    model = SentenceTransformer(str(tiny_model_copy), backend=backend, device="cpu")  # onnx exports into the folder
+    reference = st.SentenceTransformer(str(tiny_model_copy), device="cpu")
     full = model.encode(SENTENCES)
     cut = model.encode(SENTENCES, truncate_dim=8, normalize_embeddings=True)
     assert cut.shape == (len(SENTENCES), 8)
