@@ -139,18 +139,32 @@ class SentenceTransformer:
         prompt_name: str | None = None,
         prompt: str | None = None,
         truncate_dim: int | None = None,
+        precision: str = "float32",
+        pool: Any = None,
+        chunk_size: int | None = None,
     ) -> Any:
         """Embed one text or a list of texts; see the sentence-transformers documentation for the arguments.
 
         ``prompt`` (or the prompt named ``prompt_name``, else the model's default prompt) is prepended to every
-        text; ``truncate_dim`` (default: the model's) keeps the first N dimensions, before normalizing.
+        text; ``truncate_dim`` (default: the model's) keeps the first N dimensions, before normalizing;
+        ``precision`` ('int8', 'uint8', 'binary', 'ubinary') quantizes the result (``st_onnx.quantization``);
+        ``pool`` (from ``start_multi_process_pool``) spreads the work as ``encode_multi_process`` does.
         """
         opts = EncodeOptions.from_args(
             batch_size, show_progress_bar, output_value, convert_to_numpy, convert_to_tensor,
             None if device is None else check_device(device), normalize_embeddings,
-            truncate_dim if truncate_dim is not None else self.truncate_dim,
+            truncate_dim if truncate_dim is not None else self.truncate_dim, precision,
         )
         inputs, single = as_input_list(sentences)
+        if pool is not None:
+            if opts.output_value != "sentence_embedding":
+                raise InvalidInputError(f"encode(pool=...) gives sentence embeddings only; got output_value "
+                                        f"{opts.output_value!r}")
+            emb = self.encode_multi_process(inputs, pool, batch_size=batch_size, chunk_size=chunk_size,
+                                            normalize_embeddings=opts.normalize_embeddings, prompt_name=prompt_name,
+                                            prompt=prompt, truncate_dim=opts.truncate_dim)
+            done = dataclasses.replace(opts, normalize_embeddings=False, truncate_dim=None)
+            return format_sentence_embeddings(emb, done, single)
         inputs, opts = self._with_prompt(inputs, opts, prompt, prompt_name)
         raw = self._backend.encode(inputs, opts)
         if opts.output_value == "sentence_embedding":

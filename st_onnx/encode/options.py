@@ -20,6 +20,7 @@ class EncodeOptions:
     device: str | None = None
     normalize_embeddings: bool = False
     truncate_dim: int | None = None  # keep the first N dimensions of sentence embeddings (before normalizing)
+    precision: str = "float32"  # embedding quantization after normalizing (st_onnx.quantization)
     prompt_length: int | None = None  # tokens of a prompt that pooling leaves out (include_prompt=False)
 
     @classmethod
@@ -33,6 +34,7 @@ class EncodeOptions:
         device: Any = None,
         normalize_embeddings: Any = False,
         truncate_dim: Any = None,
+        precision: Any = "float32",
     ) -> "EncodeOptions":
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
             raise InvalidInputError(f"batch_size must be a positive int; got {batch_size!r}")
@@ -41,6 +43,13 @@ class EncodeOptions:
                 f"output_value {output_value!r} is not supported; allowed: 'sentence_embedding', 'token_embeddings', None"
             )
         check_truncate_dim(truncate_dim)
+        if precision != "float32":
+            from ..quantization import check_precision
+
+            check_precision(precision)
+            if output_value != "sentence_embedding":
+                raise InvalidInputError(f"precision {precision!r} quantizes sentence embeddings only; got "
+                                        f"output_value {output_value!r} (use precision='float32' with it)")
         if show_progress_bar is None:
             import logging
 
@@ -56,6 +65,7 @@ class EncodeOptions:
             device=None if device is None else str(device),
             normalize_embeddings=bool(normalize_embeddings),
             truncate_dim=truncate_dim,
+            precision=precision,
         )
 
 

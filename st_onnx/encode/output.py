@@ -50,6 +50,10 @@ def format_sentence_embeddings(emb: Any, opts: EncodeOptions, single: bool) -> A
         emb = emb[:, :opts.truncate_dim]
     if opts.normalize_embeddings and len(emb):
         emb = l2_normalize(emb)
+    if opts.precision != "float32":
+        from ..quantization import quantize_embeddings
+
+        emb = quantize_embeddings(_to_numpy(emb), opts.precision)
     if opts.convert_to_tensor:
         out = _to_tensor(emb)
     elif opts.convert_to_numpy:
