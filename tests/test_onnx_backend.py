@@ -333,3 +333,16 @@ def test_parallel_runs_and_intra_op_threads_agree(tiny_folder, onnx_model):
                                    onnx_options={"intra_op_num_threads": 2})
     assert threaded._backend._encoder.parallel == 1 and threaded._backend._encoder.session.threads == 2
     assert close(threaded.encode(texts, batch_size=16), onnx_model.encode(texts, batch_size=16), atol=1e-6)
+
+
+def test_fp32_on_cuda_asks_for_true_fp32_unless_told_otherwise():
+    from st_onnx.backends.onnx_backend import OnnxOptions, cuda_defaults
+
+    plain = OnnxOptions()
+    assert cuda_defaults("cuda:0", "fp32", plain) == {"use_tf32": 0}
+    assert cuda_defaults("cuda:1", "fp32", OnnxOptions(provider_options={"use_tf32": 1, "device_id": 1})) == {
+        "use_tf32": 1, "device_id": 1}
+    assert cuda_defaults("cuda:0", "fp16", plain) is None
+    assert cuda_defaults("cpu", "fp32", plain) is None
+    explicit = OnnxOptions(providers=["CUDAExecutionProvider"], provider_options=[{"device_id": 0}])
+    assert cuda_defaults("cuda:0", "fp32", explicit) == [{"device_id": 0}]  # explicit providers: as given

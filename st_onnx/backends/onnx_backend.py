@@ -117,7 +117,7 @@ class OnnxBackend:
                                            prepack=self.manifest.get("precision") == "int8")
         return OrtSession(self.graph_path, device, threads=threads or opts.intra_op_num_threads,
                           session_options=session_options, providers=opts.providers,
-                          provider_options=opts.provider_options)
+                          provider_options=cuda_defaults(device, self.manifest.get("precision"), opts))
 
     def encoder_for(self, session: OrtSession, parallel: int = 1) -> OrtEncoder:
         budget = self.options.token_budget or (
@@ -202,6 +202,20 @@ class OnnxBackend:
 
     def __repr__(self) -> str:
         return f"OnnxBackend({str(self.graph_path)!r}, device={self.device!r})"
+
+
+def cuda_defaults(device: str, precision: str | None, options: OnnxOptions) -> Any:
+    """The provider options for a session: the caller's, plus ``use_tf32=0`` for fp32 graphs on CUDA.
+
+    ONNX Runtime's CUDA provider runs fp32 MatMuls in TF32 by default (10-bit mantissa, like fp16's) on Ampere and
+    newer; PyTorch does not (float32_matmul_precision 'highest'). A user who asks for fp32 gets fp32 numerics,
+    fp16 being the fast path; ``provider_options={'use_tf32': 1}`` brings TF32 back.
+    """
+    given = options.provider_options
+    if not device.startswith("cuda") or precision != "fp32" or options.providers or not (
+            given is None or isinstance(given, dict)):
+        return given
+    return {"use_tf32": 0, **(given or {})}
 
 
 def _fixed_threads(options: OnnxOptions) -> bool:
