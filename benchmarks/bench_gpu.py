@@ -188,15 +188,34 @@ def check_targets(report: dict) -> list[str]:
     for key, res in report["runs"].items():
         for name, (field, target) in TARGETS.items():
             value = res["rows"].get(name, {}).get(field)
-            verdict = "n/a" if value is None else ("MET" if value >= target else "MISSED")
+            verdict = ("n/a" if value is None or report.get("dry_run")  # a dry run's speed means nothing
+                       else "MET" if value >= target else "MISSED")
             shown = "-" if value is None else f"{value:.2f}x"
             lines.append(f"{key}: {name} {shown} (target {target}x) {verdict}")
     return lines
 
 
+def markdown(report: dict) -> str:
+    """The report as the table benchmarks/RESULTS.md keeps (texts/s, ratio to sentence-transformers, own base)."""
+    lines = [f"{report['device_name']}, {report['precision']}, {report['texts']} mixed texts (short + long, "
+             f"shuffled), medians of {report['repeat']} interleaved rounds", "",
+             "| model, batch | row | texts/s | tokens/s | vs sentence-transformers | vs own base |",
+             "|---|---|---:|---:|---:|---:|"]
+    for key, res in report["runs"].items():
+        for name, r in res["rows"].items():
+            if "error" in r:
+                lines.append(f"| {key} | {name} | error: {r['error'][:80]} | | | |")
+                continue
+            own = next((f"{v:.2f}x" for k, v in r.items() if k.startswith("ratio_to_")), "")
+            ratio = f"{r['ratio']:.2f}x" if "ratio" in r else ""
+            lines.append(f"| {key} | {name} | {r['texts_per_s']:.0f} | {r['tokens_per_s']:.0f} | {ratio} | {own} |")
+    return "\n".join(lines + [""] + [f"- {line}" for line in check_targets(report)]) + "\n"
+
+
 def write_report(report: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "gpu_results.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "gpu_results.md").write_text(markdown(report))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -210,11 +229,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--work", type=Path, help="where models and graphs are built (default: a temp folder)")
     p.add_argument("--dry-run", action="store_true", help="CPU, fp32, a tiny BERT: checks the script only")
+    p.add_argument("--markdown", type=Path, metavar="JSON",
+                   help="print the markdown table of an earlier run's gpu_results.json and exit (measures nothing)")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.markdown:
+        print(markdown(json.loads(args.markdown.read_text())), end="")
+        return 0
     device, precision = ("cpu", "fp32") if args.dry_run else ("cuda:0", "fp16")
     texts = mixed_corpus(args.data, args.limit)
     warmup = texts[:1000]

@@ -37,3 +37,9 @@ def test_bench_gpu_dry_run_writes_every_row(tmp_path):
     assert "ratio_to_pool 1 session" in rows["pool 2 sessions"]
     assert "needs device 'cuda'" in rows["st-onnx packed"]["error"]  # the CPU has no packed-attention kernels
     assert "st-onnx packed - (target 1.3x) n/a" in proc.stdout
+    assert "MET" not in proc.stdout and "MISSED" not in proc.stdout  # no verdict on a dry run's speed
+    table = (out / "gpu_results.md").read_text()
+    assert "| tiny-bert (dry run), batch 16 | sentence-transformers |" in table and "| 1.00x |" in table
+    again = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py"), "--markdown",
+                            str(out / "gpu_results.json")], capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and again.stdout == table
