@@ -71,6 +71,7 @@ def pack_graph(src: str | os.PathLike, dst: str | os.PathLike | None = None, *,
         )
     PackingMode(model).convert(use_symbolic_shape_infer=False)
     check_packed(model.model, attentions)
+    layout.manifest_path(dst).unlink(missing_ok=True)  # never a manifest describing other bytes, even after a crash
     with layout.atomic_file(dst) as f:
         f.write(model.model.SerializeToString())
     try:
