@@ -176,6 +176,12 @@ def test_truncate_dim_keeps_the_first_dimensions_then_normalizes(tiny_model_copy
                                atol=1e-5)
     with pytest.raises(InvalidInputError, match="truncate_dim must be a positive int or None; got 0"):
         model.encode(SENTENCES, truncate_dim=0)
+    everything = model.encode(SENTENCES[:2], output_value=None, truncate_dim=8)  # as sentence-transformers
+    theirs = reference.encode(SENTENCES[:2], output_value=None, truncate_dim=8)
+    for ours_row, their_row in zip(everything, theirs):
+        assert ours_row["sentence_embedding"].shape == their_row["sentence_embedding"].shape == (8,)
+        np.testing.assert_allclose(np.asarray(ours_row["sentence_embedding"]),
+                                   their_row["sentence_embedding"].numpy(), atol=1e-5)
 
 
 def test_model_level_truncate_dim(tiny_model_dir):

@@ -68,8 +68,9 @@ def format_per_text(items: list, opts: EncodeOptions, single: bool) -> Any:
     want_tensor = opts.convert_to_tensor or not opts.convert_to_numpy or any(_is_tensor_item(i) for i in items[:1])
 
     def convert(x: Any) -> Any:
-        if isinstance(x, dict):
-            return {k: convert(v) for k, v in x.items()}
+        if isinstance(x, dict):  # output_value=None: truncate_dim applies to its sentence embedding, as in ST
+            return {k: convert(v[:opts.truncate_dim] if k == "sentence_embedding" and opts.truncate_dim else v)
+                    for k, v in x.items()}
         if isinstance(x, (np.ndarray,)) or _is_tensor(x):
             return _to_tensor(x) if want_tensor else _to_numpy(x)
         return x
