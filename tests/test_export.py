@@ -8,6 +8,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -226,6 +227,36 @@ def test_int8_export_on_tiny_model(exported, tmp_path):
     ref, _ = torch_embed(load_stack(folder), features)
     cos = (sentence * ref).sum(1) / np.linalg.norm(sentence, axis=1) / np.linalg.norm(ref, axis=1)
     assert cos.min() >= 0.96 and cos.mean() >= 0.985
+
+
+def test_int8_weights_follow_the_exporting_cpu_and_a_vnni_graph_warns_elsewhere(exported, tmp_path, monkeypatch):
+    from st_onnx import SentenceTransformer
+    from st_onnx.runtime import session as session_mod
+
+    folder = tmp_path / "model"
+    shutil.copytree(exported[0], folder)
+    monkeypatch.setattr(session_mod, "cpu_has_vnni", lambda: True)
+    assert read_manifest(export_model_folder(folder, "int8"))["quantization"]["reduce_range"] is False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        SentenceTransformer(str(folder), backend="onnx", device="cpu", onnx_options={"precision": "int8"})
+    monkeypatch.setattr(session_mod, "cpu_has_vnni", lambda: False)  # an AVX2-only CPU: 8-bit weights may saturate
+    with pytest.warns(RuntimeWarning, match="quantized for CPUs with VNNI.*Re-export the int8 graph"):
+        model = SentenceTransformer(str(folder), backend="onnx", device="cpu", onnx_options={"precision": "int8"})
+    assert model.encode(SENTENCES).shape == (len(SENTENCES), 16)
+    manifest = read_manifest(export_model_folder(folder, "int8"))  # exported there: 7-bit weights
+    assert manifest["quantization"]["reduce_range"] is True and manifest["parity"]["passed"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        SentenceTransformer(str(folder), backend="onnx", device="cpu", onnx_options={"precision": "int8"})
+
+
+def test_cpu_has_vnni_reads_the_cpu_flags():
+    from st_onnx.runtime.session import cpu_has_vnni
+
+    flags = next((line for line in open("/proc/cpuinfo") if line.startswith("flags")), "").split()
+    expected = any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8")) if flags else None
+    assert cpu_has_vnni() is expected
 
 
 def test_export_to_other_folder_makes_complete_copy(exported, tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -135,6 +136,8 @@ class OnnxBackend:
                 "this model runs the fp16 graph, which is refused on the CPU (ONNX Runtime's CPU kernels run "
                 "fp16 about 100x slower); reload it with onnx_options={'precision': 'fp32'} (or 'int8')"
             )
+        if device == "cpu":
+            _warn_if_quantized_for_vnni(self.graph_path, self.manifest)
         self._requested_device = device
         old = getattr(self, "_encoder", None)
         if old is not None:
@@ -216,6 +219,20 @@ def cuda_defaults(device: str, precision: str | None, options: OnnxOptions) -> A
             given is None or isinstance(given, dict)):
         return given
     return {"use_tf32": 0, **(given or {})}
+
+
+def _warn_if_quantized_for_vnni(graph: Path, manifest: dict[str, Any]) -> None:
+    """An int8 graph with full 8-bit weights, on an x86 CPU without VNNI/AMX: say so (export/optimize.py)."""
+    from ..runtime.session import cpu_has_vnni
+
+    quantization = manifest.get("quantization") or {}
+    if manifest.get("precision") == "int8" and quantization.get("reduce_range") is False and cpu_has_vnni() is False:
+        warnings.warn(
+            f"{graph} was quantized for CPUs with VNNI (8-bit weights, reduce_range=False); this CPU has no VNNI, "
+            "where ONNX Runtime's int8 kernels can saturate and lose accuracy. Re-export the int8 graph on this "
+            "machine (st-onnx export MODEL_DIR MODEL_DIR --precision int8), which uses 7-bit weights here",
+            RuntimeWarning, stacklevel=4,
+        )
 
 
 def _fixed_threads(options: OnnxOptions) -> bool:

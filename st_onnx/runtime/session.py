@@ -25,6 +25,7 @@ Choices, each measured on the 2-core development machine (see benchmarks/bench_e
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from pathlib import Path
@@ -39,6 +40,35 @@ logger = logging.getLogger(__name__)
 
 _ORT_INT_TYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}
 CPU_DISABLED_OPTIMIZERS = ("SkipLayerNormFusion", "BiasGeluFusion")
+
+
+_VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def is_x86() -> bool:
+    import platform
+
+    return platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_vnni() -> bool | None:
+    """Whether this x86 CPU has an int8 dot-product instruction (VNNI or AMX); None where that cannot be read.
+
+    Without one, ONNX Runtime's u8s8 int8 kernels use VPMADDUBSW, whose 16-bit sums can saturate with full-range
+    (8-bit) weights; int8 graphs for such CPUs are quantized with ``reduce_range`` (7-bit weights) instead.
+    """
+    if not is_x86():
+        return None
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return any(flag in flags for flag in _VNNI_FLAGS)
+    except OSError:
+        pass
+    return None
 
 
 def available_cores() -> int:
