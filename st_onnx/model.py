@@ -74,6 +74,9 @@ class SentenceTransformer:
         if model_name_or_path is not None:
             self.model_path = self._resolve_path(str(model_name_or_path))
         self._settings = ModelSettings.load(self.model_path, prompts, default_prompt_name, similarity_fn_name)
+        from .saving import ModelCardData
+
+        self.model_card_data = ModelCardData()  # evaluators record their metrics here; save() writes them
         self._stack = None
         if backend == "torch":
             from .backends.torch_backend import TorchBackend

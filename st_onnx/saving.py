@@ -8,6 +8,7 @@ import re
 import shutil
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from . import layout
 
@@ -94,6 +95,33 @@ def _carry_fused_graphs(source: Path, target: Path) -> None:
             shutil.copy2(f, dest / f.name)
 
 
+class ModelCardData:
+    """What the saved model card says beyond the architecture: the metrics evaluators reported.
+
+    sentence-transformers' evaluators call ``model.model_card_data.set_evaluation_metrics(...)`` after computing
+    their metrics, so this object lets them run against an st-onnx model; ``save`` lists the latest metrics of
+    each evaluator in the card's "Evaluation" section.
+    """
+
+    def __init__(self) -> None:
+        self.eval_results: dict[str, dict[str, Any]] = {}  # evaluator name -> {"metrics", "epoch", "step"}
+
+    def set_evaluation_metrics(self, evaluator: Any, metrics: dict[str, Any], epoch: float = 0, step: int = 0) -> None:
+        name = getattr(evaluator, "name", "") or type(evaluator).__name__
+        numbers = {str(k): float(v) for k, v in (metrics or {}).items() if isinstance(v, (int, float))}
+        self.eval_results[name] = {"evaluator": type(evaluator).__name__, "metrics": numbers, "epoch": epoch,
+                                   "step": step}
+
+    def markdown(self) -> str:
+        if not self.eval_results:
+            return ""
+        lines = ["## Evaluation", ""]
+        for name, result in self.eval_results.items():
+            lines += [f"### {result['evaluator']}: {name}", "", "| metric | value |", "|---|---:|"]
+            lines += [f"| {k} | {v:.4f} |" for k, v in result["metrics"].items()] + [""]
+        return "\n".join(lines)
+
+
 def model_card(model, model_name: str, train_datasets: list[str] | None) -> str:
     stack = model.torch_modules
     dim = stack.sentence_embedding_dimension()
@@ -125,4 +153,4 @@ SentenceTransformer(
 {modules}
 )
 ```
-"""
+""" + (("\n" + card_data.markdown()) if (card_data := getattr(model, "model_card_data", None)) else "")

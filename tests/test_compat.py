@@ -124,3 +124,36 @@ def test_stsb_test_spearman_matches_published(minilm_pair):
     cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
     rho = spearmanr(cos, [r[2] for r in rows]).statistic
     assert abs(rho - 0.8203247) < 0.001, rho
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_sentence_transformers_evaluators_run_on_st_onnx_models(tiny_model_copy, backend, tmp_path):
+    try:  # sentence-transformers 6 moved them; 5 has only the old path
+        from sentence_transformers.sentence_transformer.evaluation import (
+            EmbeddingSimilarityEvaluator, InformationRetrievalEvaluator, TripletEvaluator,
+        )
+    except ImportError:
+        from sentence_transformers.evaluation import (
+            EmbeddingSimilarityEvaluator, InformationRetrievalEvaluator, TripletEvaluator,
+        )
+
+    rows = read_stsb("dev")[:100]
+    queries = {str(i): a for i, (a, _, _) in enumerate(rows[:20])}
+    evaluators = [
+        EmbeddingSimilarityEvaluator([a for a, _, _ in rows], [b for _, b, _ in rows], [s / 5 for *_, s in rows],
+                                     name="sts-dev"),
+        InformationRetrievalEvaluator(queries, {str(i): b for i, (_, b, _) in enumerate(rows)},
+                                      {q: {q} for q in queries}, name="ir"),
+        TripletEvaluator([a for a, _, _ in rows[:30]], [b for _, b, _ in rows[:30]], [b for _, b, _ in rows[30:60]],
+                         name="triplets"),
+    ]
+    reference = _reference(tiny_model_copy)
+    ours = SentenceTransformer(str(tiny_model_copy), backend=backend, device="cpu")
+    for evaluator in evaluators:  # they pass precision=None, truncate_dim, and call model.model_card_data
+        got, want = ours.evaluate(evaluator), reference.evaluate(evaluator)
+        key = evaluator.primary_metric
+        # the tiny model's random embeddings make near-ties: the onnx graph's ~1e-7 differences may swap ranks
+        assert got[key] == pytest.approx(want[key], abs=1e-6 if backend == "torch" else 0.02), key
+    ours.save(str(tmp_path / "saved"))
+    card = (tmp_path / "saved" / "README.md").read_text()
+    assert "## Evaluation" in card and "### TripletEvaluator: triplets" in card and "| ir_cosine_ndcg@10 |" in card

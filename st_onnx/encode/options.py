@@ -43,6 +43,7 @@ class EncodeOptions:
                 f"output_value {output_value!r} is not supported; allowed: 'sentence_embedding', 'token_embeddings', None"
             )
         check_truncate_dim(truncate_dim)
+        precision = "float32" if precision is None else precision  # None: as sentence-transformers, no quantization
         if precision != "float32":
             from ..quantization import check_precision
 
