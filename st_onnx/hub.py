@@ -67,7 +67,8 @@ def select_files(paths: Iterable[str], include: Iterable[str] = ()) -> list[str]
 
 
 def resolve_model_path(model_id: str, cache_folder: str | os.PathLike | None = None, token: bool | str | None = None,
-                       *, revision: str | None = None, include: Iterable[str] = ()) -> Path:
+                       *, revision: str | None = None, include: Iterable[str] = (),
+                       local_files_only: bool = False) -> Path:
     """Download (or find in the cache) the model ``model_id`` and return its local snapshot folder.
 
     Args:
@@ -76,13 +77,15 @@ def resolve_model_path(model_id: str, cache_folder: str | os.PathLike | None = N
         token: a token string, True (the saved login / ``HF_TOKEN``), False (none), None (huggingface_hub's default).
         revision: a branch, tag or commit; None: the default branch.
         include: fnmatch patterns of files to fetch although ``select_files`` skips them (e.g. ``"onnx/model.onnx"``).
+        local_files_only: never ask the Hub: the cached snapshot or ModelNotFoundError (as HF_HUB_OFFLINE=1).
     """
     from huggingface_hub import HfApi, constants
     from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 
     cache_dir = _cache_dir(cache_folder)
-    if constants.is_offline_mode():
-        return _cached_snapshot(model_id, cache_dir, revision, include, failure=None)
+    if local_files_only or constants.is_offline_mode():
+        return _cached_snapshot(model_id, cache_dir, revision, include, failure=None,
+                                local_files_only=local_files_only)
     try:
         info = HfApi(token=token, **_library()).model_info(model_id, revision=revision)
     except HFValidationError as e:
@@ -113,7 +116,7 @@ def _download(model_id: str, cache_dir: str, revision: str | None, token, files:
 
 
 def _cached_snapshot(model_id: str, cache_dir: str, revision: str | None, include: Iterable[str],
-                     failure: BaseException | None) -> Path:
+                     failure: BaseException | None, local_files_only: bool = False) -> Path:
     """The cached snapshot of ``model_id`` (complete for ``select_files``), or ModelNotFoundError saying why not.
 
     ``failure``: why the Hub was not asked (None: offline mode), raised as the error when nothing is cached.
@@ -122,7 +125,7 @@ def _cached_snapshot(model_id: str, cache_dir: str, revision: str | None, includ
     from huggingface_hub.errors import (CachedRepoTreeNotFoundError, HfHubHTTPError, HFValidationError,
                                         IncompleteSnapshotError, LocalEntryNotFoundError)
 
-    why = OFFLINE_HINT
+    why = "local_files_only=True was passed" if local_files_only else OFFLINE_HINT
     if failure is not None:
         why = f"the Hub at {constants.ENDPOINT} cannot be reached ({_reason(failure)})"
     try:
@@ -139,8 +142,9 @@ def _cached_snapshot(model_id: str, cache_dir: str, revision: str | None, includ
         if isinstance(failure, HfHubHTTPError):
             raise _load_error(model_id, failure) from failure
         state = "is only partly in" if isinstance(e, IncompleteSnapshotError) else "is not in"
-        fix = ("unset HF_HUB_OFFLINE (or set HF_HUB_OFFLINE=0) to download it once"
-               if failure is None else "check the network connection and HF_ENDPOINT, then retry")
+        fix = ("check the network connection and HF_ENDPOINT, then retry" if failure is not None else
+               "pass local_files_only=False to download it once" if local_files_only else
+               "unset HF_HUB_OFFLINE (or set HF_HUB_OFFLINE=0) to download it once")
         raise ModelNotFoundError(
             f"model {model_id!r} is not a local folder and {state} the Hugging Face cache {cache_dir}, and {why}. "
             f"Pass the path of a local model folder instead (e.g. one written by model.save(path)), or {fix}"

@@ -42,6 +42,7 @@ class SentenceTransformer:
         prompts, default_prompt_name, similarity_fn_name: as in sentence-transformers; the model folder's saved
             ones (config_sentence_transformers.json) apply where these are not given.
         truncate_dim: keep the first N dimensions of every sentence embedding (Matryoshka models).
+        revision, local_files_only: for Hub ids: a branch, tag or commit; never ask the Hub (the cache only).
     """
 
     def __init__(
@@ -59,6 +60,8 @@ class SentenceTransformer:
         default_prompt_name: str | None = None,
         similarity_fn_name: str | None = None,
         truncate_dim: int | None = None,
+        revision: str | None = None,
+        local_files_only: bool = False,
     ) -> None:
         if backend not in BACKENDS:
             raise InvalidInputError(f"backend {allowed(backend, BACKENDS)}")
@@ -72,7 +75,7 @@ class SentenceTransformer:
         self._token = token if token is not None else use_auth_token
         self.model_path: Path | None = None
         if model_name_or_path is not None:
-            self.model_path = self._resolve_path(str(model_name_or_path))
+            self.model_path = self._resolve_path(str(model_name_or_path), revision, bool(local_files_only))
         self._settings = ModelSettings.load(self.model_path, prompts, default_prompt_name, similarity_fn_name)
         from .saving import ModelCardData
 
@@ -90,7 +93,7 @@ class SentenceTransformer:
             self._backend = OnnxBackend.load(self, modules=modules, device=device, options=dict(onnx_options or {}))
 
     # -- construction helpers ---------------------------------------------------------------------------
-    def _resolve_path(self, name: str) -> Path:
+    def _resolve_path(self, name: str, revision: str | None = None, local_files_only: bool = False) -> Path:
         path = Path(name).expanduser()
         if path.is_dir():
             return path
@@ -98,7 +101,8 @@ class SentenceTransformer:
             raise ModelNotFoundError(f"model folder {name!r} does not exist")
         from .hub import resolve_model_path
 
-        return Path(resolve_model_path(name, cache_folder=self.cache_folder, token=self._token))
+        return Path(resolve_model_path(name, cache_folder=self.cache_folder, token=self._token, revision=revision,
+                                       local_files_only=local_files_only))
 
     def _load_stack(self, modules: Iterable[Any] | None = None):
         """The torch modules: given, already loaded, or read from the model folder."""

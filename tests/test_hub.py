@@ -288,6 +288,31 @@ def test_push_argument_errors(server, tiny_model_dir, tmp_path, offline):
         model.save_to_hub("x", organization="acme")
 
 
+def test_load_a_revision_and_local_files_only(server, tiny_model_dir, tiny_model_copy, tmp_path):
+    first = SentenceTransformer(str(tiny_model_dir), device="cpu", use_auth_token=TOKEN)
+    first.push_to_hub("acme/versions")
+    old_sha = server.repos["acme/versions"].snapshot("main")[0]
+    second = SentenceTransformer(str(tiny_model_copy), device="cpu", use_auth_token=TOKEN,
+                                 prompts={"q": "the "}, default_prompt_name="q")  # a default prompt: other embeddings
+    second.push_to_hub("acme/versions", exist_ok=True)
+    cache = tmp_path / "cache"
+
+    with pytest.raises(ModelNotFoundError, match="local_files_only=True was passed.*local_files_only=False"):
+        SentenceTransformer("acme/versions", cache_folder=cache, device="cpu", local_files_only=True)
+    old = SentenceTransformer("acme/versions", cache_folder=cache, device="cpu", use_auth_token=TOKEN,
+                              revision=old_sha)
+    assert old.model_path.name == old_sha and old.default_prompt_name is None
+    np.testing.assert_allclose(old.encode(SENTENCES), first.encode(SENTENCES), atol=1e-6)
+    new = SentenceTransformer("acme/versions", cache_folder=cache, device="cpu", use_auth_token=TOKEN)
+    assert new.default_prompt_name == "q"
+    assert not np.allclose(new.encode(SENTENCES), old.encode(SENTENCES), atol=1e-3)  # the revisions differ
+    np.testing.assert_allclose(new.encode(SENTENCES), second.encode(SENTENCES), atol=1e-6)
+
+    before = len(server.requests)
+    cached = SentenceTransformer("acme/versions", cache_folder=cache, device="cpu", local_files_only=True)
+    assert len(server.requests) == before and cached.model_path == new.model_path
+
+
 def test_load_missing_repo_404(server, tmp_path):
     with pytest.raises(ModelNotFoundError, match=r"'acme/nope'.*404.*local model folder") as info:
         _load("acme/nope", tmp_path / "cache", TOKEN)
