@@ -164,14 +164,8 @@ class SentenceTransformer:
         )
         inputs, single = as_input_list(sentences)
         if pool is not None:
-            if opts.output_value != "sentence_embedding":
-                raise InvalidInputError(f"encode(pool=...) gives sentence embeddings only; got output_value "
-                                        f"{opts.output_value!r}")
-            emb = self.encode_multi_process(inputs, pool, batch_size=batch_size, chunk_size=chunk_size,
-                                            normalize_embeddings=opts.normalize_embeddings, prompt_name=prompt_name,
-                                            prompt=prompt, truncate_dim=opts.truncate_dim)
-            done = dataclasses.replace(opts, normalize_embeddings=False, truncate_dim=None)
-            return format_sentence_embeddings(emb, done, single)
+            return format_sentence_embeddings(self._encode_on_pool(inputs, pool, opts, chunk_size, prompt, prompt_name),
+                                              opts, single)
         inputs, opts = self._with_prompt(inputs, opts, prompt, prompt_name)
         raw = self._backend.encode(inputs, opts)
         if opts.output_value == "sentence_embedding":
@@ -417,22 +411,26 @@ class SentenceTransformer:
         truncate_dim: int | None = None,
     ):
         """``encode`` over the pool's devices; prompts and truncate_dim as in ``encode``."""
-        from .encode.output import l2_normalize
+        opts = EncodeOptions.from_args(batch_size, False, "sentence_embedding", True, False, None, normalize_embeddings,
+                                       truncate_dim if truncate_dim is not None else self.truncate_dim)
+        inputs, single = as_input_list(sentences)
+        return format_sentence_embeddings(self._encode_on_pool(inputs, pool, opts, chunk_size, prompt, prompt_name),
+                                          opts, single)
+
+    def _encode_on_pool(self, inputs: list, pool: Any, opts: EncodeOptions, chunk_size: int | None, prompt: Any,
+                        prompt_name: Any) -> Any:
+        """The pool's raw (n, dim) sentence embeddings of ``inputs``, the prompt prepended; formatting is the caller's."""
         from .pool import encode_with_pool
 
-        truncate_dim = check_truncate_dim(truncate_dim if truncate_dim is not None else self.truncate_dim)
-        text = self._settings.resolve(prompt, prompt_name)
+        if opts.output_value != "sentence_embedding":
+            raise InvalidInputError(f"encode(pool=...) gives sentence embeddings only; got output_value "
+                                    f"{opts.output_value!r}")
+        text = self._settings.resolve(prompt, prompt_name, stacklevel=4)
         if text:
             if not self._backend.pooling_include_prompt():
                 raise InvalidInputError(
                     "this model's pooling leaves the prompt's tokens out (include_prompt=False), which "
-                    "encode_multi_process does not do; use encode() for prompts on this model"
+                    "encode_multi_process does not do; use encode() without a pool for prompts on this model"
                 )
-            sentences = prepend(text, as_input_list(sentences)[0])
-        out = encode_with_pool(self, sentences, pool, batch_size=batch_size, chunk_size=chunk_size,
-                               normalize_embeddings=normalize_embeddings and truncate_dim is None)
-        if truncate_dim is not None:
-            out = out[:, :truncate_dim]
-            if normalize_embeddings and len(out):
-                out = l2_normalize(out)
-        return out
+            inputs = prepend(text, inputs)
+        return encode_with_pool(self, inputs, pool, batch_size=opts.batch_size, chunk_size=chunk_size)

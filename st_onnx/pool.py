@@ -27,7 +27,6 @@ import numpy as np
 
 from .encode.batching import chunks, longest_first
 from .encode.options import EncodeOptions, as_input_list, text_length
-from .encode.output import l2_normalize
 from .errors import InvalidInputError, PoolError
 
 logger = logging.getLogger(__name__)
@@ -108,9 +107,9 @@ class SessionPool:
     def stopped(self) -> bool:
         return self._stopped
 
-    def encode(self, sentences: Any, batch_size: int = 32, chunk_size: int | None = None,
-               normalize_embeddings: bool = False) -> np.ndarray:
-        """(n, dim) embeddings in input order, computed by the workers chunk by chunk."""
+    def encode(self, sentences: Any, batch_size: int = 32, chunk_size: int | None = None) -> np.ndarray:
+        """(n, dim) embeddings in input order, computed by the workers chunk by chunk (the facade truncates,
+        normalizes and quantizes them as ``encode`` does: ``format_sentence_embeddings``)."""
         if self._stopped:
             raise PoolError("this pool is stopped; start a new one with model.start_multi_process_pool()")
         self._check_alive()
@@ -124,10 +123,7 @@ class SessionPool:
             idx = order[start:stop]
             self._jobs.put((call, idx, self._payload([inputs[i] for i in idx]), batch_size))
         self._wait(call)
-        out = call.out
-        if normalize_embeddings and len(out):
-            out = l2_normalize(out)
-        return out[0] if single else out
+        return call.out[0] if single else call.out
 
     def _payload(self, texts: list) -> Any:
         """What a worker runs: encodings tokenized here, once (onnx), or the texts (torch tokenizes itself)."""
@@ -239,12 +235,11 @@ def stop_pool(pool: Any) -> None:
     pool.stop()
 
 
-def encode_with_pool(model: Any, sentences: Any, pool: Any, batch_size: int = 32, chunk_size: int | None = None,
-                     normalize_embeddings: bool = False) -> np.ndarray:
+def encode_with_pool(model: Any, sentences: Any, pool: Any, batch_size: int = 32,
+                     chunk_size: int | None = None) -> np.ndarray:
     if not isinstance(pool, SessionPool):
         raise InvalidInputError(f"pool must be what start_multi_process_pool returned; got {type(pool).__name__}")
     if pool.model is not model:
         raise InvalidInputError("this pool was started by another model; start one with this model's "
                                 "start_multi_process_pool()")
-    return pool.encode(sentences, batch_size=batch_size, chunk_size=chunk_size,
-                       normalize_embeddings=normalize_embeddings)
+    return pool.encode(sentences, batch_size=batch_size, chunk_size=chunk_size)
