@@ -409,10 +409,11 @@ class SentenceTransformer:
         prompt_name: str | None = None,
         prompt: str | None = None,
         truncate_dim: int | None = None,
+        precision: str = "float32",
     ):
-        """``encode`` over the pool's devices; prompts and truncate_dim as in ``encode``."""
+        """``encode`` over the pool's devices; prompts, truncate_dim and precision as in ``encode``."""
         opts = EncodeOptions.from_args(batch_size, False, "sentence_embedding", True, False, None, normalize_embeddings,
-                                       truncate_dim if truncate_dim is not None else self.truncate_dim)
+                                       truncate_dim if truncate_dim is not None else self.truncate_dim, precision)
         inputs, single = as_input_list(sentences)
         return format_sentence_embeddings(self._encode_on_pool(inputs, pool, opts, chunk_size, prompt, prompt_name),
                                           opts, single)

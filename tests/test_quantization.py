@@ -82,10 +82,11 @@ def test_encode_with_a_pool_is_encode_multi_process(tiny_model_copy):
     with model.start_multi_process_pool(["cpu", "cpu"]) as pool:
         got = model.encode(texts, pool=pool, chunk_size=7, normalize_embeddings=True, truncate_dim=16)
         packed = model.encode(texts, pool=pool, precision="ubinary")
+        packed_mp = model.encode_multi_process(texts, pool, precision="ubinary")
         single = model.encode(texts[0], pool=pool)
         with pytest.raises(InvalidInputError, match="sentence embeddings only"):
             model.encode(texts, pool=pool, output_value="token_embeddings")
     np.testing.assert_allclose(got, model.encode(texts, normalize_embeddings=True, truncate_dim=16), atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-6)
-    assert np.array_equal(packed, model.encode(texts, precision="ubinary"))
+    assert np.array_equal(packed, model.encode(texts, precision="ubinary")) and np.array_equal(packed_mp, packed)
     assert single.shape == (32,)
