@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import numbers
 import os
 import re
 import shutil
@@ -108,8 +109,8 @@ class ModelCardData:
 
     def set_evaluation_metrics(self, evaluator: Any, metrics: dict[str, Any], epoch: float = 0, step: int = 0) -> None:
         name = getattr(evaluator, "name", "") or type(evaluator).__name__
-        numbers = {str(k): float(v) for k, v in (metrics or {}).items() if isinstance(v, (int, float))}
-        self.eval_results[name] = {"evaluator": type(evaluator).__name__, "metrics": numbers, "epoch": epoch,
+        values = {str(k): float(v) for k, v in (metrics or {}).items() if isinstance(v, numbers.Real)}  # numpy too
+        self.eval_results[name] = {"evaluator": type(evaluator).__name__, "metrics": values, "epoch": epoch,
                                    "step": step}
 
     def markdown(self) -> str:

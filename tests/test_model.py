@@ -200,3 +200,18 @@ def test_save_over_a_folder_keeps_foreign_files_but_drops_derived_ones(tmp_path,
     assert (target / "eval" / "similarity_evaluation_results.csv").read_text() == "epoch,steps\n"
     assert (target / "notes.txt").read_text() == "mine"
     assert not (target / "onnx").exists() and not (target / "7_Dense").exists()
+
+
+def test_model_card_data_keeps_numeric_metrics_of_any_kind():
+    import numpy as np
+
+    from st_onnx.saving import ModelCardData
+
+    class Evaluator:
+        name = "dev"
+
+    data = ModelCardData()
+    data.set_evaluation_metrics(Evaluator(), {"f32": np.float32(0.5), "f64": np.float64(0.25), "py": 1, "s": "x"})
+    assert data.eval_results["dev"]["metrics"] == {"f32": 0.5, "f64": 0.25, "py": 1.0}
+    assert "| f32 | 0.5000 |" in data.markdown() and "### Evaluator: dev" in data.markdown()
+    assert ModelCardData().markdown() == ""
