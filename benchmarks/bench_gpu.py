@@ -123,14 +123,20 @@ def build_rows(folder: Path, device: str, precision: str, batch_size: int, max_l
 
 
 def measure(rows: dict, texts: list[str], warmup: list[str], repeat: int) -> dict[str, list[float]]:
+    """Seconds per pass of every callable row; a row that raises (out of memory, a missing kernel) becomes its
+    error message in ``rows`` and drops out, so one failure does not cost the other rows' figures."""
     times: dict[str, list[float]] = {name: [] for name, fn in rows.items() if callable(fn)}
-    for name in times:
-        rows[name](warmup)
-    for _ in range(repeat):
-        for name in times:  # interleaved: a slow phase of the machine hits every row alike
+    for round_ in range(repeat + 1):  # round 0 is the warm-up, on the first 1,000 texts
+        for name in list(times):  # interleaved: a slow phase of the machine hits every row alike
             start = time.perf_counter()
-            rows[name](texts)
-            times[name].append(time.perf_counter() - start)
+            try:
+                rows[name](warmup if round_ == 0 else texts)
+            except Exception as e:  # noqa: BLE001
+                rows[name] = f"{type(e).__name__} while encoding: {str(e)[:200]}"
+                del times[name]
+                continue
+            if round_:
+                times[name].append(time.perf_counter() - start)
     return times
 
 

@@ -43,3 +43,18 @@ def test_bench_gpu_dry_run_writes_every_row(tmp_path):
     again = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py"), "--markdown",
                             str(out / "gpu_results.json")], capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and again.stdout == table
+
+
+def test_a_row_that_fails_while_encoding_keeps_the_others():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bench_gpu import measure, summarize
+
+    def broken(texts):
+        raise MemoryError("out of memory")
+
+    rows = {"sentence-transformers": lambda texts: None, "st-onnx": broken}
+    times = measure(rows, ["a"] * 10, ["a"], repeat=2)
+    assert list(times) == ["sentence-transformers"] and len(times["sentence-transformers"]) == 2
+    summary = summarize(rows, times, 10, 30)
+    assert summary["st-onnx"] == {"error": "MemoryError while encoding: out of memory"}
+    assert summary["sentence-transformers"]["ratio"] == 1.0
