@@ -18,13 +18,14 @@ from .encode.options import EncodeOptions, as_input_list, check_truncate_dim
 from .encode.prompts import ModelSettings, check_prompts, check_similarity_fn_name, prepend
 from .encode.output import format_per_text, format_sentence_embeddings
 from .errors import BackendError, InvalidInputError, ModelNotFoundError, allowed
+from .module_api import ModuleMethods
 
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("torch", "onnx")
 
 
-class SentenceTransformer:
+class SentenceTransformer(ModuleMethods):
     """Load or build a sentence embedding model and ``encode`` texts with it.
 
     Args:

@@ -157,3 +157,32 @@ def test_sentence_transformers_evaluators_run_on_st_onnx_models(tiny_model_copy,
     ours.save(str(tmp_path / "saved"))
     card = (tmp_path / "saved" / "README.md").read_text()
     assert "## Evaluation" in card and "### TripletEvaluator: triplets" in card and "| ir_cosine_ndcg@10 |" in card
+
+
+def test_module_methods_scripts_call_behave_as_sentence_transformers(tiny_model_copy):
+    ours, theirs = SentenceTransformer(str(tiny_model_copy), device="cpu"), _reference(tiny_model_copy)
+    assert ours.eval() is ours and ours.cpu() is ours and ours.train(False) is ours
+    assert len(list(ours.parameters())) == len(list(theirs.parameters()))
+    # the same tensors; the Transformer's attribute is 'auto_model' here (2.x's name), 'model' in 6.x
+    ours_sd = {k.replace(".auto_model.", ".model."): v for k, v in ours.state_dict().items()}
+    assert list(ours_sd) == list(theirs.state_dict())
+    assert all(torch.equal(ours_sd[k], v) for k, v in theirs.state_dict().items())
+    assert len(list(ours.named_parameters())) == len(list(theirs.named_parameters()))
+    assert ours.half() is ours
+    theirs.half()
+    _assert_same(ours.encode(SENTENCES), theirs.encode(SENTENCES), atol=2e-3)  # float16 arrays, both
+    assert ours.encode(SENTENCES).dtype == np.float16
+    ours.float()
+    assert ours.encode(SENTENCES).dtype == np.float32
+
+
+def test_module_methods_on_the_onnx_backend(tiny_model_copy):
+    from st_onnx.errors import BackendError
+
+    model = SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu")
+    assert model.eval() is model and model.train(False) is model
+    with pytest.raises(BackendError, match=r"half\(\) casts torch modules.*'precision': 'fp16'"):
+        model.half()
+    with pytest.raises(BackendError, match="train mode needs the torch modules"):
+        model.train()
+    assert len(list(model.parameters())) > 0  # the authoritative torch modules, loaded on first use
