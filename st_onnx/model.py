@@ -44,6 +44,8 @@ class SentenceTransformer(ModuleMethods):
             ones (config_sentence_transformers.json) apply where these are not given.
         truncate_dim: keep the first N dimensions of every sentence embedding (Matryoshka models).
         revision, local_files_only: for Hub ids: a branch, tag or commit; never ask the Hub (the cache only).
+        model_kwargs, tokenizer_kwargs, config_kwargs: passed to transformers' ``from_pretrained`` when the torch
+            modules load (torch backend; the onnx backend takes ``onnx_options``).
     """
 
     def __init__(
@@ -63,6 +65,9 @@ class SentenceTransformer(ModuleMethods):
         truncate_dim: int | None = None,
         revision: str | None = None,
         local_files_only: bool = False,
+        model_kwargs: dict[str, Any] | None = None,
+        tokenizer_kwargs: dict[str, Any] | None = None,
+        config_kwargs: dict[str, Any] | None = None,
     ) -> None:
         if backend not in BACKENDS:
             raise InvalidInputError(f"backend {allowed(backend, BACKENDS)}")
@@ -70,6 +75,7 @@ class SentenceTransformer(ModuleMethods):
             raise InvalidInputError("give model_name_or_path (a folder or a Hub id) or modules=[...]")
         if device is not None:
             device = check_device(device)
+        self._transformer_args = _transformer_args(backend, model_kwargs, tokenizer_kwargs, config_kwargs)
         self.truncate_dim = check_truncate_dim(truncate_dim)
         self.backend = backend
         self.cache_folder = None if cache_folder is None else str(cache_folder)
@@ -113,7 +119,7 @@ class SentenceTransformer(ModuleMethods):
             if modules is not None:
                 self._stack = ModuleStack(modules)
             elif self.model_path is not None:
-                self._stack = load_stack(self.model_path)
+                self._stack = load_stack(self.model_path, transformer_args=self._transformer_args)
             else:
                 raise BackendError("this model has no torch modules")
         return self._stack
@@ -421,7 +427,7 @@ class SentenceTransformer(ModuleMethods):
 
     def _encode_on_pool(self, inputs: list, pool: Any, opts: EncodeOptions, chunk_size: int | None, prompt: Any,
                         prompt_name: Any) -> Any:
-        """The pool's raw (n, dim) sentence embeddings of ``inputs``, the prompt prepended; formatting is the caller's."""
+        """The pool's raw (n, dim) sentence embeddings of ``inputs``, the prompt prepended (the caller formats)."""
         from .pool import encode_with_pool
 
         if opts.output_value != "sentence_embedding":
@@ -436,3 +442,19 @@ class SentenceTransformer(ModuleMethods):
                 )
             inputs = prepend(text, inputs)
         return encode_with_pool(self, inputs, pool, batch_size=opts.batch_size, chunk_size=chunk_size)
+
+
+def _transformer_args(backend: str, model_kwargs: Any, tokenizer_kwargs: Any, config_kwargs: Any) -> dict[str, Any]:
+    """The Transformer's load-time ``model_args``/``tokenizer_args``/``config_args``, validated."""
+    given = {"model_kwargs": model_kwargs, "tokenizer_kwargs": tokenizer_kwargs, "config_kwargs": config_kwargs}
+    for name, value in given.items():
+        if value is not None and not isinstance(value, dict):
+            raise InvalidInputError(f"{name} must be a dict of keyword arguments; got {type(value).__name__}")
+    if backend != "torch" and any(given.values()):
+        named = ", ".join(name for name, value in given.items() if value)
+        raise InvalidInputError(
+            f"{named} configure the torch modules' loading; backend='onnx' runs the exported graph and takes "
+            "onnx_options instead (sentence-transformers' ONNX model_kwargs map to it: 'file_name' -> "
+            "onnx_options['file_name'], 'provider' -> onnx_options['providers'])"
+        )
+    return {"model_args": model_kwargs, "tokenizer_args": tokenizer_kwargs, "config_args": config_kwargs}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import shutil
 
 import numpy as np
@@ -186,3 +187,23 @@ def test_module_methods_on_the_onnx_backend(tiny_model_copy):
     with pytest.raises(BackendError, match="train mode needs the torch modules"):
         model.train()
     assert len(list(model.parameters())) > 0  # the authoritative torch modules, loaded on first use
+
+
+def test_model_tokenizer_and_config_kwargs_reach_transformers(tiny_model_copy):
+    kwargs = {"model_kwargs": {"attn_implementation": "eager"}, "tokenizer_kwargs": {"model_max_length": 16},
+              "config_kwargs": {"hidden_dropout_prob": 0.3}}
+    ours, theirs = (SentenceTransformer(str(tiny_model_copy), device="cpu", **kwargs),
+                    st.SentenceTransformer(str(tiny_model_copy), device="cpu", **kwargs))
+    for model in (ours[0].auto_model, theirs[0].model if hasattr(theirs[0], "model") else theirs[0].auto_model):
+        assert model.config.hidden_dropout_prob == 0.3 and model.config._attn_implementation == "eager"
+    assert ours.tokenizer.model_max_length == 16 and ours.max_seq_length == theirs.max_seq_length == 16
+    _assert_same(ours.encode(SENTENCES), theirs.encode(SENTENCES))  # the long text cut at 16 tokens by both
+    ours.save(str(tiny_model_copy.parent / "ours"))  # the config as loaded is saved, by both
+    theirs.save(str(tiny_model_copy.parent / "theirs"))
+    saved = [json.loads((tiny_model_copy.parent / name / "config.json").read_text())["hidden_dropout_prob"]
+             for name in ("ours", "theirs")]
+    assert saved[0] == saved[1]
+    with pytest.raises(ValueError, match="model_kwargs configure the torch modules.*onnx_options"):
+        SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu", model_kwargs={"file_name": "x"})
+    with pytest.raises(ValueError, match="config_kwargs must be a dict"):
+        SentenceTransformer(str(tiny_model_copy), device="cpu", config_kwargs=["x"])

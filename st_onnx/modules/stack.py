@@ -79,9 +79,14 @@ class ModuleStack(nn.Sequential):
         return entries
 
 
-def load_stack(folder: str | os.PathLike, device: str | torch.device = "cpu") -> ModuleStack:
-    """Load a sentence-transformers folder's modules, or a plain transformers folder as Transformer + mean pooling."""
+def load_stack(folder: str | os.PathLike, device: str | torch.device = "cpu",
+               transformer_args: dict[str, Any] | None = None) -> ModuleStack:
+    """Load a sentence-transformers folder's modules, or a plain transformers folder as Transformer + mean pooling.
+
+    ``transformer_args``: ``model_args``/``tokenizer_args``/``config_args`` for the Transformer, as given at load.
+    """
     folder = Path(folder)
+    transformer_args = {k: v for k, v in (transformer_args or {}).items() if v}
     if layout.is_st_folder(folder):
         modules = []
         for entry in layout.read_modules_json(folder):
@@ -89,12 +94,13 @@ def load_stack(folder: str | os.PathLike, device: str | torch.device = "cpu") ->
             module_path = folder / entry["path"]
             if not module_path.is_dir() and kind != "Normalize":  # Normalize has no files; git drops its folder
                 raise ModelFolderError(f"modules.json names {entry['path']!r}, which is not a folder in {folder}")
-            modules.append(_KINDS[kind].load(module_path))
+            extra = transformer_args if kind == "Transformer" else {}
+            modules.append(_KINDS[kind].load(module_path, **extra))
     elif (folder / layout.HF_CONFIG_JSON).is_file():
         logger.warning(
             "%s is a plain transformers folder (no modules.json): creating Transformer + mean pooling", folder
         )
-        transformer = Transformer(str(folder))
+        transformer = Transformer(str(folder), **transformer_args)
         modules = [transformer, Pooling(transformer.get_word_embedding_dimension(), "mean")]
     else:
         raise ModelFolderError(

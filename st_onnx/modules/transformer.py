@@ -115,7 +115,16 @@ class Transformer(nn.Module):
         layout.write_json(Path(output_path) / layout.SBERT_CONFIG_JSON, self.get_config_dict())
 
     @classmethod
-    def load(cls, input_path: str | os.PathLike) -> "Transformer":
+    def load(cls, input_path: str | os.PathLike, model_args: dict[str, Any] | None = None,
+             tokenizer_args: dict[str, Any] | None = None, config_args: dict[str, Any] | None = None) -> "Transformer":
+        """Load a saved Transformer; the given ``*_args`` update the saved ones key by key (for this load; what
+        they change in the model config is saved with it, as sentence-transformers does)."""
         config = read_transformer_config(input_path)
+        for key, given in (("model_args", model_args), ("tokenizer_args", tokenizer_args),
+                           ("config_args", config_args)):
+            if given:
+                config[key] = {**config.get(key, {}), **given}
+        if tokenizer_args and "model_max_length" in tokenizer_args:  # asked for explicitly: it is the limit, as in ST 6
+            config["max_seq_length"] = int(tokenizer_args["model_max_length"])
         return cls(model_name_or_path=str(input_path), **config)
 
