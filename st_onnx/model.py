@@ -44,8 +44,8 @@ class SentenceTransformer(ModuleMethods):
             ones (config_sentence_transformers.json) apply where these are not given.
         truncate_dim: keep the first N dimensions of every sentence embedding (Matryoshka models).
         revision, local_files_only: for Hub ids: a branch, tag or commit; never ask the Hub (the cache only).
-        model_kwargs, tokenizer_kwargs, config_kwargs: passed to transformers' ``from_pretrained`` when the torch
-            modules load (torch backend; the onnx backend takes ``onnx_options``).
+        model_kwargs, tokenizer_kwargs, config_kwargs, trust_remote_code: passed to transformers'
+            ``from_pretrained`` when the torch modules load (torch backend; the onnx backend takes ``onnx_options``).
     """
 
     def __init__(
@@ -68,6 +68,7 @@ class SentenceTransformer(ModuleMethods):
         model_kwargs: dict[str, Any] | None = None,
         tokenizer_kwargs: dict[str, Any] | None = None,
         config_kwargs: dict[str, Any] | None = None,
+        trust_remote_code: bool = False,
     ) -> None:
         if backend not in BACKENDS:
             raise InvalidInputError(f"backend {allowed(backend, BACKENDS)}")
@@ -75,7 +76,8 @@ class SentenceTransformer(ModuleMethods):
             raise InvalidInputError("give model_name_or_path (a folder or a Hub id) or modules=[...]")
         if device is not None:
             device = check_device(device)
-        self._transformer_args = _transformer_args(backend, model_kwargs, tokenizer_kwargs, config_kwargs)
+        self._transformer_args = _transformer_args(backend, model_kwargs, tokenizer_kwargs, config_kwargs,
+                                                   trust_remote_code)
         self.truncate_dim = check_truncate_dim(truncate_dim)
         self.backend = backend
         self.cache_folder = None if cache_folder is None else str(cache_folder)
@@ -444,17 +446,25 @@ class SentenceTransformer(ModuleMethods):
         return encode_with_pool(self, inputs, pool, batch_size=opts.batch_size, chunk_size=chunk_size)
 
 
-def _transformer_args(backend: str, model_kwargs: Any, tokenizer_kwargs: Any, config_kwargs: Any) -> dict[str, Any]:
+def _transformer_args(backend: str, model_kwargs: Any, tokenizer_kwargs: Any, config_kwargs: Any,
+                      trust_remote_code: Any = False) -> dict[str, Any]:
     """The Transformer's load-time ``model_args``/``tokenizer_args``/``config_args``, validated."""
     given = {"model_kwargs": model_kwargs, "tokenizer_kwargs": tokenizer_kwargs, "config_kwargs": config_kwargs}
     for name, value in given.items():
         if value is not None and not isinstance(value, dict):
             raise InvalidInputError(f"{name} must be a dict of keyword arguments; got {type(value).__name__}")
+    if not isinstance(trust_remote_code, bool):
+        raise InvalidInputError(f"trust_remote_code must be True or False; got {trust_remote_code!r}")
+    if trust_remote_code:
+        given["trust_remote_code"] = True
     if backend != "torch" and any(given.values()):
         named = ", ".join(name for name, value in given.items() if value)
         raise InvalidInputError(
             f"{named} configure the torch modules' loading; backend='onnx' runs the exported graph and takes "
             "onnx_options instead (sentence-transformers' ONNX model_kwargs map to it: 'file_name' -> "
-            "onnx_options['file_name'], 'provider' -> onnx_options['providers'])"
+            "onnx_options['file_name'], 'provider' -> onnx_options['providers']). Load with backend='torch'"
         )
-    return {"model_args": model_kwargs, "tokenizer_args": tokenizer_kwargs, "config_args": config_kwargs}
+    remote = {"trust_remote_code": True} if trust_remote_code else {}
+    return {"model_args": {**remote, **(model_kwargs or {})} or None,
+            "tokenizer_args": {**remote, **(tokenizer_kwargs or {})} or None,
+            "config_args": {**remote, **(config_kwargs or {})} or None}

@@ -207,3 +207,27 @@ def test_model_tokenizer_and_config_kwargs_reach_transformers(tiny_model_copy):
         SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu", model_kwargs={"file_name": "x"})
     with pytest.raises(ValueError, match="config_kwargs must be a dict"):
         SentenceTransformer(str(tiny_model_copy), device="cpu", config_kwargs=["x"])
+
+
+def test_trust_remote_code_loads_a_model_with_its_own_code(tiny_model_copy):
+    """A folder whose config maps AutoModel to a modeling file inside it (what Hub models with custom code do)."""
+    import json as json_mod
+
+    config = json_mod.loads((tiny_model_copy / "config.json").read_text())
+    config.update(model_type="tiny-custom-bert", auto_map={"AutoConfig": "configuration_custom.CustomConfig",
+                                                           "AutoModel": "modeling_custom.CustomModel"})
+    (tiny_model_copy / "config.json").write_text(json_mod.dumps(config))
+    (tiny_model_copy / "configuration_custom.py").write_text(
+        "from transformers import BertConfig\n\n\n"
+        "class CustomConfig(BertConfig):\n    model_type = 'tiny-custom-bert'\n")
+    (tiny_model_copy / "modeling_custom.py").write_text(
+        "from transformers import BertModel\n\nfrom .configuration_custom import CustomConfig\n\n\n"
+        "class CustomModel(BertModel):\n    config_class = CustomConfig\n")
+    with pytest.raises(ValueError, match="custom code"):
+        SentenceTransformer(str(tiny_model_copy), device="cpu")
+    ours = SentenceTransformer(str(tiny_model_copy), device="cpu", trust_remote_code=True)
+    assert type(ours[0].auto_model).__name__ == "CustomModel"
+    theirs = st.SentenceTransformer(str(tiny_model_copy), device="cpu", trust_remote_code=True)
+    _assert_same(ours.encode(SENTENCES), theirs.encode(SENTENCES))
+    with pytest.raises(ValueError, match="trust_remote_code configure the torch modules"):
+        SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu", trust_remote_code=True)
