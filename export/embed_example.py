@@ -5,7 +5,8 @@
 This is the whole contract of the graph (export/README.md) in code: prepend the prompt (the named one, else the
 model's default_prompt_name, if any), strip (and lower-case when do_lower_case),
 tokenize with the bundle's tokenizer.json (pads to the batch's longest text, truncates at max_seq_length), feed
-int64 input_ids / attention_mask (/ token_type_ids when the graph lists it), read sentence_embedding.
+int64 input_ids / attention_mask (/ token_type_ids when the graph lists it), plus prompt_length (the prompt's
+token count) where the model pools without the prompt's tokens, read sentence_embedding.
 """
 
 import argparse
@@ -36,13 +37,20 @@ class BundleEncoder:
             return ""
         if name not in prompts:
             raise ValueError(f"prompt {name!r} is not in the bundle; allowed: {sorted(prompts)}")
-        if prompts[name] and not self.info.get("pooling_include_prompt", True):
-            raise ValueError("this model pools without the prompt's tokens (include_prompt=False), which the fused "
-                             "graph cannot do; encode it with st-onnx's torch backend")
         return prompts[name]
+
+    def prompt_length(self, prompt):
+        """The prompt's tokens at the start of every text ([CLS] included, no trailing [SEP])."""
+        text = prompt.strip().lower() if self.info["do_lower_case"] else prompt.strip()
+        encoding = self.tokenizer.encode(text)
+        return len(encoding.ids) - (1 if encoding.special_tokens_mask[-1] else 0)
 
     def encode(self, texts, batch_size=32, prompt_name=None):
         prompt = self.prompt(prompt_name)
+        extra = {}
+        if prompt and not self.info.get("pooling_include_prompt", True):
+            # the model's pooling skips the prompt's tokens: the graph's prompt_length input says how many
+            extra["prompt_length"] = np.array([self.prompt_length(prompt)], dtype=np.int64)
         texts = [(prompt + t).strip() for t in texts]
         if self.info["do_lower_case"]:
             texts = [t.lower() for t in texts]
@@ -57,7 +65,7 @@ class BundleEncoder:
                 "token_type_ids": [e.type_ids for e in encodings],
             }
             feed = {name: np.asarray(columns[name], dtype=np.int64) for name in self.info["inputs"]}
-            out[idx] = self.session.run(["sentence_embedding"], feed)[0]
+            out[idx] = self.session.run(["sentence_embedding"], {**feed, **extra})[0]
         return out
 
 

@@ -8,8 +8,9 @@ The bundle holds everything a plain ONNX Runtime + tokenizers program needs (see
     manifest.json    st-onnx's manifest of that graph (fingerprint, versions, fusions, parity report)
     tokenizer.json   the model's tokenizer with fixed-length padding switched off (pads to the batch's longest
                      text) and truncation at max_seq_length
-    bundle.json      max_seq_length, do_lower_case, inputs, outputs, embedding_dimension, precision, and the
-                     model's prompts (prepended to texts at encode time; default_prompt_name applies to all)
+    bundle.json      max_seq_length, do_lower_case, inputs, optional_inputs, outputs, embedding_dimension,
+                     precision, and the model's prompts (prepended to texts at encode time; default_prompt_name
+                     applies to all) with pooling_include_prompt
 
 The bundle is written atomically: BUNDLE_DIR appears complete or not at all.
 """
@@ -63,7 +64,10 @@ def make_bundle(model_dir: Path, bundle_dir: Path, precision: str = "fp32") -> P
         info = {
             "graph": GRAPH, "tokenizer": TOKENIZER, "precision": precision,
             "max_seq_length": int(transformer.max_seq_length), "do_lower_case": bool(transformer.do_lower_case),
-            "pad_id": pad_id, "inputs": manifest["inputs"], "outputs": manifest["outputs"],
+            "pad_id": pad_id, "outputs": manifest["outputs"],
+            # required inputs, then the optional ones with their defaults (prompt_length: include_prompt=False)
+            "inputs": [n for n in manifest["inputs"] if n not in manifest.get("optional_inputs", {})],
+            "optional_inputs": manifest.get("optional_inputs", {}),
             "embedding_dimension": manifest["embedding_dimension"],
             **ModelSettings.load(model_dir).to_config(),
             "pooling_include_prompt": manifest.get("pooling_include_prompt", True),

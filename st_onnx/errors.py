@@ -66,3 +66,13 @@ class ProviderFallbackWarning(RuntimeWarning):
 def allowed(value: object, choices) -> str:
     """Format 'got X; allowed: a, b, c' for error messages."""
     return f"got {value!r}; allowed: {', '.join(repr(c) for c in choices)}"
+
+
+def positive_int(value: object, name: str, or_none: bool = False) -> int:
+    """``value`` as an int when it is a positive integer (numpy integers too, never a bool); else InvalidInputError
+    (whose message says None is allowed too where the caller, ``or_none``, takes it)."""
+    import numbers
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) <= 0:
+        raise InvalidInputError(f"{name} must be a positive int{' or None' if or_none else ''}; got {value!r}")
+    return int(value)

@@ -216,9 +216,9 @@ def push_to_hub(model, repo_id: str, token: bool | str | None = None, private: b
                 create_pr: bool = False) -> str:
     """sentence-transformers 3+'s ``push_to_hub``: ``save_to_hub`` with the repo id whole (a bare name goes to the
     token's user). Weights are always safetensors; pushing to a branch or as a pull request is not supported."""
-    if safe_serialization is not True:
-        raise InvalidInputError("safe_serialization=False (pytorch_model.bin) is not supported: st-onnx saves "
-                                "weights as safetensors only; leave safe_serialization=True")
+    from .saving import check_safe_serialization
+
+    check_safe_serialization(safe_serialization)
     if revision is not None or create_pr:
         raise InvalidInputError(f"push_to_hub(revision={revision!r}, create_pr={create_pr!r}) is not supported: "
                                 "st-onnx pushes to the main branch; for a branch or a pull request, save the "

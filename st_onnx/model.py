@@ -7,17 +7,18 @@ The facade validates arguments, picks the backend and formats results; the work 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from .devices import check_device
 from .encode.options import EncodeOptions, as_input_list, check_truncate_dim
 from .encode.prompts import ModelSettings, check_prompts, check_similarity_fn_name, prepend
 from .encode.output import format_per_text, format_sentence_embeddings
-from .errors import BackendError, InvalidInputError, ModelNotFoundError, allowed
+from .errors import BackendError, InvalidInputError, ModelNotFoundError, allowed, positive_int
 from .module_api import ModuleMethods
 
 logger = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ class SentenceTransformer(ModuleMethods):
         revision, local_files_only: for Hub ids: a branch, tag or commit; never ask the Hub (the cache only).
         model_kwargs, tokenizer_kwargs, config_kwargs, trust_remote_code: passed to transformers'
             ``from_pretrained`` when the torch modules load (torch backend; the onnx backend takes ``onnx_options``).
+            ``processor_kwargs`` is sentence-transformers 6's name for ``tokenizer_kwargs``.
     """
 
     def __init__(
@@ -69,6 +71,7 @@ class SentenceTransformer(ModuleMethods):
         tokenizer_kwargs: dict[str, Any] | None = None,
         config_kwargs: dict[str, Any] | None = None,
         trust_remote_code: bool = False,
+        processor_kwargs: dict[str, Any] | None = None,
     ) -> None:
         if backend not in BACKENDS:
             raise InvalidInputError(f"backend {allowed(backend, BACKENDS)}")
@@ -76,6 +79,7 @@ class SentenceTransformer(ModuleMethods):
             raise InvalidInputError("give model_name_or_path (a folder or a Hub id) or modules=[...]")
         if device is not None:
             device = check_device(device)
+        tokenizer_kwargs = _one_of("tokenizer_kwargs", tokenizer_kwargs, "processor_kwargs", processor_kwargs)
         self._transformer_args = _transformer_args(backend, model_kwargs, tokenizer_kwargs, config_kwargs,
                                                    trust_remote_code)
         self.truncate_dim = check_truncate_dim(truncate_dim)
@@ -100,6 +104,8 @@ class SentenceTransformer(ModuleMethods):
             from .backends.onnx_backend import OnnxBackend
 
             self._backend = OnnxBackend.load(self, modules=modules, device=device, options=dict(onnx_options or {}))
+            if self._stack is not None:  # modules=[...]: loaded before the backend existed
+                self._backend.link_transformer(self._stack.transformer)
 
     # -- construction helpers ---------------------------------------------------------------------------
     def _resolve_path(self, name: str, revision: str | None = None, local_files_only: bool = False) -> Path:
@@ -124,6 +130,8 @@ class SentenceTransformer(ModuleMethods):
                 self._stack = load_stack(self.model_path, transformer_args=self._transformer_args)
             else:
                 raise BackendError("this model has no torch modules")
+            if self.backend == "onnx" and getattr(self, "_backend", None) is not None:
+                self._backend.link_transformer(self._stack.transformer)
         return self._stack
 
     @property
@@ -144,13 +152,13 @@ class SentenceTransformer(ModuleMethods):
 
     def encode(
         self,
-        sentences: str | list[str],
+        sentences: str | list[str] | None = None,
         batch_size: int = 32,
         show_progress_bar: bool | None = None,
         output_value: str | None = "sentence_embedding",
         convert_to_numpy: bool = True,
         convert_to_tensor: bool = False,
-        device: str | None = None,
+        device: str | list[str] | None = None,
         normalize_embeddings: bool = False,
         prompt_name: str | None = None,
         prompt: str | None = None,
@@ -158,36 +166,49 @@ class SentenceTransformer(ModuleMethods):
         precision: str = "float32",
         pool: Any = None,
         chunk_size: int | None = None,
+        *,
+        inputs: str | list[str] | None = None,
     ) -> Any:
         """Embed one text or a list of texts; see the sentence-transformers documentation for the arguments.
 
         ``prompt`` (or the prompt named ``prompt_name``, else the model's default prompt) is prepended to every
         text; ``truncate_dim`` (default: the model's) keeps the first N dimensions, before normalizing;
         ``precision`` ('int8', 'uint8', 'binary', 'ubinary') quantizes the result (``st_onnx.quantization``);
-        ``pool`` (from ``start_multi_process_pool``) spreads the work as ``encode_multi_process`` does.
+        ``pool`` (from ``start_multi_process_pool``) spreads the work as ``encode_multi_process`` does, and so
+        does a list of devices (``device=['cpu', 'cpu']``: a pool for this call). ``inputs`` is
+        sentence-transformers 6's name for ``sentences``.
         """
+        devices = None
+        if isinstance(device, (list, tuple)):
+            if pool is not None:
+                raise InvalidInputError(f"give pool or a list of devices, not both; got device={device!r}")
+            devices, device = list(device), None
         opts = EncodeOptions.from_args(
             batch_size, show_progress_bar, output_value, convert_to_numpy, convert_to_tensor,
             None if device is None else check_device(device), normalize_embeddings,
             truncate_dim if truncate_dim is not None else self.truncate_dim, precision,
         )
-        inputs, single = as_input_list(sentences)
+        texts, single = as_input_list(_one_of("sentences", sentences, "inputs", inputs, required=True))
+        if devices is not None:
+            with self.start_multi_process_pool(devices) as call_pool:
+                raw = self._encode_on_pool(texts, call_pool, opts, chunk_size, prompt, prompt_name)
+            return format_sentence_embeddings(raw, opts, single)
         if pool is not None:
-            return format_sentence_embeddings(self._encode_on_pool(inputs, pool, opts, chunk_size, prompt, prompt_name),
+            return format_sentence_embeddings(self._encode_on_pool(texts, pool, opts, chunk_size, prompt, prompt_name),
                                               opts, single)
-        inputs, opts = self._with_prompt(inputs, opts, prompt, prompt_name)
-        raw = self._backend.encode(inputs, opts)
+        texts, opts = self._with_prompt(texts, opts, prompt, prompt_name)
+        raw = self._backend.encode(texts, opts)
         if opts.output_value == "sentence_embedding":
             return format_sentence_embeddings(raw, opts, single)
         return format_per_text(raw, opts, single)
 
-    def encode_query(self, sentences: str | list[str], **kwargs: Any) -> Any:
+    def encode_query(self, sentences: str | list[str] | None = None, **kwargs: Any) -> Any:
         """``encode`` with the model's "query" prompt unless a prompt or prompt_name is given."""
         if kwargs.get("prompt") is None and kwargs.get("prompt_name") is None and "query" in self.prompts:
             kwargs["prompt_name"] = "query"
         return self.encode(sentences, **kwargs)
 
-    def encode_document(self, sentences: str | list[str], **kwargs: Any) -> Any:
+    def encode_document(self, sentences: str | list[str] | None = None, **kwargs: Any) -> Any:
         """``encode`` with the model's "document" (else "passage", else "corpus") prompt unless one is given."""
         if kwargs.get("prompt") is None and kwargs.get("prompt_name") is None:
             name = next((n for n in ("document", "passage", "corpus") if n in self.prompts), None)
@@ -195,9 +216,10 @@ class SentenceTransformer(ModuleMethods):
                 kwargs["prompt_name"] = name
         return self.encode(sentences, **kwargs)
 
-    def _with_prompt(self, inputs: list, opts: EncodeOptions, prompt: Any, prompt_name: Any):
-        """Inputs with the resolved prompt prepended, and the prompt's token count where pooling leaves it out."""
-        text = self._settings.resolve(prompt, prompt_name, stacklevel=4)
+    def _with_prompt(self, inputs: list, opts: EncodeOptions, prompt: Any, prompt_name: Any, stacklevel: int = 4):
+        """Inputs with the resolved prompt prepended, and the prompt's token count where pooling leaves it out.
+        ``stacklevel`` (for the prompt warning) counts up to the user's line: encode -> here -> resolve -> warn."""
+        text = self._settings.resolve(prompt, prompt_name, stacklevel=stacklevel)
         if not text:
             return inputs, opts
         if not self._backend.pooling_include_prompt():
@@ -245,7 +267,8 @@ class SentenceTransformer(ModuleMethods):
         return similarity_functions(self.similarity_fn_name)[1](embeddings1, embeddings2)
 
     def tokenize(self, texts: list) -> dict[str, Any]:
-        return self._backend.tokenize(list(texts))
+        texts = list(texts)
+        return self._backend.tokenize(texts) if texts else {}  # sentence-transformers' answer for no texts
 
     @property
     def tokenizer(self):
@@ -261,9 +284,7 @@ class SentenceTransformer(ModuleMethods):
 
     @max_seq_length.setter
     def max_seq_length(self, value: int) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise InvalidInputError(f"max_seq_length must be a positive int; got {value!r}")
-        self._backend.max_seq_length = value
+        self._backend.max_seq_length = positive_int(value, "max_seq_length")
 
     def get_max_seq_length(self) -> int | None:
         return self.max_seq_length
@@ -271,6 +292,30 @@ class SentenceTransformer(ModuleMethods):
     def get_sentence_embedding_dimension(self) -> int | None:
         dim = self._backend.sentence_embedding_dimension()
         return min(dim, self.truncate_dim) if dim is not None and self.truncate_dim is not None else dim
+
+    get_embedding_dimension = get_sentence_embedding_dimension  # sentence-transformers 6's name
+
+    def get_backend(self) -> str:
+        """'torch' or 'onnx'."""
+        return self.backend
+
+    @contextlib.contextmanager
+    def truncate_embeddings(self, truncate_dim: int | None) -> Iterator[None]:
+        """Within the ``with`` block, ``encode`` keeps the first ``truncate_dim`` dimensions (None: all)."""
+        previous, self.truncate_dim = self.truncate_dim, check_truncate_dim(truncate_dim)
+        try:
+            yield
+        finally:
+            self.truncate_dim = previous
+
+    truncate_sentence_embeddings = truncate_embeddings  # the name before sentence-transformers 6
+
+    def set_pooling_include_prompt(self, include_prompt: bool) -> None:
+        """Whether pooling counts the prompt's tokens (False for INSTRUCTOR-style models), as the Pooling config's
+        ``include_prompt``; it applies to this model in memory, as in sentence-transformers."""
+        if not isinstance(include_prompt, bool):
+            raise InvalidInputError(f"include_prompt must be True or False; got {include_prompt!r}")
+        self._backend.set_pooling_include_prompt(include_prompt)
 
     def __call__(self, features: dict[str, Any]) -> dict[str, Any]:
         """Run the torch modules over a features dict (what losses call during training)."""
@@ -347,16 +392,24 @@ class SentenceTransformer(ModuleMethods):
         model_name: str | None = None,
         create_model_card: bool = True,
         train_datasets: list[str] | None = None,
+        safe_serialization: bool = True,
     ) -> None:
-        """Write the model folder (sentence-transformers format) atomically: a temporary folder, then a rename."""
-        from .saving import save_model
+        """Write the model folder (sentence-transformers format) atomically: a temporary folder, then a rename.
 
+        Weights are always written as safetensors; ``safe_serialization=False`` (pickled ``.bin`` files) is
+        refused rather than ignored.
+        """
+        from .saving import check_safe_serialization, save_model
+
+        check_safe_serialization(safe_serialization)
         save_model(self, path, model_name=model_name, create_model_card=create_model_card,
                    train_datasets=train_datasets)
 
+    save_pretrained = save  # sentence-transformers 6's name
+
     def save_to_hub(
         self,
-        repo_name: str,
+        repo_name: str | None = None,
         organization: str | None = None,
         private: bool | None = None,
         commit_message: str = "Add new SentenceTransformer model.",
@@ -364,13 +417,22 @@ class SentenceTransformer(ModuleMethods):
         exist_ok: bool = False,
         replace_model_card: bool = False,
         train_datasets: list[str] | None = None,
+        *,
+        repo_id: str | None = None,
+        token: bool | str | None = None,
+        safe_serialization: bool = True,
     ) -> str:
+        """Upload the model to the Hub (sentence-transformers 2.x's arguments; ``repo_id``, ``token`` and
+        ``safe_serialization`` by keyword, as later releases name them)."""
         from .hub import save_to_hub
+        from .saving import check_safe_serialization
 
+        check_safe_serialization(safe_serialization)
         return save_to_hub(
-            self, repo_name, organization=organization, private=private, commit_message=commit_message,
-            local_model_path=local_model_path, exist_ok=exist_ok, replace_model_card=replace_model_card,
-            train_datasets=train_datasets, token=self._token,
+            self, _one_of("repo_name", repo_name, "repo_id", repo_id, required=True), organization=organization,
+            private=private, commit_message=commit_message, local_model_path=local_model_path, exist_ok=exist_ok,
+            replace_model_card=replace_model_card, train_datasets=train_datasets,
+            token=token if token is not None else self._token,
         )
 
     def push_to_hub(
@@ -419,9 +481,11 @@ class SentenceTransformer(ModuleMethods):
         prompt: str | None = None,
         truncate_dim: int | None = None,
         precision: str = "float32",
+        show_progress_bar: bool | None = None,
     ):
         """``encode`` over the pool's devices; prompts, truncate_dim and precision as in ``encode``."""
-        opts = EncodeOptions.from_args(batch_size, False, "sentence_embedding", True, False, None, normalize_embeddings,
+        opts = EncodeOptions.from_args(batch_size, show_progress_bar, "sentence_embedding", True, False, None,
+                                       normalize_embeddings,
                                        truncate_dim if truncate_dim is not None else self.truncate_dim, precision)
         inputs, single = as_input_list(sentences)
         return format_sentence_embeddings(self._encode_on_pool(inputs, pool, opts, chunk_size, prompt, prompt_name),
@@ -435,15 +499,19 @@ class SentenceTransformer(ModuleMethods):
         if opts.output_value != "sentence_embedding":
             raise InvalidInputError(f"encode(pool=...) gives sentence embeddings only; got output_value "
                                     f"{opts.output_value!r}")
-        text = self._settings.resolve(prompt, prompt_name, stacklevel=4)
-        if text:
-            if not self._backend.pooling_include_prompt():
-                raise InvalidInputError(
-                    "this model's pooling leaves the prompt's tokens out (include_prompt=False), which "
-                    "encode_multi_process does not do; use encode() without a pool for prompts on this model"
-                )
-            inputs = prepend(text, inputs)
-        return encode_with_pool(self, inputs, pool, batch_size=opts.batch_size, chunk_size=chunk_size)
+        inputs, opts = self._with_prompt(inputs, opts, prompt, prompt_name, stacklevel=5)
+        return encode_with_pool(self, inputs, pool, batch_size=opts.batch_size, chunk_size=chunk_size,
+                                show_progress_bar=opts.show_progress_bar, prompt_length=opts.prompt_length)
+
+
+def _one_of(name: str, value: Any, alias: str, alias_value: Any, required: bool = False) -> Any:
+    """An argument that newer sentence-transformers releases renamed: either spelling, not both."""
+    if value is not None and alias_value is not None:
+        raise InvalidInputError(f"{name} and {alias} are two names for one argument; give one of them")
+    value = value if value is not None else alias_value
+    if value is None and required:
+        raise InvalidInputError(f"{name} is required (sentence-transformers 6 names it {alias}); got None")
+    return value
 
 
 def _transformer_args(backend: str, model_kwargs: Any, tokenizer_kwargs: Any, config_kwargs: Any,

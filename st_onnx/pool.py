@@ -27,7 +27,7 @@ import numpy as np
 
 from .encode.batching import chunks, longest_first
 from .encode.options import EncodeOptions, as_input_list, text_length
-from .errors import InvalidInputError, PoolError
+from .errors import InvalidInputError, PoolError, positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -89,11 +89,11 @@ class SessionPool:
             job = self._jobs.get()
             if job is None:
                 return
-            call, idx, payload, batch_size = job
+            call, idx, payload, batch_size, prompt_length = job
             if call.error is not None:
                 continue  # a chunk of this call failed already: skip the rest
             try:
-                call.finish(idx, runner(payload, batch_size))
+                call.finish(idx, runner(payload, batch_size, prompt_length))
             except BaseException as e:  # noqa: BLE001 - handed to the caller, which re-raises it
                 call.fail(e)
 
@@ -107,9 +107,11 @@ class SessionPool:
     def stopped(self) -> bool:
         return self._stopped
 
-    def encode(self, sentences: Any, batch_size: int = 32, chunk_size: int | None = None) -> np.ndarray:
+    def encode(self, sentences: Any, batch_size: int = 32, chunk_size: int | None = None,
+               show_progress_bar: bool = False, prompt_length: int | None = None) -> np.ndarray:
         """(n, dim) embeddings in input order, computed by the workers chunk by chunk (the facade truncates,
-        normalizes and quantizes them as ``encode`` does: ``format_sentence_embeddings``)."""
+        normalizes and quantizes them as ``encode`` does: ``format_sentence_embeddings``); ``prompt_length``:
+        leading tokens pooling leaves out (a prompt, on models with include_prompt=False)."""
         if self._stopped:
             raise PoolError("this pool is stopped; start a new one with model.start_multi_process_pool()")
         self._check_alive()
@@ -121,8 +123,8 @@ class SessionPool:
         call = _Call(len(inputs), self.model._backend.sentence_embedding_dimension() or 0, len(pieces))  # untruncated
         for start, stop in pieces:
             idx = order[start:stop]
-            self._jobs.put((call, idx, self._payload([inputs[i] for i in idx]), batch_size))
-        self._wait(call)
+            self._jobs.put((call, idx, self._payload([inputs[i] for i in idx]), batch_size, prompt_length))
+        self._wait(call, show_progress_bar)
         return call.out[0] if single else call.out
 
     def _payload(self, texts: list) -> Any:
@@ -131,11 +133,19 @@ class SessionPool:
             return self.model._backend.text_tokenizer.encode(texts)
         return texts
 
-    def _wait(self, call: _Call) -> None:
-        while not call.done.wait(_POLL_S):
-            self._check_alive()
-            if self._stopped:
-                raise PoolError("the pool was stopped while encoding")
+    def _wait(self, call: _Call, show_progress_bar: bool = False) -> None:
+        progress = _chunk_progress(call.left, show_progress_bar)
+        try:
+            while not call.done.wait(_POLL_S):
+                self._check_alive()
+                if self._stopped:
+                    raise PoolError("the pool was stopped while encoding")
+                if progress is not None:
+                    progress.update(progress.total - call.left - progress.n)
+        finally:
+            if progress is not None:
+                progress.update(progress.total - call.left - progress.n)
+                progress.close()
         if call.error is not None:
             raise call.error
 
@@ -159,6 +169,14 @@ class SessionPool:
     def __repr__(self) -> str:
         state = "stopped" if self._stopped else "running"
         return f"SessionPool({self.backend_name}, devices={self.devices}, {state})"
+
+
+def _chunk_progress(total: int, show: bool) -> Any:
+    if not show:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="Chunks", unit="chunk")
 
 
 def _check_devices(target_devices: list[str] | None, backend: str) -> list[str]:
@@ -186,9 +204,7 @@ def _default_devices(backend: str) -> list[str]:
 def _chunk_size(chunk_size: int | None, n: int, workers: int) -> int:
     if chunk_size is None:
         return max(1, min(math.ceil(n / workers / 10), 5000))
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
-        raise InvalidInputError(f"chunk_size must be a positive int or None; got {chunk_size!r}")
-    return chunk_size
+    return positive_int(chunk_size, "chunk_size", or_none=True)
 
 
 def _onnx_runners(backend: Any, devices: list[str]) -> list[Callable]:
@@ -200,7 +216,8 @@ def _onnx_runners(backend: Any, devices: list[str]) -> list[Callable]:
     for device in devices:  # one device at a time: each session is checked on its provider as it is made
         session = backend.new_session(device, cpu_threads if device == "cpu" else None)
         encoder = backend.encoder_for(session)
-        runners.append(lambda encodings, batch_size, enc=encoder: enc.embed_encodings(encodings, batch_size))
+        runners.append(lambda encodings, batch_size, prompt_length, enc=encoder:
+                       enc.embed_encodings(encodings, batch_size, prompt_length=prompt_length))
     return runners
 
 
@@ -217,8 +234,8 @@ def _torch_runners(backend: Any, devices: list[str]) -> list[Callable]:
             replicas[device] = TorchBackend(stack, device)
         replica = replicas[device]
 
-        def run(texts: list, batch_size: int, rep=replica) -> np.ndarray:
-            emb = rep.encode(texts, EncodeOptions(batch_size=batch_size))
+        def run(texts: list, batch_size: int, prompt_length: int | None, rep=replica) -> np.ndarray:
+            emb = rep.encode(texts, EncodeOptions(batch_size=batch_size, prompt_length=prompt_length))
             return emb.float().cpu().numpy()
 
         runners.append(run)
@@ -235,11 +252,12 @@ def stop_pool(pool: Any) -> None:
     pool.stop()
 
 
-def encode_with_pool(model: Any, sentences: Any, pool: Any, batch_size: int = 32,
-                     chunk_size: int | None = None) -> np.ndarray:
+def encode_with_pool(model: Any, sentences: Any, pool: Any, batch_size: int = 32, chunk_size: int | None = None,
+                     show_progress_bar: bool = False, prompt_length: int | None = None) -> np.ndarray:
     if not isinstance(pool, SessionPool):
         raise InvalidInputError(f"pool must be what start_multi_process_pool returned; got {type(pool).__name__}")
     if pool.model is not model:
         raise InvalidInputError("this pool was started by another model; start one with this model's "
                                 "start_multi_process_pool()")
-    return pool.encode(sentences, batch_size=batch_size, chunk_size=chunk_size)
+    return pool.encode(sentences, batch_size=batch_size, chunk_size=chunk_size, show_progress_bar=show_progress_bar,
+                       prompt_length=prompt_length)

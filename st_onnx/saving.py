@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from . import layout
+from .errors import InvalidInputError
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +27,12 @@ def versions() -> dict[str, str]:
     # sentence-transformers compares this key with its own version; the folder is in the classic (2.x) format.
     out["sentence_transformers"] = "2.2.2"
     return out
+
+
+def check_safe_serialization(safe_serialization: Any) -> None:
+    if safe_serialization is not True:
+        raise InvalidInputError(f"safe_serialization={safe_serialization!r} (pickled pytorch_model.bin) is not "
+                                "supported: st-onnx saves weights as safetensors only; leave it True")
 
 
 def save_model(model, path: str | os.PathLike, model_name: str | None = None, create_model_card: bool = True,

@@ -99,3 +99,24 @@ def test_bundle_carries_the_prompts_and_the_example_applies_them(tmp_path):
         run([KIT / "embed_example.py", tmp_path / "bundle", *TEXTS, *extra, "--out", npy])
         np.testing.assert_allclose(np.load(npy), model.encode(TEXTS, **kwargs), atol=1e-5)
     assert not np.allclose(model.encode(TEXTS), model.encode(TEXTS, prompt=""), atol=1e-3)  # the prompt mattered
+
+
+def test_a_model_that_pools_without_the_prompt_deploys_with_prompt_length(tmp_path):
+    """INSTRUCTOR-style pooling (include_prompt=False): the bundle lists the optional input, the example feeds
+    it, and the result is sentence-transformers' own."""
+    st = pytest.importorskip("sentence_transformers")
+    folder = make_tiny_model(tmp_path / "model")
+    reference = st.SentenceTransformer(str(folder), device="cpu", prompts={"query": "the red dog: "},
+                                       default_prompt_name="query")
+    reference.set_pooling_include_prompt(False)
+    reference.save(str(folder))
+    run([KIT / "make_bundle.py", folder, tmp_path / "bundle"])
+    info = json.loads((tmp_path / "bundle" / "bundle.json").read_text())
+    assert info["pooling_include_prompt"] is False and info["optional_inputs"] == {"prompt_length": 0}
+    assert "prompt_length" not in info["inputs"]
+    npy = tmp_path / "emb.npy"
+    run([KIT / "embed_example.py", tmp_path / "bundle", *TEXTS, "--out", npy])
+    np.testing.assert_allclose(np.load(npy), reference.encode(TEXTS), atol=1e-5)
+    # the prompt's tokens were left out: pooling them too gives another embedding
+    reference.set_pooling_include_prompt(True)
+    assert not np.allclose(np.load(npy), reference.encode(TEXTS), atol=1e-3)

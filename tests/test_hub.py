@@ -201,6 +201,18 @@ def test_push_model_keeps_existing_card_and_defaults_to_the_users_namespace(serv
     assert "modules.json" in server.files("alice/kept")
 
 
+def test_save_to_hub_takes_the_newer_keywords(server, tiny_model_dir):
+    model = SentenceTransformer(str(tiny_model_dir), device="cpu")  # no token of its own: the call's
+    url = model.save_to_hub(repo_id="acme/newer", token=TOKEN)
+    assert url.endswith(server.repos["acme/newer"].snapshot("main")[0])
+    assert "modules.json" in server.files("acme/newer")
+    with pytest.raises(InvalidInputError, match="repo_name and repo_id are two names"):
+        model.save_to_hub("acme/a", repo_id="acme/b", token=TOKEN)
+    with pytest.raises(InvalidInputError, match="safe_serialization=False"):
+        model.save_to_hub("acme/c", token=TOKEN, safe_serialization=False)
+    assert "acme/a" not in server.repos and "acme/c" not in server.repos
+
+
 def test_token_is_never_written_or_logged(server, tiny_model_dir, tmp_path, caplog):
     for name in ("", "huggingface_hub", "httpx2", "st_onnx"):
         caplog.set_level(logging.DEBUG, logger=name or None)

@@ -44,12 +44,33 @@ def test_single_string_gives_one_vector_and_order_is_kept(model):
         (dict(sentences=["ok"], batch_size=-4), "-4"),
         (dict(sentences=["ok"], output_value="cls"), "'cls'"),
         (dict(sentences=["ok"], device="tpu"), "'tpu'"),
+        (dict(sentences={"b", "a"}), "got set (unordered"),
+        (dict(sentences=b"hi"), "got bytes (decode it first)"),
+        (dict(sentences=["a b", ("c", "d")]), "sentences[0] is a str, sentences[1] is a pair"),
+        (dict(sentences=["ok"], batch_size=np.float64(2)), "batch_size must be a positive int"),
     ],
 )
 def test_bad_encode_arguments_name_the_value(model, kwargs, fragment):
     with pytest.raises(InvalidInputError) as err:
         model.encode(**kwargs)
     assert fragment in str(err.value)
+
+
+def test_inputs_are_read_as_sentence_transformers_reads_them(model):
+    """A tuple is a batch (a pair is an item of a list), numpy arrays and integers are welcome."""
+    st = pytest.importorskip("sentence_transformers")
+    reference = st.SentenceTransformer(str(model.model_path), device="cpu")
+    two = ("first sentence", "second sentence")
+    assert model.encode(two).shape == reference.encode(two).shape == (2, 32)
+    np.testing.assert_allclose(model.encode(two), reference.encode(list(two)), atol=1e-5)
+    np.testing.assert_allclose(model.encode([two]), reference.encode([two]), atol=1e-5)  # one pair
+    np.testing.assert_allclose(model.encode(np.array("hello")), model.encode("hello"))  # a 0-d array: one text
+    np.testing.assert_allclose(model.encode(np.array(list(two)), batch_size=np.int64(1), truncate_dim=np.int32(8)),
+                               reference.encode(list(two), truncate_dim=8), atol=1e-5)
+    before = model.max_seq_length
+    model.max_seq_length = np.int64(20)
+    assert model.max_seq_length == 20 and type(model.max_seq_length) is int
+    model.max_seq_length = before
 
 
 def test_missing_folder_and_broken_modules_json(tmp_path, tiny_model_dir):

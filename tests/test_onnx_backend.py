@@ -346,3 +346,24 @@ def test_fp32_on_cuda_asks_for_true_fp32_unless_told_otherwise():
     assert cuda_defaults("cpu", "fp32", plain) is None
     explicit = OnnxOptions(providers=["CUDAExecutionProvider"], provider_options=[{"device_id": 0}])
     assert cuda_defaults("cuda:0", "fp32", explicit) == [{"device_id": 0}]  # explicit providers: as given
+
+
+def test_max_seq_length_is_shared_with_the_torch_module_and_saved(tiny_model_copy, tmp_path):
+    """sentence-transformers users set ``model[0].max_seq_length``; the graph's tokenizer must follow, both ways,
+    and ``save`` must write the value in use."""
+    st = pytest.importorskip("sentence_transformers")
+    texts = ["one two three four five six seven eight nine ten eleven twelve", "a cat"]
+    reference = st.SentenceTransformer(str(tiny_model_copy), device="cpu")
+    reference[0].max_seq_length = 6
+    model = SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu")
+    model[0].max_seq_length = 6
+    assert model.max_seq_length == 6 and model.tokenize(texts)["input_ids"].shape == (2, 6)
+    np.testing.assert_allclose(model.encode(texts), reference.encode(texts), atol=1e-5)
+    model.max_seq_length = 5
+    assert model[0].max_seq_length == 5
+    model.save(str(tmp_path / "saved"))
+    assert st.SentenceTransformer(str(tmp_path / "saved"), device="cpu").max_seq_length == 5
+    fresh = SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu")
+    fresh.max_seq_length = 7  # set before the torch modules load: they take it over
+    assert fresh[0].max_seq_length == 7
+    assert model.tokenize([]) == {} == reference.tokenize([])

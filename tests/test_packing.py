@@ -149,3 +149,17 @@ def test_find_packed_reuses_a_graph_made_from_the_same_bytes_and_repacks_otherwi
     again = find_packed(fp16_folder, choice, packer=packer)
     assert again.exported and calls == [(src, packed, fp16_folder)]
     assert read_manifest(packed)["packing"]["source_sha256"] == choice.manifest["graph_sha256"]
+
+
+def test_the_prompt_length_input_survives_packing(tiny_model_dir, tmp_path):
+    """A model pooling without the prompt's tokens: the packed graph keeps the optional input and its default."""
+    st = pytest.importorskip("sentence_transformers")
+    folder = tmp_path / "model"
+    reference = st.SentenceTransformer(str(tiny_model_dir), device="cpu")
+    reference.set_pooling_include_prompt(False)
+    reference.save(str(folder))
+    packed_path = pack_graph(export_model_folder(folder, "fp16"))
+    graph = onnx.load(str(packed_path)).graph
+    assert [i.name for i in graph.input][-1] == "prompt_length"
+    assert [i.name for i in graph.initializer if i.name == "prompt_length"] == ["prompt_length"]
+    assert ops(packed_path)["PackedAttention"] == 2

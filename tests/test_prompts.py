@@ -134,14 +134,80 @@ def test_pooling_without_the_prompt_tokens_matches_sentence_transformers(prompt_
     assert not np.allclose(ours.encode(SENTENCES, prompt_name="query"), ours.encode(SENTENCES), atol=1e-3)
 
 
-def test_onnx_refuses_prompts_it_cannot_leave_out_of_pooling(prompt_excluded):
+def test_onnx_leaves_the_prompt_out_of_pooling_as_sentence_transformers(prompt_excluded):
     model = SentenceTransformer(str(prompt_excluded), backend="onnx", device="cpu")
-    with pytest.raises(BackendError, match="include_prompt=False.*backend='torch'"):
-        model.encode(SENTENCES, prompt_name="query")
+    assert model._backend.manifest["inputs"][-1] == "prompt_length"
     reference = st.SentenceTransformer(str(prompt_excluded), device="cpu")
-    np.testing.assert_allclose(model.encode(SENTENCES), reference.encode(SENTENCES), atol=1e-5)  # no prompt: fine
-    with model.start_multi_process_pool(["cpu"]) as pool, pytest.raises(InvalidInputError, match="use encode"):
-        model.encode_multi_process(SENTENCES, pool, prompt_name="query")
+    for kwargs in ({"prompt_name": "query"}, {"prompt": "the big red dog "}, {}):
+        want = reference.encode(SENTENCES, **kwargs)
+        np.testing.assert_allclose(model.encode(SENTENCES, **kwargs), want, atol=1e-5)
+        with model.start_multi_process_pool(["cpu", "cpu"]) as pool:
+            np.testing.assert_allclose(model.encode_multi_process(SENTENCES, pool, **kwargs), want, atol=1e-5)
+    torch_pool = SentenceTransformer(str(prompt_excluded), device="cpu")
+    with torch_pool.start_multi_process_pool(["cpu"]) as pool:
+        np.testing.assert_allclose(torch_pool.encode_multi_process(SENTENCES, pool, prompt_name="query"),
+                                   reference.encode(SENTENCES, prompt_name="query"), atol=1e-5)
+
+
+def test_the_prompt_length_input_has_a_default_for_plain_onnx_runtime(prompt_excluded):
+    """A caller that knows nothing of prompt_length (plain ONNX Runtime) gets sentence-transformers' embeddings
+    without a prompt; feeding it leaves those leading tokens out, as the Pooling does."""
+    import onnxruntime as ort
+
+    model = SentenceTransformer(str(prompt_excluded), backend="onnx", device="cpu")
+    session = ort.InferenceSession(str(model._backend.graph_path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_overridable_initializers()] == ["prompt_length"]
+    reference = st.SentenceTransformer(str(prompt_excluded), device="cpu")
+    tokens = reference.tokenize(["the big red dog ate", "a cat"])
+    features = {i.name: tokens[i.name].numpy() for i in session.get_inputs()}
+    plain = session.run(["sentence_embedding"], features)[0]
+    np.testing.assert_allclose(plain, reference.encode(["the big red dog ate", "a cat"]), atol=1e-5)
+    with torch.no_grad():
+        want = reference({**{k: torch.tensor(v) for k, v in features.items()}, "prompt_length": 3})
+    fed = session.run(["sentence_embedding"], {**features, "prompt_length": np.array([3], dtype=np.int64)})[0]
+    np.testing.assert_allclose(fed, want["sentence_embedding"].numpy(), atol=1e-5)
+    assert not np.allclose(fed, plain, atol=1e-3)
+
+
+def test_a_graph_exported_without_prompt_length_is_re_exported(prompt_excluded, tmp_path):
+    """A graph of an include_prompt=False model from an st-onnx that had no prompt_length input is replaced."""
+    folder = tmp_path / "model"
+    shutil.copytree(prompt_excluded, folder)
+    graph = SentenceTransformer(str(folder), backend="onnx", device="cpu")._backend.graph_path
+    manifest_path = graph.with_suffix(".json")
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["optional_inputs"] == {"prompt_length": 0}
+    assert manifest["parity_prompt_length"]["passed"] is True
+    manifest["inputs"].remove("prompt_length")  # what the older exporter wrote
+    manifest_path.write_text(json.dumps(manifest))
+    model = SentenceTransformer(str(folder), backend="onnx", device="cpu")
+    assert "prompt_length" in json.loads(manifest_path.read_text())["inputs"]
+    reference = st.SentenceTransformer(str(folder), device="cpu")
+    np.testing.assert_allclose(model.encode(SENTENCES, prompt_name="query"),
+                               reference.encode(SENTENCES, prompt_name="query"), atol=1e-5)
+
+
+def test_set_pooling_include_prompt_on_both_backends(tiny_model_dir, tiny_model_copy, prompt_excluded):
+    reference = st.SentenceTransformer(str(tiny_model_dir), device="cpu", prompts=PROMPTS)
+    reference.set_pooling_include_prompt(False)
+    ours = SentenceTransformer(str(tiny_model_dir), device="cpu", prompts=PROMPTS)
+    ours.set_pooling_include_prompt(False)
+    np.testing.assert_allclose(ours.encode(SENTENCES, prompt_name="query"),
+                               reference.encode(SENTENCES, prompt_name="query"), atol=1e-5)
+    # the onnx graph of a model that pools every token has no prompt_length input: refused, not ignored
+    onnx_model = SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu", prompts=PROMPTS)
+    onnx_model.set_pooling_include_prompt(False)
+    with pytest.raises(BackendError, match="include_prompt=False.*no prompt_length input.*backend='torch'"):
+        onnx_model.encode(SENTENCES, prompt_name="query")
+    with pytest.raises(InvalidInputError, match="True or False; got 'no'"):
+        onnx_model.set_pooling_include_prompt("no")
+    # and the other way: a graph with the input pools the prompt too once told to
+    excluded = SentenceTransformer(str(prompt_excluded), backend="onnx", device="cpu")
+    excluded.set_pooling_include_prompt(True)
+    included = st.SentenceTransformer(str(prompt_excluded), device="cpu")
+    included.set_pooling_include_prompt(True)
+    np.testing.assert_allclose(excluded.encode(SENTENCES, prompt_name="query"),
+                               included.encode(SENTENCES, prompt_name="query"), atol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["cosine", "dot", "euclidean", "manhattan"])

@@ -22,7 +22,7 @@ from ..encode.batching import DEFAULT_TOKEN_BUDGET, GPU_TOKEN_BUDGET, check_toke
 from ..encode.options import EncodeOptions
 from ..encode.tokenize import TextTokenizer
 from ..errors import BackendError, InvalidInputError
-from ..runtime.encoder import OrtEncoder
+from ..runtime.encoder import PROMPT_LENGTH, OrtEncoder
 from ..runtime.graphs import GraphChoice, cache_dir_for, find_graph, find_packed
 from ..runtime.providers import resolve_device
 from ..runtime.session import OrtSession, available_cores, default_session_options
@@ -91,6 +91,8 @@ class OnnxBackend:
         self.manifest = choice.manifest
         self.options = options
         self._text_tokenizer = tokenizer
+        self._include_prompt = bool(self.manifest.get("pooling_include_prompt", True))
+        self._linked_transformer: Any = None  # the torch Transformer module, once the facade loads it
         self._encoder = self._make_encoder(device)
 
     # -- construction ---------------------------------------------------------------------------------
@@ -175,33 +177,56 @@ class OnnxBackend:
 
     @property
     def text_tokenizer(self) -> TextTokenizer:
+        self._sync_max_seq_length()
         return self._text_tokenizer
 
     @property
     def max_seq_length(self) -> int:
-        return self._text_tokenizer.max_seq_length
+        return self.text_tokenizer.max_seq_length
 
     @max_seq_length.setter
     def max_seq_length(self, value: int) -> None:
         self._text_tokenizer.max_seq_length = value
+        if self._linked_transformer is not None:
+            self._linked_transformer.max_seq_length = value
+
+    def link_transformer(self, transformer: Any) -> None:
+        """Share ``max_seq_length`` with the torch Transformer module (``model[0]``): sentence-transformers users
+        set ``model[0].max_seq_length``, and ``save`` writes the module's value."""
+        transformer.max_seq_length = self._text_tokenizer.max_seq_length
+        self._linked_transformer = transformer
+
+    def _sync_max_seq_length(self) -> None:
+        linked = self._linked_transformer
+        if linked is not None and linked.max_seq_length != self._text_tokenizer.max_seq_length:
+            self._text_tokenizer.max_seq_length = linked.max_seq_length
 
     def tokenize(self, texts: list) -> dict[str, np.ndarray]:
-        return self._text_tokenizer(texts)
+        return self.text_tokenizer(texts)
 
     def pooling_include_prompt(self) -> bool:
-        return bool(self.manifest.get("pooling_include_prompt", True))
+        return self._include_prompt
+
+    def set_pooling_include_prompt(self, include_prompt: bool) -> None:
+        self._include_prompt = include_prompt  # checked against the graph when a prompt is used (prompt_length)
 
     def prompt_length(self, prompt: str) -> int:
-        raise BackendError(
-            f"this model's pooling leaves the prompt's tokens out (include_prompt=False), which the fused graph "
-            f"cannot do: it pools every token the attention mask keeps. Encode with prompt {prompt!r} on "
-            "backend='torch', or without a prompt"
-        )
+        """The prompt's token count, fed to the graph's ``prompt_length`` input, which pooling then leaves out."""
+        if PROMPT_LENGTH not in self._encoder.session.optional_input_names:
+            raise BackendError(
+                f"pooling is to leave the prompt's tokens out (include_prompt=False), but the graph "
+                f"{self.graph_path.name} has no prompt_length input: it pools every token the attention mask "
+                "keeps. st-onnx exports that input when the model folder's Pooling config says "
+                f"include_prompt=false; encode with prompt {prompt!r} on backend='torch', or without a prompt"
+            )
+        return self._text_tokenizer.prompt_length(prompt)
 
     def encode(self, inputs: list, opts: EncodeOptions) -> Any:
         if opts.device is not None:
             self.to(opts.device)
-        return self._encoder.encode(inputs, opts.batch_size, opts.output_value, opts.show_progress_bar)
+        self._sync_max_seq_length()
+        return self._encoder.encode(inputs, opts.batch_size, opts.output_value, opts.show_progress_bar,
+                                    opts.prompt_length)
 
     def __repr__(self) -> str:
         return f"OnnxBackend({str(self.graph_path)!r}, device={self.device!r})"

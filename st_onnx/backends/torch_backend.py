@@ -54,6 +54,12 @@ class TorchBackend:
     def pooling_include_prompt(self) -> bool:
         return all(getattr(m, "include_prompt", True) for m in self.stack)
 
+    def set_pooling_include_prompt(self, include_prompt: bool) -> None:
+        for module in self.stack:
+            if hasattr(module, "include_prompt"):
+                module.include_prompt = include_prompt
+                return
+
     def prompt_length(self, prompt: str) -> int:
         """Tokens of ``prompt`` as it starts every input: its ids without a trailing special token ([SEP])."""
         ids = self.tokenize([prompt])["input_ids"][0].tolist()

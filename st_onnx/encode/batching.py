@@ -11,7 +11,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from ..errors import InvalidInputError
+from ..errors import positive_int
 
 # CPU: padded tokens per run. Runs go 'cores' at a time (runtime/encoder.py); the budget bounds ORT's CPU arena
 # (runtime/session.py) and peak RSS. With the unfused attention of the CPU graphs (export/optimize.py) smaller
@@ -23,9 +23,7 @@ GPU_TOKEN_BUDGET = 16384
 
 
 def check_token_budget(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise InvalidInputError(f"token_budget must be a positive int (padded tokens per batch); got {value!r}")
-    return value
+    return positive_int(value, "token_budget (padded tokens per batch)")
 
 
 def longest_first(lengths: Sequence[int]) -> np.ndarray:

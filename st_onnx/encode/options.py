@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, positive_int
 
 OUTPUT_VALUES = ("sentence_embedding", "token_embeddings", None)
 
@@ -36,13 +36,12 @@ class EncodeOptions:
         truncate_dim: Any = None,
         precision: Any = "float32",
     ) -> "EncodeOptions":
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-            raise InvalidInputError(f"batch_size must be a positive int; got {batch_size!r}")
+        batch_size = positive_int(batch_size, "batch_size")
         if output_value not in OUTPUT_VALUES:
             raise InvalidInputError(
                 f"output_value {output_value!r} is not supported; allowed: 'sentence_embedding', 'token_embeddings', None"
             )
-        check_truncate_dim(truncate_dim)
+        truncate_dim = check_truncate_dim(truncate_dim)
         precision = "float32" if precision is None else precision  # None: as sentence-transformers, no quantization
         if precision != "float32":
             from ..quantization import check_precision
@@ -71,22 +70,25 @@ class EncodeOptions:
 
 
 def check_truncate_dim(truncate_dim: Any) -> int | None:
-    if truncate_dim is not None and (isinstance(truncate_dim, bool) or not isinstance(truncate_dim, int)
-                                     or truncate_dim <= 0):
-        raise InvalidInputError(f"truncate_dim must be a positive int or None; got {truncate_dim!r}")
-    return truncate_dim
+    return None if truncate_dim is None else positive_int(truncate_dim, "truncate_dim", or_none=True)
 
 
 def as_input_list(sentences: Any) -> tuple[list, bool]:
-    """Return (list of inputs, was_single) after checking every item is a string, a pair or a one-text dict."""
+    """Return (list of inputs, was_single) after checking every item is a string, a pair or a one-text dict.
+
+    As in sentence-transformers, a single input is a string (or a one-text dict); any other sequence, a tuple of
+    two strings included, is a batch (a pair is encoded as an item of a list: ``[("question", "answer")]``).
+    """
     if sentences is None:
         raise InvalidInputError("sentences must be a string or a list of strings; got None")
-    if isinstance(sentences, str) or (isinstance(sentences, tuple) and len(sentences) == 2 and all(isinstance(s, str) for s in sentences)):
-        return [sentences], True
-    if isinstance(sentences, dict):
-        return [sentences], True
     if hasattr(sentences, "tolist") and not isinstance(sentences, list):
-        sentences = sentences.tolist()
+        sentences = sentences.tolist()  # numpy arrays (a 0-d array of one string is that string), pandas Series
+    if isinstance(sentences, (str, dict)):
+        return [sentences], True
+    if isinstance(sentences, (bytes, bytearray, set, frozenset)):
+        raise InvalidInputError(f"sentences must be a string or a list of strings; got {type(sentences).__name__}"
+                                + (" (decode it first)" if isinstance(sentences, (bytes, bytearray)) else
+                                   " (unordered: pass a list, so that embeddings come back in a known order)"))
     try:
         items = list(sentences)
     except TypeError as e:
@@ -95,6 +97,11 @@ def as_input_list(sentences: Any) -> tuple[list, bool]:
         ) from e
     for i, item in enumerate(items):
         check_item(item, i)
+    kinds = {_kind(item) for item in items}
+    if len(kinds) > 1:
+        first = {kind: next(i for i, item in enumerate(items) if _kind(item) == kind) for kind in sorted(kinds)}
+        where = ", ".join(f"sentences[{i}] is a {kind}" for kind, i in sorted(first.items(), key=lambda e: e[1]))
+        raise InvalidInputError(f"sentences mixes kinds of input ({where}); encode each kind in its own call")
     return items, False
 
 
@@ -109,6 +116,10 @@ def check_item(item: Any, index: int) -> None:
         f"sentences[{index}] is {item!r} ({type(item).__name__}); allowed: a str, a (str, str) pair, "
         "or a dict with one str value"
     )
+
+
+def _kind(item: Any) -> str:
+    return "str" if isinstance(item, str) else "dict" if isinstance(item, dict) else "pair"
 
 
 def text_length(item: Any) -> int:

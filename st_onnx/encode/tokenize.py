@@ -19,7 +19,7 @@ import numpy as np
 from tokenizers import Encoding, Tokenizer
 
 from .. import layout
-from ..errors import InvalidInputError, ModelFolderError
+from ..errors import InvalidInputError, ModelFolderError, positive_int
 
 FEATURE_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 _LIMIT_CAP = 100_000  # tokenizer configs write 1e30 for "no limit"
@@ -126,8 +126,7 @@ class TextTokenizer:
 
     @max_seq_length.setter
     def max_seq_length(self, value: int) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise InvalidInputError(f"max_seq_length must be a positive int; got {value!r}")
+        value = positive_int(value, "max_seq_length")
         self._max_seq_length = value
         self._tokenizer.no_padding()
         self._tokenizer.enable_truncation(max_length=value, strategy="longest_first", direction="right")
@@ -156,6 +155,13 @@ class TextTokenizer:
         return [TokenIds(np.array(e.ids, dtype=np.int32),
                          np.array(e.type_ids, dtype=np.int8) if pairs and self.type_ids else None)
                 for e in encodings]
+
+    def prompt_length(self, prompt: str) -> int:
+        """Tokens ``prompt`` contributes at the start of every text: its ids without a trailing special token."""
+        text = prompt.strip().lower() if self.do_lower_case else prompt.strip()
+        encoding = self._tokenizer.encode(text, add_special_tokens=True)
+        special = encoding.special_tokens_mask
+        return len(encoding.ids) - 1 if special and special[-1] else len(encoding.ids)
 
     def pad(self, encodings: Sequence[TokenIds], names: Sequence[str] = FEATURE_NAMES,
             dtype: Any = np.int64) -> dict[str, np.ndarray]:

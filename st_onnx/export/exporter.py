@@ -28,7 +28,7 @@ from .. import layout
 from ..errors import InvalidInputError, ModelFolderError, ParityError
 from . import manifest as manifest_mod
 from . import optimize as passes
-from .graph_module import FusedModule, eager_attention, graph_input_names
+from .graph_module import PROMPT_LENGTH, FusedModule, eager_attention, excludes_prompt, graph_input_names
 from .verify import ParityReport, check_parity
 
 logger = logging.getLogger(__name__)
@@ -58,15 +58,23 @@ def export_fused_graph(stack, out_dir: str | os.PathLike, precision: str = "fp32
     tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=target.parent))
     try:
         names = graph_input_names(stack)
-        raw, dim = _trace(stack, names, tmp / "raw.onnx", opset)
+        prompt = excludes_prompt(stack)
+        raw, dim = _trace(stack, names, tmp / "raw.onnx", opset, prompt)
         graph, fusions, extra = _optimize(stack, raw, tmp, precision, optimize)
-        report = _verify(stack, graph, names, precision, sentences)
-        if not report.passed:
-            raise ParityError(f"the exported {precision} graph does not compute what PyTorch computes: {report}")
+        if prompt:
+            passes.default_input(graph, PROMPT_LENGTH, 0)
+            extra["optional_inputs"] = {PROMPT_LENGTH: 0}
+        report, prompt_report = _verify(stack, graph, names, precision, sentences, prompt)
+        for checked in (report, prompt_report):
+            if checked is not None and not checked.passed:
+                raise ParityError(f"the exported {precision} graph does not compute what PyTorch computes: {checked}")
+        if prompt_report is not None:
+            extra["parity_prompt_length"] = prompt_report.to_dict()
         size = graph.stat().st_size
         if size > MAX_GRAPH_BYTES:
             raise InvalidInputError(f"the fused graph is {size} bytes; allowed: under 2 GB in one file")
-        manifest = _manifest(stack, graph, names, dim, precision, fingerprint, opset, fusions, extra, report)
+        inputs = names + ((PROMPT_LENGTH,) if prompt else ())
+        manifest = _manifest(stack, graph, inputs, dim, precision, fingerprint, opset, fusions, extra, report)
         layout.manifest_path(target).unlink(missing_ok=True)
         os.replace(graph, target)
         manifest_mod.write_manifest(target, manifest)
@@ -123,14 +131,17 @@ def _cpu_eval(stack):
     return stack.eval()
 
 
-def _trace(stack, names: tuple[str, ...], path: Path, opset: int) -> tuple[Path, int]:
+def _trace(stack, names: tuple[str, ...], path: Path, opset: int, prompt: bool = False) -> tuple[Path, int]:
+    """Trace the stack; with ``prompt``, a ``prompt_length`` input (int64[1]) follows the token inputs."""
     import torch
 
     sample = ["a sample sentence for tracing the graph", "short"]
     features = stack.transformer.tokenize(sample)
     args = tuple(features[n].to(torch.int64) for n in names)
-    module = FusedModule(stack, names).eval()
     axes = {n: {0: "batch", 1: "sequence"} for n in names}
+    if prompt:
+        names, args = names + (PROMPT_LENGTH,), args + (torch.tensor([1], dtype=torch.int64),)
+    module = FusedModule(stack, names).eval()
     axes["sentence_embedding"] = {0: "batch"}
     axes["token_embeddings"] = {0: "batch", 1: "sequence"}
     with eager_attention(stack.transformer.auto_model), torch.no_grad(), warnings.catch_warnings():
@@ -162,8 +173,10 @@ def _optimize(stack, raw: Path, tmp: Path, precision: str, optimize: bool) -> tu
     return graph, fusions, extra
 
 
-def _verify(stack, graph: Path, names, precision: str, sentences) -> ParityReport:
-    """Parity on the CPU provider; fp16 on CUDA where a GPU is usable, else (loosely) on the CPU.
+def _verify(stack, graph: Path, names, precision: str, sentences,
+            prompt: bool = False) -> tuple[ParityReport, ParityReport | None]:
+    """Parity on the CPU provider; fp16 on CUDA where a GPU is usable, else (loosely) on the CPU; with ``prompt``,
+    a second report with the first two tokens left out of pooling (``prompt_length`` fed), else None.
 
     An fp16 graph run on the CPU goes through ORT's fp16 CPU kernels and inserted casts, not the CUDA kernels it
     is made for: that check proves the conversion (weights, casts, no overflow) but not the CUDA numerics, and
@@ -176,11 +189,14 @@ def _verify(stack, graph: Path, names, precision: str, sentences) -> ParityRepor
     providers = ["CPUExecutionProvider"]
     if precision == "fp16" and cuda_usable():  # not merely listed: onnxruntime-gpu lists CUDA without a GPU
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    session = ort.InferenceSession(str(graph), providers=providers)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # not ORT's warning that an input with a default is no constant (prompt_length)
+    session = ort.InferenceSession(str(graph), sess_options=options, providers=providers)
     if precision == "fp16" and session.get_providers()[0] != "CUDAExecutionProvider":
         logger.warning("fp16 graph parity-checked on the CPU provider only (no usable CUDA GPU): this verifies the "
                        "fp16 conversion, not the CUDA kernels it will run on")
-    return check_parity(stack, session, names, precision, sentences)
+    report = check_parity(stack, session, names, precision, sentences)
+    return report, (check_parity(stack, session, names, precision, sentences, prompt_length=2) if prompt else None)
 
 
 def _manifest(stack, graph: Path, names, dim: int, precision: str, fingerprint: str, opset: int,

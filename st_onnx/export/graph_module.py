@@ -13,8 +13,15 @@ from torch import nn
 logger = logging.getLogger(__name__)
 
 
+PROMPT_LENGTH = "prompt_length"
+
+
 class FusedModule(nn.Module):
-    """Runs every module of a ``ModuleStack`` on positional int64 tensors, as ``torch.onnx.export`` needs."""
+    """Runs every module of a ``ModuleStack`` on positional int64 tensors, as ``torch.onnx.export`` needs.
+
+    ``input_names`` are the tokenizer's features, then ``prompt_length`` where the stack's pooling leaves the
+    prompt's tokens out (``include_prompt=False``): a one-element int64 tensor, the prompt's token count.
+    """
 
     def __init__(self, stack, input_names: tuple[str, ...]) -> None:
         super().__init__()
@@ -25,6 +32,11 @@ class FusedModule(nn.Module):
         features = dict(zip(self.input_names, inputs))
         features = self.stack(features)
         return features["sentence_embedding"], features["token_embeddings"]
+
+
+def excludes_prompt(stack) -> bool:
+    """True when a module of the stack pools without the prompt's tokens (sentence-transformers' include_prompt)."""
+    return any(getattr(m, "include_prompt", True) is False for m in stack)
 
 
 def graph_input_names(stack) -> tuple[str, ...]:

@@ -116,3 +116,20 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, *, per_channel
                      op_types_to_quantize=list(op_types) if op_types else None,
                      extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     return {"per_channel": per_channel, "reduce_range": reduce_range, "op_types": list(op_types or ["all"])}
+
+
+def default_input(path: str | os.PathLike, name: str, value: int) -> None:
+    """Give the graph input ``name`` a default (an initializer of the same name, which ONNX Runtime lets a feed
+    override), so that callers who do not know the input can leave it out. Rewrites ``path`` in place."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    inputs = {i.name: i for i in model.graph.input}
+    if name not in inputs:
+        raise InvalidInputError(f"the graph has no input {name!r} to give a default; inputs: {sorted(inputs)}")
+    if any(init.name == name for init in model.graph.initializer):
+        return
+    model.graph.initializer.append(numpy_helper.from_array(np.array([value], dtype=np.int64), name))
+    onnx.save(model, str(path))

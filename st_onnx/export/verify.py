@@ -105,8 +105,10 @@ def compare(reference: np.ndarray, actual: np.ndarray, texts: Sequence[str], pre
 
 
 def check_parity(stack, session, input_names: Sequence[str], precision: str,
-                 sentences: Sequence[str] | None = None, batch_size: int = 8) -> ParityReport:
-    """Encode ``sentences`` with the torch stack and the ORT session in the same padded batches and compare."""
+                 sentences: Sequence[str] | None = None, batch_size: int = 8,
+                 prompt_length: int | None = None) -> ParityReport:
+    """Encode ``sentences`` with the torch stack and the ORT session in the same padded batches and compare;
+    ``prompt_length`` goes to both (the graph's optional input, the pooling's feature) when given."""
     import torch
 
     texts = list(sentences) if sentences else list(DEFAULT_SENTENCES)
@@ -118,8 +120,11 @@ def check_parity(stack, session, input_names: Sequence[str], precision: str,
         idx = order[start:start + batch_size]
         features = dict(stack.transformer.tokenize([texts[i] for i in idx]))
         feed = {name: features[name].cpu().numpy().astype(np.int64) for name in input_names}
+        if prompt_length is not None:
+            features["prompt_length"] = prompt_length
+            feed["prompt_length"] = np.array([prompt_length], dtype=np.int64)
         with torch.no_grad():
-            ref = stack({k: v.to(_device(stack)) for k, v in features.items()})
+            ref = stack({k: (v.to(_device(stack)) if isinstance(v, torch.Tensor) else v) for k, v in features.items()})
         sentence, tokens = session.run(["sentence_embedding", "token_embeddings"], feed)
         mask = feed["attention_mask"].astype(bool)
         ref_tokens = ref["token_embeddings"].float().cpu().numpy()

@@ -84,7 +84,7 @@ class Pooling(nn.Module):
         if mask is None or mask.shape[-1] != tokens.shape[1]:
             mask = torch.ones(tokens.shape[:-1], dtype=torch.int64, device=tokens.device)
         if not self.include_prompt and "prompt_length" in features:
-            mask = exclude_prompt(mask, int(torch.as_tensor(features["prompt_length"]).reshape(-1)[0]))
+            mask = exclude_prompt(mask, features["prompt_length"])
         features["sentence_embedding"] = torch.cat([pool(mode, tokens, mask) for mode in self.modes], dim=-1)
         return features
 
@@ -112,10 +112,15 @@ class Pooling(nn.Module):
         return cls(**config)
 
 
-def exclude_prompt(mask: torch.Tensor, prompt_length: int) -> torch.Tensor:
-    mask = mask.clone()
-    mask[:, :prompt_length] = 0
-    return mask
+def exclude_prompt(mask: torch.Tensor, prompt_length: int | torch.Tensor) -> torch.Tensor:
+    """``mask`` with its first ``prompt_length`` positions zeroed (sentence-transformers' ``mask[:, :n] = 0``).
+
+    Written as a comparison, not a slice assignment, so that a traced graph keeps ``prompt_length`` an input
+    (an int or a one-element tensor; the fused graph's optional ``prompt_length`` input) instead of a constant.
+    """
+    length = torch.as_tensor(prompt_length, device=mask.device).reshape(-1)[0]
+    keep = torch.arange(mask.shape[1], device=mask.device) >= length
+    return mask * keep.to(mask.dtype)
 
 
 def pool(mode: str, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

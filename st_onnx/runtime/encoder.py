@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 SENTENCE = "sentence_embedding"
 TOKENS = "token_embeddings"
+PROMPT_LENGTH = "prompt_length"  # optional graph input: leading tokens pooling leaves out (include_prompt=False)
 CHUNK_TEXTS = 4096  # texts tokenized per call: bounds the memory of token ids on huge inputs
 
 
@@ -44,8 +45,11 @@ class OrtEncoder:
         self._lock = threading.Lock()
 
     def encode(self, inputs: Sequence[Any], batch_size: int, output_value: str | None = SENTENCE,
-               show_progress_bar: bool = False) -> Any:
-        """(n, dim) float32 array for sentence embeddings, else a list with one item per input, in input order."""
+               show_progress_bar: bool = False, prompt_length: int | None = None) -> Any:
+        """(n, dim) float32 array for sentence embeddings, else a list with one item per input, in input order.
+
+        ``prompt_length``: the graph's optional input of that name (leading tokens pooling leaves out).
+        """
         n = len(inputs)
         order = longest_first([text_length(x) for x in inputs])
         result = self._empty_result(n, output_value)
@@ -53,7 +57,7 @@ class OrtEncoder:
         for start, stop in chunks(n, CHUNK_TEXTS):
             idx = order[start:stop]
             encodings = self.tokenizer.encode([inputs[i] for i in idx])
-            part = self.embed_encodings(encodings, batch_size, output_value, progress)
+            part = self.embed_encodings(encodings, batch_size, output_value, progress, prompt_length)
             if output_value == SENTENCE:
                 result[idx] = part
             else:
@@ -64,19 +68,20 @@ class OrtEncoder:
         return result
 
     def embed_encodings(self, encodings: Sequence[TokenIds], batch_size: int, output_value: str | None = SENTENCE,
-                        progress: Any = None) -> Any:
+                        progress: Any = None, prompt_length: int | None = None) -> Any:
         """Results for already tokenized texts, in their order (what the session pool's workers call)."""
         lengths = [len(e.ids) for e in encodings]
         order = longest_first(lengths)
         result = self._empty_result(len(encodings), output_value)
         names = [SENTENCE] if output_value == SENTENCE else [SENTENCE, TOKENS]
         sorted_lengths = [lengths[i] for i in order]
+        extra = {} if prompt_length is None else {PROMPT_LENGTH: np.array([prompt_length], dtype=np.int64)}
 
         def run(start: int, stop: int) -> tuple:
             idx = order[start:stop]
             features = self.tokenizer.pad([encodings[i] for i in idx], self.session.input_names,
                                           self.session.input_dtype)
-            return idx, self.session.run(features, names), features, [lengths[i] for i in idx]
+            return idx, self.session.run({**features, **extra}, names), features, [lengths[i] for i in idx]
 
         for idx, outputs, features, batch_lengths in self._map(run, budget_batches(sorted_lengths, batch_size,
                                                                                     self.token_budget)):

@@ -152,6 +152,10 @@ def _older_layout(graph: Path, manifest: dict[str, Any]) -> bool:
     if older:
         logger.info("%s was exported by an older st-onnx (graph layout %s, now %s): same embeddings, slower; "
                     "re-exporting it", graph, found, layout.GRAPH_LAYOUT)
+    elif manifest.get("pooling_include_prompt") is False and "prompt_length" not in manifest.get("inputs", []):
+        logger.info("%s pools without the prompt's tokens but was exported without a prompt_length input (older "
+                    "st-onnx): re-exporting it", graph)
+        return True
     return older
 
 

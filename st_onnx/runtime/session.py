@@ -123,7 +123,9 @@ class OrtSession:
         self.provider = check_bound(self._session, names)
         self.device = device if self.provider == CUDA else "cpu"
         self.threads = so.intra_op_num_threads
-        self.input_names = [i.name for i in self._session.get_inputs()]
+        self.input_names = [i.name for i in self._session.get_inputs()]  # required: the token features
+        # inputs with a default (an overridable initializer): fed only when the caller's features name them
+        self.optional_input_names = [i.name for i in self._session.get_overridable_initializers()]
         self.input_types = {i.name: _ORT_INT_TYPES.get(i.type, np.int64) for i in self._session.get_inputs()}
         self.output_names = [o.name for o in self._session.get_outputs()]
         logger.debug("session on %s (%s, %d threads) over %s", self.device, self.provider, self.threads,
@@ -143,6 +145,8 @@ class OrtSession:
     def run(self, features: dict[str, np.ndarray], outputs: Sequence[str]) -> list[np.ndarray]:
         """Outputs ``outputs`` for ``features`` (extra feature names the graph does not take are ignored)."""
         feed = {name: self._as_input(name, features[name]) for name in self.input_names}
+        feed.update((name, np.asarray(features[name], dtype=np.int64)) for name in self.optional_input_names
+                    if name in features)
         if self.provider == CUDA:
             return self._run_bound(feed, outputs)
         return self._session.run(list(outputs), feed)

@@ -1,0 +1,115 @@
+"""sentence-transformers 5/6 spellings of the 2.x API: renamed arguments, aliases, a device list, contexts.
+
+Each is checked against sentence-transformers itself where it has the same call.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from helpers import SENTENCES
+from st_onnx import SentenceTransformer
+from st_onnx.errors import InvalidInputError
+
+st = pytest.importorskip("sentence_transformers")
+
+
+@pytest.fixture(scope="module")
+def pair(tiny_model_dir):
+    return (SentenceTransformer(str(tiny_model_dir), device="cpu"),
+            st.SentenceTransformer(str(tiny_model_dir), device="cpu"))
+
+
+@pytest.fixture(scope="module")
+def onnx_model(tiny_model_dir, tmp_path_factory):
+    import shutil
+
+    folder = tmp_path_factory.mktemp("newer") / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    return SentenceTransformer(str(folder), backend="onnx", device="cpu")
+
+
+def test_inputs_is_the_newer_name_of_sentences(pair, onnx_model):
+    ours, theirs = pair
+    want = theirs.encode(inputs=SENTENCES)
+    for model in (ours, onnx_model):
+        np.testing.assert_allclose(model.encode(inputs=SENTENCES), want, atol=1e-5)
+        np.testing.assert_allclose(model.encode(sentences=SENTENCES), want, atol=1e-5)
+        np.testing.assert_allclose(model.encode_query(inputs=SENTENCES[:2]), want[:2], atol=1e-5)
+        with pytest.raises(InvalidInputError, match="sentences and inputs are two names for one argument"):
+            model.encode(SENTENCES, inputs=SENTENCES)
+        with pytest.raises(InvalidInputError, match="sentences is required.*got None"):
+            model.encode()
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_a_list_of_devices_encodes_on_a_pool_for_the_call(pair, onnx_model, backend):
+    model = pair[0] if backend == "torch" else onnx_model
+    want = pair[1].encode(SENTENCES, normalize_embeddings=True)
+    got = model.encode(SENTENCES, device=["cpu", "cpu"], normalize_embeddings=True)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    np.testing.assert_allclose(model.encode(SENTENCES[0], device=["cpu"]), want[0], atol=1e-5)
+    with model.start_multi_process_pool(["cpu"]) as pool, pytest.raises(InvalidInputError, match="not both"):
+        model.encode(SENTENCES, device=["cpu"], pool=pool)
+    with pytest.raises(InvalidInputError, match="'tpu'"):
+        model.encode(SENTENCES, device=["cpu", "tpu"])
+    with pytest.raises(InvalidInputError, match="sentence embeddings only"):
+        model.encode(SENTENCES, device=["cpu"], output_value="token_embeddings")
+
+
+def test_backend_and_dimension_getters(pair, onnx_model):
+    ours, theirs = pair
+    assert ours.get_backend() == theirs.get_backend() == "torch" and onnx_model.get_backend() == "onnx"
+    assert ours.get_embedding_dimension() == theirs.get_embedding_dimension() == 32
+    assert onnx_model.get_embedding_dimension() == 32
+
+
+def test_truncate_embeddings_is_a_context_that_restores_the_setting(pair, onnx_model):
+    ours, theirs = pair
+    with theirs.truncate_embeddings(8):
+        want = theirs.encode(SENTENCES)
+    for model in (ours, onnx_model):
+        with model.truncate_embeddings(8):
+            np.testing.assert_allclose(model.encode(SENTENCES), want, atol=1e-5)
+            assert model.get_embedding_dimension() == 8
+        assert model.encode(SENTENCES).shape == (len(SENTENCES), 32) and model.truncate_dim is None
+        with pytest.raises(RuntimeError), model.truncate_sentence_embeddings(4):  # the older name
+            assert model.encode(SENTENCES[0]).shape == (4,)
+            raise RuntimeError("leaving the block by an error restores the setting too")
+        assert model.truncate_dim is None
+        with pytest.raises(InvalidInputError, match="truncate_dim must be a positive int"), \
+                model.truncate_embeddings(0):
+            pass
+
+
+def test_save_pretrained_and_safe_serialization(pair, tmp_path):
+    ours, _ = pair
+    ours.save_pretrained(str(tmp_path / "saved"), safe_serialization=True)
+    assert (tmp_path / "saved" / "model.safetensors").is_file()
+    np.testing.assert_allclose(st.SentenceTransformer(str(tmp_path / "saved"), device="cpu").encode(SENTENCES),
+                               ours.encode(SENTENCES), atol=1e-6)
+    with pytest.raises(InvalidInputError, match="safe_serialization=False .*safetensors only"):
+        ours.save(str(tmp_path / "pickled"), safe_serialization=False)
+    assert not (tmp_path / "pickled").exists()
+
+
+def test_processor_kwargs_is_the_newer_name_of_tokenizer_kwargs(tiny_model_dir):
+    ours = SentenceTransformer(str(tiny_model_dir), device="cpu", processor_kwargs={"model_max_length": 8})
+    theirs = st.SentenceTransformer(str(tiny_model_dir), device="cpu", processor_kwargs={"model_max_length": 8})
+    assert ours.max_seq_length == theirs.max_seq_length == 8
+    np.testing.assert_allclose(ours.encode(SENTENCES), theirs.encode(SENTENCES), atol=1e-5)
+    with pytest.raises(InvalidInputError, match="tokenizer_kwargs and processor_kwargs are two names"):
+        SentenceTransformer(str(tiny_model_dir), device="cpu", tokenizer_kwargs={}, processor_kwargs={})
+
+
+def test_encode_multi_process_shows_progress_when_asked(pair, capsys):
+    ours, _ = pair
+    with ours.start_multi_process_pool(["cpu", "cpu"]) as pool:
+        quiet = ours.encode_multi_process(SENTENCES, pool, chunk_size=2)
+        assert "Chunks" not in capsys.readouterr().err
+        shown = ours.encode_multi_process(SENTENCES, pool, chunk_size=2, show_progress_bar=True)
+        err = capsys.readouterr().err
+    assert "Chunks" in err and f"{-(-len(SENTENCES) // 2)}/{-(-len(SENTENCES) // 2)}" in err
+    np.testing.assert_allclose(shown, quiet)
