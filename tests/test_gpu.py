@@ -123,3 +123,18 @@ def test_two_sessions_on_one_gpu(folder):
         assert pool.devices == ["cuda:0", "cuda:0"]
         got = model.encode_multi_process(texts, pool, chunk_size=32)
     assert np.abs(got - model.encode(texts)).max() < 1e-4
+
+
+def test_prompt_left_out_of_pooling_on_cuda(tiny_model_dir, tmp_path):
+    """include_prompt=False: the prompt_length input through IO binding, fp16 fusions and packing mode."""
+    st = pytest.importorskip("sentence_transformers")
+    folder = tmp_path / "model"
+    reference = st.SentenceTransformer(str(tiny_model_dir), device="cpu", prompts={"query": "the red dog: "})
+    reference.set_pooling_include_prompt(False)
+    reference.save(str(folder))
+    want = reference.encode(SENTENCES, prompt_name="query")
+    for options in ({"precision": "fp32"}, {"precision": "fp16"}, {"packing": True}):
+        model = SentenceTransformer(str(folder), backend="onnx", device="cuda", onnx_options=options)
+        assert model._backend._encoder.session.provider == "CUDAExecutionProvider"
+        got = model.encode(SENTENCES, prompt_name="query", batch_size=4)
+        assert _cosines(want, got).min() > (0.99999 if options.get("precision") == "fp32" else 0.999), options
