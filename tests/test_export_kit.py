@@ -92,7 +92,7 @@ def test_bundle_carries_the_prompts_and_the_example_applies_them(tmp_path):
     model.save(str(folder))
     run([KIT / "make_bundle.py", folder, tmp_path / "bundle"])
     info = json.loads((tmp_path / "bundle" / "bundle.json").read_text())
-    assert info["prompts"] == {"query": "the red ", "doc": "a "} and info["default_prompt_name"] == "query"
+    assert info["prompts"] == {"query": "the red ", "doc": "a ", "document": ""} and info["default_prompt_name"] == "query"
     assert info["pooling_include_prompt"] is True
     for extra, kwargs in (([], {}), (["--prompt-name", "doc"], {"prompt_name": "doc"})):
         npy = tmp_path / "emb.npy"

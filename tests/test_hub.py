@@ -239,7 +239,7 @@ def test_push_to_hub_takes_the_repo_id_whole_and_keeps_the_prompts(server, tiny_
     assert url.endswith(server.repos["acme/pushed"].snapshot("main")[0])
     assert server.repos["acme/pushed"].private
     loaded = _load("acme/pushed", tmp_path / "cache", TOKEN)
-    assert loaded.prompts == {"query": "the "} and loaded.default_prompt_name == "query"
+    assert loaded.prompts == {"query": "the ", "document": ""} and loaded.default_prompt_name == "query"
     np.testing.assert_allclose(loaded.encode(SENTENCES), model.encode(SENTENCES), atol=1e-6)
 
     onnx_model = SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu", use_auth_token=TOKEN)

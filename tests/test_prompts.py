@@ -66,6 +66,19 @@ def test_encode_query_and_document_pick_their_prompts(ours, reference):
                                atol=1e-6)
 
 
+def test_every_model_has_empty_query_and_document_prompts_as_in_sentence_transformers_6(tiny_model_dir):
+    passage = {"passage": "passage: "}
+    for prompts in (None, passage):
+        ours = SentenceTransformer(str(tiny_model_dir), device="cpu", prompts=prompts)
+        theirs = st.SentenceTransformer(str(tiny_model_dir), device="cpu", prompts=prompts)
+        assert ours.prompts == theirs.prompts == {"query": "", "document": "", **(prompts or {})}
+        plain = ours.encode(SENTENCES)
+        np.testing.assert_allclose(ours.encode(SENTENCES, prompt_name="query"), plain, atol=1e-6)
+        # "document" (empty) comes before "passage": encode_document adds no prompt, as sentence-transformers 6
+        np.testing.assert_allclose(ours.encode_document(SENTENCES), theirs.encode_document(SENTENCES), atol=1e-5)
+        np.testing.assert_allclose(ours.encode_document(SENTENCES), plain, atol=1e-6)
+
+
 def test_prompt_and_prompt_name_together_warn_and_use_the_prompt(ours):
     with pytest.warns(UserWarning, match="both prompt and prompt_name \\('fish'\\)"):
         got = ours.encode(SENTENCES[:2], prompt="x ", prompt_name="fish")

@@ -22,6 +22,10 @@ from ..errors import InvalidInputError, ModelFolderError
 logger = logging.getLogger(__name__)
 
 SIMILARITY_FNS = ("cosine", "dot", "euclidean", "manhattan")
+# sentence-transformers 6 gives every model these prompts, empty unless set (saved or given), so that
+# encode(prompt_name="query") and encode_query/encode_document work on any model; encode_document then takes
+# "document" (empty: no prompt) before "passage" or "corpus".
+STANDARD_PROMPTS = {"query": "", "document": ""}
 
 
 @dataclass
@@ -35,9 +39,10 @@ class ModelSettings:
     @classmethod
     def load(cls, folder: str | os.PathLike | None, prompts: Any = None, default_prompt_name: Any = None,
              similarity_fn_name: Any = None) -> "ModelSettings":
-        """The saved settings of ``folder`` (if any) under the ones given, which win key by key."""
+        """The saved settings of ``folder`` (if any) under the ones given, which win key by key, over the empty
+        STANDARD_PROMPTS."""
         saved = _read_saved(folder)
-        merged = dict(saved.get("prompts") or {})
+        merged = {**STANDARD_PROMPTS, **(saved.get("prompts") or {})}
         merged.update(check_prompts(prompts))
         settings = cls(check_prompts(merged),
                        default_prompt_name if default_prompt_name is not None else saved.get("default_prompt_name"),
