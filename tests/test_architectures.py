@@ -1,0 +1,59 @@
+"""Encoders other than BERT, exported and run: the graph must compute what the torch modules compute.
+
+Tiny random models built here (helpers.make_tiny_encoder); each architecture brings something BERT has not
+(no token types, positions from the padding id, relative attention bias, rotary and sliding-window attention).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from helpers import ARCHITECTURES, SENTENCES, make_tiny_encoder
+from st_onnx import SentenceTransformer, layout
+
+TEXTS = SENTENCES + [" ".join(SENTENCES) * 3]  # the last is cut at max_seq_length (64 tokens)
+
+
+@pytest.fixture(scope="module", params=ARCHITECTURES)
+def encoder(request, tmp_path_factory):
+    return request.param, make_tiny_encoder(tmp_path_factory.mktemp(request.param) / "model", request.param)
+
+
+def _cosines(a, b):
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return (a * b).sum(axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def test_the_graph_matches_the_torch_modules(encoder):
+    arch, folder = encoder
+    torch_model = SentenceTransformer(str(folder), device="cpu")
+    onnx_model = SentenceTransformer(str(folder), backend="onnx", device="cpu")
+    manifest = onnx_model._backend.manifest
+    assert manifest["inputs"] == ["input_ids", "attention_mask"]  # none of them takes token_type_ids
+    assert max(len(ids) for ids in onnx_model.tokenize(TEXTS)["attention_mask"]) == 64
+    want = torch_model.encode(TEXTS, batch_size=4)  # mixed lengths in every batch: padding must not leak
+    assert _cosines(want, onnx_model.encode(TEXTS, batch_size=4)).min() > 0.99999
+    for r, g in zip(torch_model.encode(TEXTS, output_value="token_embeddings", batch_size=4),
+                    onnx_model.encode(TEXTS, output_value="token_embeddings", batch_size=4)):
+        assert r.shape == g.shape and np.abs(r.numpy() - g).max() < 1e-4
+
+
+def test_int8_exports_within_its_parity_bounds(encoder):
+    arch, folder = encoder
+    model = SentenceTransformer(str(folder), backend="onnx", device="cpu", onnx_options={"precision": "int8"})
+    manifest = json.loads(layout.manifest_path(model._backend.graph_path).read_text())
+    assert manifest["parity"]["passed"] is True and manifest["quantization"]
+    reference = SentenceTransformer(str(folder), device="cpu").encode(TEXTS)
+    assert _cosines(reference, model.encode(TEXTS)).min() > 0.96
+
+
+def test_sentence_transformers_reads_the_folder_alike(encoder):
+    st = pytest.importorskip("sentence_transformers")
+    arch, folder = encoder
+    ours = SentenceTransformer(str(folder), device="cpu")
+    theirs = st.SentenceTransformer(str(folder), device="cpu")
+    assert ours.max_seq_length == theirs.max_seq_length == 64
+    np.testing.assert_allclose(ours.encode(TEXTS), theirs.encode(TEXTS), atol=1e-5)
