@@ -3,7 +3,7 @@
     python export/embed_example.py BUNDLE_DIR "first text" "second text" [--prompt-name query] [--out emb.npy]
 
 This is the whole contract of the graph (export/README.md) in code: prepend the prompt (the named one, else the
-model's default_prompt_name, if any), strip (and lower-case when do_lower_case),
+model's default_prompt_name, if any), lower-case when do_lower_case (texts are not stripped),
 tokenize with the bundle's tokenizer.json (pads to the batch's longest text, truncates at max_seq_length), feed
 int64 input_ids / attention_mask (/ token_type_ids when the graph lists it), plus prompt_length (the prompt's
 token count) where the model pools without the prompt's tokens, read sentence_embedding.
@@ -41,7 +41,7 @@ class BundleEncoder:
 
     def prompt_length(self, prompt):
         """The prompt's tokens at the start of every text ([CLS] included, no trailing [SEP])."""
-        text = prompt.strip().lower() if self.info["do_lower_case"] else prompt.strip()
+        text = prompt.lower() if self.info["do_lower_case"] else prompt
         encoding = self.tokenizer.encode(text)
         return len(encoding.ids) - (1 if encoding.special_tokens_mask[-1] else 0)
 
@@ -51,7 +51,7 @@ class BundleEncoder:
         if prompt and not self.info.get("pooling_include_prompt", True):
             # the model's pooling skips the prompt's tokens: the graph's prompt_length input says how many
             extra["prompt_length"] = np.array([self.prompt_length(prompt)], dtype=np.int64)
-        texts = [(prompt + t).strip() for t in texts]
+        texts = [prompt + t for t in texts]
         if self.info["do_lower_case"]:
             texts = [t.lower() for t in texts]
         order = np.argsort([len(t) for t in texts], kind="stable")  # similar lengths together: less padding

@@ -105,7 +105,7 @@ class SentenceTransformer(ModuleMethods):
 
             self._backend = OnnxBackend.load(self, modules=modules, device=device, options=dict(onnx_options or {}))
             if self._stack is not None:  # modules=[...]: loaded before the backend existed
-                self._backend.link_transformer(self._stack.transformer)
+                self._backend.link_modules(self._stack)
 
     # -- construction helpers ---------------------------------------------------------------------------
     def _resolve_path(self, name: str, revision: str | None = None, local_files_only: bool = False) -> Path:
@@ -131,7 +131,7 @@ class SentenceTransformer(ModuleMethods):
             else:
                 raise BackendError("this model has no torch modules")
             if self.backend == "onnx" and getattr(self, "_backend", None) is not None:
-                self._backend.link_transformer(self._stack.transformer)
+                self._backend.link_modules(self._stack)
         return self._stack
 
     @property

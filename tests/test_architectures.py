@@ -57,3 +57,26 @@ def test_sentence_transformers_reads_the_folder_alike(encoder):
     theirs = st.SentenceTransformer(str(folder), device="cpu")
     assert ours.max_seq_length == theirs.max_seq_length == 64
     np.testing.assert_allclose(ours.encode(TEXTS), theirs.encode(TEXTS), atol=1e-5)
+
+
+def test_spaces_and_prompts_are_tokenized_as_sentence_transformers_does(encoder, tmp_path):
+    """Texts and prompts go to the tokenizer as given (sentence-transformers 6 does not strip them): on a
+    byte-level BPE tokenizer a space is a token, so stripping would change embeddings and prompt lengths."""
+    st = pytest.importorskip("sentence_transformers")
+    import shutil
+
+    arch, folder = encoder
+    copy = tmp_path / "model"
+    shutil.copytree(folder, copy)
+    reference = st.SentenceTransformer(str(copy), device="cpu", prompts={"query": "query: "})
+    reference.set_pooling_include_prompt(False)
+    reference.save(str(copy))
+    texts = ["  the cat sleeps \n", "the cat sleeps", " a dog"]
+    cases = [{}, {"prompt_name": "query"}]
+    want = [reference.encode(texts, **kwargs) for kwargs in cases]
+    if arch in ("roberta", "modernbert"):  # byte-level BPE: the spaces are tokens
+        assert not np.allclose(want[0][0], want[0][1], atol=1e-4)
+    for backend in ("torch", "onnx"):
+        model = SentenceTransformer(str(copy), backend=backend, device="cpu")
+        for kwargs, expected in zip(cases, want):
+            np.testing.assert_allclose(model.encode(texts, **kwargs), expected, atol=1e-5)

@@ -182,6 +182,50 @@ def test_the_prompt_length_input_has_a_default_for_plain_onnx_runtime(prompt_exc
     assert not np.allclose(fed, plain, atol=1e-3)
 
 
+@pytest.mark.parametrize("mode", ["max", "weightedmean", "cls", "lasttoken", "mean_sqrt_len_tokens"])
+def test_every_pooling_mode_leaves_the_prompt_out_as_sentence_transformers(mode, tmp_path):
+    from helpers import make_tiny_model
+
+    folder = make_tiny_model(tmp_path / "model", pooling=mode)
+    reference = st.SentenceTransformer(str(folder), device="cpu", prompts=PROMPTS)
+    reference.set_pooling_include_prompt(False)
+    reference.save(str(folder))
+    want = reference.encode(SENTENCES, prompt_name="fish", batch_size=3)
+    for backend in ("torch", "onnx"):
+        model = SentenceTransformer(str(folder), backend=backend, device="cpu")
+        np.testing.assert_allclose(model.encode(SENTENCES, prompt_name="fish", batch_size=3), want, atol=1e-5,
+                                   err_msg=backend)
+
+
+def test_the_prompt_is_counted_at_the_max_seq_length_in_use(prompt_excluded, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(prompt_excluded, folder)
+    long_prompt = "the big red dog and the small cat " * 4
+    reference = st.SentenceTransformer(str(folder), device="cpu")
+    reference[0].max_seq_length = 16
+    model = SentenceTransformer(str(folder), backend="onnx", device="cpu")
+    model[0].max_seq_length = 16  # the first encode after it must see it, prompt included
+    np.testing.assert_allclose(model.encode(SENTENCES, prompt=long_prompt),
+                               reference.encode(SENTENCES, prompt=long_prompt), atol=1e-5)
+
+
+def test_include_prompt_set_on_the_onnx_model_is_the_pooling_modules_and_is_saved(prompt_excluded, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(prompt_excluded, folder)
+    model = SentenceTransformer(str(folder), backend="onnx", device="cpu")
+    model.set_pooling_include_prompt(True)
+    assert model[1].include_prompt is True
+    model.save(str(tmp_path / "saved"))
+    assert json.loads((tmp_path / "saved" / "1_Pooling" / "config.json").read_text())["include_prompt"] is True
+    model[1].include_prompt = False  # sentence-transformers' way: the graph follows it
+    reference = st.SentenceTransformer(str(folder), device="cpu")
+    np.testing.assert_allclose(model.encode(SENTENCES, prompt_name="query"),
+                               reference.encode(SENTENCES, prompt_name="query"), atol=1e-5)
+    assert not np.allclose(model.encode(SENTENCES, prompt_name="query"),
+                           SentenceTransformer(str(tmp_path / "saved"), device="cpu").encode(
+                               SENTENCES, prompt_name="query"), atol=1e-3)
+
+
 def test_a_graph_exported_without_prompt_length_is_re_exported(prompt_excluded, tmp_path):
     """A graph of an include_prompt=False model from an st-onnx that had no prompt_length input is replaced."""
     folder = tmp_path / "model"

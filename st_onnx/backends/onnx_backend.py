@@ -93,6 +93,7 @@ class OnnxBackend:
         self._text_tokenizer = tokenizer
         self._include_prompt = bool(self.manifest.get("pooling_include_prompt", True))
         self._linked_transformer: Any = None  # the torch Transformer module, once the facade loads it
+        self._linked_pooling: Any = None  # and its Pooling module
         self._encoder = self._make_encoder(device)
 
     # -- construction ---------------------------------------------------------------------------------
@@ -190,11 +191,16 @@ class OnnxBackend:
         if self._linked_transformer is not None:
             self._linked_transformer.max_seq_length = value
 
-    def link_transformer(self, transformer: Any) -> None:
-        """Share ``max_seq_length`` with the torch Transformer module (``model[0]``): sentence-transformers users
-        set ``model[0].max_seq_length``, and ``save`` writes the module's value."""
-        transformer.max_seq_length = self._text_tokenizer.max_seq_length
-        self._linked_transformer = transformer
+    def link_modules(self, stack: Any) -> None:
+        """Share ``max_seq_length`` with the torch Transformer module (``model[0]``) and ``include_prompt`` with
+        the Pooling module: sentence-transformers users set them on the modules, and ``save`` writes the modules'
+        values. This backend's values, possibly set before the modules loaded, are the modules' from now on."""
+        stack.transformer.max_seq_length = self._text_tokenizer.max_seq_length
+        self._linked_transformer = stack.transformer
+        pooling = next((m for m in stack if hasattr(m, "include_prompt")), None)
+        if pooling is not None:
+            pooling.include_prompt = self._include_prompt
+            self._linked_pooling = pooling
 
     def _sync_max_seq_length(self) -> None:
         linked = self._linked_transformer
@@ -205,10 +211,14 @@ class OnnxBackend:
         return self.text_tokenizer(texts)
 
     def pooling_include_prompt(self) -> bool:
+        if self._linked_pooling is not None:  # model[1].include_prompt = ... is how sentence-transformers sets it
+            return bool(self._linked_pooling.include_prompt)
         return self._include_prompt
 
     def set_pooling_include_prompt(self, include_prompt: bool) -> None:
         self._include_prompt = include_prompt  # checked against the graph when a prompt is used (prompt_length)
+        if self._linked_pooling is not None:
+            self._linked_pooling.include_prompt = include_prompt
 
     def prompt_length(self, prompt: str) -> int:
         """The prompt's token count, fed to the graph's ``prompt_length`` input, which pooling then leaves out."""
@@ -219,7 +229,7 @@ class OnnxBackend:
                 "keeps. st-onnx exports that input when the model folder's Pooling config says "
                 f"include_prompt=false; encode with prompt {prompt!r} on backend='torch', or without a prompt"
             )
-        return self._text_tokenizer.prompt_length(prompt)
+        return self.text_tokenizer.prompt_length(prompt)  # the property: at the max_seq_length in use
 
     def encode(self, inputs: list, opts: EncodeOptions) -> Any:
         if opts.device is not None:

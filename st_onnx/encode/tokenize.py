@@ -1,7 +1,7 @@
 """TextTokenizer: a model's ``tokenizer.json`` run with ``tokenizers`` alone (no transformers, no torch).
 
-It reproduces what the torch Transformer module's ``tokenize`` feeds the model: texts stripped (and lowered
-with ``do_lower_case``), pairs and one-text dicts accepted, truncation at ``max_seq_length`` (longest first),
+It reproduces what the torch Transformer module's ``tokenize`` feeds the model: texts as given, not stripped, as
+in sentence-transformers 6 (lowered with ``do_lower_case``), pairs and one-text dicts accepted, truncation at ``max_seq_length`` (longest first),
 special tokens added. Two differences are deliberate and invisible in the embeddings:
 
 - the fixed padding some ``tokenizer.json`` files carry (all-MiniLM-L6-v2 pads every text to 128) is switched
@@ -146,7 +146,7 @@ class TextTokenizer:
         """Unpadded, truncated token ids of strings, (a, b) pairs or one-text dicts."""
         if not texts:
             return []
-        columns = [[s.strip() for s in col] for col in text_columns(texts)]
+        columns = text_columns(texts)
         if self.do_lower_case:
             columns = [[s.lower() for s in col] for col in columns]
         pairs = len(columns) == 2
@@ -158,7 +158,7 @@ class TextTokenizer:
 
     def prompt_length(self, prompt: str) -> int:
         """Tokens ``prompt`` contributes at the start of every text: its ids without a trailing special token."""
-        text = prompt.strip().lower() if self.do_lower_case else prompt.strip()
+        text = prompt.lower() if self.do_lower_case else prompt
         encoding = self._tokenizer.encode(text, add_special_tokens=True)
         special = encoding.special_tokens_mask
         return len(encoding.ids) - 1 if special and special[-1] else len(encoding.ids)

@@ -112,6 +112,9 @@ def check_parity(stack, session, input_names: Sequence[str], precision: str,
     import torch
 
     texts = list(sentences) if sentences else list(DEFAULT_SENTENCES)
+    if prompt_length is not None:  # texts with no token after the "prompt" would pool nothing (max: -inf, NaN)
+        counts = stack.transformer.tokenize(texts)["attention_mask"].sum(dim=1).tolist()
+        texts = [t for t, n in zip(texts, counts) if n > prompt_length + 1]
     # Interleave long and short texts so that every batch is padded.
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     order = [order[i // 2] if i % 2 == 0 else order[-1 - i // 2] for i in range(len(order))]

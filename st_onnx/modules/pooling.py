@@ -83,9 +83,11 @@ class Pooling(nn.Module):
         mask = features.get("attention_mask")
         if mask is None or mask.shape[-1] != tokens.shape[1]:
             mask = torch.ones(tokens.shape[:-1], dtype=torch.int64, device=tokens.device)
+        original = mask
         if not self.include_prompt and "prompt_length" in features:
             mask = exclude_prompt(mask, features["prompt_length"])
-        features["sentence_embedding"] = torch.cat([pool(mode, tokens, mask) for mode in self.modes], dim=-1)
+        features["sentence_embedding"] = torch.cat([pool(mode, tokens, mask, original) for mode in self.modes],
+                                                   dim=-1)
         return features
 
     def get_config_dict(self) -> dict[str, Any]:
@@ -113,18 +115,23 @@ class Pooling(nn.Module):
 
 
 def exclude_prompt(mask: torch.Tensor, prompt_length: int | torch.Tensor) -> torch.Tensor:
-    """``mask`` with its first ``prompt_length`` positions zeroed (sentence-transformers' ``mask[:, :n] = 0``).
+    """``mask`` with each row's first ``prompt_length`` real tokens zeroed (after any left padding), as
+    sentence-transformers does.
 
     Written as a comparison, not a slice assignment, so that a traced graph keeps ``prompt_length`` an input
     (an int or a one-element tensor; the fused graph's optional ``prompt_length`` input) instead of a constant.
     """
     length = torch.as_tensor(prompt_length, device=mask.device).reshape(-1)[0]
-    keep = torch.arange(mask.shape[1], device=mask.device) >= length
+    first = mask.to(torch.int32).argmax(dim=1, keepdim=True)  # 0 unless padded on the left
+    keep = torch.arange(mask.shape[1], device=mask.device).unsqueeze(0) >= first + length
     return mask * keep.to(mask.dtype)
 
 
-def pool(mode: str, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """One pooling mode over padded (batch, seq, dim) tokens; written with ops that export to ONNX."""
+def pool(mode: str, tokens: torch.Tensor, mask: torch.Tensor, original: torch.Tensor | None = None) -> torch.Tensor:
+    """One pooling mode over padded (batch, seq, dim) tokens; written with ops that export to ONNX.
+
+    ``original``: the attention mask before a prompt was left out of ``mask``; weightedmean numbers positions
+    from the first real token of it, as sentence-transformers does (default: ``mask``)."""
     fmask = mask.unsqueeze(-1).to(tokens.dtype)
     if mode == "cls":
         first = mask.to(torch.int32).argmax(dim=1)
@@ -138,7 +145,7 @@ def pool(mode: str, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return total / (count if mode == "mean" else torch.sqrt(count))
     if mode == "weightedmean":
         positions = torch.cumsum(torch.ones_like(mask, dtype=tokens.dtype), dim=1)
-        pad_lengths = mask.to(torch.int32).argmax(dim=1).to(tokens.dtype)
+        pad_lengths = (mask if original is None else original).to(torch.int32).argmax(dim=1).to(tokens.dtype)
         weights = (positions - pad_lengths.unsqueeze(1)).unsqueeze(-1) * fmask
         return (tokens * weights).sum(dim=1) / torch.clamp(weights.sum(dim=1), min=1e-9)
     if mode == "lasttoken":

@@ -95,7 +95,8 @@ class Transformer(nn.Module):
             columns = [[str(t[0]) for t in texts], [str(t[1]) for t in texts]]
         else:
             columns = [list(texts)]
-        columns = [[s.strip() for s in col] for col in columns]
+        # not stripped: sentence-transformers 6 feeds texts as given (a byte-level BPE tokenizer sees the spaces;
+        # WordPiece ignores them), where releases before 6 stripped them
         if self.do_lower_case:
             columns = [[s.lower() for s in col] for col in columns]
         return self.tokenizer(
