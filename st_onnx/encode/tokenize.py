@@ -1,8 +1,9 @@
 """TextTokenizer: a model's ``tokenizer.json`` run with ``tokenizers`` alone (no transformers, no torch).
 
 It reproduces what the torch Transformer module's ``tokenize`` feeds the model: texts as given, not stripped, as
-in sentence-transformers 6 (lowered with ``do_lower_case``), pairs and one-text dicts accepted, truncation at ``max_seq_length`` (longest first),
-special tokens added. Two differences are deliberate and invisible in the embeddings:
+in sentence-transformers 6 (lowered with ``do_lower_case``), pairs and one-text dicts accepted, truncation at
+``max_seq_length`` (longest first), special tokens added. Two differences are deliberate and invisible in the
+embeddings:
 
 - the fixed padding some ``tokenizer.json`` files carry (all-MiniLM-L6-v2 pads every text to 128) is switched
   off; texts are encoded unpadded and each batch is padded only to its own longest text (``pad``);
