@@ -6,6 +6,7 @@ import csv
 import gzip
 import shutil
 from pathlib import Path
+from typing import Any
 
 DATA = Path(__file__).parent / "data"
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -81,7 +82,7 @@ def make_tiny_model(folder: Path, pooling="mean", dense: int | None = None, norm
     return folder
 
 
-ARCHITECTURES = ("distilbert", "roberta", "mpnet", "modernbert")
+ARCHITECTURES = ("distilbert", "roberta", "mpnet", "modernbert", "qwen3")
 
 
 def make_tiny_encoder(folder: Path, arch: str, seed: int = 0) -> Path:
@@ -90,31 +91,32 @@ def make_tiny_encoder(folder: Path, arch: str, seed: int = 0) -> Path:
 
     distilbert: no token_type_ids. roberta: byte-level BPE, positions counted from the padding id. mpnet:
     relative position bias in attention. modernbert: rotary positions, alternating global and sliding-window
-    attention (a 16-token window, so that texts of 64 tokens feel it), no biases.
+    attention (a 16-token window, so that texts of 64 tokens feel it), no biases. qwen3: a decoder as
+    Qwen3-Embedding is one: causal attention, grouped keys, RMSNorm, an end-of-text token appended to every text,
+    a tokenizer padding on the left, last-token pooling.
     """
-    import torch
     import transformers as tf
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-
-    from st_onnx import SentenceTransformer
-    from st_onnx.models import Normalize, Pooling, Transformer
 
     folder = Path(folder)
     raw = folder.parent / (folder.name + "-hf")
     raw.mkdir(parents=True, exist_ok=True)
     corpus = [" ".join(WORDS[i:] + WORDS[:i]) for i in range(0, len(WORDS), 7)]
     size = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
-    if arch in ("roberta", "modernbert"):
+    if arch in ("roberta", "modernbert", "qwen3"):
         tok = Tokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
-        specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # ids 0-4; roberta's padding id is 1
+        # ids 0-4; roberta's padding id is 1
+        specials = ["<|endoftext|>"] if arch == "qwen3" else ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
         tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
                                                              initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     else:
         tok = Tokenizer(models.WordPiece(vocab={t: i for i, t in enumerate(tiny_vocab())}, unk_token="[UNK]"))
         tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    if arch == "qwen3":
+        return _tiny_decoder(folder, raw, tok, seed)
     cls, sep, pad, unk, mask = (("<s>", "</s>", "<pad>", "<unk>", "<mask>") if specials[0] == "<s>"
                                 else ("[CLS]", "[SEP]", "[PAD]", "[UNK]", "[MASK]"))
     tok.post_processor = processors.TemplateProcessing(
@@ -138,10 +140,37 @@ def make_tiny_encoder(folder: Path, arch: str, seed: int = 0) -> Path:
                                                   cls_token_id=tok.token_to_id(cls),
                                                   sep_token_id=tok.token_to_id(sep), **size, **ids),
     }[arch]()
+    return _save_encoder(folder, raw, config, "mean", seed)
+
+
+def _tiny_decoder(folder: Path, raw: Path, tok: Any, seed: int) -> Path:
+    import transformers as tf
+    from tokenizers import processors
+
+    eot = "<|endoftext|>"
+    tok.post_processor = processors.TemplateProcessing(single=f"$A {eot}", pair=f"$A {eot} $B {eot}",
+                                                       special_tokens=[(eot, tok.token_to_id(eot))])
+    tf.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=eot, eos_token=eot, padding_side="left",
+                               model_max_length=128, model_input_names=["input_ids", "attention_mask"]
+                               ).save_pretrained(raw)
+    # no pad_token_id: it would zero the embedding of the end-of-text token every text ends with
+    config = tf.Qwen3Config(vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=2,
+                            num_attention_heads=4, num_key_value_heads=2, head_dim=8, intermediate_size=64,
+                            max_position_embeddings=128)
+    return _save_encoder(folder, raw, config, "lasttoken", seed)
+
+
+def _save_encoder(folder: Path, raw: Path, config: Any, pooling: str, seed: int) -> Path:
+    import torch
+    import transformers as tf
+
+    from st_onnx import SentenceTransformer
+    from st_onnx.models import Normalize, Pooling, Transformer
+
     torch.manual_seed(seed)
     tf.AutoModel.from_config(config).eval().save_pretrained(raw)
     transformer = Transformer(str(raw), max_seq_length=64)
-    modules = [transformer, Pooling(transformer.get_word_embedding_dimension(), pooling_mode="mean"), Normalize()]
+    modules = [transformer, Pooling(transformer.get_word_embedding_dimension(), pooling_mode=pooling), Normalize()]
     SentenceTransformer(modules=modules, device="cpu").save(folder)
     shutil.rmtree(raw)
     return folder
