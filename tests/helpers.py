@@ -107,10 +107,12 @@ def make_tiny_encoder(folder: Path, arch: str, seed: int = 0) -> Path:
         tok = Tokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
-        # ids 0-4; roberta's padding id is 1
-        specials = ["<|endoftext|>"] if arch == "qwen3" else ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+        # ids 0-4 (roberta's padding id is 1); Qwen's end-of-text token comes after the vocabulary, not at id 0
+        specials = [] if arch == "qwen3" else ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
         tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
                                                              initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+        if arch == "qwen3":
+            tok.add_special_tokens(["<|endoftext|>"])
     else:
         tok = Tokenizer(models.WordPiece(vocab={t: i for i, t in enumerate(tiny_vocab())}, unk_token="[UNK]"))
         tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()

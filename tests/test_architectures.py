@@ -35,6 +35,8 @@ def test_the_graph_matches_the_torch_modules(encoder):
     manifest = onnx_model._backend.manifest
     assert manifest["inputs"] == ["input_ids", "attention_mask"]  # none of them takes token_type_ids
     assert max(len(ids) for ids in onnx_model.tokenize(TEXTS)["attention_mask"]) == 64
+    # the graph's batches are padded with the model's own padding token (Qwen's is named in its config only)
+    assert onnx_model._backend.text_tokenizer.pad_id == torch_model.tokenizer.pad_token_id
     want = torch_model.encode(TEXTS, batch_size=4)  # mixed lengths in every batch: padding must not leak
     assert _cosines(want, onnx_model.encode(TEXTS, batch_size=4)).min() > 0.99999
     left = torch_model.tokenizer.padding_side == "left"

@@ -61,6 +61,17 @@ def uses_token_type_ids(folder: Path) -> bool:
     return cls.startswith(_TYPE_ID_CLASSES)
 
 
+def configured_pad_token(folder: Path) -> str | None:
+    """The ``pad_token`` that tokenizer_config.json (or special_tokens_map.json) names, as transformers reads it."""
+    for name in (layout.TOKENIZER_CONFIG_JSON, "special_tokens_map.json"):
+        config = layout.read_json_if_exists(folder / name, {}) or {}
+        token = config.get("pad_token") if isinstance(config, dict) else None
+        token = token.get("content") if isinstance(token, dict) else token
+        if isinstance(token, str):
+            return token
+    return None
+
+
 class TokenIds:
     """One text's token ids (and segment ids for pairs), compact: a tokenizers Encoding also keeps its tokens,
     offsets and masks, several times the memory, for the whole chunk being encoded."""
@@ -79,9 +90,10 @@ class TextTokenizer:
     """Encode texts into unpadded encodings, and pad a batch of them into numpy features."""
 
     def __init__(self, tokenizer: Tokenizer, max_seq_length: int, do_lower_case: bool = False,
-                 pad_id: int | None = None, type_ids: bool = True) -> None:
+                 pad_id: int | None = None, type_ids: bool = True, pad_token: str | None = None) -> None:
         self._tokenizer = tokenizer
         self.type_ids = bool(type_ids)
+        self._pad_token = pad_token  # the tokenizer config's pad_token (Qwen: '<|endoftext|>')
         self.do_lower_case = bool(do_lower_case)
         self.pad_id = self._find_pad_id() if pad_id is None else int(pad_id)
         self.max_seq_length = max_seq_length
@@ -102,7 +114,7 @@ class TextTokenizer:
             raise ModelFolderError(f"{path} cannot be read by tokenizers ({e}); restore the file") from e
         config = layout.read_transformer_config(folder)
         return cls(tokenizer, model_max_seq_length(folder), config.get("do_lower_case", False),
-                   type_ids=uses_token_type_ids(folder))
+                   type_ids=uses_token_type_ids(folder), pad_token=configured_pad_token(folder))
 
     # -- settings -------------------------------------------------------------------------------------
     @property
@@ -118,6 +130,7 @@ class TextTokenizer:
                 f"tokenizer must be a tokenizers.Tokenizer or a transformers fast tokenizer; got {type(value).__name__}"
             )
         self._tokenizer = backend
+        self._pad_token = getattr(value, "pad_token", None) or self._pad_token
         self.pad_id = self._find_pad_id()
         self.max_seq_length = self._max_seq_length
 
@@ -136,7 +149,9 @@ class TextTokenizer:
         padding = self._tokenizer.padding
         if padding and padding.get("pad_id") is not None:
             return int(padding["pad_id"])
-        for token in ("[PAD]", "<pad>", "<|pad|>"):
+        for token in (self._pad_token, "[PAD]", "<pad>", "<|pad|>"):
+            if not isinstance(token, str):
+                continue
             idx = self._tokenizer.token_to_id(token)
             if idx is not None:
                 return idx
