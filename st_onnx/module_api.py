@@ -42,9 +42,13 @@ class ModuleMethods:
 
     def _cast(self, kind: str) -> Any:
         if self.backend != "torch":
+            precision = self._backend.manifest.get("precision")
+            if kind == "float" and precision == "fp32":
+                return self  # the graph computes in fp32 already
             raise BackendError(
-                f"{kind}() casts torch modules; the onnx backend runs a graph exported at one precision: load it "
-                "with onnx_options={'precision': 'fp16'} (CUDA) or {'precision': 'int8'} (CPU) instead"
+                f"{kind}() casts torch modules; the onnx backend runs a graph exported at one precision (this one: "
+                f"{precision}): load the model with onnx_options={{'precision': ...}} instead: 'fp32' (CPU or CUDA), "
+                "'fp16' (CUDA), 'int8' (CPU)"
             )
         getattr(self._backend.stack, kind)()
         return self

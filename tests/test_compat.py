@@ -182,8 +182,12 @@ def test_module_methods_on_the_onnx_backend(tiny_model_copy):
 
     model = SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu")
     assert model.eval() is model and model.train(False) is model
-    with pytest.raises(BackendError, match=r"half\(\) casts torch modules.*'precision': 'fp16'"):
+    with pytest.raises(BackendError, match=r"half\(\) casts torch modules.*this one: fp32.*'fp16' \(CUDA\)"):
         model.half()
+    assert model.float() is model  # the graph is fp32 already
+    int8 = SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu", onnx_options={"precision": "int8"})
+    with pytest.raises(BackendError, match=r"float\(\) casts torch modules.*this one: int8"):
+        int8.float()
     with pytest.raises(BackendError, match="train mode needs the torch modules"):
         model.train()
     assert len(list(model.parameters())) > 0  # the authoritative torch modules, loaded on first use
