@@ -168,6 +168,7 @@ class SentenceTransformer(ModuleMethods):
         chunk_size: int | None = None,
         *,
         inputs: str | list[str] | None = None,
+        **kwargs: Any,
     ) -> Any:
         """Embed one text or a list of texts; see the sentence-transformers documentation for the arguments.
 
@@ -176,8 +177,10 @@ class SentenceTransformer(ModuleMethods):
         ``precision`` ('int8', 'uint8', 'binary', 'ubinary') quantizes the result (``st_onnx.quantization``);
         ``pool`` (from ``start_multi_process_pool``) spreads the work as ``encode_multi_process`` does, and so
         does a list of devices (``device=['cpu', 'cpu']``: a pool for this call). ``inputs`` is
-        sentence-transformers 6's name for ``sentences``.
+        sentence-transformers 6's name for ``sentences``. Of the keyword arguments sentence-transformers 6 passes to
+        modules, ``task`` is accepted and has no effect (only a Router module reads it, which st-onnx does not load).
         """
+        _check_module_kwargs(kwargs)
         devices = None
         if isinstance(device, (list, tuple)):
             if pool is not None:
@@ -502,6 +505,15 @@ class SentenceTransformer(ModuleMethods):
         inputs, opts = self._with_prompt(inputs, opts, prompt, prompt_name, stacklevel=5)
         return encode_with_pool(self, inputs, pool, batch_size=opts.batch_size, chunk_size=chunk_size,
                                 show_progress_bar=opts.show_progress_bar, prompt_length=opts.prompt_length)
+
+
+def _check_module_kwargs(kwargs: dict[str, Any]) -> None:
+    """sentence-transformers 6's ``encode(**kwargs)`` for modules: its ValueError for any this model does not use."""
+    unused = sorted(set(kwargs) - {"task"})
+    if unused:
+        hint = (" (set model.max_seq_length for the token limit)" if "processing_kwargs" in unused else "")
+        raise InvalidInputError(f"encode() got keyword arguments this model does not use: {unused}; st-onnx's modules "
+                                f"take none (sentence-transformers passes them to modules such as Router){hint}")
 
 
 def _one_of(name: str, value: Any, alias: str, alias_value: Any, required: bool = False) -> Any:

@@ -113,3 +113,16 @@ def test_encode_multi_process_shows_progress_when_asked(pair, capsys):
         err = capsys.readouterr().err
     assert "Chunks" in err and f"{-(-len(SENTENCES) // 2)}/{-(-len(SENTENCES) // 2)}" in err
     np.testing.assert_allclose(shown, quiet)
+
+
+def test_module_keyword_arguments_as_sentence_transformers_6(pair, onnx_model):
+    ours, theirs = pair
+    np.testing.assert_allclose(ours.encode(SENTENCES, task="query"), theirs.encode(SENTENCES, task="query"),
+                               atol=1e-5)  # no Router: no effect, in both
+    for model in (ours, onnx_model):
+        with pytest.raises(ValueError, match=r"does not use: \['foo'\]"):
+            model.encode(SENTENCES, foo=1)
+        with pytest.raises(InvalidInputError, match="processing_kwargs.*max_seq_length"):
+            model.encode_query(SENTENCES, processing_kwargs={"text": {"max_length": 8}})
+    with pytest.raises(ValueError):
+        theirs.encode(SENTENCES, foo=1)
