@@ -95,31 +95,27 @@ def as_input_list(sentences: Any) -> tuple[list, bool]:
         raise InvalidInputError(
             f"sentences must be a string or a list of strings; got {type(sentences).__name__}"
         ) from e
+    first: dict[str, int] = {}  # kind -> index of its first item
     for i, item in enumerate(items):
-        check_item(item, i)
-    kinds = {_kind(item) for item in items}
-    if len(kinds) > 1:
-        first = {kind: next(i for i, item in enumerate(items) if _kind(item) == kind) for kind in sorted(kinds)}
-        where = ", ".join(f"sentences[{i}] is a {kind}" for kind, i in sorted(first.items(), key=lambda e: e[1]))
+        first.setdefault(check_item(item, i), i)
+    if len(first) > 1:
+        where = ", ".join(f"sentences[{i}] is a {kind}" for kind, i in first.items())
         raise InvalidInputError(f"sentences mixes kinds of input ({where}); encode each kind in its own call")
     return items, False
 
 
-def check_item(item: Any, index: int) -> None:
+def check_item(item: Any, index: int) -> str:
+    """The kind of one input ('str', 'pair' or 'dict'), or InvalidInputError naming it."""
     if isinstance(item, str):
-        return
+        return "str"
     if isinstance(item, (tuple, list)) and len(item) == 2 and all(isinstance(s, str) for s in item):
-        return
+        return "pair"
     if isinstance(item, dict) and len(item) == 1 and isinstance(next(iter(item.values())), str):
-        return
+        return "dict"
     raise InvalidInputError(
         f"sentences[{index}] is {item!r} ({type(item).__name__}); allowed: a str, a (str, str) pair, "
         "or a dict with one str value"
     )
-
-
-def _kind(item: Any) -> str:
-    return "str" if isinstance(item, str) else "dict" if isinstance(item, dict) else "pair"
 
 
 def text_length(item: Any) -> int:

@@ -26,9 +26,10 @@ from typing import Any, Sequence
 
 from .. import layout
 from ..errors import InvalidInputError, ModelFolderError, ParityError
+from ..runtime.encoder import PROMPT_LENGTH
 from . import manifest as manifest_mod
 from . import optimize as passes
-from .graph_module import PROMPT_LENGTH, FusedModule, eager_attention, excludes_prompt, graph_input_names
+from .graph_module import FusedModule, eager_attention, excludes_prompt, graph_input_names
 from .verify import ParityReport, check_parity
 
 logger = logging.getLogger(__name__)

@@ -13,7 +13,6 @@ from torch import nn
 logger = logging.getLogger(__name__)
 
 
-PROMPT_LENGTH = "prompt_length"
 
 
 class FusedModule(nn.Module):

@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from .. import layout
 from ..errors import GraphFileError, InvalidInputError, ModelFolderError, StaleGraphError
+from .encoder import PROMPT_LENGTH
 
 logger = logging.getLogger(__name__)
 
@@ -152,7 +153,7 @@ def _older_layout(graph: Path, manifest: dict[str, Any]) -> bool:
     if older:
         logger.info("%s was exported by an older st-onnx (graph layout %s, now %s): same embeddings, slower; "
                     "re-exporting it", graph, found, layout.GRAPH_LAYOUT)
-    elif manifest.get("pooling_include_prompt") is False and "prompt_length" not in manifest.get("inputs", []):
+    elif manifest.get("pooling_include_prompt") is False and PROMPT_LENGTH not in manifest.get("inputs", []):
         logger.info("%s pools without the prompt's tokens but was exported without a prompt_length input (older "
                     "st-onnx): re-exporting it", graph)
         return True
