@@ -3,8 +3,8 @@
     python export/embed_example.py BUNDLE_DIR "first text" "second text" [--prompt-name query] [--out emb.npy]
 
 This is the whole contract of the graph (export/README.md) in code: prepend the prompt (the named one, else the
-model's default_prompt_name, if any), lower-case when do_lower_case (texts are not stripped),
-tokenize with the bundle's tokenizer.json (pads to the batch's longest text, truncates at max_seq_length), feed
+model's default_prompt_name, if any; texts are not stripped), tokenize with the bundle's tokenizer.json (pads to
+the batch's longest text, truncates at max_seq_length, lower-cases when the model does), feed
 int64 input_ids / attention_mask (/ token_type_ids when the graph lists it), plus prompt_length (the prompt's
 token count) where the model pools without the prompt's tokens, read sentence_embedding.
 """
@@ -41,8 +41,7 @@ class BundleEncoder:
 
     def prompt_length(self, prompt):
         """The prompt's tokens at the start of every text ([CLS] included, no trailing [SEP])."""
-        text = prompt.lower() if self.info["do_lower_case"] else prompt
-        encoding = self.tokenizer.encode(text)
+        encoding = self.tokenizer.encode(prompt)
         return len(encoding.ids) - (1 if encoding.special_tokens_mask[-1] else 0)
 
     def encode(self, texts, batch_size=32, prompt_name=None):
@@ -52,8 +51,6 @@ class BundleEncoder:
             # the model's pooling skips the prompt's tokens: the graph's prompt_length input says how many
             extra["prompt_length"] = np.array([self.prompt_length(prompt)], dtype=np.int64)
         texts = [prompt + t for t in texts]
-        if self.info["do_lower_case"]:
-            texts = [t.lower() for t in texts]
         order = np.argsort([len(t) for t in texts], kind="stable")  # similar lengths together: less padding
         out = np.zeros((len(texts), self.info["embedding_dimension"]), dtype=np.float32)
         for start in range(0, len(texts), batch_size):

@@ -7,8 +7,8 @@ The bundle holds everything a plain ONNX Runtime + tokenizers program needs (see
     model.onnx       the fused graph: token ids -> finished sentence embedding (pooling, dense, normalize inside)
     manifest.json    st-onnx's manifest of that graph (fingerprint, versions, fusions, parity report)
     tokenizer.json   the model's tokenizer with fixed-length padding switched off (pads to the batch's longest
-                     text) and truncation at max_seq_length
-    bundle.json      max_seq_length, do_lower_case, inputs, optional_inputs, outputs, embedding_dimension,
+                     text), truncation at max_seq_length, and lower-casing built in when do_lower_case
+    bundle.json      max_seq_length, do_lower_case (for information: tokenizer.json applies it), inputs, optional_inputs, outputs, embedding_dimension,
                      precision, and the model's prompts (prepended to texts at encode time; default_prompt_name
                      applies to all) with pooling_include_prompt
 
@@ -26,6 +26,7 @@ from pathlib import Path
 
 from st_onnx import layout
 from st_onnx.encode.prompts import ModelSettings
+from st_onnx.encode.tokenize import TextTokenizer, configured_pad_token, lowercase_first
 from st_onnx.export import ParityReport, export_fused_graph, read_manifest
 from st_onnx.fingerprint import folder_fingerprint
 from st_onnx.modules import load_stack
@@ -33,14 +34,17 @@ from st_onnx.modules import load_stack
 GRAPH, MANIFEST, TOKENIZER, BUNDLE = "model.onnx", "manifest.json", "tokenizer.json", "bundle.json"
 
 
-def bundle_tokenizer(source: Path, max_seq_length: int):
-    """The folder's tokenizer.json without fixed padding, truncating at ``max_seq_length``."""
+def bundle_tokenizer(model_dir: Path, max_seq_length: int, do_lower_case: bool):
+    """The folder's tokenizer.json as the bundle carries it: no fixed padding (a batch pads to its longest text)
+    with the pad token the tokenizer config names, truncation at ``max_seq_length``, and the model's
+    ``do_lower_case`` built in as a Lowercase normalizer (what st-onnx and sentence-transformers 6 do)."""
     from tokenizers import Tokenizer
 
-    tok = Tokenizer.from_file(str(source))
-    padding = tok.padding or {}
-    pad_token = padding.get("pad_token") or ("[PAD]" if tok.token_to_id("[PAD]") is not None else "<pad>")
-    pad_id = padding.get("pad_id", tok.token_to_id(pad_token) or 0)
+    tok = Tokenizer.from_file(str(model_dir / TOKENIZER))
+    pad_id = TextTokenizer(tok, max_seq_length, pad_token=configured_pad_token(model_dir)).pad_id  # as st-onnx pads
+    pad_token = tok.id_to_token(pad_id)
+    if do_lower_case:
+        tok.normalizer = lowercase_first(tok.normalizer)
     tok.no_padding()
     tok.enable_padding(pad_id=pad_id, pad_token=pad_token)  # length=None: pad to the longest text of a batch
     strategy = (tok.truncation or {}).get("strategy", "longest_first")
@@ -59,7 +63,7 @@ def make_bundle(model_dir: Path, bundle_dir: Path, precision: str = "fp32") -> P
         shutil.move(graph, tmp / GRAPH)
         shutil.move(layout.manifest_path(graph), tmp / MANIFEST)
         shutil.rmtree(tmp / "export")
-        tok, pad_id = bundle_tokenizer(model_dir / TOKENIZER, transformer.max_seq_length)
+        tok, pad_id = bundle_tokenizer(model_dir, transformer.max_seq_length, transformer.do_lower_case)
         tok.save(str(tmp / TOKENIZER))
         info = {
             "graph": GRAPH, "tokenizer": TOKENIZER, "precision": precision,

@@ -87,3 +87,20 @@ def test_spaces_and_prompts_are_tokenized_as_sentence_transformers_does(encoder,
         model = SentenceTransformer(str(copy), backend=backend, device="cpu")
         for kwargs, expected in zip(cases, want):
             np.testing.assert_allclose(model.encode(texts, **kwargs), expected, atol=1e-5)
+
+
+def test_the_bundle_tokenizer_pads_with_the_model_pad_token(encoder):
+    """export/make_bundle.py's tokenizer.json pads with the id st-onnx and transformers pad with (Qwen's
+    '<|endoftext|>' is named in its tokenizer config only), on the right."""
+    import importlib.util
+    from pathlib import Path
+
+    arch, folder = encoder
+    path = Path(__file__).resolve().parents[1] / "export" / "make_bundle.py"
+    spec = importlib.util.spec_from_file_location("make_bundle", path)
+    make_bundle = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_bundle)
+    tok, pad_id = make_bundle.bundle_tokenizer(folder, 64, do_lower_case=False)
+    assert pad_id == SentenceTransformer(str(folder), device="cpu").tokenizer.pad_token_id
+    short, long = tok.encode_batch(["hi", TEXTS[-1]])
+    assert len(short.ids) == len(long.ids) == 64 and short.ids[-1] == pad_id and short.attention_mask[-1] == 0

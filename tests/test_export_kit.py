@@ -120,3 +120,37 @@ def test_a_model_that_pools_without_the_prompt_deploys_with_prompt_length(tmp_pa
     # the prompt's tokens were left out: pooling them too gives another embedding
     reference.set_pooling_include_prompt(True)
     assert not np.allclose(np.load(npy), reference.encode(TEXTS), atol=1e-3)
+
+
+def test_do_lower_case_lowers_inside_the_tokenizer_as_sentence_transformers_6(tmp_path):
+    """do_lower_case is a Lowercase step in the tokenizer (sentence-transformers 6), not str.lower() before it: a
+    "[MASK]" in a text stays the special token. Torch backend, onnx backend and bundle all tokenize as 6 does."""
+    st = pytest.importorskip("sentence_transformers")
+    from st_onnx import SentenceTransformer
+
+    folder = make_tiny_model(tmp_path / "model", pooling="cls")
+    config = folder / "sentence_bert_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "do_lower_case": True}))
+    texts = ["The [MASK] SLEEPS", "a [MASK]", "THE CAT"]
+    reference = st.SentenceTransformer(str(folder), device="cpu")
+    ref_ids = reference.tokenize(texts)["input_ids"]
+    assert 4 in ref_ids[0].tolist()  # [MASK] kept whole (str.lower() would give "[", "mask", "]")
+    expected = reference.encode(texts)
+    torch_model = SentenceTransformer(str(folder), device="cpu")
+    assert torch.equal(torch_model.tokenize(texts)["input_ids"], ref_ids)
+    onnx_model = SentenceTransformer(str(folder), device="cpu", backend="onnx")
+    assert onnx_model.tokenize(texts)["input_ids"].tolist() == ref_ids.tolist()
+    np.testing.assert_allclose(onnx_model.encode(texts), expected, atol=1e-5)
+    # the bundle's tokenizer.json lowers by itself; the example feeds texts as given
+    run([KIT / "make_bundle.py", folder, tmp_path / "bundle"])
+    npy = tmp_path / "emb.npy"
+    run([KIT / "embed_example.py", tmp_path / "bundle", *texts, "--out", npy])
+    np.testing.assert_allclose(np.load(npy), expected, atol=1e-5)
+    # a folder saved after loading carries the Lowercase step once; loading it again adds none
+    torch_model.save(str(tmp_path / "saved"))
+    normalizer = json.loads((tmp_path / "saved" / "tokenizer.json").read_text())["normalizer"]
+    assert [step["type"] for step in normalizer["normalizers"]].count("Lowercase") == 1
+    again = SentenceTransformer(str(tmp_path / "saved"), device="cpu", backend="onnx")
+    assert again.tokenize(texts)["input_ids"].tolist() == ref_ids.tolist()
+    assert again.tokenizer.normalizer.__getstate__() == SentenceTransformer(
+        str(tmp_path / "saved"), device="cpu").tokenizer.backend_tokenizer.normalizer.__getstate__()

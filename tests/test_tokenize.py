@@ -58,6 +58,8 @@ def test_max_seq_length_and_lower_case(tiny_model_dir):
         tok.max_seq_length = 0
     lower = TextTokenizer(tok.tokenizer, 16, do_lower_case=True)
     assert lower(["THE CAT"])["input_ids"].tolist() == tok(["the cat"])["input_ids"].tolist()
+    assert lower(["[MASK]"])["input_ids"].tolist() == [[2, 4, 3]]  # special tokens matched before lowering
+    assert tok.tokenizer.normalizer.__getstate__() != lower.tokenizer.normalizer.__getstate__()  # given one kept
 
 
 def test_tokenizer_setter_accepts_a_transformers_tokenizer(tiny_model_dir):

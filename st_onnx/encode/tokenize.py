@@ -1,7 +1,7 @@
 """TextTokenizer: a model's ``tokenizer.json`` run with ``tokenizers`` alone (no transformers, no torch).
 
 It reproduces what the torch Transformer module's ``tokenize`` feeds the model: texts as given, not stripped, as
-in sentence-transformers 6 (lowered with ``do_lower_case``), pairs and one-text dicts accepted, truncation at
+in sentence-transformers 6 (lowered by the tokenizer with ``do_lower_case``), pairs and one-text dicts accepted, truncation at
 ``max_seq_length`` (longest first), special tokens added. Two differences are deliberate and invisible in the
 embeddings:
 
@@ -72,6 +72,24 @@ def configured_pad_token(folder: Path) -> str | None:
     return None
 
 
+def lowercase_first(normalizer: Any) -> Any:
+    """``normalizer`` with a Lowercase step in front, as sentence-transformers 6 applies ``do_lower_case``; the
+    same normalizer when it already holds one (a tokenizer saved after that is not lowered twice).
+
+    Lowering inside the tokenizer, not with ``str.lower`` before it, matters: special tokens are matched before
+    normalization, so "[MASK]" in a text stays one token, and the tokenizer lowers character by character
+    (a word-final capital sigma becomes "σ", where Python writes "ς")."""
+    from tokenizers.normalizers import Lowercase, Sequence as NormalizerSequence
+
+    if isinstance(normalizer, Lowercase):
+        return normalizer
+    if isinstance(normalizer, NormalizerSequence):
+        if any(isinstance(step, Lowercase) for step in normalizer):
+            return normalizer
+        return NormalizerSequence([Lowercase(), *normalizer])
+    return NormalizerSequence([Lowercase()] if normalizer is None else [Lowercase(), normalizer])
+
+
 class TokenIds:
     """One text's token ids (and segment ids for pairs), compact: a tokenizers Encoding also keeps its tokens,
     offsets and masks, several times the memory, for the whole chunk being encoded."""
@@ -91,10 +109,13 @@ class TextTokenizer:
 
     def __init__(self, tokenizer: Tokenizer, max_seq_length: int, do_lower_case: bool = False,
                  pad_id: int | None = None, type_ids: bool = True, pad_token: str | None = None) -> None:
+        self.do_lower_case = bool(do_lower_case)
+        if self.do_lower_case:  # a copy: the caller's tokenizer keeps its normalizer
+            tokenizer = Tokenizer.from_str(tokenizer.to_str())
+            tokenizer.normalizer = lowercase_first(tokenizer.normalizer)
         self._tokenizer = tokenizer
         self.type_ids = bool(type_ids)
         self._pad_token = pad_token  # the tokenizer config's pad_token (Qwen: '<|endoftext|>')
-        self.do_lower_case = bool(do_lower_case)
         self.pad_id = self._find_pad_id() if pad_id is None else int(pad_id)
         self.max_seq_length = max_seq_length
 
@@ -123,7 +144,9 @@ class TextTokenizer:
 
     @tokenizer.setter
     def tokenizer(self, value: Any) -> None:
-        """Accept a ``tokenizers.Tokenizer`` or a transformers fast tokenizer (its backend is used)."""
+        """Accept a ``tokenizers.Tokenizer`` or a transformers fast tokenizer (its backend is used). It runs as
+        given, as in sentence-transformers: ``do_lower_case`` is applied when the model loads, not to a
+        tokenizer set afterwards."""
         backend = getattr(value, "backend_tokenizer", value)
         if not isinstance(backend, Tokenizer):
             raise InvalidInputError(
@@ -163,8 +186,6 @@ class TextTokenizer:
         if not texts:
             return []
         columns = text_columns(texts)
-        if self.do_lower_case:
-            columns = [[s.lower() for s in col] for col in columns]
         pairs = len(columns) == 2
         batch = columns[0] if not pairs else list(zip(columns[0], columns[1]))
         encodings: list[Encoding] = self._tokenizer.encode_batch(batch, add_special_tokens=True)
@@ -174,8 +195,7 @@ class TextTokenizer:
 
     def prompt_length(self, prompt: str) -> int:
         """Tokens ``prompt`` contributes at the start of every text: its ids without a trailing special token."""
-        text = prompt.lower() if self.do_lower_case else prompt
-        encoding = self._tokenizer.encode(text, add_special_tokens=True)
+        encoding = self._tokenizer.encode(prompt, add_special_tokens=True)
         special = encoding.special_tokens_mask
         return len(encoding.ids) - 1 if special and special[-1] else len(encoding.ids)
 

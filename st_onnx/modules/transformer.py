@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .. import layout
+from ..encode.tokenize import lowercase_first, text_columns
 from ..layout import read_transformer_config
 from ..errors import ModelFolderError
 
@@ -59,6 +60,9 @@ class Transformer(nn.Module):
                 f"{model_name_or_path} has no fast tokenizer (tokenizer.json); st-onnx needs one to run without "
                 "transformers. Convert it with transformers' AutoTokenizer(..., use_fast=True).save_pretrained()."
             )
+        if do_lower_case:  # in the tokenizer, as sentence-transformers 6 does (special tokens stay special)
+            backend = self.tokenizer.backend_tokenizer
+            backend.normalizer = lowercase_first(backend.normalizer)
         if max_seq_length is None:
             limits = [getattr(config, "max_position_embeddings", None), self.tokenizer.model_max_length]
             limits = [x for x in limits if isinstance(x, int) and 0 < x < 100_000]
@@ -88,17 +92,9 @@ class Transformer(nn.Module):
 
     def tokenize(self, texts: list, padding: str | bool = True) -> dict[str, torch.Tensor]:
         """Tokenize strings, (text, text) pairs, or dicts of one text each, as sentence-transformers does."""
-        columns: list[list[str]]
-        if texts and isinstance(texts[0], dict):
-            columns = [[str(next(iter(t.values()))) for t in texts]]
-        elif texts and isinstance(texts[0], (tuple, list)):
-            columns = [[str(t[0]) for t in texts], [str(t[1]) for t in texts]]
-        else:
-            columns = [list(texts)]
+        columns = text_columns(texts)
         # not stripped: sentence-transformers 6 feeds texts as given (a byte-level BPE tokenizer sees the spaces;
-        # WordPiece ignores them), where releases before 6 stripped them
-        if self.do_lower_case:
-            columns = [[s.lower() for s in col] for col in columns]
+        # WordPiece ignores them), where releases before 6 stripped them; do_lower_case is the tokenizer's
         return self.tokenizer(
             *columns,
             padding=padding,
