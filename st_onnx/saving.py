@@ -53,7 +53,7 @@ def save_model(model, path: str | os.PathLike, model_name: str | None = None, cr
             (tmp / "README.md").write_text(model_card(model, model_name or path.name, train_datasets),
                                            encoding="utf-8")
         if source is not None and (Path(source) / layout.FUSED_DIR).is_dir():
-            _carry_fused_graphs(Path(source), tmp)
+            _carry_fused_graphs(Path(source), tmp, stack)
         if path.is_dir():
             _keep_foreign_entries(path, tmp)
     logger.info("saved model to %s", path)
@@ -87,20 +87,35 @@ def _keep_foreign_entries(old: Path, new: Path) -> None:
             link_or_copy(str(entry), str(new / entry.name))
 
 
-def _carry_fused_graphs(source: Path, target: Path) -> None:
-    """Copy fused graphs whose fingerprint matches the weights just written; drop stale ones (logged)."""
+def _carry_fused_graphs(source: Path, target: Path, stack: Any) -> None:
+    """Copy the fused graphs that compute the modules just written; drop the others (logged).
+
+    A graph's manifest fingerprint is of the files it was exported from. Files written again (by this
+    transformers, as safetensors) differ in bytes even for the same modules, so a graph whose fingerprint no
+    longer matches is still carried when its ``module_digest`` equals the saved modules' content digest
+    (same settings, same tensors); its manifest then takes the new folder's fingerprint. After training, or any
+    change to the weights, the digests differ and the graph is left behind.
+    """
+    from .export.manifest import write_manifest
     from .fingerprint import folder_fingerprint
 
     current = folder_fingerprint(target)
+    digest = None
     for graph in sorted((source / layout.FUSED_DIR).glob("*.onnx")):
         manifest = layout.read_json_if_exists(layout.manifest_path(graph), {}) or {}
-        if manifest.get("fingerprint") != current:
-            logger.info("not carrying %s: it was exported from other weights", graph.name)
-            continue
+        restamp = manifest.get("fingerprint") != current
+        if restamp:
+            digest = digest or stack.content_digest()
+            if manifest.get("module_digest") != digest:
+                logger.info("not carrying %s: it was exported from other weights", graph.name)
+                continue
         dest = target / layout.FUSED_DIR
         dest.mkdir(parents=True, exist_ok=True)
-        for f in graph.parent.glob(graph.stem + ".*"):
-            shutil.copy2(f, dest / f.name)
+        for f in graph.parent.glob(graph.stem + ".*"):  # graph, manifest, external weights
+            if not f.name.endswith(".stat.json"):  # a load-time cache of the source folder's file stats
+                shutil.copy2(f, dest / f.name)
+        if restamp:
+            write_manifest(dest / graph.name, {**manifest, "fingerprint": current})
 
 
 class ModelCardData:

@@ -367,3 +367,41 @@ def test_max_seq_length_is_shared_with_the_torch_module_and_saved(tiny_model_cop
     fresh.max_seq_length = 7  # set before the torch modules load: they take it over
     assert fresh[0].max_seq_length == 7
     assert model.tokenize([]) == {} == reference.tokenize([])
+
+
+def _as_if_saved_by_older_transformers(folder):
+    """config.json as transformers 4 wrote it (its own version, fewer default keys): same model, other bytes."""
+    path = folder / "config.json"
+    config = json.loads(path.read_text())
+    config.update(transformers_version="4.8.2", _name_or_path="someone/original")
+    for key in ("dtype", "add_cross_attention", "tie_word_embeddings"):
+        config.pop(key, None)
+    path.write_text(json.dumps(config, indent=1))
+
+
+@pytest.mark.parametrize("backend", ["onnx", "torch"])
+def test_save_carries_the_graph_when_the_modules_are_unchanged(tiny_model_copy, tmp_path, backend, caplog):
+    """Saving re-writes config.json and the weights (new bytes, new fingerprint): the graph still computes the
+    saved modules, so it goes along with the new fingerprint, and the saved folder needs no export."""
+    caplog.set_level(logging.INFO, logger="st_onnx")
+    _as_if_saved_by_older_transformers(tiny_model_copy)
+    expected = SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu").encode(SENTENCES)
+    model = SentenceTransformer(str(tiny_model_copy), backend=backend, device="cpu")
+    model.save(str(tmp_path / "saved"))
+    from st_onnx.fingerprint import folder_fingerprint
+
+    assert folder_fingerprint(tmp_path / "saved") != folder_fingerprint(tiny_model_copy)  # the files did change
+    assert sorted(p.name for p in (tmp_path / "saved" / layout.FUSED_DIR).iterdir()) == ["fp32.json", "fp32.onnx"]
+    kept = SentenceTransformer(str(tmp_path / "saved"), backend="onnx", device="cpu", onnx_options={"export": "never"})
+    np.testing.assert_array_equal(kept.encode(SENTENCES), expected)
+    assert _exports(caplog) == 1
+    # changed modules leave the graph behind: a weight, or the pooling (include_prompt changes the graph)
+    with torch.no_grad():
+        model[0].auto_model.embeddings.word_embeddings.weight[5] += 0.5
+    model.save(str(tmp_path / "weights"))
+    model = SentenceTransformer(str(tiny_model_copy), backend=backend, device="cpu")
+    model.set_pooling_include_prompt(False)
+    model.save(str(tmp_path / "pooling"))
+    for folder in ("weights", "pooling"):
+        assert not (tmp_path / folder / layout.FUSED_DIR).exists(), folder
+    assert sum("not carrying fp32.onnx" in r.getMessage() for r in caplog.records) == 2

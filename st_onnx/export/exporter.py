@@ -207,6 +207,7 @@ def _manifest(stack, graph: Path, names, dim: int, precision: str, fingerprint: 
         "format": manifest_mod.FORMAT,
         "layout": layout.GRAPH_LAYOUT,
         "fingerprint": fingerprint,
+        "module_digest": stack.content_digest(),  # lets a save carry the graph to re-written files (saving.py)
         "precision": precision,
         "opset": opset,
         "inputs": list(names),

@@ -58,6 +58,34 @@ class ModuleStack(nn.Sequential):
                     return int(getattr(module, attr)())
         return None
 
+    def content_digest(self) -> str:
+        """sha256 of what the modules compute: each module's kind and settings (a Transformer's model config as
+        transformers reads it) and every tensor of its state dict, bytes and all.
+
+        Unlike the folder fingerprint it does not change when the same modules are written again by another
+        transformers release (config.json gains default keys, pytorch_model.bin becomes model.safetensors), so
+        a save can tell that a fused graph exported from these modules still computes them. Left out, as the
+        graph does not depend on them: max_seq_length, do_lower_case (tokenizer settings), private and version
+        keys of the model config (``_name_or_path``, ``transformers_version``, the attention implementation).
+        """
+        import hashlib
+        import json
+
+        h = hashlib.sha256()
+        for idx, module in enumerate(self):
+            settings: dict[str, Any] = dict(module.get_config_dict()) if hasattr(module, "get_config_dict") else {}
+            if isinstance(module, Transformer):
+                settings = {k: v for k, v in settings.items() if k not in ("max_seq_length", "do_lower_case")}
+                config = module.auto_model.config.to_dict()
+                settings["model_config"] = {k: v for k, v in config.items()
+                                            if not k.startswith("_") and k != "transformers_version"}
+            h.update(json.dumps([idx, type(module).__name__, settings], sort_keys=True, default=str).encode())
+            for name, tensor in sorted(module.state_dict().items()):
+                tensor = tensor.detach().cpu().contiguous()
+                h.update(f"\0{name}:{tensor.dtype}:{tuple(tensor.shape)}\0".encode())
+                h.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+        return "sha256:" + h.hexdigest()
+
     def save(self, folder: str | os.PathLike) -> list[dict]:
         """Write every module into ``folder`` and return the modules.json entries."""
         folder = Path(folder)
