@@ -6,7 +6,8 @@ This is the whole contract of the graph (export/README.md) in code: prepend the 
 model's default_prompt_name, if any; texts are not stripped), tokenize with the bundle's tokenizer.json (pads to
 the batch's longest text, truncates at max_seq_length, lower-cases when the model does), feed
 int64 input_ids / attention_mask (/ token_type_ids when the graph lists it), plus prompt_length (the prompt's
-token count) where the model pools without the prompt's tokens, read sentence_embedding.
+token count) where the model pools without the prompt's tokens, read sentence_embedding, keep its first
+truncate_dim dimensions when bundle.json names a truncate_dim.
 """
 
 import argparse
@@ -63,7 +64,8 @@ class BundleEncoder:
             }
             feed = {name: np.asarray(columns[name], dtype=np.int64) for name in self.info["inputs"]}
             out[idx] = self.session.run(["sentence_embedding"], {**feed, **extra})[0]
-        return out
+        # a Matryoshka model saved with truncate_dim keeps its first dimensions (after the graph's normalization)
+        return out[:, :self.info["truncate_dim"]] if self.info.get("truncate_dim") else out
 
 
 def main(argv=None):

@@ -10,7 +10,7 @@ The bundle holds everything a plain ONNX Runtime + tokenizers program needs (see
                      text), truncation at max_seq_length, and lower-casing built in when do_lower_case
     bundle.json      max_seq_length, do_lower_case (for information: tokenizer.json applies it), inputs, optional_inputs, outputs, embedding_dimension,
                      precision, and the model's prompts (prepended to texts at encode time; default_prompt_name
-                     applies to all) with pooling_include_prompt
+                     applies to all) with pooling_include_prompt, and truncate_dim (null: all dimensions)
 
 The bundle is written atomically: BUNDLE_DIR appears complete or not at all.
 """

@@ -82,14 +82,15 @@ class SentenceTransformer(ModuleMethods):
         tokenizer_kwargs = _one_of("tokenizer_kwargs", tokenizer_kwargs, "processor_kwargs", processor_kwargs)
         self._transformer_args = _transformer_args(backend, model_kwargs, tokenizer_kwargs, config_kwargs,
                                                    trust_remote_code)
-        self.truncate_dim = check_truncate_dim(truncate_dim)
+        truncate_dim = check_truncate_dim(truncate_dim)
         self.backend = backend
         self.cache_folder = None if cache_folder is None else str(cache_folder)
         self._token = token if token is not None else use_auth_token
         self.model_path: Path | None = None
         if model_name_or_path is not None:
             self.model_path = self._resolve_path(str(model_name_or_path), revision, bool(local_files_only))
-        self._settings = ModelSettings.load(self.model_path, prompts, default_prompt_name, similarity_fn_name)
+        self._settings = ModelSettings.load(self.model_path, prompts, default_prompt_name, similarity_fn_name,
+                                            truncate_dim)
         from .saving import ModelCardData
 
         self.model_card_data = ModelCardData()  # evaluators record their metrics here; save() writes them
@@ -244,7 +245,20 @@ class SentenceTransformer(ModuleMethods):
 
     @default_prompt_name.setter
     def default_prompt_name(self, value: str | None) -> None:
-        self._settings.default_prompt_name = self._settings.check_name(value, "default_prompt_name")
+        """Any name, in any order with ``prompts`` (as sentence-transformers): one that is not among the prompts
+        when encoding gives no prompt, with a warning."""
+        if value is not None and not isinstance(value, str):
+            raise InvalidInputError(f"default_prompt_name must be a string or None; got {type(value).__name__}")
+        self._settings.default_prompt_name = value
+
+    @property
+    def truncate_dim(self) -> int | None:
+        """Every sentence embedding keeps its first ``truncate_dim`` dimensions (None: all); saved with the model."""
+        return self._settings.truncate_dim
+
+    @truncate_dim.setter
+    def truncate_dim(self, value: int | None) -> None:
+        self._settings.truncate_dim = check_truncate_dim(value)
 
     @property
     def similarity_fn_name(self) -> str:

@@ -48,6 +48,7 @@ def save_model(model, path: str | os.PathLike, model_name: str | None = None, cr
             "__version__": versions(), "prompts": settings.get("prompts", {}),
             "default_prompt_name": settings.get("default_prompt_name"),
             "similarity_fn_name": settings.get("similarity_fn_name") or "cosine",
+            **({"truncate_dim": settings["truncate_dim"]} if settings.get("truncate_dim") is not None else {}),
         })
         if create_model_card:
             (tmp / "README.md").write_text(model_card(model, model_name or path.name, train_datasets),

@@ -1,7 +1,9 @@
 """sentence-transformers' ``util`` helpers: similarity scores, semantic search, paraphrase mining.
 
-Same names, signatures and results as sentence-transformers' (torch tensors out; lists, numpy arrays or tensors
-in). Loaded lazily: ``import st_onnx`` does not import torch.
+The similarity functions and search helpers most code calls, with sentence-transformers' names, signatures and
+results (torch tensors out; lists, numpy arrays or tensors in; float16/bfloat16 scored in float32); for the rest
+(community_detection, quantization, ...) sentence-transformers' own util takes st-onnx embeddings as they are.
+Loaded lazily: ``import st_onnx`` does not import torch.
 """
 
 from __future__ import annotations
@@ -20,21 +22,32 @@ __all__ = [
 ]
 
 
-def _as_matrix(x) -> Tensor:
-    """A 2-D tensor from a tensor, array or list (a single vector becomes one row)."""
+def _as_tensor(x) -> Tensor:
+    """A tensor from a tensor, array or list (a list of arrays or tensors is stacked), with float16/bfloat16
+    scores computed in float32 as sentence-transformers does (rounding them would tie nearby scores)."""
     if not isinstance(x, Tensor):
-        if isinstance(x, list) and x and isinstance(x[0], Tensor):
+        if isinstance(x, list) and x and all(isinstance(v, Tensor) for v in x):
             x = torch.stack(x)
+        elif isinstance(x, list) and x and all(isinstance(v, np.ndarray) for v in x):
+            x = torch.from_numpy(np.stack(x))
         elif isinstance(x, np.ndarray):
             x = torch.from_numpy(x)
         else:
             x = torch.tensor(x)  # python floats become float32, as in sentence-transformers
+    if torch.is_floating_point(x) and torch.finfo(x.dtype).bits < 32:
+        x = x.float()
+    return x
+
+
+def _as_matrix(x) -> Tensor:
+    """``_as_tensor``, a single vector becoming one row."""
+    x = _as_tensor(x)
     return x.unsqueeze(0) if x.dim() == 1 else x
 
 
 def normalize_embeddings(embeddings: Tensor) -> Tensor:
     """Scale every row to unit L2 length."""
-    return torch.nn.functional.normalize(embeddings, p=2, dim=1)
+    return torch.nn.functional.normalize(embeddings, p=2, dim=-1)
 
 
 def cos_sim(a, b) -> Tensor:
@@ -52,13 +65,14 @@ def dot_score(a, b) -> Tensor:
     return torch.mm(a, b.T)
 
 
+# The pairwise scores keep their inputs' shape: two single vectors give a 0-d tensor, as in sentence-transformers.
 def pairwise_dot_score(a, b) -> Tensor:
-    a, b = _as_matrix(a), _as_matrix(b)
-    return (a * b).sum(dim=-1)
+    """Row i of ``a`` with row i of ``b``: their dot product."""
+    return (_as_tensor(a) * _as_tensor(b)).sum(dim=-1)
 
 
 def pairwise_cos_sim(a, b) -> Tensor:
-    return pairwise_dot_score(normalize_embeddings(_as_matrix(a)), normalize_embeddings(_as_matrix(b)))
+    return pairwise_dot_score(normalize_embeddings(_as_tensor(a)), normalize_embeddings(_as_tensor(b)))
 
 
 def euclidean_sim(a, b) -> Tensor:
@@ -74,13 +88,11 @@ def manhattan_sim(a, b) -> Tensor:
 
 
 def pairwise_euclidean_sim(a, b) -> Tensor:
-    a, b = _as_matrix(a), _as_matrix(b)
-    return -torch.sqrt(((a - b) ** 2).sum(dim=-1))
+    return -torch.sqrt(((_as_tensor(a) - _as_tensor(b)) ** 2).sum(dim=-1))
 
 
 def pairwise_manhattan_sim(a, b) -> Tensor:
-    a, b = _as_matrix(a), _as_matrix(b)
-    return -(a - b).abs().sum(dim=-1)
+    return -(_as_tensor(a) - _as_tensor(b)).abs().sum(dim=-1)
 
 
 def similarity_functions(name: str) -> tuple[Callable, Callable]:

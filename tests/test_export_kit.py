@@ -88,15 +88,16 @@ def test_bundle_carries_the_prompts_and_the_example_applies_them(tmp_path):
 
     folder = make_tiny_model(tmp_path / "model")
     model = SentenceTransformer(str(folder), device="cpu", prompts={"query": "the red ", "doc": "a "},
-                                default_prompt_name="query")
+                                default_prompt_name="query", truncate_dim=6)  # a Matryoshka model's
     model.save(str(folder))
     run([KIT / "make_bundle.py", folder, tmp_path / "bundle"])
     info = json.loads((tmp_path / "bundle" / "bundle.json").read_text())
     assert info["prompts"] == {"query": "the red ", "doc": "a ", "document": ""} and info["default_prompt_name"] == "query"
-    assert info["pooling_include_prompt"] is True
+    assert info["pooling_include_prompt"] is True and info["truncate_dim"] == 6
     for extra, kwargs in (([], {}), (["--prompt-name", "doc"], {"prompt_name": "doc"})):
         npy = tmp_path / "emb.npy"
         run([KIT / "embed_example.py", tmp_path / "bundle", *TEXTS, *extra, "--out", npy])
+        assert np.load(npy).shape == (len(TEXTS), 6)
         np.testing.assert_allclose(np.load(npy), model.encode(TEXTS, **kwargs), atol=1e-5)
     assert not np.allclose(model.encode(TEXTS), model.encode(TEXTS, prompt=""), atol=1e-3)  # the prompt mattered
 

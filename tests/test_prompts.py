@@ -97,8 +97,61 @@ def test_bad_prompt_arguments_are_refused(ours, prompted):
         SentenceTransformer(str(prompted), device="cpu", prompts={"q": 1})
     with pytest.raises(InvalidInputError, match="similarity_fn_name 'cos' is not supported; allowed: cosine, dot"):
         SentenceTransformer(str(prompted), device="cpu", similarity_fn_name="cos")
-    with pytest.raises(InvalidInputError, match="default_prompt_name 'x'"):
-        ours.default_prompt_name = "x"
+    with pytest.raises(InvalidInputError, match="default_prompt_name must be a string or None; got int"):
+        ours.default_prompt_name = 3
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_default_prompt_name_and_prompts_change_in_any_order(prompted, backend):
+    """As sentence-transformers: the default may be named before its prompt exists; a default whose prompt is
+    gone encodes without a prompt (here with a warning, not silently)."""
+    ours = SentenceTransformer(str(prompted), device="cpu", backend=backend)
+    theirs = st.SentenceTransformer(str(prompted), device="cpu")
+    for model in (ours, theirs):
+        model.default_prompt_name = "retrieval"  # not a prompt yet
+        model.prompts["retrieval"] = "the red "
+    np.testing.assert_allclose(ours.encode(SENTENCES), theirs.encode(SENTENCES), atol=1e-5)
+    np.testing.assert_allclose(ours.encode(SENTENCES), ours.encode(SENTENCES, prompt="the red "), atol=1e-6)
+    for model in (ours, theirs):
+        del model.prompts["retrieval"]
+    with pytest.warns(UserWarning, match="default_prompt_name 'retrieval' is not one of this model's prompts"):
+        got = ours.encode(SENTENCES)
+    np.testing.assert_allclose(got, theirs.encode(SENTENCES), atol=1e-5)
+    np.testing.assert_allclose(got, ours.encode(SENTENCES, prompt=""), atol=1e-6)
+
+
+def test_saved_settings_sentence_transformers_tolerates_load(tiny_model_copy, caplog):
+    """A multi-vector similarity name ("maxsim") falls back to cosine; a prompt saved as null reads as ""."""
+    path = tiny_model_copy / layout.ST_CONFIG_JSON
+    path.write_text(json.dumps({"prompts": {"query": None, "doc": "a "}, "similarity_fn_name": "maxsim"}))
+    theirs = st.SentenceTransformer(str(tiny_model_copy), device="cpu")
+    with caplog.at_level("WARNING", logger="st_onnx"):
+        ours = SentenceTransformer(str(tiny_model_copy), device="cpu")
+    assert "'maxsim'" in caplog.text and "using 'cosine'" in caplog.text
+    assert ours.similarity_fn_name == theirs.similarity_fn_name == "cosine"
+    assert ours.prompts["query"] == theirs.prompts["query"] == ""
+    np.testing.assert_allclose(ours.encode(SENTENCES, prompt_name="query"),
+                               theirs.encode(SENTENCES, prompt_name="query"), atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_truncate_dim_is_saved_and_read_as_sentence_transformers(tiny_model_copy, tmp_path, backend):
+    theirs = st.SentenceTransformer(str(tiny_model_copy), device="cpu", truncate_dim=8)
+    theirs.save(str(tmp_path / "by_st"))
+    ours = SentenceTransformer(str(tmp_path / "by_st"), device="cpu", backend=backend)
+    assert ours.truncate_dim == 8 and ours.get_sentence_embedding_dimension() == 8
+    np.testing.assert_allclose(ours.encode(SENTENCES), theirs.encode(SENTENCES), atol=1e-5)
+    assert SentenceTransformer(str(tmp_path / "by_st"), device="cpu", truncate_dim=4).encode(SENTENCES).shape[1] == 4
+    ours.truncate_dim = 12
+    ours.save(str(tmp_path / "by_us"))
+    assert json.loads((tmp_path / "by_us" / layout.ST_CONFIG_JSON).read_text())["truncate_dim"] == 12
+    again = st.SentenceTransformer(str(tmp_path / "by_us"), device="cpu")
+    assert again.truncate_dim == 12 and again.encode(SENTENCES).shape == (len(SENTENCES), 12)
+    ours.truncate_dim = None
+    ours.save(str(tmp_path / "full"))
+    assert "truncate_dim" not in json.loads((tmp_path / "full" / layout.ST_CONFIG_JSON).read_text())
+    with pytest.raises(InvalidInputError, match="truncate_dim"):
+        ours.truncate_dim = "8"
 
 
 def test_given_settings_win_over_saved_ones(prompted):
@@ -277,6 +330,26 @@ def test_similarity_functions_match_sentence_transformers(tiny_model_dir, name):
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
     torch.testing.assert_close(ours.similarity_pairwise(a, a[::-1].copy()),
                                reference.similarity_pairwise(a, a[::-1].copy()), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["cos_sim", "dot_score", "euclidean_sim", "manhattan_sim", "pairwise_cos_sim",
+                                  "pairwise_dot_score", "pairwise_euclidean_sim", "pairwise_manhattan_sim"])
+def test_util_scores_shapes_and_dtypes_as_sentence_transformers(name):
+    """float16/bfloat16 scored in float32, two single vectors paired into a 0-d score, lists of arrays stacked."""
+    from sentence_transformers import util as theirs_util
+
+    from st_onnx import util as ours_util
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(4, 16)).astype(np.float32), rng.normal(size=(4, 16)).astype(np.float32)
+    ours, theirs = getattr(ours_util, name), getattr(theirs_util, name)
+    cases = [(torch.from_numpy(a).half(), torch.from_numpy(b).half()),
+             (torch.from_numpy(a).bfloat16(), torch.from_numpy(b).bfloat16()),
+             (a[0], b[0]), (list(a), list(b)), (a, b)]
+    for x, y in cases:
+        got, want = ours(x, y), theirs(x, y)
+        assert got.dtype == want.dtype == torch.float32 and got.shape == want.shape, (name, x.__class__)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
 def test_similarity_fn_name_defaults_to_cosine(tiny_model_dir):

@@ -18,6 +18,7 @@ from typing import Any
 
 from .. import layout
 from ..errors import InvalidInputError, ModelFolderError
+from .options import check_truncate_dim
 
 logger = logging.getLogger(__name__)
 
@@ -35,20 +36,32 @@ class ModelSettings:
     prompts: dict[str, str] = field(default_factory=dict)
     default_prompt_name: str | None = None
     similarity_fn_name: str | None = None  # None: 'cosine' once a similarity is asked for, as sentence-transformers
+    truncate_dim: int | None = None  # the model's (Matryoshka): every sentence embedding cut to this many dimensions
 
     @classmethod
     def load(cls, folder: str | os.PathLike | None, prompts: Any = None, default_prompt_name: Any = None,
-             similarity_fn_name: Any = None) -> "ModelSettings":
+             similarity_fn_name: Any = None, truncate_dim: Any = None) -> "ModelSettings":
         """The saved settings of ``folder`` (if any) under the ones given, which win key by key, over the empty
         STANDARD_PROMPTS."""
         saved = _read_saved(folder)
         merged = {**STANDARD_PROMPTS, **(saved.get("prompts") or {})}
         merged.update(check_prompts(prompts))
+        saved_similarity = saved.get("similarity_fn_name")
+        if saved_similarity is not None and getattr(saved_similarity, "value", saved_similarity) not in SIMILARITY_FNS:
+            # e.g. "maxsim" from a multi-vector model: sentence-transformers falls back to cosine for single vectors
+            logger.warning("%s names similarity_fn_name %r, which does not apply to one vector per text; using "
+                           "'cosine' (allowed: %s)", layout.ST_CONFIG_JSON, saved_similarity, ", ".join(SIMILARITY_FNS))
+            saved_similarity = None
         settings = cls(check_prompts(merged),
                        default_prompt_name if default_prompt_name is not None else saved.get("default_prompt_name"),
-                       similarity_fn_name if similarity_fn_name is not None else saved.get("similarity_fn_name"))
+                       similarity_fn_name if similarity_fn_name is not None else saved_similarity,
+                       truncate_dim if truncate_dim is not None else saved.get("truncate_dim"))
         settings.default_prompt_name = settings.check_name(settings.default_prompt_name, "default_prompt_name")
         settings.similarity_fn_name = check_similarity_fn_name(settings.similarity_fn_name)
+        try:
+            settings.truncate_dim = check_truncate_dim(settings.truncate_dim)
+        except InvalidInputError as e:  # only a saved value can get here: a given one was checked by the caller
+            raise ModelFolderError(f"{Path(str(folder)) / layout.ST_CONFIG_JSON}: {e}") from e
         return settings
 
     def check_name(self, name: Any, what: str = "prompt_name") -> str | None:
@@ -70,12 +83,19 @@ class ModelSettings:
                 warnings.warn(f"both prompt and prompt_name ({prompt_name!r}) were given: the prompt is used and "
                               "prompt_name ignored, as in sentence-transformers", UserWarning, stacklevel=stacklevel)
             return prompt
-        name = self.check_name(prompt_name) if prompt_name is not None else self.default_prompt_name
+        if prompt_name is not None:
+            return self.prompts[self.check_name(prompt_name)]
+        name = self.default_prompt_name
+        if name is not None and name not in self.prompts:
+            # set before its prompt, or its prompt removed since: sentence-transformers then encodes without one
+            warnings.warn(f"default_prompt_name {name!r} is not one of this model's prompts "
+                          f"({sorted(self.prompts)}): encoding without a prompt", UserWarning, stacklevel=stacklevel)
+            return None
         return self.prompts[name] if name is not None else None
 
     def to_config(self) -> dict[str, Any]:
         return {"prompts": dict(self.prompts), "default_prompt_name": self.default_prompt_name,
-                "similarity_fn_name": self.similarity_fn_name}
+                "similarity_fn_name": self.similarity_fn_name, "truncate_dim": self.truncate_dim}
 
 
 def check_prompts(prompts: Any) -> dict[str, str]:
@@ -114,6 +134,8 @@ def _read_saved(folder: str | os.PathLike | None) -> dict[str, Any]:
     saved = layout.read_json_if_exists(path, {}) or {}
     if not isinstance(saved, dict):
         raise ModelFolderError(f"{path} must hold a JSON object; got {type(saved).__name__}")
+    if isinstance(saved.get("prompts"), dict):  # a prompt saved as null reads as "", as sentence-transformers does
+        saved["prompts"] = {k: "" if v is None else v for k, v in saved["prompts"].items()}
     try:
         check_prompts(saved.get("prompts"))
     except InvalidInputError as e:
