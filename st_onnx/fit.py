@@ -270,6 +270,7 @@ def fit(model, train_objectives, evaluator=None, epochs: int = 1, steps_per_epoc
                                    weight_decay, t_total)
     precision = _Precision.choose(use_amp, device)
     model.best_score = -9999999.0
+    model._model_card_text = None  # trained here: save() writes a new card, not the one it was loaded with
     resume_folder = find_resume_checkpoint(checkpoint_path, resume_from_checkpoint)
     if resume_folder is not None:
         state = _resume(model, objectives, resume_folder)

@@ -48,6 +48,8 @@ class SentenceTransformer(ModuleMethods):
         model_kwargs, tokenizer_kwargs, config_kwargs, trust_remote_code: passed to transformers'
             ``from_pretrained`` when the torch modules load (torch backend; the onnx backend takes ``onnx_options``).
             ``processor_kwargs`` is sentence-transformers 6's name for ``tokenizer_kwargs``.
+        model_card_data: a ``ModelCardData`` (st_onnx.saving) or sentence-transformers'
+            ``SentenceTransformerModelCardData``: language, license, model name, tags... for the saved card.
     """
 
     def __init__(
@@ -72,6 +74,7 @@ class SentenceTransformer(ModuleMethods):
         config_kwargs: dict[str, Any] | None = None,
         trust_remote_code: bool = False,
         processor_kwargs: dict[str, Any] | None = None,
+        model_card_data: Any = None,
     ) -> None:
         if backend not in BACKENDS:
             raise InvalidInputError(f"backend {allowed(backend, BACKENDS)}")
@@ -93,7 +96,11 @@ class SentenceTransformer(ModuleMethods):
                                             truncate_dim)
         from .saving import ModelCardData
 
-        self.model_card_data = ModelCardData()  # evaluators record their metrics here; save() writes them
+        self.model_card_data = ModelCardData.from_any(model_card_data)  # evaluators record metrics here for save()
+        # the folder's own card, which save() keeps until the model is trained (as sentence-transformers)
+        self._model_card_text = None
+        if model_card_data is None and self.model_path is not None and (self.model_path / "README.md").is_file():
+            self._model_card_text = (self.model_path / "README.md").read_text(encoding="utf-8", errors="replace")
         self._stack = None
         if backend == "torch":
             from .backends.torch_backend import TorchBackend

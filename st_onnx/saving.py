@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import numbers
 import os
@@ -51,7 +52,8 @@ def save_model(model, path: str | os.PathLike, model_name: str | None = None, cr
             **({"truncate_dim": settings["truncate_dim"]} if settings.get("truncate_dim") is not None else {}),
         })
         if create_model_card:
-            (tmp / "README.md").write_text(model_card(model, model_name or path.name, train_datasets),
+            kept = kept_model_card(model)
+            (tmp / "README.md").write_text(kept or model_card(model, model_name or path.name, train_datasets),
                                            encoding="utf-8")
         if source is not None and (Path(source) / layout.FUSED_DIR).is_dir():
             _carry_fused_graphs(Path(source), tmp, stack)
@@ -120,15 +122,52 @@ def _carry_fused_graphs(source: Path, target: Path, stack: Any) -> None:
 
 
 class ModelCardData:
-    """What the saved model card says beyond the architecture: the metrics evaluators reported.
+    """What the saved model card says beyond the architecture: its metadata and the metrics evaluators reported.
 
-    sentence-transformers' evaluators call ``model.model_card_data.set_evaluation_metrics(...)`` after computing
-    their metrics, so this object lets them run against an st-onnx model; ``save`` lists the latest metrics of
-    each evaluator in the card's "Evaluation" section.
+    The fields are sentence-transformers' ``SentenceTransformerModelCardData`` ones that a card shows
+    (``language``, ``license``, ``model_name``, ``model_id``, ``base_model``, ``tags``, ``train_datasets``,
+    ``eval_datasets``); ``SentenceTransformer(model_card_data=...)`` takes this class or sentence-transformers'
+    own. Its evaluators call ``model.model_card_data.set_evaluation_metrics(...)`` after computing their metrics,
+    so they run against an st-onnx model; ``save`` lists the latest metrics of each in the card's "Evaluation".
     """
 
-    def __init__(self) -> None:
+    FIELDS = ("language", "license", "model_name", "model_id", "base_model", "tags", "train_datasets",
+              "eval_datasets")
+
+    def __init__(self, language: str | list[str] | None = None, license: str | None = None,
+                 model_name: str | None = None, model_id: str | None = None, base_model: str | None = None,
+                 tags: list[str] | None = None, train_datasets: list | None = None,
+                 eval_datasets: list | None = None) -> None:
+        self.language = [language] if isinstance(language, str) else list(language or [])
+        self.license = license
+        self.model_name = model_name
+        self.model_id = model_id
+        self.base_model = base_model
+        self.tags = list(tags or [])
+        self.train_datasets = list(train_datasets or [])
+        self.eval_datasets = list(eval_datasets or [])
         self.eval_results: dict[str, dict[str, Any]] = {}  # evaluator name -> {"metrics", "epoch", "step"}
+
+    @classmethod
+    def from_any(cls, data: Any) -> "ModelCardData":
+        """This class, or the same fields read from sentence-transformers' SentenceTransformerModelCardData."""
+        if data is None or isinstance(data, cls):
+            return data if data is not None else cls()
+        if not all(hasattr(data, name) for name in ("language", "license", "model_name")):
+            raise InvalidInputError(f"model_card_data must be a ModelCardData or sentence-transformers' "
+                                    f"SentenceTransformerModelCardData; got {type(data).__name__}")
+        return cls(**{name: getattr(data, name, None) for name in cls.FIELDS})
+
+    def front_matter(self) -> str:
+        """The YAML lines of the card's metadata that these fields fill."""
+        lines = []
+        if self.language:
+            lines += ["language:"] + [f"- {yaml_scalar(x)}" for x in self.language]
+        if self.license:
+            lines.append(f"license: {yaml_scalar(self.license)}")
+        if self.base_model:
+            lines.append(f"base_model: {yaml_scalar(self.base_model)}")
+        return "".join(line + "\n" for line in lines)
 
     def set_evaluation_metrics(self, evaluator: Any, metrics: dict[str, Any], epoch: float = 0, step: int = 0) -> None:
         name = getattr(evaluator, "name", "") or type(evaluator).__name__
@@ -146,15 +185,40 @@ class ModelCardData:
         return "\n".join(lines)
 
 
+def yaml_scalar(value: Any) -> str:
+    """``value`` as a YAML scalar: plain when it is a simple word or id (en, apache-2.0, org/name), else quoted
+    (a JSON string is valid YAML)."""
+    text = str(value)
+    return text if re.fullmatch(r"[A-Za-z0-9][\w./-]*", text) else json.dumps(text)
+
+
+def kept_model_card(model) -> str | None:
+    """The card the model was loaded with, when a save should keep it, as sentence-transformers keeps it (its
+    license, language and datasets stay): not when the model was trained here, evaluated (metrics to report),
+    given ``model_card_data``, or when the card is one st-onnx wrote (derived, written again with the new name)."""
+    text = getattr(model, "_model_card_text", None)
+    card_data = getattr(model, "model_card_data", None)
+    if not text or (card_data is not None and card_data.eval_results):
+        return None
+    front = text.split("\n---", 1)[0] if text.startswith("---\n") else ""
+    return None if "\n- st-onnx\n" in front + "\n" else text
+
+
 def model_card(model, model_name: str, train_datasets: list[str] | None) -> str:
     stack = model.torch_modules
     dim = stack.sentence_embedding_dimension()
-    datasets = "".join(f"- {d}\n" for d in (train_datasets or []))
-    front = "---\nlibrary_name: sentence-transformers\npipeline_tag: sentence-similarity\ntags:\n" \
-            "- sentence-transformers\n- feature-extraction\n- sentence-similarity\n- st-onnx\n"
+    card_data = getattr(model, "model_card_data", None) or ModelCardData()
+    names = [str(d.get("id") or d.get("name")) if isinstance(d, dict) else str(d)  # card data holds dicts
+             for d in (train_datasets or card_data.train_datasets or [])]
+    datasets = "".join(f"- {yaml_scalar(d)}\n" for d in names)
+    tags = ["sentence-transformers", "feature-extraction", "sentence-similarity", "st-onnx"]
+    tags += [t for t in card_data.tags if t not in tags]
+    front = "---\n" + card_data.front_matter() + "library_name: sentence-transformers\n" \
+            "pipeline_tag: sentence-similarity\ntags:\n" + "".join(f"- {yaml_scalar(t)}\n" for t in tags)
     if datasets:
         front += "datasets:\n" + datasets
     front += "---\n\n"
+    model_name = card_data.model_name or model_name
     modules = "\n".join(f"  ({i}): {m!r}" for i, m in enumerate(stack))
     return front + f"""# {model_name}
 
@@ -177,4 +241,4 @@ SentenceTransformer(
 {modules}
 )
 ```
-""" + (("\n" + card_data.markdown()) if (card_data := getattr(model, "model_card_data", None)) else "")
+""" + ("\n" + card_data.markdown() if card_data.eval_results else "")

@@ -235,3 +235,18 @@ def test_trust_remote_code_loads_a_model_with_its_own_code(tiny_model_copy):
     _assert_same(ours.encode(SENTENCES), theirs.encode(SENTENCES))
     with pytest.raises(ValueError, match="trust_remote_code configure the torch modules"):
         SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu", trust_remote_code=True)
+
+
+def test_model_card_as_sentence_transformers(tiny_model_copy, tmp_path):
+    """Its card data class is taken as given; a hand-written card is kept by both on a plain save."""
+    card = "---\nlicense: apache-2.0\n---\n\n# Owner's card\n"
+    (tiny_model_copy / "README.md").write_text(card)
+    for name, cls in (("ours", SentenceTransformer), ("theirs", st.SentenceTransformer)):
+        cls(str(tiny_model_copy), device="cpu").save(str(tmp_path / name))
+        assert (tmp_path / name / "README.md").read_text() == card, name
+    data = st.SentenceTransformerModelCardData(language="en", license="apache-2.0", model_name="Tiny fine-tuned")
+    model = SentenceTransformer(str(tiny_model_copy), device="cpu", model_card_data=data)
+    assert (model.model_card_data.language, model.model_card_data.license) == (["en"], "apache-2.0")
+    model.save(str(tmp_path / "with_data"))
+    written = (tmp_path / "with_data" / "README.md").read_text()
+    assert written.startswith("---\nlanguage:\n- en\nlicense: apache-2.0\n") and "# Tiny fine-tuned" in written

@@ -234,10 +234,12 @@ def test_saved_model_on_onnx_backend_gives_the_trained_embeddings(tiny_model_cop
     before = SentenceTransformer(str(tiny_model_copy), backend="onnx").encode(texts)
     assert graph.is_file()  # the folder now holds a graph of the untrained weights
 
+    (tiny_model_copy / "README.md").write_text("---\nlicense: mit\n---\n# the untrained model's own card\n")
     model = model_from(tiny_model_copy)
     torch.manual_seed(0)
     model.fit([(DataLoader(EXAMPLES, shuffle=True, batch_size=4), losses.CosineSimilarityLoss(model))], epochs=3,
               output_path=str(tmp_path / "trained"), **FIT_QUIET)
+    assert "untrained" not in (tmp_path / "trained" / "README.md").read_text()  # trained: a card of its own
     trained = model.encode(texts)
     assert np.abs(trained - before).max() > 1e-3
     model.save(str(tiny_model_copy))  # over the model's own folder: the old graph must not survive

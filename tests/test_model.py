@@ -236,3 +236,38 @@ def test_model_card_data_keeps_numeric_metrics_of_any_kind():
     assert data.eval_results["dev"]["metrics"] == {"f32": 0.5, "f64": 0.25, "py": 1.0}
     assert "| f32 | 0.5000 |" in data.markdown() and "### Evaluator: dev" in data.markdown()
     assert ModelCardData().markdown() == ""
+
+
+HAND_WRITTEN_CARD = "---\nlicense: apache-2.0\nlanguage:\n- en\ndatasets:\n- s2orc\n---\n\n# The owner's card\n"
+
+
+def test_save_keeps_the_card_the_model_came_with_until_it_changes(tiny_model_copy, tmp_path):
+    """As sentence-transformers: a loaded model saved again keeps its folder's README.md (license, language...);
+    a card st-onnx wrote, a model given card data or evaluated, gets a new card."""
+    from st_onnx.saving import ModelCardData
+
+    # a card st-onnx wrote is derived: written again, with the new name
+    SentenceTransformer(str(tiny_model_copy), device="cpu").save(str(tmp_path / "again"), model_name="acme/new")
+    assert "# acme/new" in (tmp_path / "again" / "README.md").read_text()
+    (tiny_model_copy / "README.md").write_text(HAND_WRITTEN_CARD)
+    SentenceTransformer(str(tiny_model_copy), device="cpu").save(str(tmp_path / "kept"), model_name="acme/x")
+    assert (tmp_path / "kept" / "README.md").read_text() == HAND_WRITTEN_CARD
+    onnx_model = SentenceTransformer(str(tiny_model_copy), device="cpu", backend="onnx")
+    onnx_model.save(str(tmp_path / "kept_onnx"))
+    assert (tmp_path / "kept_onnx" / "README.md").read_text() == HAND_WRITTEN_CARD
+    # card data given: its fields fill the new card
+    data = ModelCardData(language=["en", "de"], license="mit", model_name="Tiny fine-tuned", tags=["legal"])
+    model = SentenceTransformer(str(tiny_model_copy), device="cpu", model_card_data=data)
+    assert model.model_card_data is data and model.model_card_data.license == "mit"
+    model.save(str(tmp_path / "data"))
+    card = (tmp_path / "data" / "README.md").read_text()
+    front = card.split("\n---\n")[0]
+    assert "language:\n- en\n- de\n" in front and "license: mit" in front and front.endswith("\n- legal")
+    assert "# Tiny fine-tuned" in card and "s2orc" not in card
+    # metrics to report: a new card holds them
+    model = SentenceTransformer(str(tiny_model_copy), device="cpu")
+    model.model_card_data.set_evaluation_metrics(type("Eval", (), {"name": "sts-dev"})(), {"spearman": 0.5})
+    model.save(str(tmp_path / "evaluated"))
+    assert "sts-dev" in (tmp_path / "evaluated" / "README.md").read_text()
+    with pytest.raises(InvalidInputError, match="model_card_data must be a ModelCardData"):
+        SentenceTransformer(str(tiny_model_copy), device="cpu", model_card_data={"license": "mit"})
