@@ -11,6 +11,7 @@ Each one subclasses the builtin it means, so code that already catches ``ValueEr
     ├── GraphFileError               (ValueError)   a graph file that is truncated, corrupted or not the expected graph
     ├── ParityError                  (RuntimeError) an exported graph does not compute what PyTorch computes
     ├── BackendError                 (RuntimeError) the operation needs the other backend (e.g. ``fit`` on ONNX)
+    ├── GraphRunError                (RuntimeError) ONNX Runtime failed running the graph on a batch
     ├── ProviderFallbackWarning      (RuntimeWarning) CUDA was asked for, ONNX Runtime bound the CPU
     ├── PoolError                    (RuntimeError) the session pool is stopped or a worker died
     └── HubError                     (RuntimeError) a hub call failed: names the repo and the fix
@@ -49,6 +50,10 @@ class ParityError(StOnnxError, RuntimeError):
 
 class BackendError(StOnnxError, RuntimeError):
     """The operation is not available on this backend."""
+
+
+class GraphRunError(StOnnxError, RuntimeError):
+    """ONNX Runtime failed running the graph on a batch (an input longer than the model takes, out of memory)."""
 
 
 class PoolError(StOnnxError, RuntimeError):

@@ -405,3 +405,16 @@ def test_save_carries_the_graph_when_the_modules_are_unchanged(tiny_model_copy, 
     for folder in ("weights", "pooling"):
         assert not (tmp_path / folder / layout.FUSED_DIR).exists(), folder
     assert sum("not carrying fp32.onnx" in r.getMessage() for r in caplog.records) == 2
+
+
+def test_a_text_longer_than_the_model_takes_raises_a_runtime_error(tiny_model_copy):
+    """As torch does (RuntimeError): ONNX Runtime's own exception types subclass no builtin, so they are wrapped."""
+    from st_onnx.errors import GraphRunError
+
+    model = SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu")
+    model.max_seq_length = 200  # the tiny BERT has 128 position embeddings
+    with pytest.raises(RuntimeError, match=r"(?s)input_ids shape \(1, 200\).*lower max_seq_length") as info:
+        model.encode(["the " * 300])
+    assert isinstance(info.value, GraphRunError)
+    model.max_seq_length = 128
+    assert model.encode(["the " * 300]).shape == (1, 32)

@@ -33,7 +33,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import GraphFileError, InvalidInputError
+from ..errors import GraphFileError, GraphRunError, InvalidInputError
 from .providers import CUDA, check_bound, providers_for
 
 logger = logging.getLogger(__name__)
@@ -147,9 +147,17 @@ class OrtSession:
         feed = {name: self._as_input(name, features[name]) for name in self.input_names}
         feed.update((name, np.asarray(features[name], dtype=np.int64)) for name in self.optional_input_names
                     if name in features)
-        if self.provider == CUDA:
-            return self._run_bound(feed, outputs)
-        return self._session.run(list(outputs), feed)
+        try:
+            if self.provider == CUDA:
+                return self._run_bound(feed, outputs)
+            return self._session.run(list(outputs), feed)
+        except Exception as e:  # ORT's own Fail/InvalidArgument/RuntimeException types subclass no builtin error
+            shape = tuple(feed["input_ids"].shape) if "input_ids" in feed else None
+            raise GraphRunError(
+                f"ONNX Runtime failed on a batch of input_ids shape {shape} ({type(e).__name__}: {str(e).strip()}); a text of "
+                f"{shape[-1] if shape else '?'} tokens may be longer than the model's position embeddings take: "
+                "lower max_seq_length to the model's limit"
+            ) from e
 
     def _as_input(self, name: str, value: np.ndarray) -> np.ndarray:
         dtype = self.input_types[name]
