@@ -24,18 +24,23 @@ def _module_files(folder: Path, entry: dict) -> list[Path]:
     return files
 
 
+def fingerprint_files(folder: str | os.PathLike) -> list[Path]:
+    """The files the fingerprint hashes, in order: modules.json and each module's config and weight files (module
+    folders that are symbolic links followed), or a plain transformers folder's config and weights."""
+    folder = Path(folder)
+    if not layout.is_st_folder(folder):
+        return [folder / n for n in ("config.json",) + _WEIGHT_FILES if (folder / n).is_file()]
+    files = [folder / layout.MODULES_JSON]
+    for entry in layout.read_modules_json(folder):
+        files += [f for f in _module_files(folder, entry) if f not in files]
+    return files
+
+
 def folder_fingerprint(folder: str | os.PathLike) -> str:
     """sha256 over modules.json and each module's config and weight files, in module order."""
     folder = Path(folder)
     h = hashlib.sha256()
-    if layout.is_st_folder(folder):
-        entries = layout.read_modules_json(folder)
-        files = [folder / layout.MODULES_JSON]
-        for entry in entries:
-            files += [f for f in _module_files(folder, entry) if f not in files]
-    else:
-        files = [folder / n for n in ("config.json",) + _WEIGHT_FILES if (folder / n).is_file()]
-    for f in files:
+    for f in fingerprint_files(folder):
         h.update(str(f.relative_to(folder)).encode())
         h.update(b"\0")
         with open(f, "rb") as fh:

@@ -98,9 +98,9 @@ def read_json_if_exists(path: str | os.PathLike, default: Any = None) -> Any:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
+    """Write ``obj`` as JSON atomically: a reader (another process loading the model) sees the old file or the
+    new one, never a half-written one."""
+    with atomic_file(path, "w") as f:
         json.dump(obj, f, indent=2, sort_keys=False)
         f.write("\n")
 
@@ -191,7 +191,7 @@ def atomic_file(target: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; open() would have honoured the umask
-        with os.fdopen(fd, mode) as f:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             yield f
         os.replace(tmp, target)
     except BaseException:

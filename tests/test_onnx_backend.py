@@ -418,3 +418,52 @@ def test_a_text_longer_than_the_model_takes_raises_a_runtime_error(tiny_model_co
     assert isinstance(info.value, GraphRunError)
     model.max_seq_length = 128
     assert model.encode(["the " * 300]).shape == (1, 32)
+
+
+def test_a_graph_that_is_not_the_one_its_manifest_describes_is_never_run(tiny_model_copy, tmp_path, caplog):
+    """Another model's graph copied over this one's (same size), or a cut-short manifest: re-exported with
+    export='auto', refused with export='never'; a broken stat record (a cache) is only checked again."""
+    from helpers import make_tiny_model
+
+    caplog.set_level(logging.INFO, logger="st_onnx")
+    expected = SentenceTransformer(str(tiny_model_copy), device="cpu").encode(SENTENCES)
+    SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu")
+    other = make_tiny_model(tmp_path / "other", seed=7)
+    SentenceTransformer(str(other), backend="onnx", device="cpu")
+    graph = layout.fused_graph_path(tiny_model_copy, "fp32")
+    shutil.copyfile(layout.fused_graph_path(other, "fp32"), graph)
+    with pytest.raises(GraphFileError, match="not the graph its manifest describes.*'never'"):
+        SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu", onnx_options={"export": "never"})
+    model = SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu")
+    assert "exporting the graph again" in caplog.text
+    np.testing.assert_allclose(model.encode(SENTENCES), expected, atol=1e-5)
+    stat = graph.with_name("fp32.stat.json")
+    stat.write_text('{"fingerp')  # a crash mid-write, or a reader racing a writer: only a cache
+    np.testing.assert_allclose(SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu",
+                                                   onnx_options={"export": "never"}).encode(SENTENCES), expected,
+                               atol=1e-5)
+    layout.manifest_path(graph).write_text('{"format": "st-onnx-fu')
+    model = SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu")
+    np.testing.assert_allclose(model.encode(SENTENCES), expected, atol=1e-5)
+    layout.manifest_path(graph).unlink()
+    with pytest.raises(GraphFileError, match="has no manifest.*'never'"):
+        SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu", onnx_options={"export": "never"})
+
+
+def test_a_module_folder_linked_from_elsewhere_is_watched_too(tiny_model_dir, tmp_path):
+    """The stat record covers the files the fingerprint hashes, through symbolic links: weights changed in a
+    linked module folder make the graph stale, as the fingerprint says."""
+    from helpers import make_tiny_model
+
+    folder = make_tiny_model(tmp_path / "model", dense=8)
+    shutil.move(str(folder / "2_Dense"), str(tmp_path / "dense"))
+    os.symlink(tmp_path / "dense", folder / "2_Dense")
+    SentenceTransformer(str(folder), backend="onnx", device="cpu").encode(SENTENCES)
+    from safetensors.torch import load_file, save_file
+
+    weights = {k: -1.5 * v for k, v in load_file(str(tmp_path / "dense" / "model.safetensors")).items()}
+    save_file(weights, str(tmp_path / "dense" / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(StaleGraphError, match="other weights"):
+        SentenceTransformer(str(folder), backend="onnx", device="cpu", onnx_options={"export": "never"})
+    got = SentenceTransformer(str(folder), backend="onnx", device="cpu").encode(SENTENCES)
+    np.testing.assert_allclose(got, SentenceTransformer(str(folder), device="cpu").encode(SENTENCES), atol=1e-5)

@@ -7,6 +7,7 @@ handed in by the backend, which imports the torch exporter only when an export i
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -39,10 +40,49 @@ def has_weights(folder: Path) -> bool:
 
 def read_manifest(graph: Path) -> dict[str, Any]:
     """The manifest beside a graph ({} when there is none: a graph st-onnx did not export)."""
-    manifest = layout.read_json_if_exists(layout.manifest_path(graph), {})
+    try:
+        manifest = layout.read_json_if_exists(layout.manifest_path(graph), {})
+    except ModelFolderError as e:  # not JSON: cut short by a crash, or edited
+        raise GraphFileError(f"{e}; re-export the graph (`st-onnx export MODEL_DIR MODEL_DIR`)") from e
     if not isinstance(manifest, dict):
         raise GraphFileError(f"the manifest {layout.manifest_path(graph)} is not a JSON object; re-export the graph")
     return manifest
+
+
+def graph_problem(graph: Path, manifest: dict[str, Any]) -> str | None:
+    """Why ``graph`` is not the file its manifest describes (size, then sha256), or None when it is: a graph
+    copied over from another model, cut short or corrupted must not run as this model's."""
+    size, digest = manifest.get("graph_bytes"), manifest.get("graph_sha256")
+    if isinstance(size, int) and graph.stat().st_size != size:
+        return f"{graph} holds {graph.stat().st_size} bytes where its manifest says {size}"
+    if isinstance(digest, str):
+        from ..export.manifest import file_sha256
+
+        if file_sha256(graph) != digest:
+            return f"{graph} is not the graph its manifest describes (sha256 differs)"
+    return None
+
+
+def _usable(folder: Path, graph: Path, fingerprint: str | None) -> tuple[dict[str, Any] | None, Exception | None]:
+    """(manifest, None) when ``graph`` may run for weights of ``fingerprint`` (None: a folder without weights),
+    else (None, the error saying why not: StaleGraphError or GraphFileError). A graph whose files are unchanged
+    since last checked (the stat record) is not hashed again."""
+    try:
+        manifest = read_manifest(graph)
+    except GraphFileError as e:
+        return None, e
+    if fingerprint is not None and manifest.get("fingerprint") != fingerprint:
+        if not manifest:
+            return None, GraphFileError(f"the fused graph {graph} has no manifest")
+        return None, StaleGraphError(f"the fused graph {graph} was exported from other weights (folder "
+                                     f"fingerprint now {fingerprint!r})")
+    if _stat_unchanged(folder, graph, fingerprint):
+        return manifest, None
+    problem = graph_problem(graph, manifest)
+    if problem:
+        return None, GraphFileError(problem)
+    _record_stat(folder, graph, fingerprint)
+    return manifest, None
 
 
 def default_cache_root() -> Path:
@@ -88,24 +128,31 @@ def find_graph(folder: Path, precision: str, *, file_name: str | None = None, ex
                 f"one from; export it where the weights are (`st-onnx export MODEL_DIR {folder}`) or pass "
                 "onnx_options={'precision': ...} naming a precision that was exported"
             )
+        manifest, problem = _usable(folder, existing[0], None)
+        if problem:
+            raise type(problem)(f"{problem}; export it again where the weights are "
+                                f"(`st-onnx export MODEL_DIR {folder}`)")
         logger.debug("no torch weights in %s: using %s as it is", folder, existing[0])
-        return GraphChoice(existing[0], read_manifest(existing[0]), exported=False)
+        return GraphChoice(existing[0], manifest, exported=False)
     if export == "auto":  # a fresh graph of an older layout is re-exported once (layout.GRAPH_LAYOUT)
-        existing = [g for g in existing if not _older_layout(g, read_manifest(g))]
-    for graph in existing:
-        manifest = read_manifest(graph)
+        existing = [g for g in existing if not _older_layout(g)]
+    for graph in existing:  # the quick look: the stat record vouches for weights and graph alike
+        manifest = _manifest_or_empty(graph)
         if manifest.get("fingerprint") and _stat_unchanged(folder, graph, manifest["fingerprint"]):
             return GraphChoice(graph, manifest, exported=False)
     from ..fingerprint import folder_fingerprint
 
     current = folder_fingerprint(folder)
+    problems = []
     for graph in existing:
-        manifest = read_manifest(graph)
-        if manifest.get("fingerprint") == current:
-            _record_stat(folder, graph, current)
+        manifest, problem = _usable(folder, graph, current)
+        if manifest is not None:
             return GraphChoice(graph, manifest, exported=False)
+        problems.append(problem)
     if export == "never":
-        raise _not_exporting(folder, precision, existing, current)
+        raise _not_exporting(folder, precision, problems, current)
+    for problem in problems:
+        logger.warning("%s: exporting the graph again", problem)
     out_dir = None if is_writable(folder) else cache
     if exporter is None:
         raise GraphFileError(f"no exporter available to export the {precision} graph of {folder}")
@@ -116,6 +163,13 @@ def find_graph(folder: Path, precision: str, *, file_name: str | None = None, ex
     if manifest.get("fingerprint") == current:
         _record_stat(folder, graph, current)
     return GraphChoice(graph, manifest, exported=True)
+
+
+def _manifest_or_empty(graph: Path) -> dict[str, Any]:
+    try:
+        return read_manifest(graph)
+    except GraphFileError:
+        return {}
 
 
 def find_packed(folder: Path, padded: GraphChoice, *, export: str = "auto",
@@ -147,7 +201,10 @@ def find_packed(folder: Path, padded: GraphChoice, *, export: str = "auto",
     return GraphChoice(graph, read_manifest(graph), exported=True)
 
 
-def _older_layout(graph: Path, manifest: dict[str, Any]) -> bool:
+def _older_layout(graph: Path) -> bool:
+    manifest = _manifest_or_empty(graph)
+    if not manifest:  # none, or unreadable: decided (re-exported) with the fingerprint
+        return False
     found = manifest.get("layout", 1)  # manifests of the first st-onnx have no "layout"
     older = not isinstance(found, int) or found < layout.GRAPH_LAYOUT
     if older:
@@ -165,32 +222,35 @@ def _stat_path(graph: Path) -> Path:
     return graph.with_name(graph.stem + ".stat.json")
 
 
-def _stat_signature(folder: Path) -> list:
-    """(file, size, mtime_ns, ctime_ns, inode) of every file the fingerprint may hash; ctime cannot be set back,
-    so a weight file replaced by one with the same size and mtime (cp -p) still changes the signature."""
-    files = [p for pattern in ("modules.json", "config.json", "*.safetensors", "*.bin", "*.index.json")
-             for p in folder.rglob(pattern) if layout.FUSED_DIR not in p.relative_to(folder).as_posix()]
+def _stat_signature(folder: Path, graph: Path) -> list:
+    """(file, size, mtime_ns, ctime_ns, inode) of every file the fingerprint hashes (symbolic links followed) and
+    of the graph itself; ctime cannot be set back, so a file replaced by one with the same size and mtime
+    (cp -p) still changes the signature."""
+    from ..fingerprint import fingerprint_files
+
     out = []
-    for p in sorted(set(files)):
+    for p in [*fingerprint_files(folder), graph]:
         st = p.stat()
-        out.append([p.relative_to(folder).as_posix(), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino])
+        out.append([os.path.relpath(p, folder), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino])
     return out
 
 
-def _stat_unchanged(folder: Path, graph: Path, fingerprint: str) -> bool:
-    record = layout.read_json_if_exists(_stat_path(graph), None) if _stat_path(graph).is_file() else None
+def _stat_unchanged(folder: Path, graph: Path, fingerprint: str | None) -> bool:
+    """Whether the stat record says: these weights (``fingerprint``) and this very graph file, checked before.
+    The record is a cache: unreadable or missing, it only means checking again."""
     try:
+        record = json.loads(_stat_path(graph).read_text(encoding="utf-8"))
         return (isinstance(record, dict) and record.get("fingerprint") == fingerprint
-                and record.get("folder") == str(folder.resolve()) and record.get("files") == _stat_signature(folder))
-    except OSError:
+                and record.get("folder") == str(folder.resolve()) and record.get("files") == _stat_signature(folder, graph))
+    except (OSError, ValueError, ModelFolderError):
         return False
 
 
-def _record_stat(folder: Path, graph: Path, fingerprint: str) -> None:
+def _record_stat(folder: Path, graph: Path, fingerprint: str | None) -> None:
     try:
         layout.write_json(_stat_path(graph), {"fingerprint": fingerprint, "folder": str(folder.resolve()),
-                                              "files": _stat_signature(folder)})
-    except OSError:  # a read-only folder: the next load hashes again
+                                              "files": _stat_signature(folder, graph)})
+    except OSError:  # a read-only folder: the next load checks again
         logger.debug("cannot write %s", _stat_path(graph))
 
 
@@ -210,15 +270,17 @@ def _named_graph(folder: Path, file_name: str) -> GraphChoice:
                 f"the graph {graph} was exported from other weights (manifest {manifest['fingerprint']!r}, "
                 f"folder now {current!r}); re-export it (`st-onnx export {folder} {folder}`) or drop file_name"
             )
+    problem = graph_problem(graph, manifest)
+    if problem:
+        raise GraphFileError(f"{problem}; re-export it (`st-onnx export {folder} {folder}`) or drop file_name")
     return GraphChoice(graph, manifest, exported=False)
 
 
-def _not_exporting(folder: Path, precision: str, existing: list[Path], current: str) -> Exception:
-    if existing:
-        return StaleGraphError(
-            f"the fused graph {existing[0]} was exported from other weights (folder fingerprint now {current!r}) "
-            f"and onnx_options['export'] is 'never'; re-export it (`st-onnx export {folder} {folder}`) or "
-            "load with export='auto'"
+def _not_exporting(folder: Path, precision: str, problems: list[Exception], current: str) -> Exception:
+    if problems:
+        return type(problems[0])(
+            f"{problems[0]}, and onnx_options['export'] is 'never'; re-export it (`st-onnx export {folder} "
+            f"{folder}`) or load with export='auto'"
         )
     return GraphFileError(
         f"{folder} has no fused {precision} graph and onnx_options['export'] is 'never'; export it "
