@@ -12,7 +12,8 @@ The bundle holds everything a plain ONNX Runtime + tokenizers program needs (see
                      precision, and the model's prompts (prepended to texts at encode time; default_prompt_name
                      applies to all) with pooling_include_prompt, and truncate_dim (null: all dimensions)
 
-The bundle is written atomically: BUNDLE_DIR appears complete or not at all.
+The bundle is written atomically: BUNDLE_DIR appears complete or not at all. BUNDLE_DIR must be a new or empty
+folder, or an earlier bundle (replaced); anything else, and a folder overlapping MODEL_DIR, is refused.
 """
 
 from __future__ import annotations
@@ -52,7 +53,21 @@ def bundle_tokenizer(model_dir: Path, max_seq_length: int, do_lower_case: bool):
     return tok, pad_id
 
 
+def check_bundle_dir(model_dir: Path, bundle_dir: Path) -> None:
+    """Refuse a bundle path that would overwrite anything but an earlier bundle: the bundle replaces its folder."""
+    model, bundle = model_dir.resolve(), bundle_dir.resolve()
+    if bundle == model or model in bundle.parents or bundle in model.parents:
+        raise SystemExit(f"BUNDLE_DIR {bundle_dir} and MODEL_DIR {model_dir} overlap; the bundle replaces its "
+                         "folder: give a separate new folder")
+    if bundle_dir.is_dir() and any(bundle_dir.iterdir()) and not (bundle_dir / BUNDLE).is_file():
+        raise SystemExit(f"BUNDLE_DIR {bundle_dir} exists and is not a bundle (no {BUNDLE}); allowed: a new or "
+                         "empty folder, or an earlier bundle (replaced)")
+    if bundle_dir.exists() and not bundle_dir.is_dir():
+        raise SystemExit(f"BUNDLE_DIR {bundle_dir} is a file; give a folder path")
+
+
 def make_bundle(model_dir: Path, bundle_dir: Path, precision: str = "fp32") -> Path:
+    check_bundle_dir(model_dir, bundle_dir)
     stack = load_stack(model_dir)
     transformer = stack.transformer
     if not (model_dir / TOKENIZER).is_file():

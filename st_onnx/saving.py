@@ -58,7 +58,7 @@ def save_model(model, path: str | os.PathLike, model_name: str | None = None, cr
         if source is not None and (Path(source) / layout.FUSED_DIR).is_dir():
             _carry_fused_graphs(Path(source), tmp, stack)
         if path.is_dir():
-            _keep_foreign_entries(path, tmp)
+            keep_foreign_entries(path, tmp)
     logger.info("saved model to %s", path)
 
 
@@ -69,10 +69,11 @@ _OWNED = re.compile(
 )
 
 
-def _keep_foreign_entries(old: Path, new: Path) -> None:
+def keep_foreign_entries(old: Path, new: Path) -> None:
     """Carry entries the model does not own (an ``eval/`` folder of CSVs, notes) from the folder being replaced.
 
-    sentence-transformers writes into the folder and leaves such files alone; the atomic swap must too. They are
+    sentence-transformers writes into the folder and leaves such files alone; the atomic swap (of a save, or of
+    an export into a folder of other weights) must too. They are
     hard-linked where possible (no copy of large files), copied otherwise.
     """
     def link_or_copy(src: str, dst: str) -> None:

@@ -270,9 +270,16 @@ def test_export_to_other_folder_makes_complete_copy(exported, tmp_path):
     assert int8 == layout.fused_graph_path(out, "int8") and graph.is_file() and graph_is_fresh(out, int8)
     assert (out / "model.safetensors").stat().st_mtime_ns == weights  # not copied again
     other = make_tiny_model(tmp_path / "other", seed=3)
+    (out / "eval").mkdir()
+    (out / "eval" / "results.csv").write_text("epoch,score\n")
+    (out / "NOTES.md").write_text("deployed monday")
     assert export_model_folder(other, "fp32", out_dir=out) == graph  # other weights: a fresh copy
     assert not layout.fused_graph_path(out, "int8").exists() and graph_is_fresh(out, graph)
     assert read_manifest(graph)["fingerprint"] == folder_fingerprint(other)
+    assert (out / "NOTES.md").read_text() == "deployed monday" and (out / "eval" / "results.csv").is_file()
+    with pytest.raises(InvalidInputError, match="inside the model folder"):
+        export_model_folder(other, "fp32", out_dir=other / "exported")
+    assert not (other / "exported").exists()
     stranger = tmp_path / "stranger"
     stranger.mkdir()
     (stranger / "notes.txt").write_text("mine")

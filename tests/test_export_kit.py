@@ -83,6 +83,21 @@ def test_bundle_refuses_missing_model(tmp_path):
     assert not (tmp_path / "b").exists()
 
 
+def test_bundle_never_overwrites_what_is_not_a_bundle(bundle, tmp_path):
+    """The bundle replaces its folder: the model folder itself, a folder inside it, or a folder of other files
+    is refused (and left as it was); an earlier bundle is replaced."""
+    folder, _ = bundle
+    before = sorted(p.name for p in folder.iterdir())
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "data.txt").write_text("mine")
+    for target, message in ((folder, "overlap"), (folder / "bundle", "overlap"), (precious, "is not a bundle")):
+        out = subprocess.run([sys.executable, str(KIT / "make_bundle.py"), str(folder), str(target)],
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode != 0 and message in out.stderr, out.stderr[-500:]
+    assert sorted(p.name for p in folder.iterdir()) == before and (precious / "data.txt").read_text() == "mine"
+
+
 def test_bundle_carries_the_prompts_and_the_example_applies_them(tmp_path):
     from st_onnx import SentenceTransformer
 

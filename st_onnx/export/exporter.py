@@ -92,7 +92,9 @@ def export_model_folder(model_folder: str | os.PathLike, precision: str = "fp32"
 
     ``out_dir`` may be new or empty (a copy of the model folder is written atomically, the graph added), a copy
     of the same weights (an earlier export: the graph is added beside the graphs already there, nothing is
-    copied again) or a model folder of other weights (replaced by a fresh copy). Anything else is refused.
+    copied again) or a model folder of other weights (an earlier export of older weights: the model's files and
+    graphs are replaced, files the model does not own, such as an ``eval/`` folder or notes, are kept).
+    Anything else, or a folder inside the model folder, is refused.
     """
     from ..fingerprint import folder_fingerprint
     from ..modules import load_stack
@@ -107,15 +109,22 @@ def export_model_folder(model_folder: str | os.PathLike, precision: str = "fp32"
             f"out_dir {out_dir} exists and is not a model folder; allowed: a new or empty folder, the model "
             "folder itself, or an earlier export (the graph is added to it)"
         )
+    if out_dir is not None and model_folder.resolve() in out_dir.resolve().parents:
+        raise InvalidInputError(f"out_dir {out_dir} is inside the model folder {model_folder}: the copy would hold "
+                                "itself; allowed: the model folder itself, or a folder outside it")
     stack = load_stack(model_folder)
     fingerprint = folder_fingerprint(model_folder)
     if out_dir is None or out_dir.resolve() == model_folder.resolve():
         return export_fused_graph(stack, model_folder, precision, fingerprint=fingerprint)
     if _is_model_folder(out_dir) and folder_fingerprint(out_dir) == fingerprint:
         return export_fused_graph(stack, out_dir, precision, fingerprint=fingerprint)
+    from ..saving import keep_foreign_entries
+
     with layout.atomic_folder(out_dir) as tmp:
         shutil.copytree(model_folder, tmp, dirs_exist_ok=True)
         export_fused_graph(stack, tmp, precision, fingerprint=fingerprint)
+        if out_dir.is_dir():
+            keep_foreign_entries(out_dir, tmp)
     return layout.fused_graph_path(out_dir, precision)
 
 
