@@ -21,6 +21,7 @@ import logging
 import math
 import queue
 import threading
+import weakref
 from typing import Any, Callable
 
 import numpy as np
@@ -68,14 +69,17 @@ class SessionPool:
         self.backend_name = model.backend
         self.devices = _check_devices(target_devices, self.backend_name)
         self._jobs: queue.Queue = queue.Queue()
-        self._stopped = False
+        self._stop_event = threading.Event()
         self._threads: list[threading.Thread] = []
         runners = self._make_runners()
         for i, (device, runner) in enumerate(zip(self.devices, runners)):
-            thread = threading.Thread(target=self._work, args=(runner,), name=f"st-onnx-pool-{i}-{device}",
-                                      daemon=True)
+            # the threads hold the queue and the stop event, not the pool: a pool dropped without stop() is
+            # collected, and its finalizer stops them (sessions and threads are not kept for the process's life)
+            thread = threading.Thread(target=_work, args=(self._jobs, self._stop_event, runner),
+                                      name=f"st-onnx-pool-{i}-{device}", daemon=True)
             thread.start()
             self._threads.append(thread)
+        self._finalizer = weakref.finalize(self, _shut_down, self._jobs, self._stop_event, len(self._threads))
         logger.info("session pool started on %s", ", ".join(self.devices))
 
     # -- workers --------------------------------------------------------------------------------------
@@ -83,19 +87,6 @@ class SessionPool:
         if self.backend_name == "onnx":
             return _onnx_runners(self.model._backend, self.devices)
         return _torch_runners(self.model._backend, self.devices)
-
-    def _work(self, runner: Callable) -> None:
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            call, idx, payload, batch_size, prompt_length = job
-            if call.error is not None:
-                continue  # a chunk of this call failed already: skip the rest
-            try:
-                call.finish(idx, runner(payload, batch_size, prompt_length))
-            except BaseException as e:  # noqa: BLE001 - handed to the caller, which re-raises it
-                call.fail(e)
 
     def _check_alive(self) -> None:
         dead = [t.name for t in self._threads if not t.is_alive()]
@@ -106,6 +97,10 @@ class SessionPool:
     @property
     def stopped(self) -> bool:
         return self._stopped
+
+    @property
+    def _stopped(self) -> bool:
+        return self._stop_event.is_set()
 
     def encode(self, sentences: Any, batch_size: int = 32, chunk_size: int | None = None,
                show_progress_bar: bool = False, prompt_length: int | None = None) -> np.ndarray:
@@ -122,6 +117,8 @@ class SessionPool:
         pieces = list(chunks(len(inputs), size))
         call = _Call(len(inputs), self.model._backend.sentence_embedding_dimension() or 0, len(pieces))  # untruncated
         for start, stop in pieces:
+            if self._stopped:  # stopped while queuing: _wait raises PoolError
+                break
             idx = order[start:stop]
             self._jobs.put((call, idx, self._payload([inputs[i] for i in idx]), batch_size, prompt_length))
         self._wait(call, show_progress_bar)
@@ -150,12 +147,11 @@ class SessionPool:
             raise call.error
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        """Stop the workers (idempotent); chunks still queued are dropped."""
+        """Stop the workers (idempotent): chunks still queued are dropped (a call waiting on them raises
+        PoolError), a chunk being run is finished, and the workers are joined (up to ``timeout_s`` each)."""
         if self._stopped:
             return
-        self._stopped = True
-        for _ in self._threads:
-            self._jobs.put(None)
+        self._finalizer()  # _shut_down: stop event, queue emptied, one sentinel per worker
         for thread in self._threads:
             thread.join(timeout_s)
         logger.info("session pool stopped")
@@ -169,6 +165,35 @@ class SessionPool:
     def __repr__(self) -> str:
         state = "stopped" if self._stopped else "running"
         return f"SessionPool({self.backend_name}, devices={self.devices}, {state})"
+
+
+def _work(jobs: queue.Queue, stop: threading.Event, runner: Callable) -> None:
+    """A worker thread: run queued chunks until a sentinel (None) arrives."""
+    while True:
+        job = jobs.get()
+        if job is None:
+            return
+        call, idx, payload, batch_size, prompt_length = job
+        if call.error is not None or stop.is_set():
+            continue  # a chunk of this call failed already, or the pool is stopping: skip it
+        try:
+            call.finish(idx, runner(payload, batch_size, prompt_length))
+        except BaseException as e:  # noqa: BLE001 - handed to the caller, which re-raises it
+            call.fail(e)
+
+
+def _shut_down(jobs: queue.Queue, stop: threading.Event, n_workers: int) -> None:
+    """Stop a pool's workers: set the event, drop the queued chunks (their calls fail), one sentinel each."""
+    stop.set()
+    while True:
+        try:
+            job = jobs.get_nowait()
+        except queue.Empty:
+            break
+        if job is not None:
+            job[0].fail(PoolError("the pool was stopped while encoding"))
+    for _ in range(n_workers):
+        jobs.put(None)
 
 
 def _chunk_progress(total: int, show: bool) -> Any:

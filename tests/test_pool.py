@@ -141,3 +141,53 @@ def test_bad_pool_arguments(model, folder):
             model.encode_multi_process(SENTENCES, p)
         with pytest.raises(InvalidInputError, match="chunk_size"):
             other.encode_multi_process(SENTENCES, p, chunk_size=0)
+
+
+def test_stop_while_a_call_runs_drops_its_queued_chunks(model, monkeypatch):
+    """The waiting call raises PoolError at once; the workers finish the chunk in hand and exit (they do not
+    work through the abandoned call's queue)."""
+    import st_onnx.pool as pool_module
+
+    name = "_onnx_runners" if model.backend == "onnx" else "_torch_runners"
+    make_runners = getattr(pool_module, name)
+
+    def slow_runners(*args):
+        def slow(runner):
+            return lambda *a: (time.sleep(0.2), runner(*a))[1]
+        return [slow(r) for r in make_runners(*args)]
+
+    monkeypatch.setattr(pool_module, name, slow_runners)
+    pool = model.start_multi_process_pool(["cpu", "cpu"])
+    errors = []
+
+    def call():
+        try:
+            model.encode_multi_process(many_texts(2_000), pool, chunk_size=10)  # 200 chunks: 20 s of work
+        except PoolError as e:
+            errors.append(e)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    deadline = time.monotonic() + 20
+    while pool._jobs.qsize() < 100 and time.monotonic() < deadline:  # the call has queued its chunks
+        time.sleep(0.01)
+    started = time.monotonic()
+    pool.stop()
+    assert time.monotonic() - started < 2  # the chunks in hand, not the queue
+    caller.join(30)
+    assert not caller.is_alive() and len(errors) == 1 and "stopped while encoding" in str(errors[0])
+    assert not any(t.is_alive() for t in pool._threads)
+    assert pool._jobs.qsize() <= 1  # the caller stops queuing (one chunk may slip in as it sees the stop)
+
+
+def test_a_pool_dropped_without_stop_ends_its_threads(model):
+    import gc
+
+    pool = model.start_multi_process_pool(["cpu", "cpu"])
+    model.encode_multi_process(SENTENCES, pool)
+    threads = list(pool._threads)
+    del pool
+    gc.collect()
+    for thread in threads:
+        thread.join(10)
+    assert not any(t.is_alive() for t in threads)

@@ -332,26 +332,6 @@ def test_similarity_functions_match_sentence_transformers(tiny_model_dir, name):
                                reference.similarity_pairwise(a, a[::-1].copy()), atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("name", ["cos_sim", "dot_score", "euclidean_sim", "manhattan_sim", "pairwise_cos_sim",
-                                  "pairwise_dot_score", "pairwise_euclidean_sim", "pairwise_manhattan_sim"])
-def test_util_scores_shapes_and_dtypes_as_sentence_transformers(name):
-    """float16/bfloat16 scored in float32, two single vectors paired into a 0-d score, lists of arrays stacked."""
-    from sentence_transformers import util as theirs_util
-
-    from st_onnx import util as ours_util
-
-    rng = np.random.default_rng(0)
-    a, b = rng.normal(size=(4, 16)).astype(np.float32), rng.normal(size=(4, 16)).astype(np.float32)
-    ours, theirs = getattr(ours_util, name), getattr(theirs_util, name)
-    cases = [(torch.from_numpy(a).half(), torch.from_numpy(b).half()),
-             (torch.from_numpy(a).bfloat16(), torch.from_numpy(b).bfloat16()),
-             (a[0], b[0]), (list(a), list(b)), (a, b)]
-    for x, y in cases:
-        got, want = ours(x, y), theirs(x, y)
-        assert got.dtype == want.dtype == torch.float32 and got.shape == want.shape, (name, x.__class__)
-        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
-
-
 def test_similarity_fn_name_defaults_to_cosine(tiny_model_dir):
     model = SentenceTransformer(str(tiny_model_dir), device="cpu")
     assert model.similarity_fn_name == "cosine"
