@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.run(args)
-    except StOnnxError as e:
+    except (StOnnxError, OSError) as e:  # a bad folder, a read-only or missing parent: one line, no traceback
         print(f"error: {e}", file=sys.stderr)
         return 1
 

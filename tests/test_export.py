@@ -322,6 +322,9 @@ def test_cli_export_prints_parity_and_reports_errors(exported, tmp_path, capsys)
     assert "missing" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["export", str(exported[0]), str(tmp_path / "y"), "--precision", "bf16"])
+    (tmp_path / "a_file").write_text("x")
+    assert main(["export", str(exported[0]), str(tmp_path / "a_file")]) == 1
+    assert "is a file" in capsys.readouterr().err and (tmp_path / "a_file").read_text() == "x"
 
 
 def test_cli_bench_passes_arguments_or_says_script_is_absent(tmp_path, monkeypatch, capsys):

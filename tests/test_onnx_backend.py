@@ -165,6 +165,19 @@ def test_fp16_on_cpu_is_refused(tiny_folder):
     ({"token_budget": 0}, "token_budget"),
     ({"export": "sometimes"}, "export"),
     ({"file_name": "onnx/missing.onnx"}, "does not exist"),
+    ({"file_name": ""}, r"file_name'\] must be a path.*got ''"),
+    ({"file_name": 5}, r"file_name'\] must be a path.*got 5"),
+    ({"intra_op_num_threads": "2"}, r"intra_op_num_threads'\] must be a positive int; got '2'"),
+    ({"intra_op_num_threads": 2.0}, "intra_op_num_threads"),
+    ({"providers": "CUDAExecutionProvider"}, r"providers'\] must be a list"),
+    ({"providers": ["CUDAExecutionProvidr"]}, r"names 'CUDAExecutionProvidr'; allowed"),
+    ({"providers": 5}, r"providers'\] must be a list"),
+    ({"provider_options": 5}, r"provider_options'\] must be a dict or a list of dicts"),
+    ({"session_options": 5}, r"session_options'\] must be an onnxruntime.SessionOptions"),
+    ({"session_options": {"config_entries": 5}}, r"config_entries'\] must be a dict"),
+    ({"session_options": {"intra_op_num_threads": "x"}}, r"\['intra_op_num_threads'\] = 'x' has the wrong type"),
+    ({3: "x"}, "unknown keys 3"),
+    ("fp32", r"onnx_options must be a dict such as"),
 ])
 def test_bad_onnx_options(tiny_folder, options, match):
     with pytest.raises((InvalidInputError, GraphFileError), match=match):
@@ -258,6 +271,10 @@ def test_read_only_folder_exports_into_the_cache(tiny_model_copy, tmp_path, monk
     again = SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu", cache_folder=str(cache))
     assert again._backend.graph_path == m._backend.graph_path
     assert close(m.encode(SENTENCES), again.encode(SENTENCES))
+    (tmp_path / "not_a_folder").write_text("x")  # a cache that cannot be made: the error says how to point it
+    with pytest.raises(ModelFolderError, match="read-only and the graph cache .* cannot be written.*ST_ONNX_CACHE"):
+        SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu",
+                            cache_folder=str(tmp_path / "not_a_folder"))
 
 
 def onnx_bundle(folder, dest):

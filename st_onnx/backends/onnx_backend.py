@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -21,10 +22,10 @@ from .. import layout
 from ..encode.batching import DEFAULT_TOKEN_BUDGET, GPU_TOKEN_BUDGET, check_token_budget
 from ..encode.options import EncodeOptions
 from ..encode.tokenize import TextTokenizer
-from ..errors import BackendError, InvalidInputError
+from ..errors import BackendError, InvalidInputError, positive_int
 from ..runtime.encoder import PROMPT_LENGTH, OrtEncoder
 from ..runtime.graphs import GraphChoice, cache_dir_for, find_graph, find_packed
-from ..runtime.providers import resolve_device
+from ..runtime.providers import check_providers, resolve_device
 from ..runtime.session import OrtSession, available_cores, default_session_options
 
 logger = logging.getLogger(__name__)
@@ -45,11 +46,15 @@ class OnnxOptions:
     packing: bool = False  # CUDA fp16 only: run the packing-mode graph (export/packing.py)
 
     @classmethod
-    def from_dict(cls, options: dict[str, Any]) -> "OnnxOptions":
+    def from_dict(cls, options: Any) -> "OnnxOptions":
+        if options is None:
+            options = {}
+        if not isinstance(options, dict):
+            raise InvalidInputError(f"onnx_options must be a dict such as {{'precision': 'int8'}}; got {options!r}")
         known = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(options) - set(known))
+        unknown = sorted(map(repr, set(options) - set(known)))
         if unknown:
-            raise InvalidInputError(f"onnx_options has unknown keys {unknown}; allowed: {', '.join(known)}")
+            raise InvalidInputError(f"onnx_options has unknown keys {', '.join(unknown)}; allowed: {', '.join(known)}")
         opts = cls(**options)
         if opts.precision is not None and opts.precision not in layout.PRECISIONS:
             raise InvalidInputError(
@@ -57,6 +62,16 @@ class OnnxOptions:
             )
         if opts.token_budget is not None:
             check_token_budget(opts.token_budget)
+        if opts.intra_op_num_threads is not None:
+            positive_int(opts.intra_op_num_threads, "onnx_options['intra_op_num_threads']")
+        if opts.file_name is not None and (not isinstance(opts.file_name, (str, os.PathLike)) or not str(opts.file_name)):
+            raise InvalidInputError(f"onnx_options['file_name'] must be a path to a graph file (relative to the model "
+                                    f"folder, or absolute); got {opts.file_name!r}")
+        check_providers(opts.providers, opts.provider_options)
+        if opts.session_options is not None and not isinstance(opts.session_options, dict) \
+                and type(opts.session_options).__name__ != "SessionOptions":
+            raise InvalidInputError(f"onnx_options['session_options'] must be an onnxruntime.SessionOptions or a "
+                                    f"dict of its attributes; got {opts.session_options!r}")
         if not isinstance(opts.packing, bool):
             raise InvalidInputError(f"onnx_options['packing'] must be True or False; got {opts.packing!r}")
         if opts.packing and opts.file_name is not None:
@@ -100,7 +115,7 @@ class OnnxBackend:
     @classmethod
     def load(cls, model: Any, modules: Any = None, device: str | None = None,
              options: dict[str, Any] | None = None) -> "OnnxBackend":
-        opts = OnnxOptions.from_dict(dict(options or {}))
+        opts = OnnxOptions.from_dict(options)
         device = resolve_device(device)
         precision = opts.precision_for(device)
         cache_folder = getattr(model, "cache_folder", None)
@@ -285,10 +300,17 @@ def _session_options(value: Any, threads: int | None, prepack: bool = False) -> 
         so = default_session_options(threads, prepack)
         for key, item in (value or {}).items():
             if key == "config_entries":
-                for entry, setting in dict(item).items():
+                if not isinstance(item, dict):
+                    raise InvalidInputError(f"onnx_options['session_options']['config_entries'] must be a dict of "
+                                            f"config key -> value; got {item!r}")
+                for entry, setting in item.items():
                     so.add_session_config_entry(str(entry), str(setting))
-            elif hasattr(so, key):
-                setattr(so, key, item)
+            elif isinstance(key, str) and not key.startswith("_") and hasattr(so, key):
+                try:
+                    setattr(so, key, item)
+                except TypeError as e:  # pybind11 names the expected type
+                    raise InvalidInputError(f"onnx_options['session_options'][{key!r}] = {item!r} has the wrong "
+                                            f"type ({e})") from e
             else:
                 raise InvalidInputError(
                     f"onnx_options['session_options'] has {key!r}; allowed: SessionOptions attributes "

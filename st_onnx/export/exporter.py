@@ -104,6 +104,9 @@ def export_model_folder(model_folder: str | os.PathLike, precision: str = "fp32"
         raise ModelFolderError(f"{model_folder} is not a model folder (no modules.json or config.json)")
     layout.fused_graph_path(model_folder, precision)  # validate before loading anything
     out_dir = None if out_dir is None else Path(out_dir)
+    if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
+        raise InvalidInputError(f"out_dir {out_dir} is a file; allowed: a folder (new, empty, the model folder "
+                                "itself, or an earlier export)")
     if out_dir is not None and out_dir.exists() and any(out_dir.iterdir()) and not _is_model_folder(out_dir):
         raise InvalidInputError(
             f"out_dir {out_dir} exists and is not a model folder; allowed: a new or empty folder, the model "

@@ -154,6 +154,15 @@ def find_graph(folder: Path, precision: str, *, file_name: str | None = None, ex
     for problem in problems:
         logger.warning("%s: exporting the graph again", problem)
     out_dir = None if is_writable(folder) else cache
+    if out_dir is not None:
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ModelFolderError(
+                f"{folder} is read-only and the graph cache {cache} cannot be written ({e}); export the graph "
+                "where it can be written (`st-onnx export MODEL_DIR NEW_DIR`), or point the cache elsewhere with "
+                "the ST_ONNX_CACHE environment variable or cache_folder="
+            ) from e
     if exporter is None:
         raise GraphFileError(f"no exporter available to export the {precision} graph of {folder}")
     logger.info("exporting the fused %s graph of %s into %s (once: later loads reuse it)", precision, folder,

@@ -59,6 +59,27 @@ def resolve_device(device: str | None) -> str:
     raise InvalidInputError(f"device {device!r} is not supported by the onnx backend; allowed: 'cpu', 'cuda', 'cuda:N'")
 
 
+def check_providers(providers: Any, provider_options: Any) -> None:
+    """``onnx_options['providers']``: a list of names or (name, options) pairs, each a provider this onnxruntime
+    has; ``provider_options``: a dict, or a list of dicts. InvalidInputError naming the value otherwise."""
+    if providers is not None:
+        import onnxruntime as ort
+
+        if isinstance(providers, (str, bytes)) or not isinstance(providers, (list, tuple)):
+            raise InvalidInputError(f"onnx_options['providers'] must be a list such as ['CUDAExecutionProvider', "
+                                    f"'CPUExecutionProvider']; got {providers!r}")
+        known = ort.get_all_providers()
+        for p in providers:
+            name = p[0] if isinstance(p, (tuple, list)) and p else p
+            if not isinstance(name, str) or name not in known:
+                raise InvalidInputError(f"onnx_options['providers'] names {p!r}; allowed: the providers of this "
+                                        f"onnxruntime, of which available here: {ort.get_available_providers()}")
+    if provider_options is not None and not isinstance(provider_options, dict) and not (
+            isinstance(provider_options, (list, tuple)) and all(isinstance(o, dict) for o in provider_options)):
+        raise InvalidInputError(f"onnx_options['provider_options'] must be a dict or a list of dicts (one per "
+                                f"provider); got {provider_options!r}")
+
+
 def providers_for(device: str, providers: Sequence[Any] | None = None,
                   provider_options: Sequence[dict] | dict | None = None) -> tuple[list[str], list[dict]]:
     """(providers, provider_options) for ``InferenceSession``: explicit ones win, else derived from the device."""
@@ -81,6 +102,10 @@ def providers_for(device: str, providers: Sequence[Any] | None = None,
 def check_bound(session: Any, asked: Sequence[str]) -> str:
     """The provider the session runs on; warns (ProviderFallbackWarning) when CUDA was asked and CPU bound."""
     bound = list(session.get_providers())
+    missing = [p for p in asked if p not in (CUDA, CPU) and p not in bound]
+    if missing:
+        warnings.warn(f"{missing} were asked for but the session bound {bound} (not available in this "
+                      f"onnxruntime or on this machine)", ProviderFallbackWarning, stacklevel=3)
     if CUDA in asked and CUDA not in bound:
         count = cuda_device_count()
         why = ("the CUDA driver reports no GPU" if count == 0 else
