@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -250,3 +251,52 @@ def test_model_card_as_sentence_transformers(tiny_model_copy, tmp_path):
     model.save(str(tmp_path / "with_data"))
     written = (tmp_path / "with_data" / "README.md").read_text()
     assert written.startswith("---\nlanguage:\n- en\nlicense: apache-2.0\n") and "# Tiny fine-tuned" in written
+
+
+def test_modules_from_sentence_transformers_models_are_adopted(tmp_path):
+    """The usual recipe with only SentenceTransformer's import switched: sentence-transformers' modules become
+    st-onnx's (same model, tokenizer and weights), on both backends; ones without a counterpart are named."""
+    from helpers import make_tiny_transformer
+
+    with warnings.catch_warnings():  # 6 moved them (sentence_transformers.sentence_transformer.modules)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from sentence_transformers import models
+    raw = make_tiny_transformer(tmp_path / "raw")
+    transformer = models.Transformer(str(raw), max_seq_length=24, do_lower_case=True)
+    pooling = models.Pooling(transformer.get_embedding_dimension(), "cls")
+    torch.manual_seed(0)
+    dense = models.Dense(pooling.get_sentence_embedding_dimension(), 8, activation_function=torch.nn.ReLU())
+    modules = [transformer, pooling, dense, models.Normalize()]
+    theirs = st.SentenceTransformer(modules=modules, device="cpu")
+    texts = SENTENCES + ["The [MASK] " * 40]
+    want = theirs.encode(texts)
+    for backend in ("torch", "onnx"):
+        ours = SentenceTransformer(modules=modules, device="cpu", backend=backend)
+        np.testing.assert_allclose(ours.encode(texts), want, atol=1e-5)
+        assert ours.max_seq_length == 24
+    ours = SentenceTransformer(modules=modules, device="cpu")
+    assert ours[0].auto_model is transformer.auto_model  # shared, not copied: training one trains both
+    ours.save(str(tmp_path / "saved"))
+    np.testing.assert_allclose(st.SentenceTransformer(str(tmp_path / "saved"), device="cpu").encode(texts), want,
+                               atol=1e-5)
+    from st_onnx.errors import ModelFolderError
+
+    with pytest.raises(ModelFolderError, match="LayerNorm has no st-onnx counterpart"):
+        SentenceTransformer(modules=[transformer, pooling, models.LayerNorm(32)], device="cpu")
+
+
+def test_max_seq_length_is_the_tokenizers_model_max_length(minilm_pair):
+    """As sentence-transformers 6: one value, set from either side (torch backend)."""
+    ours, theirs = minilm_pair
+    try:
+        for model in (ours, theirs):
+            assert model.max_seq_length == model.tokenizer.model_max_length == 256
+            model.max_seq_length = 128
+            assert model.tokenizer.model_max_length == 128
+            model.tokenizer.model_max_length = 16
+            assert model.max_seq_length == 16
+        text = ["a long sentence about the weather " * 10]
+        np.testing.assert_allclose(ours.encode(text), theirs.encode(text), atol=1e-5)
+    finally:
+        for model in (ours, theirs):
+            model.max_seq_length = 256

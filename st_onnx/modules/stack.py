@@ -31,7 +31,7 @@ class ModuleStack(nn.Sequential):
     """Runs its modules in order over one features dict (``forward(features) -> features``)."""
 
     def __init__(self, modules: Iterable[nn.Module]) -> None:
-        modules = list(modules)
+        modules = [adopt(m) for m in modules]
         if not modules:
             raise ModelFolderError("a model needs at least one module")
         for m in modules:
@@ -105,6 +105,34 @@ class ModuleStack(nn.Sequential):
             entries.append({"idx": idx, "name": str(idx), "path": path, "type": layout.MODULE_TYPES[kind]})
         layout.write_json(folder / layout.MODULES_JSON, entries)
         return entries
+
+
+def adopt(module: Any) -> Any:
+    """st-onnx's module for a sentence-transformers one (``from sentence_transformers import models``), sharing
+    its model, tokenizer and weights; anything else as it is. Other sentence-transformers modules are refused by
+    name (st-onnx has no counterpart to run or export)."""
+    cls = type(module)
+    if not cls.__module__.startswith("sentence_transformers.") or isinstance(module, tuple(_KINDS.values())):
+        return module
+    kind = cls.__name__
+    if kind == "Transformer":
+        return Transformer.from_loaded(module.auto_model, module.tokenizer, module.max_seq_length,
+                                       getattr(module, "do_lower_case", False))
+    if kind == "Pooling":
+        config = module.get_config_dict()
+        if "pooling_mode" not in config:  # before sentence-transformers 5: one flag per mode
+            return Pooling(config.pop("word_embedding_dimension"), **config)
+        return Pooling(embedding_dimension=config["embedding_dimension"], pooling_mode=config["pooling_mode"],
+                       include_prompt=config.get("include_prompt", True))
+    if kind == "Dense":
+        dense = Dense(module.in_features, module.out_features, bias=module.linear.bias is not None,
+                      activation_function=module.activation_function)
+        dense.linear = module.linear
+        return dense
+    if kind == "Normalize":
+        return Normalize()
+    raise ModelFolderError(f"sentence-transformers module {cls.__module__}.{kind} has no st-onnx counterpart; "
+                           f"allowed: {', '.join(_KINDS)} (from sentence_transformers.models or st_onnx.models)")
 
 
 def load_stack(folder: str | os.PathLike, device: str | torch.device = "cpu",

@@ -69,6 +69,29 @@ class Transformer(nn.Module):
             max_seq_length = min(limits) if limits else 512
         self.max_seq_length = int(max_seq_length)
 
+    @classmethod
+    def from_loaded(cls, auto_model: Any, tokenizer: Any, max_seq_length: int, do_lower_case: bool = False
+                    ) -> "Transformer":
+        """A Transformer over an already loaded model and fast tokenizer (taken as they are, not copied): how a
+        sentence-transformers Transformer module given in ``modules=[...]`` is adopted."""
+        self = cls.__new__(cls)
+        nn.Module.__init__(self)
+        self.do_lower_case = bool(do_lower_case)
+        self.auto_model = auto_model
+        self.tokenizer = tokenizer
+        self.max_seq_length = int(max_seq_length)
+        return self
+
+    @property
+    def max_seq_length(self) -> int:
+        """Longest input in tokens: the tokenizer's ``model_max_length``, as in sentence-transformers 6 (setting
+        either sets both)."""
+        return self.tokenizer.model_max_length
+
+    @max_seq_length.setter
+    def max_seq_length(self, value: int) -> None:
+        self.tokenizer.model_max_length = value
+
     def __repr__(self) -> str:
         return (
             f"Transformer({{'max_seq_length': {self.max_seq_length}, 'do_lower_case': {self.do_lower_case}, "
