@@ -10,7 +10,9 @@ _DEVICE = re.compile(r"^(cpu|cuda|mps)(:\d+)?$")
 
 
 def check_device(device: object) -> str:
-    """Return ``device`` as a string after checking it names a device st-onnx can use."""
+    """Return ``device`` as a string after checking it names a device st-onnx can use (an int N: 'cuda:N')."""
+    if isinstance(device, int) and not isinstance(device, bool) and device >= 0:
+        return f"cuda:{device}"
     name = str(device)
     if not _DEVICE.match(name):
         raise InvalidInputError(f"device {device!r} is not recognised; allowed: 'cpu', 'cuda', 'cuda:N', 'mps'")

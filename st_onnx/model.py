@@ -154,8 +154,23 @@ class SentenceTransformer(ModuleMethods):
     def device(self):
         return self._backend.device
 
-    def to(self, device: str) -> "SentenceTransformer":
-        self._backend.to(check_device(device))
+    def to(self, *args: Any, **kwargs: Any) -> "SentenceTransformer":
+        """``to(device)``, ``to(dtype)`` or ``to(device, dtype)``, as ``nn.Module.to`` (a dtype casts the torch
+        modules: ``half``/``bfloat16``/``float``)."""
+        dtype = kwargs.pop("dtype", None)
+        device = kwargs.pop("device", None)
+        kwargs.pop("non_blocking", None)
+        if kwargs:
+            raise InvalidInputError(f"to() takes device, dtype and non_blocking; got {sorted(kwargs)}")
+        for arg in args:
+            if type(arg).__name__ == "dtype":  # torch.dtype, compared by name: no torch import for the onnx backend
+                dtype = arg
+            else:
+                device = arg
+        if device is not None:
+            self._backend.to(check_device(device))
+        if dtype is not None:
+            self._cast_to(dtype)
         return self
 
     def encode(
@@ -213,19 +228,20 @@ class SentenceTransformer(ModuleMethods):
             return format_sentence_embeddings(raw, opts, single)
         return format_per_text(raw, opts, single)
 
-    def encode_query(self, sentences: str | list[str] | None = None, **kwargs: Any) -> Any:
+    # encode_query/encode_document (sentence-transformers 5+) take prompt_name and prompt second and third, as there
+    def encode_query(self, sentences: str | list[str] | None = None, prompt_name: str | None = None,
+                     prompt: str | None = None, **kwargs: Any) -> Any:
         """``encode`` with the model's "query" prompt unless a prompt or prompt_name is given."""
-        if kwargs.get("prompt") is None and kwargs.get("prompt_name") is None and "query" in self.prompts:
-            kwargs["prompt_name"] = "query"
-        return self.encode(sentences, **kwargs)
+        if prompt is None and prompt_name is None and "query" in self.prompts:
+            prompt_name = "query"
+        return self.encode(sentences, prompt_name=prompt_name, prompt=prompt, **kwargs)
 
-    def encode_document(self, sentences: str | list[str] | None = None, **kwargs: Any) -> Any:
+    def encode_document(self, sentences: str | list[str] | None = None, prompt_name: str | None = None,
+                        prompt: str | None = None, **kwargs: Any) -> Any:
         """``encode`` with the model's "document" (else "passage", else "corpus") prompt unless one is given."""
-        if kwargs.get("prompt") is None and kwargs.get("prompt_name") is None:
-            name = next((n for n in ("document", "passage", "corpus") if n in self.prompts), None)
-            if name is not None:
-                kwargs["prompt_name"] = name
-        return self.encode(sentences, **kwargs)
+        if prompt is None and prompt_name is None:
+            prompt_name = next((n for n in ("document", "passage", "corpus") if n in self.prompts), None)
+        return self.encode(sentences, prompt_name=prompt_name, prompt=prompt, **kwargs)
 
     def _with_prompt(self, inputs: list, opts: EncodeOptions, prompt: Any, prompt_name: Any, stacklevel: int = 4):
         """Inputs with the resolved prompt prepended, and the prompt's token count where pooling leaves it out.

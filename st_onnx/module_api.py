@@ -14,8 +14,11 @@ from .errors import BackendError
 
 
 class ModuleMethods:
-    """Mixed into ``SentenceTransformer``: ``eval``, ``train``, ``half``, ``float``, ``bfloat16``, ``cpu``,
-    ``cuda``, ``parameters``, ``named_parameters``, ``state_dict``."""
+    """Mixed into ``SentenceTransformer``: ``eval``, ``train``, ``training``, ``half``, ``float``, ``bfloat16``,
+    ``dtype``, ``cpu``, ``cuda``, ``parameters``, ``named_parameters``, ``state_dict``, ``load_state_dict``,
+    ``modules``, ``children``, ``named_children``, ``named_modules``, ``requires_grad_``, ``zero_grad``,
+    ``forward``, ``_first_module``, ``_last_module``, and sentence-transformers 6's ``transformers_model``,
+    ``processor``, ``modalities``, ``get_model_kwargs``."""
 
     backend: str
 
@@ -52,6 +55,87 @@ class ModuleMethods:
             )
         getattr(self._backend.stack, kind)()
         return self
+
+    def _cast_to(self, dtype: Any) -> Any:
+        kinds = {"torch.float16": "half", "torch.bfloat16": "bfloat16", "torch.float32": "float"}
+        if str(dtype) not in kinds:
+            raise BackendError(f"to({dtype}) is not a cast st-onnx makes; allowed: torch.float32, torch.float16, "
+                               "torch.bfloat16")
+        return self._cast(kinds[str(dtype)])
+
+    @property
+    def dtype(self) -> Any:
+        """The torch modules' parameter dtype (torch backend); the embeddings' numpy dtype on the onnx backend."""
+        if self.backend == "torch":
+            return next(self._backend.stack.parameters()).dtype
+        import numpy as np
+
+        return np.dtype(np.float32)  # every graph's sentence_embedding output is float32
+
+    @property
+    def training(self) -> bool:
+        return self.backend == "torch" and self._backend.stack.training
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        """Load weights into the torch modules (torch backend). Keys may name the Transformer's model
+        ``auto_model`` (st-onnx, sentence-transformers before 6) or ``model`` (sentence-transformers 6)."""
+        if self.backend != "torch":
+            raise BackendError("load_state_dict changes the torch weights the onnx graph was exported from; load "
+                               "them on backend='torch', save, and load the saved folder with backend='onnx'")
+        ours = self._backend.stack.state_dict()
+        renamed = {}
+        for key, value in state_dict.items():
+            index, _, rest = key.partition(".")
+            alias = f"{index}.auto_model.{rest[len('model.'):]}" if rest.startswith("model.") else key
+            renamed[alias if alias in ours and key not in ours else key] = value
+        return self._backend.stack.load_state_dict(renamed, strict=strict, assign=assign)
+
+    def _first_module(self) -> Any:
+        return self.torch_modules[0]
+
+    def _last_module(self) -> Any:
+        return self.torch_modules[-1]
+
+    def modules(self) -> Iterator[Any]:
+        return self.torch_modules.modules()
+
+    def children(self) -> Iterator[Any]:
+        return self.torch_modules.children()
+
+    def named_children(self) -> Iterator[tuple[str, Any]]:
+        return self.torch_modules.named_children()
+
+    def named_modules(self, *args: Any, **kwargs: Any) -> Iterator[tuple[str, Any]]:
+        return self.torch_modules.named_modules(*args, **kwargs)
+
+    def requires_grad_(self, requires_grad: bool = True) -> Any:
+        self.torch_modules.requires_grad_(requires_grad)
+        return self
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.torch_modules.zero_grad(set_to_none)
+
+    def forward(self, features: dict[str, Any]) -> dict[str, Any]:
+        """The torch modules over a features dict, as ``model(features)``."""
+        return self.torch_modules(features)
+
+    @property
+    def transformers_model(self) -> Any:
+        """The Hugging Face model inside the Transformer module (sentence-transformers 6's name)."""
+        return self.torch_modules[0].auto_model
+
+    @property
+    def processor(self) -> Any:
+        """sentence-transformers 6's name for the tokenizer of a text model."""
+        return self.tokenizer
+
+    @property
+    def modalities(self) -> list[str]:
+        return ["text"]
+
+    def get_model_kwargs(self) -> list[str]:
+        """Module keyword arguments ``encode`` passes on: none (no Router; ``task`` is accepted without effect)."""
+        return []
 
     def cpu(self) -> Any:
         return self.to("cpu")

@@ -126,3 +126,63 @@ def test_module_keyword_arguments_as_sentence_transformers_6(pair, onnx_model):
             model.encode_query(SENTENCES, processing_kwargs={"text": {"max_length": 8}})
     with pytest.raises(ValueError):
         theirs.encode(SENTENCES, foo=1)
+
+
+def test_module_calls_scripts_make_on_sentence_transformers(tiny_model_dir):
+    """nn.Module and sentence-transformers 6 attributes: same answers as its class (torch backend)."""
+    import torch
+
+    ours = SentenceTransformer(str(tiny_model_dir), device="cpu")
+    theirs = st.SentenceTransformer(str(tiny_model_dir), device="cpu")
+    for model in (ours, theirs):
+        assert model.dtype == torch.float32 and model.modalities == ["text"] and model.get_model_kwargs() == []
+        assert type(model.transformers_model).__name__ == "BertModel" and model.processor is model.tokenizer
+        assert type(model._first_module()).__name__ == "Transformer"
+        assert type(model._last_module()).__name__ == "Normalize"
+        assert [n for n, _ in model.named_children()] == ["0", "1", "2"]
+        assert model.requires_grad_(False) is model and not any(p.requires_grad for p in model.parameters())
+        model.requires_grad_(True)
+    assert len(list(ours.modules())) == len(list(theirs.modules()))
+    # their state dict (keys say "model" where ours say "auto_model") loads into ours
+    theirs_state = {k: v + 1.0 for k, v in theirs.state_dict().items()}
+    assert ours.load_state_dict(theirs_state).missing_keys == []
+    theirs.load_state_dict(theirs_state)
+    np.testing.assert_allclose(ours.encode(SENTENCES), theirs.encode(SENTENCES), atol=1e-5)
+    features = ours.tokenize(SENTENCES)
+    with torch.no_grad():
+        assert ours.forward(dict(features))["sentence_embedding"].shape == (len(SENTENCES), 32)
+    assert ours.to(torch.float16) is ours and ours.dtype == torch.float16
+    assert ours.to("cpu", torch.float32).dtype == torch.float32
+    assert ours.encode(SENTENCES).dtype == np.float32
+
+
+def test_module_calls_on_the_onnx_backend(onnx_model):
+    from st_onnx.errors import BackendError
+
+    assert onnx_model.dtype == np.float32 and not onnx_model.training
+    with pytest.raises(BackendError, match="load them on backend='torch'"):
+        onnx_model.load_state_dict({})
+    with pytest.raises(BackendError, match="fp32"):
+        onnx_model.to("cpu", type("dtype", (), {"__str__": lambda self: "torch.float16"})())
+
+
+def test_encode_query_takes_prompt_name_second(pair):
+    ours, theirs = pair
+    ours.prompts = {**ours.prompts, "q2": "the red "}
+    theirs.prompts = {**theirs.prompts, "q2": "the red "}
+    try:
+        np.testing.assert_allclose(ours.encode_query(SENTENCES, "q2"), theirs.encode_query(SENTENCES, "q2"),
+                                   atol=1e-5)
+        np.testing.assert_allclose(ours.encode_document(SENTENCES, None, "the "),
+                                   theirs.encode_document(SENTENCES, None, "the "), atol=1e-5)
+    finally:
+        for model in pair:
+            del model.prompts["q2"]
+
+
+def test_device_index_means_that_cuda_device():
+    from st_onnx.devices import check_device
+
+    assert check_device(0) == "cuda:0" and check_device(3) == "cuda:3"
+    with pytest.raises(InvalidInputError, match="not recognised"):
+        check_device(-1)
