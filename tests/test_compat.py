@@ -265,7 +265,7 @@ def test_modules_from_sentence_transformers_models_are_adopted(tmp_path):
     transformer = models.Transformer(str(raw), max_seq_length=24, do_lower_case=True)
     pooling = models.Pooling(transformer.get_embedding_dimension(), "cls")
     torch.manual_seed(0)
-    dense = models.Dense(pooling.get_sentence_embedding_dimension(), 8, activation_function=torch.nn.ReLU())
+    dense = models.Dense(pooling.get_embedding_dimension(), 8, activation_function=torch.nn.ReLU())
     modules = [transformer, pooling, dense, models.Normalize()]
     theirs = st.SentenceTransformer(modules=modules, device="cpu")
     texts = SENTENCES + ["The [MASK] " * 40]

@@ -8,6 +8,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
 import warnings
 
 import numpy as np
@@ -378,3 +379,16 @@ def test_token_type_ids_only_when_the_model_uses_them(exported, tmp_path):
     (sentence, _), features = run_graph(sess, stack, MIXED)
     assert "token_type_ids" not in features
     np.testing.assert_allclose(sentence, torch_embed(stack, features)[0], atol=1e-5)
+
+
+def test_work_folders_of_killed_exports_are_removed_a_day_later(tiny_model_copy):
+    fused = tiny_model_copy / layout.FUSED_DIR
+    fused.mkdir(parents=True)
+    old, recent = fused / ".export-killed", fused / ".export-running"
+    for folder in (old, recent):
+        folder.mkdir()
+        (folder / "raw.onnx").write_bytes(b"partial")
+    two_days_ago = time.time() - 2 * 24 * 3600
+    os.utime(old, (two_days_ago, two_days_ago))
+    export_model_folder(tiny_model_copy)
+    assert not old.exists() and recent.is_dir()  # another process may still be exporting into the recent one

@@ -56,6 +56,7 @@ def export_fused_graph(stack, out_dir: str | os.PathLike, precision: str = "fp32
     was_training = stack.training
     stack = _cpu_eval(stack)
     target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned_exports(target.parent)
     tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=target.parent))
     try:
         names = graph_input_names(stack)
@@ -84,6 +85,22 @@ def export_fused_graph(stack, out_dir: str | os.PathLike, precision: str = "fp32
         stack.train(was_training)  # a model exported mid-training keeps training
     logger.info("wrote %s (%s)", target, report)
     return target
+
+
+ABANDONED_EXPORT_S = 24 * 3600  # far longer than any export runs: such a folder's process was killed
+
+
+def _remove_abandoned_exports(folder: Path) -> None:
+    """Remove the work folders of exports killed mid-way (SIGKILL skips the ``finally`` that removes them);
+    a day-old one cannot belong to a running export."""
+    import time
+
+    for old in folder.glob(".export-*"):
+        try:
+            if old.is_dir() and time.time() - old.stat().st_mtime > ABANDONED_EXPORT_S:
+                shutil.rmtree(old, ignore_errors=True)
+        except OSError:
+            pass
 
 
 def export_model_folder(model_folder: str | os.PathLike, precision: str = "fp32",
