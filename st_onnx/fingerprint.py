@@ -1,24 +1,44 @@
 """A fingerprint of what a fused graph computes: the weights and configs of every module in a model folder.
 
 It reads files only (safetensors bytes, JSON configs), so it needs neither torch nor onnx. Tokenizer files and
-``max_seq_length`` are left out: they do not change the graph (its sequence axis is dynamic).
+``max_seq_length`` are left out: they do not change the graph (its sequence axis is dynamic). Of a Transformer's
+``sentence_bert_config.json`` only ``model_args`` and ``config_args`` count (they shape the loaded model), and
+only when given, so folders without them keep the fingerprints earlier versions wrote.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
+from typing import Iterator
 
 from . import layout
 
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _SHARD_INDEX = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+_MODEL_SHAPING_ARGS = ("model_args", "config_args")
+
+
+def _hashed_parts(f: Path) -> list[bytes] | Iterator[bytes]:
+    """The bytes of ``f`` that count, in blocks: all of them, or a sentence_bert_config.json's model-shaping args
+    (none when it has none: the file then leaves the fingerprint as it was before it was hashed at all)."""
+    if f.name == layout.SBERT_CONFIG_JSON:
+        config = layout.read_json(f)
+        args = {k: config[k] for k in _MODEL_SHAPING_ARGS if isinstance(config, dict) and config.get(k)}
+        return [json.dumps(args, sort_keys=True, default=str).encode()] if args else []
+    return _blocks(f)
+
+
+def _blocks(f: Path) -> Iterator[bytes]:
+    with open(f, "rb") as fh:
+        yield from iter(lambda: fh.read(1 << 20), b"")
 
 
 def _module_files(folder: Path, entry: dict) -> list[Path]:
     base = folder / entry["path"]
-    names = ["config.json"] + list(_WEIGHT_FILES) + list(_SHARD_INDEX)
+    names = ["config.json", layout.SBERT_CONFIG_JSON] + list(_WEIGHT_FILES) + list(_SHARD_INDEX)
     files = [base / n for n in names if (base / n).is_file()]
     files += sorted(base.glob("model-*-of-*.safetensors")) + sorted(base.glob("pytorch_model-*-of-*.bin"))
     return files
@@ -29,7 +49,7 @@ def fingerprint_files(folder: str | os.PathLike) -> list[Path]:
     folders that are symbolic links followed), or a plain transformers folder's config and weights."""
     folder = Path(folder)
     if not layout.is_st_folder(folder):
-        return [folder / n for n in ("config.json",) + _WEIGHT_FILES if (folder / n).is_file()]
+        return _module_files(folder, {"path": ""})
     files = [folder / layout.MODULES_JSON]
     for entry in layout.read_modules_json(folder):
         files += [f for f in _module_files(folder, entry) if f not in files]
@@ -37,13 +57,15 @@ def fingerprint_files(folder: str | os.PathLike) -> list[Path]:
 
 
 def folder_fingerprint(folder: str | os.PathLike) -> str:
-    """sha256 over modules.json and each module's config and weight files, in module order."""
+    """sha256 over modules.json and each module's config and weight files, in module order (see the module doc)."""
     folder = Path(folder)
     h = hashlib.sha256()
     for f in fingerprint_files(folder):
+        parts = _hashed_parts(f)
+        if parts == []:
+            continue
         h.update(str(f.relative_to(folder)).encode())
         h.update(b"\0")
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
+        for block in parts:
+            h.update(block)
     return "sha256:" + h.hexdigest()

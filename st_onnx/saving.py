@@ -63,9 +63,12 @@ def save_model(model, path: str | os.PathLike, model_name: str | None = None, cr
 
 
 # What a save owns in a model folder: files and folders it writes, and anything derived from older weights.
+# Tokenizer files of every kind go too: a WordPiece save over a BPE folder must not leave vocab.json or
+# added_tokens.json for transformers to pick up.
 _OWNED = re.compile(
-    r"^(\d+_\w+|onnx|openvino|modules\.json|config.*\.json|sentence_bert_config\.json|.*\.safetensors"
-    r"|.*\.bin|.*\.index\.json|tokenizer.*|vocab\.txt|merges\.txt|special_tokens_map\.json|.*\.model)$"
+    r"^(\d+_\w+|onnx|openvino|modules\.json|config.*\.json|\w*_config\.json|.*\.safetensors|.*\.bin"
+    r"|.*\.index\.json|.*\.(h5|msgpack|pt|pth|ckpt)|tokenizer.*|vocab\.(txt|json)|merges\.txt|added_tokens\.json"
+    r"|special_tokens_map\.json|chat_template.*|.*\.model)$"
 )
 
 

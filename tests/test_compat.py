@@ -285,6 +285,40 @@ def test_modules_from_sentence_transformers_models_are_adopted(tmp_path):
         SentenceTransformer(modules=[transformer, pooling, models.LayerNorm(32)], device="cpu")
 
 
+
+@pytest.mark.parametrize("kind, kwargs", [
+    ("Dense", {"use_residual": True}),
+    ("Dense", {"module_input_name": "token_embeddings"}),
+    ("Dense", {"module_output_name": "projected"}),
+    ("Normalize", {"module_input_name": "token_embeddings"}),
+])
+def test_modules_routed_off_the_sentence_embedding_are_refused(tmp_path, kind, kwargs):
+    """sentence-transformers 6's Dense/Normalize settings st-onnx does not run are refused by name, whether the
+    module is handed over or saved in a folder; dropping them would give other embeddings silently."""
+    from helpers import make_tiny_transformer
+    from st_onnx.errors import ModelFolderError
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from sentence_transformers import models
+    transformer = models.Transformer(str(make_tiny_transformer(tmp_path / "raw")))
+    pooling = models.Pooling(transformer.get_embedding_dimension(), "mean")
+    width = pooling.get_embedding_dimension()
+    routed = (models.Dense(width, width, **kwargs) if kind == "Dense" else models.Normalize(**kwargs))
+    plain = models.Dense(width, width) if kind == "Dense" else models.Normalize()
+    if kind == "Dense":
+        plain.load_state_dict(routed.state_dict(), strict=False)
+    theirs = st.SentenceTransformer(modules=[transformer, pooling, routed], device="cpu")
+    baseline = st.SentenceTransformer(modules=[transformer, pooling, plain], device="cpu")
+    assert not np.allclose(theirs.encode(SENTENCES), baseline.encode(SENTENCES), atol=1e-4)  # the setting matters
+    name = next(iter(kwargs))
+    with pytest.raises(ModelFolderError, match=name):
+        SentenceTransformer(modules=[transformer, pooling, routed], device="cpu")
+    theirs.save(str(tmp_path / "saved"))
+    with pytest.raises(ModelFolderError, match=name):
+        SentenceTransformer(str(tmp_path / "saved"), device="cpu")
+
+
 def test_max_seq_length_is_the_tokenizers_model_max_length(minilm_pair):
     """As sentence-transformers 6: one value, set from either side (torch backend)."""
     ours, theirs = minilm_pair

@@ -392,3 +392,21 @@ def test_work_folders_of_killed_exports_are_removed_a_day_later(tiny_model_copy)
     os.utime(old, (two_days_ago, two_days_ago))
     export_model_folder(tiny_model_copy)
     assert not old.exists() and recent.is_dir()  # another process may still be exporting into the recent one
+
+
+def test_fingerprint_of_a_plain_folder_covers_sharded_weights(tmp_path):
+    """A transformers folder saved in shards: changing one shard changes the fingerprint."""
+    from safetensors.torch import save_file
+
+    from helpers import make_tiny_transformer
+
+    folder = make_tiny_transformer(tmp_path / "plain")
+    (folder / "model.safetensors").unlink()
+    index = {"metadata": {}, "weight_map": {"a": "model-00001-of-00002.safetensors",
+                                            "b": "model-00002-of-00002.safetensors"}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    for i, name in enumerate(index["weight_map"].values()):
+        save_file({"w": torch.full((4,), float(i))}, str(folder / name))
+    before = folder_fingerprint(folder)
+    save_file({"w": torch.full((4,), 7.0)}, str(folder / "model-00002-of-00002.safetensors"))
+    assert folder_fingerprint(folder) != before

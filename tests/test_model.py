@@ -217,10 +217,15 @@ def test_save_over_a_folder_keeps_foreign_files_but_drops_derived_ones(tmp_path,
     (target / "onnx").mkdir()
     (target / "onnx" / "model.onnx").write_bytes(b"a graph of older weights")
     (target / "7_Dense").mkdir()
+    stale = ["vocab.json", "added_tokens.json", "generation_config.json", "preprocessor_config.json",
+             "chat_template.jinja", "tf_model.h5"]  # another model's tokenizer, configs and weights
+    for name in stale:
+        (target / name).write_text("{}")
     m.save(target)
     assert (target / "eval" / "similarity_evaluation_results.csv").read_text() == "epoch,steps\n"
     assert (target / "notes.txt").read_text() == "mine"
     assert not (target / "onnx").exists() and not (target / "7_Dense").exists()
+    assert [name for name in stale if (target / name).exists()] == []
 
 
 def test_model_card_data_keeps_numeric_metrics_of_any_kind():

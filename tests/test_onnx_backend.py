@@ -484,3 +484,19 @@ def test_a_module_folder_linked_from_elsewhere_is_watched_too(tiny_model_dir, tm
         SentenceTransformer(str(folder), backend="onnx", device="cpu", onnx_options={"export": "never"})
     got = SentenceTransformer(str(folder), backend="onnx", device="cpu").encode(SENTENCES)
     np.testing.assert_allclose(got, SentenceTransformer(str(folder), device="cpu").encode(SENTENCES), atol=1e-5)
+
+
+def test_config_args_saved_for_the_transformer_count_in_the_fingerprint(tiny_model_copy):
+    """sentence_bert_config.json's config_args shape the loaded model, so changing them makes the graph stale;
+    its max_seq_length does not (the graph's sequence axis is dynamic)."""
+    SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu").encode(SENTENCES)
+    config_file = tiny_model_copy / layout.SBERT_CONFIG_JSON
+    config = json.loads(config_file.read_text())
+    config_file.write_text(json.dumps({**config, "max_seq_length": 16}))
+    SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu", onnx_options={"export": "never"})
+    config_file.write_text(json.dumps({**config, "config_args": {"layer_norm_eps": 0.5}}))
+    with pytest.raises(StaleGraphError, match="other weights"):
+        SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu", onnx_options={"export": "never"})
+    got = SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu").encode(SENTENCES)
+    want = SentenceTransformer(str(tiny_model_copy), device="cpu").encode(SENTENCES)
+    np.testing.assert_allclose(got, want, atol=1e-5)

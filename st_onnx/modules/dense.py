@@ -12,6 +12,7 @@ from torch import nn
 
 from .. import layout
 from ..errors import ModelFolderError
+from .routing import check_sentence_embedding_only
 
 _WEIGHTS = "model.safetensors"
 _LEGACY_WEIGHTS = "pytorch_model.bin"
@@ -88,6 +89,7 @@ class Dense(nn.Module):
     def load(cls, input_path: str | os.PathLike) -> "Dense":
         folder = Path(input_path)
         config = dict(layout.read_json(folder / "config.json", "Dense config.json"))
+        check_sentence_embedding_only("Dense", config, str(folder))
         config["activation_function"] = activation_from_name(
             config.get("activation_function", "torch.nn.modules.activation.Tanh")
         )

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from .. import layout
+from .routing import check_sentence_embedding_only
 
 
 class Normalize(nn.Module):
@@ -19,4 +23,7 @@ class Normalize(nn.Module):
 
     @classmethod
     def load(cls, input_path: str | os.PathLike) -> "Normalize":
+        # sentence-transformers 6 writes a config.json; earlier versions an empty folder (or none: git drops it)
+        config = layout.read_json_if_exists(Path(input_path) / "config.json", {})
+        check_sentence_embedding_only("Normalize", config, str(input_path))
         return cls()

@@ -15,6 +15,7 @@ from ..errors import ModelFolderError
 from .dense import Dense
 from .normalize import Normalize
 from .pooling import Pooling
+from .routing import check_sentence_embedding_only
 from .transformer import Transformer
 
 logger = logging.getLogger(__name__)
@@ -124,6 +125,8 @@ def adopt(module: Any) -> Any:
             return Pooling(config.pop("word_embedding_dimension"), **config)
         return Pooling(embedding_dimension=config["embedding_dimension"], pooling_mode=config["pooling_mode"],
                        include_prompt=config.get("include_prompt", True))
+    if kind in ("Dense", "Normalize"):
+        check_sentence_embedding_only(kind, module.get_config_dict(), f"the given {cls.__module__}.{kind}")
     if kind == "Dense":
         dense = Dense(module.in_features, module.out_features, bias=module.linear.bias is not None,
                       activation_function=module.activation_function)
