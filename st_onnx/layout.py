@@ -120,6 +120,12 @@ def read_modules_json(folder: str | os.PathLike) -> list[dict]:
     return sorted(entries, key=lambda e: e.get("idx", 0))
 
 
+def is_length_limit(value: Any) -> bool:
+    """Whether ``value`` is a real sequence length limit: a positive int below transformers' "no limit"
+    placeholder (tokenizer configs write 1e30 when a tokenizer has none)."""
+    return isinstance(value, int) and 0 < value < 100_000
+
+
 def read_transformer_config(folder: str | os.PathLike) -> dict[str, Any]:
     """The Transformer options stored in a folder, in the classic or the sentence-transformers 6 spelling.
 
@@ -133,7 +139,7 @@ def read_transformer_config(folder: str | os.PathLike) -> dict[str, Any]:
     else:
         tok = read_json_if_exists(folder / TOKENIZER_CONFIG_JSON, {}) or {}
         limit = tok.get("model_max_length")
-        if isinstance(limit, int) and 0 < limit < 100_000:
+        if is_length_limit(limit):
             config["max_seq_length"] = limit
     config["do_lower_case"] = bool(raw.get("do_lower_case", False))
     for key in ("model_args", "tokenizer_args", "config_args"):

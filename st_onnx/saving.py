@@ -8,6 +8,7 @@ import numbers
 import os
 import re
 import shutil
+import warnings
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,17 @@ def check_safe_serialization(safe_serialization: Any) -> None:
                                 "supported: st-onnx saves weights as safetensors only; leave it True")
 
 
+def _saved_default_prompt_name(settings: dict[str, Any]) -> str | None:
+    """The default prompt name to write: one that is not among the prompts (named before its prompt, or its
+    prompt deleted) would make the folder unloadable here and in sentence-transformers, so it is written as null."""
+    name, prompts = settings.get("default_prompt_name"), settings.get("prompts", {})
+    if name is not None and name not in prompts:
+        warnings.warn(f"default_prompt_name {name!r} is not one of this model's prompts ({sorted(prompts)}): saved "
+                      "as null, so that the saved folder loads", UserWarning, stacklevel=4)
+        return None
+    return name
+
+
 def save_model(model, path: str | os.PathLike, model_name: str | None = None, create_model_card: bool = True,
                train_datasets: list[str] | None = None) -> None:
     """Save ``model``'s torch modules (and its still-valid fused graphs) to ``path`` in one atomic rename."""
@@ -47,7 +59,7 @@ def save_model(model, path: str | os.PathLike, model_name: str | None = None, cr
         settings = model._settings.to_config() if hasattr(model, "_settings") else {}
         layout.write_json(tmp / layout.ST_CONFIG_JSON, {
             "__version__": versions(), "prompts": settings.get("prompts", {}),
-            "default_prompt_name": settings.get("default_prompt_name"),
+            "default_prompt_name": _saved_default_prompt_name(settings),
             "similarity_fn_name": settings.get("similarity_fn_name") or "cosine",
             **({"truncate_dim": settings["truncate_dim"]} if settings.get("truncate_dim") is not None else {}),
         })

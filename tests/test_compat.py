@@ -319,6 +319,24 @@ def test_modules_routed_off_the_sentence_embedding_are_refused(tmp_path, kind, k
         SentenceTransformer(str(tmp_path / "saved"), device="cpu")
 
 
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_a_new_tokenizer_brings_its_model_max_length(tiny_model_copy, backend):
+    """max_seq_length follows a tokenizer set on the model, on both backends, as it follows one set as the
+    Transformer's processor in sentence-transformers 6 (whose model.tokenizer has no setter)."""
+    from transformers import AutoTokenizer
+
+    ours = SentenceTransformer(str(tiny_model_copy), device="cpu", backend=backend)
+    theirs = _reference(tiny_model_copy)
+    assert ours.max_seq_length == theirs.max_seq_length == 64
+    ours.tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_copy), model_max_length=12)
+    theirs[0].processor = AutoTokenizer.from_pretrained(str(tiny_model_copy), model_max_length=12)
+    assert ours.max_seq_length == theirs.max_seq_length == ours[0].max_seq_length == 12
+    text = ["the cat sat on the mat " * 12]
+    assert ours.tokenize(text)["input_ids"].shape == (1, 12)
+    np.testing.assert_allclose(ours.encode(text), theirs.encode(text), atol=1e-5)
+
+
 def test_max_seq_length_is_the_tokenizers_model_max_length(minilm_pair):
     """As sentence-transformers 6: one value, set from either side (torch backend)."""
     ours, theirs = minilm_pair

@@ -7,6 +7,7 @@ CPU; tests/test_gpu.py runs the packed graph against the padded one on a GPU.
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 
 import onnx
@@ -128,7 +129,7 @@ def test_a_packed_graph_named_by_file_name_is_refused_on_the_cpu(fp16_folder, pa
 
 
 def test_find_packed_reuses_a_graph_made_from_the_same_bytes_and_repacks_otherwise(fp16_folder, packed):
-    from st_onnx.runtime.graphs import GraphChoice, find_packed
+    from st_onnx.runtime.graphs import GraphChoice, find_packed, graph_problem
 
     src = layout.fused_graph_path(fp16_folder, "fp16")
     choice = GraphChoice(src, read_manifest(src), exported=False)
@@ -149,6 +150,13 @@ def test_find_packed_reuses_a_graph_made_from_the_same_bytes_and_repacks_otherwi
     again = find_packed(fp16_folder, choice, packer=packer)
     assert again.exported and calls == [(src, packed, fp16_folder)]
     assert read_manifest(packed)["packing"]["source_sha256"] == choice.manifest["graph_sha256"]
+    with open(packed, "r+b") as f:  # same size, other bytes: a corrupted copy is packed again, never run
+        f.seek(-8, os.SEEK_END)
+        f.write(b"\0" * 8)
+    with pytest.raises(GraphFileError, match="not the graph its manifest describes"):
+        find_packed(fp16_folder, choice, export="never", packer=packer)
+    repaired = find_packed(fp16_folder, choice, packer=packer)
+    assert repaired.exported and len(calls) == 2 and graph_problem(packed, read_manifest(packed)) is None
 
 
 def test_the_prompt_length_input_survives_packing(tiny_model_dir, tmp_path):

@@ -120,6 +120,18 @@ def test_default_prompt_name_and_prompts_change_in_any_order(prompted, backend):
     np.testing.assert_allclose(got, ours.encode(SENTENCES, prompt=""), atol=1e-6)
 
 
+def test_a_default_prompt_name_without_its_prompt_is_saved_as_null(prompted, tmp_path):
+    """Saved as it is, the folder would load neither here nor in sentence-transformers."""
+    ours = SentenceTransformer(str(prompted), device="cpu")
+    del ours.prompts["query"]  # the default prompt
+    with pytest.warns(UserWarning, match="default_prompt_name 'query' is not one of this model's prompts.*null"):
+        ours.save(str(tmp_path / "saved"))
+    saved = json.loads((tmp_path / "saved" / layout.ST_CONFIG_JSON).read_text())
+    assert saved["default_prompt_name"] is None and "query" not in saved["prompts"]
+    for cls in (SentenceTransformer, st.SentenceTransformer):
+        assert cls(str(tmp_path / "saved"), device="cpu").default_prompt_name is None
+
+
 def test_saved_settings_sentence_transformers_tolerates_load(tiny_model_copy, caplog):
     """A multi-vector similarity name ("maxsim") falls back to cosine; a prompt saved as null reads as ""."""
     path = tiny_model_copy / layout.ST_CONFIG_JSON

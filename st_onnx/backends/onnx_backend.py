@@ -190,6 +190,7 @@ class OnnxBackend:
     @tokenizer.setter
     def tokenizer(self, value) -> None:
         self._text_tokenizer.tokenizer = value
+        self.max_seq_length = self._text_tokenizer.max_seq_length  # the new tokenizer's, for the modules too
 
     @property
     def text_tokenizer(self) -> TextTokenizer:

@@ -23,7 +23,6 @@ from .. import layout
 from ..errors import InvalidInputError, ModelFolderError, positive_int
 
 FEATURE_NAMES = ("input_ids", "attention_mask", "token_type_ids")
-_LIMIT_CAP = 100_000  # tokenizer configs write 1e30 for "no limit"
 # Tokenizer classes whose model_input_names include token_type_ids (transformers' defaults). Others (and the
 # generic fast tokenizer) return none, and the torch module then runs with the model's default: zeros.
 _TYPE_ID_CLASSES = ("Bert", "Albert", "Electra", "Deberta", "Ernie", "MobileBert", "ConvBert", "Funnel",
@@ -47,7 +46,7 @@ def model_max_seq_length(folder: Path) -> int:
     hf = layout.read_json_if_exists(folder / layout.HF_CONFIG_JSON, {}) or {}
     tok = layout.read_json_if_exists(folder / layout.TOKENIZER_CONFIG_JSON, {}) or {}
     limits = [hf.get("max_position_embeddings"), tok.get("model_max_length")]
-    limits = [x for x in limits if isinstance(x, int) and 0 < x < _LIMIT_CAP]
+    limits = [x for x in limits if layout.is_length_limit(x)]
     return min(limits) if limits else 512
 
 
@@ -146,7 +145,8 @@ class TextTokenizer:
     def tokenizer(self, value: Any) -> None:
         """Accept a ``tokenizers.Tokenizer`` or a transformers fast tokenizer (its backend is used). It runs as
         given, as in sentence-transformers: ``do_lower_case`` is applied when the model loads, not to a
-        tokenizer set afterwards."""
+        tokenizer set afterwards; a transformers tokenizer's ``model_max_length`` becomes ``max_seq_length``,
+        as there (unless it is transformers' "no limit" placeholder)."""
         backend = getattr(value, "backend_tokenizer", value)
         if not isinstance(backend, Tokenizer):
             raise InvalidInputError(
@@ -155,7 +155,8 @@ class TextTokenizer:
         self._tokenizer = backend
         self._pad_token = getattr(value, "pad_token", None) or self._pad_token
         self.pad_id = self._find_pad_id()
-        self.max_seq_length = self._max_seq_length
+        limit = getattr(value, "model_max_length", None)
+        self.max_seq_length = limit if layout.is_length_limit(limit) else self._max_seq_length
 
     @property
     def max_seq_length(self) -> int:

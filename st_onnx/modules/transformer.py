@@ -65,7 +65,7 @@ class Transformer(nn.Module):
             backend.normalizer = lowercase_first(backend.normalizer)
         if max_seq_length is None:
             limits = [getattr(config, "max_position_embeddings", None), self.tokenizer.model_max_length]
-            limits = [x for x in limits if isinstance(x, int) and 0 < x < 100_000]
+            limits = [x for x in limits if layout.is_length_limit(x)]
             max_seq_length = min(limits) if limits else 512
         self.max_seq_length = int(max_seq_length)
 

@@ -192,14 +192,23 @@ def find_packed(folder: Path, padded: GraphChoice, *, export: str = "auto",
     if cached != targets[0]:
         targets.append(cached)
     source = padded.manifest.get("graph_sha256")
+    problems = []
     for graph in targets:
         manifest = read_manifest(graph) if graph.is_file() else {}
-        if source and (manifest.get("packing") or {}).get("source_sha256") == source:
-            return GraphChoice(graph, manifest, exported=False)
+        if not (source and (manifest.get("packing") or {}).get("source_sha256") == source):
+            continue
+        if not _stat_unchanged(folder, graph, source):
+            problem = graph_problem(graph, manifest)
+            if problem:
+                logger.warning("%s: packing again", problem)
+                problems.append(problem)
+                continue
+            _record_stat(folder, graph, source)
+        return GraphChoice(graph, manifest, exported=False)
     if export == "never":
         raise GraphFileError(
-            f"no packed graph made from {padded.path} and onnx_options['export'] is 'never'; load once with "
-            "export='auto' (or drop packing)"
+            f"no usable packed graph made from {padded.path} ({'; '.join(problems) or 'none found'}) and "
+            "onnx_options['export'] is 'never'; load once with export='auto' (or drop packing)"
         )
     if packer is None:
         raise GraphFileError(f"no packer available to pack {padded.path}")
