@@ -111,7 +111,7 @@ class SentenceTransformer(ModuleMethods):
         else:
             from .backends.onnx_backend import OnnxBackend
 
-            self._backend = OnnxBackend.load(self, modules=modules, device=device, options=dict(onnx_options) if isinstance(onnx_options, dict) else onnx_options)
+            self._backend = OnnxBackend.load(self, modules=modules, device=device, options=onnx_options)
             if self._stack is not None:  # modules=[...]: loaded before the backend existed
                 self._backend.link_modules(self._stack)
 

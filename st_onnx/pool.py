@@ -90,16 +90,12 @@ class SessionPool:
 
     def _check_alive(self) -> None:
         dead = [t.name for t in self._threads if not t.is_alive()]
-        if dead and not self._stopped:
+        if dead and not self.stopped:
             raise PoolError(f"pool worker(s) {dead} died; stop the pool and start a new one")
 
     # -- public ---------------------------------------------------------------------------------------
     @property
     def stopped(self) -> bool:
-        return self._stopped
-
-    @property
-    def _stopped(self) -> bool:
         return self._stop_event.is_set()
 
     def encode(self, sentences: Any, batch_size: int = 32, chunk_size: int | None = None,
@@ -107,7 +103,7 @@ class SessionPool:
         """(n, dim) embeddings in input order, computed by the workers chunk by chunk (the facade truncates,
         normalizes and quantizes them as ``encode`` does: ``format_sentence_embeddings``); ``prompt_length``:
         leading tokens pooling leaves out (a prompt, on models with include_prompt=False)."""
-        if self._stopped:
+        if self.stopped:
             raise PoolError("this pool is stopped; start a new one with model.start_multi_process_pool()")
         self._check_alive()
         EncodeOptions.from_args(batch_size=batch_size)
@@ -117,7 +113,7 @@ class SessionPool:
         pieces = list(chunks(len(inputs), size))
         call = _Call(len(inputs), self.model._backend.sentence_embedding_dimension() or 0, len(pieces))  # untruncated
         for start, stop in pieces:
-            if self._stopped:  # stopped while queuing: _wait raises PoolError
+            if self.stopped:  # stopped while queuing: _wait raises PoolError
                 break
             idx = order[start:stop]
             self._jobs.put((call, idx, self._payload([inputs[i] for i in idx]), batch_size, prompt_length))
@@ -135,7 +131,7 @@ class SessionPool:
         try:
             while not call.done.wait(_POLL_S):
                 self._check_alive()
-                if self._stopped:
+                if self.stopped:
                     raise PoolError("the pool was stopped while encoding")
                 if progress is not None:
                     progress.update(progress.total - call.left - progress.n)
@@ -149,7 +145,7 @@ class SessionPool:
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop the workers (idempotent): chunks still queued are dropped (a call waiting on them raises
         PoolError), a chunk being run is finished, and the workers are joined (up to ``timeout_s`` each)."""
-        if self._stopped:
+        if self.stopped:
             return
         self._finalizer()  # _shut_down: stop event, queue emptied, one sentinel per worker
         for thread in self._threads:
@@ -163,7 +159,7 @@ class SessionPool:
         self.stop()
 
     def __repr__(self) -> str:
-        state = "stopped" if self._stopped else "running"
+        state = "stopped" if self.stopped else "running"
         return f"SessionPool({self.backend_name}, devices={self.devices}, {state})"
 
 

@@ -234,9 +234,10 @@ def model_card(model, model_name: str, train_datasets: list[str] | None) -> str:
     if datasets:
         front += "datasets:\n" + datasets
     front += "---\n\n"
-    model_name = card_data.model_name or model_name
+    load_id = card_data.model_id or model_name  # what the usage loads: the Hub id, else the saved folder's name
+    title = card_data.model_name or model_name
     modules = "\n".join(f"  ({i}): {m!r}" for i, m in enumerate(stack))
-    return front + f"""# {model_name}
+    return front + f"""# {title}
 
 A [sentence-transformers](https://www.SBERT.net) model saved by st-onnx: it maps text to a {dim}-dimensional
 dense vector space.
@@ -245,8 +246,8 @@ dense vector space.
 
 ```python
 from st_onnx import SentenceTransformer          # or: from sentence_transformers import SentenceTransformer
-model = SentenceTransformer("{model_name}")                  # torch modules
-fast = SentenceTransformer("{model_name}", backend="onnx")   # one fused ONNX graph on ONNX Runtime
+model = SentenceTransformer("{load_id}")                  # torch modules
+fast = SentenceTransformer("{load_id}", backend="onnx")   # one fused ONNX graph on ONNX Runtime
 embeddings = fast.encode(["This is an example sentence", "Each sentence is converted"])
 ```
 

@@ -251,6 +251,10 @@ def test_model_card_as_sentence_transformers(tiny_model_copy, tmp_path):
     model.save(str(tmp_path / "with_data"))
     written = (tmp_path / "with_data" / "README.md").read_text()
     assert written.startswith("---\nlanguage:\n- en\nlicense: apache-2.0\n") and "# Tiny fine-tuned" in written
+    assert 'SentenceTransformer("with_data")' in written and 'SentenceTransformer("Tiny' not in written  # loadable
+    model.model_card_data.model_id = "someone/tiny-fine-tuned"
+    model.save(str(tmp_path / "with_id"))
+    assert 'SentenceTransformer("someone/tiny-fine-tuned")' in (tmp_path / "with_id" / "README.md").read_text()
 
 
 def test_modules_from_sentence_transformers_models_are_adopted(tmp_path):

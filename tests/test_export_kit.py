@@ -145,11 +145,17 @@ def test_do_lower_case_lowers_inside_the_tokenizer_as_sentence_transformers_6(tm
     from st_onnx import SentenceTransformer
 
     folder = make_tiny_model(tmp_path / "model", pooling="cls")
+    tokenizer_file = folder / "tokenizer.json"  # a cased tokenizer, so that do_lower_case has work to do
+    tokenizer = json.loads(tokenizer_file.read_text())
+    tokenizer["normalizer"]["lowercase"] = False
+    tokenizer_file.write_text(json.dumps(tokenizer))
+    texts = ["The [MASK] SLEEPS", "a [MASK]", "THE CAT"]
+    cased_ids = st.SentenceTransformer(str(folder), device="cpu").tokenize(texts)["input_ids"]
     config = folder / "sentence_bert_config.json"
     config.write_text(json.dumps({**json.loads(config.read_text()), "do_lower_case": True}))
-    texts = ["The [MASK] SLEEPS", "a [MASK]", "THE CAT"]
     reference = st.SentenceTransformer(str(folder), device="cpu")
     ref_ids = reference.tokenize(texts)["input_ids"]
+    assert not torch.equal(ref_ids, cased_ids)  # lowering changes the tokens ("THE" is not in the vocabulary)
     assert 4 in ref_ids[0].tolist()  # [MASK] kept whole (str.lower() would give "[", "mask", "]")
     expected = reference.encode(texts)
     torch_model = SentenceTransformer(str(folder), device="cpu")

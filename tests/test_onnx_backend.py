@@ -435,6 +435,13 @@ def test_a_text_longer_than_the_model_takes_raises_a_runtime_error(tiny_model_co
     assert isinstance(info.value, GraphRunError)
     model.max_seq_length = 128
     assert model.encode(["the " * 300]).shape == (1, 32)
+    session = model._backend.new_session("cpu")
+    assert session.max_positions == 128
+    feed = {"input_ids": np.array([[2, 10**6, 3]]), "attention_mask": np.ones((1, 3), dtype=np.int64),
+            "token_type_ids": np.zeros((1, 3), dtype=np.int64)}  # an id past the vocabulary: not a length problem
+    with pytest.raises(GraphRunError, match=r"shape \(1, 3\)") as info:
+        session.run(feed, ["sentence_embedding"])
+    assert "max_seq_length" not in str(info.value)
 
 
 def test_a_graph_that_is_not_the_one_its_manifest_describes_is_never_run(tiny_model_copy, tmp_path, caplog):

@@ -56,6 +56,10 @@ def test_max_seq_length_and_lower_case(tiny_model_dir):
     assert tok(["the " * 50])["input_ids"].shape == (1, 8)
     with pytest.raises(InvalidInputError, match="max_seq_length"):
         tok.max_seq_length = 0
+    from tokenizers import normalizers
+
+    tok.tokenizer.normalizer = normalizers.BertNormalizer(lowercase=False)  # cased: lowering has work to do
+    assert tok(["THE CAT"])["input_ids"].tolist() != tok(["the cat"])["input_ids"].tolist()
     lower = TextTokenizer(tok.tokenizer, 16, do_lower_case=True)
     assert lower(["THE CAT"])["input_ids"].tolist() == tok(["the cat"])["input_ids"].tolist()
     assert lower(["[MASK]"])["input_ids"].tolist() == [[2, 4, 3]]  # special tokens matched before lowering

@@ -22,7 +22,7 @@ from .. import layout
 from ..encode.batching import DEFAULT_TOKEN_BUDGET, GPU_TOKEN_BUDGET, check_token_budget
 from ..encode.options import EncodeOptions
 from ..encode.tokenize import TextTokenizer
-from ..errors import BackendError, InvalidInputError, positive_int
+from ..errors import BackendError, InvalidInputError, ModelFolderError, positive_int
 from ..runtime.encoder import PROMPT_LENGTH, OrtEncoder
 from ..runtime.graphs import GraphChoice, cache_dir_for, find_graph, find_packed
 from ..runtime.providers import check_providers, resolve_device
@@ -136,7 +136,8 @@ class OnnxBackend:
                                            prepack=self.manifest.get("precision") == "int8")
         return OrtSession(self.graph_path, device, threads=threads or opts.intra_op_num_threads,
                           session_options=session_options, providers=opts.providers,
-                          provider_options=cuda_defaults(device, self.manifest.get("precision"), opts))
+                          provider_options=cuda_defaults(device, self.manifest.get("precision"), opts),
+                          max_positions=_max_positions(self.folder))
 
     def encoder_for(self, session: OrtSession, parallel: int = 1) -> OrtEncoder:
         budget = self.options.token_budget or (
@@ -319,6 +320,15 @@ def _session_options(value: Any, threads: int | None, prepack: bool = False) -> 
                 )
         return so
     return value
+
+
+def _max_positions(folder: Path) -> int | None:
+    try:
+        config = layout.read_json_if_exists(layout.transformer_folder(folder) / layout.HF_CONFIG_JSON, {}) or {}
+    except ModelFolderError:
+        return None
+    limit = config.get("max_position_embeddings")
+    return limit if layout.is_length_limit(limit) else None
 
 
 def _export(folder: Path, precision: str, out_dir: Path | None) -> Path:

@@ -47,7 +47,7 @@ class ModelSettings:
         merged = {**STANDARD_PROMPTS, **(saved.get("prompts") or {})}
         merged.update(check_prompts(prompts))
         saved_similarity = saved.get("similarity_fn_name")
-        if saved_similarity is not None and getattr(saved_similarity, "value", saved_similarity) not in SIMILARITY_FNS:
+        if saved_similarity is not None and saved_similarity not in SIMILARITY_FNS:
             # e.g. "maxsim" from a multi-vector model: sentence-transformers falls back to cosine for single vectors
             logger.warning("%s names similarity_fn_name %r, which does not apply to one vector per text; using "
                            "'cosine' (allowed: %s)", layout.ST_CONFIG_JSON, saved_similarity, ", ".join(SIMILARITY_FNS))

@@ -102,7 +102,8 @@ class OrtSession:
 
     def __init__(self, graph_path: str | os.PathLike, device: str = "cpu", *, threads: int | None = None,
                  session_options: Any = None, providers: Sequence[Any] | None = None,
-                 provider_options: Sequence[dict] | dict | None = None) -> None:
+                 provider_options: Sequence[dict] | dict | None = None, max_positions: int | None = None) -> None:
+        """``max_positions``: the model's position embeddings, if known; a failed run wider than that says so."""
         import onnxruntime as ort
 
         self.graph_path = Path(graph_path)
@@ -121,6 +122,7 @@ class OrtSession:
         except Exception as e:  # ORT raises its own Fail/InvalidGraph/NoSuchFile types
             raise GraphFileError(f"ONNX Runtime cannot load {self.graph_path}: {e}") from e
         self.provider = check_bound(self._session, names)
+        self.max_positions = max_positions
         self.device = device if self.provider == CUDA else "cpu"
         self.threads = so.intra_op_num_threads
         self.input_names = [i.name for i in self._session.get_inputs()]  # required: the token features
@@ -153,11 +155,13 @@ class OrtSession:
             return self._session.run(list(outputs), feed)
         except Exception as e:  # ORT's own Fail/InvalidArgument/RuntimeException types subclass no builtin error
             shape = tuple(feed["input_ids"].shape) if "input_ids" in feed else None
-            raise GraphRunError(
-                f"ONNX Runtime failed on a batch of input_ids shape {shape} ({type(e).__name__}: {str(e).strip()}); a text of "
-                f"{shape[-1] if shape else '?'} tokens may be longer than the model's position embeddings take: "
-                "lower max_seq_length to the model's limit"
-            ) from e
+            width, limit = (shape[-1] if shape else None), self.max_positions
+            # RoBERTa-style models number positions from padding_idx + 1: two fewer than the table holds
+            too_long = width is not None and limit is not None and width > limit - 2
+            hint = (f"; texts of {width} tokens are more than the model's {limit} position embeddings take: lower "
+                    "max_seq_length to the model's limit" if too_long else "")
+            raise GraphRunError(f"ONNX Runtime failed on a batch of input_ids shape {shape} "
+                                f"({type(e).__name__}: {str(e).strip()}){hint}") from e
 
     def _as_input(self, name: str, value: np.ndarray) -> np.ndarray:
         dtype = self.input_types[name]
