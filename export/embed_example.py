@@ -23,6 +23,9 @@ from tokenizers import Tokenizer
 class BundleEncoder:
     def __init__(self, bundle_dir, providers=("CPUExecutionProvider",)):
         bundle_dir = Path(bundle_dir)
+        if not (bundle_dir / "bundle.json").is_file():
+            raise FileNotFoundError(f"{bundle_dir} is not a bundle (no bundle.json); make one with "
+                                    "export/make_bundle.py MODEL_DIR BUNDLE_DIR")
         self.info = json.loads((bundle_dir / "bundle.json").read_text(encoding="utf-8"))
         self.tokenizer = Tokenizer.from_file(str(bundle_dir / self.info["tokenizer"]))
         # on the CPU, keep ORT from re-fusing what the graph leaves apart for speed (export/README.md)
@@ -75,7 +78,10 @@ def main(argv=None):
     parser.add_argument("--prompt-name", help="a prompt of the model's (default: its default_prompt_name, if any)")
     parser.add_argument("--out", help="save the (n, dim) float32 embeddings to this .npy file")
     args = parser.parse_args(argv)
-    embeddings = BundleEncoder(args.bundle_dir).encode(args.texts, prompt_name=args.prompt_name)
+    try:
+        embeddings = BundleEncoder(args.bundle_dir).encode(args.texts, prompt_name=args.prompt_name)
+    except (OSError, ValueError) as e:  # no bundle, an unknown prompt name: one line, no traceback
+        raise SystemExit(f"error: {e}") from None
     if args.out:
         np.save(args.out, embeddings)
     for text, vector in zip(args.texts, embeddings):

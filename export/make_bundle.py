@@ -27,6 +27,7 @@ from pathlib import Path
 
 from st_onnx import layout
 from st_onnx.encode.prompts import ModelSettings
+from st_onnx.errors import StOnnxError
 from st_onnx.encode.tokenize import TextTokenizer, configured_pad_token, lowercase_first
 from st_onnx.export import ParityReport, export_fused_graph, read_manifest
 from st_onnx.fingerprint import folder_fingerprint
@@ -102,7 +103,10 @@ def main(argv=None) -> int:
     parser.add_argument("--precision", choices=layout.PRECISIONS, default="fp32")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    bundle = make_bundle(args.model_dir, args.bundle_dir, args.precision)
+    try:
+        bundle = make_bundle(args.model_dir, args.bundle_dir, args.precision)
+    except (StOnnxError, OSError) as e:  # a bad model folder, an unwritable place: one line, no traceback
+        raise SystemExit(f"error: {e}") from None
     parity = json.loads((bundle / MANIFEST).read_text(encoding="utf-8"))["parity"]
     print(f"wrote {bundle}: {', '.join(sorted(p.name for p in bundle.iterdir()))}")
     print(ParityReport.from_dict(parity) if "min_cosine" in parity else f"parity not checked: {parity.get('reason')}")

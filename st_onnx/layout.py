@@ -19,6 +19,7 @@ A model folder in the sentence-transformers format::
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -163,20 +164,65 @@ def is_st_folder(folder: str | os.PathLike) -> bool:
     return (Path(folder) / MODULES_JSON).is_file()
 
 
+# Work folders (an export's, an atomic write's) are hidden: ".export-*" beside the graphs, ".NAME.tmp-*" and
+# ".NAME.old-*" beside a folder being replaced. A process killed mid-way (SIGKILL) leaves its own behind; one a
+# day old cannot belong to a running process, and the next write there removes it.
+ABANDONED_S = 24 * 3600
+WORK_FOLDERS = (".export-*", ".*.tmp-*", ".*.old-*")
+
+
+def remove_abandoned(folder: Path, pattern: str) -> None:
+    """Remove the work folders matching ``pattern`` in ``folder`` older than ``ABANDONED_S``."""
+    import time
+
+    for old in folder.glob(pattern):
+        try:
+            if old.is_dir() and not old.is_symlink() and time.time() - old.stat().st_mtime > ABANDONED_S:
+                _make_writable(old)
+                shutil.rmtree(old, ignore_errors=True)
+        except OSError:
+            pass
+
+
+def _make_writable(folder: Path) -> None:
+    """Give the owner write access to ``folder`` and the folders in it (a copy of a read-only model folder)."""
+    for root, dirs, _ in os.walk(folder):
+        for d in [root, *(os.path.join(root, d) for d in dirs)]:
+            os.chmod(d, os.stat(d).st_mode | 0o700)
+
+
+def copy_model_folder(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Copy a model folder's files into ``dst`` (which may exist). Contents only: the copy gets the user's usual
+    permissions, so a copy of a read-only folder can take a graph; work folders and load-time stat records of
+    ``src`` are left out."""
+    shutil.copytree(src, dst, dirs_exist_ok=True, copy_function=shutil.copyfile,
+                    ignore=shutil.ignore_patterns(*WORK_FOLDERS, "*.stat.json"))
+    _make_writable(Path(dst))
+
+
 @contextmanager
 def atomic_folder(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary folder beside ``target``; on success it replaces ``target`` in one rename.
 
     On an exception the temporary folder is removed and ``target`` is left exactly as it was, so a
-    crash never leaves a half-written model folder.
+    crash never leaves a half-written model folder. A ``target`` that is a symbolic link is written through:
+    the folder it points to is replaced, the link stays.
     """
     target = Path(target).absolute()
+    if target.is_symlink():
+        target = target.resolve()
+    if target.exists() and not target.is_dir():  # as os.makedirs says it (sentence-transformers' save)
+        raise FileExistsError(errno.EEXIST, "a file is in the way of the folder to write (allowed: a folder, "
+                              "new or existing)", str(target))
     target.parent.mkdir(parents=True, exist_ok=True)
+    for work in (f".{target.name}.tmp-*", f".{target.name}.old-*"):
+        remove_abandoned(target.parent, work)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700: the folder must read like any other the user makes
     try:
         yield tmp
     except BaseException:
+        _make_writable(tmp)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     old = None

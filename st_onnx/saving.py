@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from . import layout
-from .errors import InvalidInputError
+from .errors import InvalidInputError, ModelFolderError
 
 logger = logging.getLogger(__name__)
 
@@ -74,14 +74,26 @@ def save_model(model, path: str | os.PathLike, model_name: str | None = None, cr
     logger.info("saved model to %s", path)
 
 
-# What a save owns in a model folder: files and folders it writes, and anything derived from older weights.
-# Tokenizer files of every kind go too: a WordPiece save over a BPE folder must not leave vocab.json or
-# added_tokens.json for transformers to pick up.
+# What a save owns in a model folder, besides what it writes and the module folders the old modules.json lists:
+# files derived from older weights (graphs, weights in any format) and the transformer's config and tokenizer
+# files of every kind (a WordPiece save over a BPE folder must not leave vocab.json or added_tokens.json for
+# transformers to pick up). Anything else stays, as sentence-transformers leaves it: a trainer's optimizer.pt and
+# training_args.bin, an eval/ folder, notes.
 _OWNED = re.compile(
-    r"^(\d+_\w+|onnx|openvino|modules\.json|config.*\.json|\w*_config\.json|.*\.safetensors|.*\.bin"
-    r"|.*\.index\.json|.*\.(h5|msgpack|pt|pth|ckpt)|tokenizer.*|vocab\.(txt|json)|merges\.txt|added_tokens\.json"
-    r"|special_tokens_map\.json|chat_template.*|.*\.model)$"
+    r"^(onnx|openvino|modules\.json|config\.json|config_sentence_transformers\.json|sentence_bert_config\.json"
+    r"|(generation|preprocessor|processor)_config\.json|.*\.safetensors(\.index\.json)?"
+    r"|pytorch_model.*\.bin(\.index\.json)?|tf_model\.h5|flax_model\.msgpack|tokenizer.*|special_tokens_map\.json"
+    r"|added_tokens\.json|vocab\.(txt|json)|merges\.txt|spiece\.model|sentencepiece\.bpe\.model"
+    r"|chat_template\.(jinja|json))$"
 )
+
+
+def _old_module_folders(folder: Path) -> set[str]:
+    try:
+        entries = layout.read_modules_json(folder) if layout.is_st_folder(folder) else []
+    except ModelFolderError:  # a broken modules.json: no folder is taken for a module
+        return set()
+    return {Path(e["path"]).parts[0] for e in entries if Path(e["path"]).parts}
 
 
 def keep_foreign_entries(old: Path, new: Path) -> None:
@@ -97,8 +109,9 @@ def keep_foreign_entries(old: Path, new: Path) -> None:
         except OSError:
             shutil.copy2(src, dst)
 
+    modules = _old_module_folders(old)
     for entry in old.iterdir():
-        if _OWNED.match(entry.name) or (new / entry.name).exists():
+        if _OWNED.match(entry.name) or entry.name in modules or (new / entry.name).exists():
             continue
         if entry.is_dir():
             shutil.copytree(entry, new / entry.name, copy_function=link_or_copy, symlinks=True)

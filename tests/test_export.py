@@ -261,15 +261,18 @@ def test_cpu_has_vnni_reads_the_cpu_flags():
 
 
 def test_export_to_other_folder_makes_complete_copy(exported, tmp_path):
+    source = tmp_path / "source"
+    shutil.copytree(exported[0], source)
     out = tmp_path / "bundle"
-    graph = export_model_folder(exported[0], "fp32", out_dir=out)
+    graph = export_model_folder(source, "fp32", out_dir=out)
     assert graph == layout.fused_graph_path(out, "fp32")
     assert (out / "modules.json").is_file() and (out / "tokenizer.json").is_file()
-    assert graph_is_fresh(out, graph) and folder_fingerprint(out) == folder_fingerprint(exported[0])
-    weights = (out / "model.safetensors").stat().st_mtime_ns
-    int8 = export_model_folder(exported[0], "int8", out_dir=out)  # an earlier export: the graph is added
-    assert int8 == layout.fused_graph_path(out, "int8") and graph.is_file() and graph_is_fresh(out, int8)
-    assert (out / "model.safetensors").stat().st_mtime_ns == weights  # not copied again
+    assert graph_is_fresh(out, graph) and folder_fingerprint(out) == folder_fingerprint(source)
+    config = source / layout.SBERT_CONFIG_JSON  # settings changed since: the copy takes them, the graph stays
+    config.write_text(json.dumps({**json.loads(config.read_text()), "max_seq_length": 20}))
+    int8 = export_model_folder(source, "int8", out_dir=out)  # an earlier export of the same weights
+    assert int8 == layout.fused_graph_path(out, "int8") and graph_is_fresh(out, int8) and graph_is_fresh(out, graph)
+    assert json.loads((out / layout.SBERT_CONFIG_JSON).read_text())["max_seq_length"] == 20
     other = make_tiny_model(tmp_path / "other", seed=3)
     (out / "eval").mkdir()
     (out / "eval" / "results.csv").write_text("epoch,score\n")
@@ -281,6 +284,10 @@ def test_export_to_other_folder_makes_complete_copy(exported, tmp_path):
     with pytest.raises(InvalidInputError, match="inside the model folder"):
         export_model_folder(other, "fp32", out_dir=other / "exported")
     assert not (other / "exported").exists()
+    inner = make_tiny_model(out / "2024_finetuned", seed=4)  # a model kept inside an earlier export
+    with pytest.raises(InvalidInputError, match="holds the model folder"):  # the copy would replace it
+        export_model_folder(inner, "fp32", out_dir=out)
+    assert (inner / "modules.json").is_file() and read_manifest(graph)["fingerprint"] == folder_fingerprint(other)
     stranger = tmp_path / "stranger"
     stranger.mkdir()
     (stranger / "notes.txt").write_text("mine")
@@ -326,6 +333,12 @@ def test_cli_export_prints_parity_and_reports_errors(exported, tmp_path, capsys)
     (tmp_path / "a_file").write_text("x")
     assert main(["export", str(exported[0]), str(tmp_path / "a_file")]) == 1
     assert "is a file" in capsys.readouterr().err and (tmp_path / "a_file").read_text() == "x"
+    broken = tmp_path / "broken"  # weights cut short: transformers' error, in one line that names the folder
+    shutil.copytree(exported[0], broken)
+    weights = (broken / "model.safetensors").read_bytes()
+    (broken / "model.safetensors").write_bytes(weights[:1000])
+    assert main(["export", str(broken), str(tmp_path / "z")]) == 1
+    assert "cannot load the model in" in capsys.readouterr().err and not (tmp_path / "z").exists()
 
 
 def test_cli_bench_passes_arguments_or_says_script_is_absent(tmp_path, monkeypatch, capsys):

@@ -76,10 +76,13 @@ def test_example_embeds_like_torch_without_torch(bundle, tmp_path):
     np.testing.assert_allclose(got, ref, atol=1e-5)
 
 
-def test_bundle_refuses_missing_model(tmp_path):
-    out = subprocess.run([sys.executable, str(KIT / "make_bundle.py"), str(tmp_path / "nope"), str(tmp_path / "b")],
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode != 0 and "nope" in out.stderr
+def test_bundle_refuses_missing_model_and_the_example_a_missing_bundle_in_one_line(tmp_path):
+    calls = (("make_bundle.py", [tmp_path / "nope", tmp_path / "b"]), ("embed_example.py", [tmp_path / "b", "hi"]))
+    for script, args in calls:
+        out = subprocess.run([sys.executable, str(KIT / script), *map(str, args)], capture_output=True, text=True,
+                             timeout=120)
+        assert out.returncode != 0 and out.stderr.startswith("error: ") and str(args[0]) in out.stderr
+        assert "Traceback" not in out.stderr, out.stderr
     assert not (tmp_path / "b").exists()
 
 

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import stat
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -208,24 +209,50 @@ def test_unknown_pooling_mode_is_refused():
 
 
 def test_save_over_a_folder_keeps_foreign_files_but_drops_derived_ones(tmp_path, tiny_model_dir):
+    """As sentence-transformers, a save leaves the user's files (a trainer's state, eval results, notes); it drops
+    what derives from older weights: graphs, weights, another tokenizer's files, old module folders."""
     m = SentenceTransformer(str(tiny_model_dir), device="cpu")
     target = tmp_path / "target"
     m.save(target)
-    (target / "eval").mkdir()
-    (target / "eval" / "similarity_evaluation_results.csv").write_text("epoch,steps\n")
-    (target / "notes.txt").write_text("mine")
-    (target / "onnx").mkdir()
-    (target / "onnx" / "model.onnx").write_bytes(b"a graph of older weights")
-    (target / "7_Dense").mkdir()
-    stale = ["vocab.json", "added_tokens.json", "generation_config.json", "preprocessor_config.json",
-             "chat_template.jinja", "tf_model.h5"]  # another model's tokenizer, configs and weights
-    for name in stale:
-        (target / name).write_text("{}")
+    mine = {"eval/similarity_evaluation_results.csv": "epoch,steps\n", "notes.txt": "mine", "optimizer.pt": "o",
+            "scheduler.pt": "s", "training_args.bin": "t", "trainer_state.json": "{}", "config_notes.json": "{}",
+            "2024_eval/scores.csv": "x", "1_experiment_notes/n.txt": "n", "checkpoint-500/rng_state.pth": "r"}
+    stale = ["onnx/model.onnx", "7_Dense/config.json", "vocab.json", "added_tokens.json", "generation_config.json",
+             "chat_template.jinja", "tf_model.h5", "pytorch_model.bin"]
+    for name in [*mine, *stale]:
+        (target / name).parent.mkdir(exist_ok=True)
+        (target / name).write_text(mine.get(name, "older"))
+    modules = json.loads((target / "modules.json").read_text())  # 7_Dense: a module of the model saved before
+    modules.append({"idx": 7, "name": "7", "path": "7_Dense", "type": "sentence_transformers.models.Dense"})
+    (target / "modules.json").write_text(json.dumps(modules))
     m.save(target)
-    assert (target / "eval" / "similarity_evaluation_results.csv").read_text() == "epoch,steps\n"
-    assert (target / "notes.txt").read_text() == "mine"
-    assert not (target / "onnx").exists() and not (target / "7_Dense").exists()
-    assert [name for name in stale if (target / name).exists()] == []
+    assert {name: (target / name).read_text() for name in mine} == mine
+    assert [name for name in stale if (target / Path(name).parts[0]).exists()] == []
+
+
+def test_save_refuses_a_file_writes_through_a_link_and_removes_abandoned_work_folders(tmp_path, tiny_model_dir):
+    import time
+
+    m = SentenceTransformer(str(tiny_model_dir), device="cpu")
+    in_the_way = tmp_path / "a_file"
+    in_the_way.write_text("keep")
+    with pytest.raises(FileExistsError, match="a_file"):  # as sentence-transformers
+        m.save(str(in_the_way))
+    assert in_the_way.read_text() == "keep"
+    real, link = tmp_path / "real", tmp_path / "link"
+    real.mkdir()
+    link.symlink_to(real)
+    m.save(str(link))
+    assert link.is_symlink() and (real / "modules.json").is_file()
+    killed, running = tmp_path / ".real.tmp-killed", tmp_path / ".real.tmp-running"  # a save killed mid-way
+    for work in (killed, running):
+        work.mkdir()
+        (work / "model.safetensors").write_text("partial")
+    two_days_ago = time.time() - 2 * 24 * 3600
+    os.utime(killed, (two_days_ago, two_days_ago))
+    m.save(str(link))
+    assert not killed.exists() and running.is_dir()  # another process may still be writing the recent one
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".real.tmp-running", "a_file", "link", "real"]
 
 
 def test_model_card_data_keeps_numeric_metrics_of_any_kind():

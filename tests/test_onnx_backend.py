@@ -263,11 +263,19 @@ def test_export_never_without_a_graph(tiny_model_copy):
 def test_read_only_folder_exports_into_the_cache(tiny_model_copy, tmp_path, monkeypatch):
     from st_onnx.runtime import graphs
 
-    monkeypatch.setattr(graphs, "is_writable", lambda folder: False)
+    monkeypatch.setattr(graphs, "is_writable", lambda folder: False)  # root writes anywhere: the modes tell
+    for path in [tiny_model_copy, *tiny_model_copy.rglob("*")]:
+        path.chmod(path.stat().st_mode & ~0o222)  # chmod -R a-w
     cache = tmp_path / "cache"
-    m = SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu", cache_folder=str(cache))
+    try:
+        m = SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu", cache_folder=str(cache))
+    finally:
+        for path in [tiny_model_copy, *tiny_model_copy.rglob("*")]:
+            path.chmod(path.stat().st_mode | 0o200)
     assert not layout.fused_graph_path(tiny_model_copy, "fp32").exists()
     assert cache in m._backend.graph_path.parents
+    copied = [p for p in cache.rglob("*") if p.is_dir()]  # the copy takes graphs, and can be removed
+    assert copied and all(p.stat().st_mode & 0o200 for p in copied)
     again = SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu", cache_folder=str(cache))
     assert again._backend.graph_path == m._backend.graph_path
     assert close(m.encode(SENTENCES), again.encode(SENTENCES))

@@ -56,7 +56,7 @@ def export_fused_graph(stack, out_dir: str | os.PathLike, precision: str = "fp32
     was_training = stack.training
     stack = _cpu_eval(stack)
     target.parent.mkdir(parents=True, exist_ok=True)
-    _remove_abandoned_exports(target.parent)
+    layout.remove_abandoned(target.parent, ".export-*")  # left by exports killed mid-way
     tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=target.parent))
     try:
         names = graph_input_names(stack)
@@ -87,31 +87,15 @@ def export_fused_graph(stack, out_dir: str | os.PathLike, precision: str = "fp32
     return target
 
 
-ABANDONED_EXPORT_S = 24 * 3600  # far longer than any export runs: such a folder's process was killed
-
-
-def _remove_abandoned_exports(folder: Path) -> None:
-    """Remove the work folders of exports killed mid-way (SIGKILL skips the ``finally`` that removes them);
-    a day-old one cannot belong to a running export."""
-    import time
-
-    for old in folder.glob(".export-*"):
-        try:
-            if old.is_dir() and time.time() - old.stat().st_mtime > ABANDONED_EXPORT_S:
-                shutil.rmtree(old, ignore_errors=True)
-        except OSError:
-            pass
-
-
 def export_model_folder(model_folder: str | os.PathLike, precision: str = "fp32",
                         out_dir: str | os.PathLike | None = None) -> Path:
     """Export a saved model folder; into the folder itself, or into a complete copy of it at ``out_dir``.
 
-    ``out_dir`` may be new or empty (a copy of the model folder is written atomically, the graph added), a copy
-    of the same weights (an earlier export: the graph is added beside the graphs already there, nothing is
-    copied again) or a model folder of other weights (an earlier export of older weights: the model's files and
-    graphs are replaced, files the model does not own, such as an ``eval/`` folder or notes, are kept).
-    Anything else, or a folder inside the model folder, is refused.
+    ``out_dir`` may be new or empty (a copy of the model folder is written atomically, the graph added), or an
+    earlier export: its model files are replaced by the model folder's as they are now (settings, prompts,
+    tokenizer), its graphs of the same weights kept beside the new one, those of older weights dropped, and
+    files the model does not own, such as an ``eval/`` folder or notes, kept. Anything else, a folder inside the
+    model folder or one holding it, is refused.
     """
     from ..fingerprint import folder_fingerprint
     from ..modules import load_stack
@@ -124,6 +108,9 @@ def export_model_folder(model_folder: str | os.PathLike, precision: str = "fp32"
     if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
         raise InvalidInputError(f"out_dir {out_dir} is a file; allowed: a folder (new, empty, the model folder "
                                 "itself, or an earlier export)")
+    if out_dir is not None and out_dir.resolve() in model_folder.resolve().parents:
+        raise InvalidInputError(f"out_dir {out_dir} holds the model folder {model_folder}: the copy would replace "
+                                "it; allowed: the model folder itself, or a folder outside it")
     if out_dir is not None and out_dir.exists() and any(out_dir.iterdir()) and not _is_model_folder(out_dir):
         raise InvalidInputError(
             f"out_dir {out_dir} exists and is not a model folder; allowed: a new or empty folder, the model "
@@ -132,20 +119,38 @@ def export_model_folder(model_folder: str | os.PathLike, precision: str = "fp32"
     if out_dir is not None and model_folder.resolve() in out_dir.resolve().parents:
         raise InvalidInputError(f"out_dir {out_dir} is inside the model folder {model_folder}: the copy would hold "
                                 "itself; allowed: the model folder itself, or a folder outside it")
-    stack = load_stack(model_folder)
+    # the fingerprint is taken before the modules load: weights saved in between make the graph stale (exported
+    # again), never a graph of older weights stamped with the newer fingerprint
     fingerprint = folder_fingerprint(model_folder)
+    stack = load_stack(model_folder)
     if out_dir is None or out_dir.resolve() == model_folder.resolve():
         return export_fused_graph(stack, model_folder, precision, fingerprint=fingerprint)
-    if _is_model_folder(out_dir) and folder_fingerprint(out_dir) == fingerprint:
-        return export_fused_graph(stack, out_dir, precision, fingerprint=fingerprint)
     from ..saving import keep_foreign_entries
 
     with layout.atomic_folder(out_dir) as tmp:
-        shutil.copytree(model_folder, tmp, dirs_exist_ok=True)
+        layout.copy_model_folder(model_folder, tmp)  # configs, prompts and tokenizer as they are now
+        if out_dir.is_dir():
+            _carry_graphs(out_dir, tmp, fingerprint)
         export_fused_graph(stack, tmp, precision, fingerprint=fingerprint)
         if out_dir.is_dir():
             keep_foreign_entries(out_dir, tmp)
     return layout.fused_graph_path(out_dir, precision)
+
+
+def _carry_graphs(old: Path, new: Path, fingerprint: str) -> None:
+    """Keep the graphs an earlier export of the same weights wrote (other precisions) in the refreshed copy."""
+    for graph in sorted((old / layout.FUSED_DIR).glob("*.onnx")):
+        try:
+            manifest = layout.read_json_if_exists(layout.manifest_path(graph), {}) or {}
+        except ModelFolderError:  # a broken manifest: that graph is not kept
+            continue
+        kept = new / layout.FUSED_DIR / graph.name
+        if not isinstance(manifest, dict) or manifest.get("fingerprint") != fingerprint or kept.exists():
+            continue
+        (new / layout.FUSED_DIR).mkdir(parents=True, exist_ok=True)
+        for f in graph.parent.glob(graph.stem + ".*"):  # graph, manifest, external weights
+            if not f.name.endswith(".stat.json"):
+                shutil.copyfile(f, new / layout.FUSED_DIR / f.name)
 
 
 def _is_model_folder(folder: Path) -> bool:

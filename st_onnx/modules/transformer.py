@@ -48,13 +48,21 @@ class Transformer(nn.Module):
 
             model_name_or_path = str(resolve_model_path(model_name_or_path, cache_folder=cache_dir))
         hf_kwargs: dict[str, Any] = {"cache_dir": cache_dir, "local_files_only": True}
-        config = AutoConfig.from_pretrained(model_name_or_path, **hf_kwargs, **(config_args or {}))
-        self.auto_model = AutoModel.from_pretrained(
-            model_name_or_path, config=config, **hf_kwargs, **(model_args or {})
-        )
-        self.tokenizer = AutoTokenizer.from_pretrained(
-            tokenizer_name_or_path or model_name_or_path, **hf_kwargs, **(tokenizer_args or {})
-        )
+        from safetensors import SafetensorError
+
+        try:  # a broken folder: one error that names it (OSError, for missing files, passes as transformers raises it)
+            config = AutoConfig.from_pretrained(model_name_or_path, **hf_kwargs, **(config_args or {}))
+            self.auto_model = AutoModel.from_pretrained(
+                model_name_or_path, config=config, **hf_kwargs, **(model_args or {})
+            )
+            self.tokenizer = AutoTokenizer.from_pretrained(
+                tokenizer_name_or_path or model_name_or_path, **hf_kwargs, **(tokenizer_args or {})
+            )
+        except (ValueError, KeyError, SafetensorError) as e:
+            if isinstance(e, ModelFolderError):
+                raise
+            raise ModelFolderError(f"transformers cannot load the model in {model_name_or_path}: "
+                                   f"{type(e).__name__}: {e}") from e
         if not getattr(self.tokenizer, "is_fast", False):
             raise ModelFolderError(
                 f"{model_name_or_path} has no fast tokenizer (tokenizer.json); st-onnx needs one to run without "
