@@ -88,6 +88,9 @@ class SentenceTransformer(ModuleMethods):
         truncate_dim = check_truncate_dim(truncate_dim)
         self.backend = backend
         self.cache_folder = None if cache_folder is None else str(cache_folder)
+        if token is not None and use_auth_token is not None:
+            raise InvalidInputError("both token and use_auth_token were given; pass one of them (token, the newer "
+                                    "name, or use_auth_token, the 2.x one)")
         self._token = token if token is not None else use_auth_token
         self.model_path: Path | None = None
         if model_name_or_path is not None:
@@ -306,9 +309,22 @@ class SentenceTransformer(ModuleMethods):
 
         return similarity_functions(self.similarity_fn_name)[1](embeddings1, embeddings2)
 
-    def tokenize(self, texts: list) -> dict[str, Any]:
-        texts = list(texts)
-        return self._backend.tokenize(texts) if texts else {}  # sentence-transformers' answer for no texts
+    def tokenize(self, texts: list, prompt: str | None = None) -> dict[str, Any]:
+        return self.preprocess(texts, prompt=prompt)
+
+    def preprocess(self, inputs: list, prompt: str | None = None) -> dict[str, Any]:
+        """The model's input features for ``inputs`` (sentence-transformers 6's name for ``tokenize``), with
+        ``prompt`` prepended to each text and its token count as ``prompt_length``."""
+        texts = list(inputs)
+        if not texts:
+            return {}  # sentence-transformers' answer for no texts
+        if prompt is None:
+            return self._backend.tokenize(texts)
+        if not isinstance(prompt, str):
+            raise InvalidInputError(f"prompt must be a string; got {type(prompt).__name__}")
+        features = self._backend.tokenize(prepend(prompt, texts))
+        features["prompt_length"] = self._backend.prompt_length(prompt)
+        return features
 
     @property
     def tokenizer(self):

@@ -13,6 +13,7 @@ import torch
 
 from helpers import SENTENCES, make_tiny_model, minilm_path, read_stsb, stsb_sentences
 from st_onnx import SentenceTransformer
+from st_onnx.errors import InvalidInputError
 
 pytestmark = pytest.mark.compat
 st = pytest.importorskip("sentence_transformers")
@@ -176,6 +177,44 @@ def test_module_methods_scripts_call_behave_as_sentence_transformers(tiny_model_
     assert ours.encode(SENTENCES).dtype == np.float16
     ours.float()
     assert ours.encode(SENTENCES).dtype == np.float32
+
+
+
+@pytest.mark.parametrize("cast", ["half", "bfloat16"])
+@pytest.mark.parametrize("mode", ["mean", "weightedmean", "mean_sqrt_len_tokens"])
+def test_half_precision_pooling_sums_in_fp32_as_sentence_transformers(tmp_path, cast, mode):
+    folder = make_tiny_model(tmp_path / "model", pooling=mode, normalize=False)
+    ours, theirs = SentenceTransformer(str(folder), device="cpu"), _reference(folder)
+    getattr(ours, cast)(), getattr(theirs, cast)()
+    texts = SENTENCES + ["the cat " * 30]
+    got, want = (m.encode(texts, convert_to_tensor=True) for m in (ours, theirs))
+    assert got.dtype == want.dtype == getattr(torch, {"half": "float16"}.get(cast, cast))
+    assert torch.equal(got, want)
+
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_preprocess_and_the_modules_sentence_transformers_6_names(tiny_model_copy, backend):
+    """6 renamed tokenize to preprocess (prompt prepended, its length given) and gave the modules new names."""
+    ours, theirs = SentenceTransformer(str(tiny_model_copy), device="cpu", backend=backend), _reference(tiny_model_copy)
+    for prompt in (None, "a red "):
+        want = theirs.preprocess(SENTENCES, prompt=prompt)
+        for got in (ours.preprocess(SENTENCES, prompt=prompt), ours.tokenize(SENTENCES, prompt=prompt),
+                    ours[0].preprocess(SENTENCES, prompt=prompt)):
+            assert np.array_equal(np.asarray(got["input_ids"]), want["input_ids"].numpy())
+            assert got.get("prompt_length") == want.get("prompt_length")
+    assert ours.preprocess(SENTENCES, prompt="a red ")["prompt_length"] == 3
+    with pytest.raises(InvalidInputError, match="prompt must be a string"):
+        ours.preprocess(SENTENCES, prompt=3)
+    for i in range(2):
+        assert ours[i].get_embedding_dimension() == theirs[i].get_embedding_dimension() == 32
+    assert ours[1].embedding_dimension == theirs[1].embedding_dimension == 32
+    assert ours[0].model is ours[0].auto_model and ours[0].processor is ours[0].tokenizer
+    assert ours[0].modalities == ["text"]
+    for model in (ours, theirs):
+        model[1].pooling_mode = "max"
+    if backend == "torch":  # on the onnx backend the graph is what runs (max_seq_length aside)
+        np.testing.assert_allclose(ours.encode(SENTENCES), theirs.encode(SENTENCES), atol=1e-5)
 
 
 def test_module_methods_on_the_onnx_backend(tiny_model_copy):

@@ -203,6 +203,11 @@ def test_untrusted_dense_activation_is_refused(tmp_path):
         Dense.load(folder)
 
 
+def test_token_and_use_auth_token_together_are_refused(tiny_model_dir):
+    with pytest.raises(InvalidInputError, match="both token and use_auth_token"):  # a ValueError, as in 6
+        SentenceTransformer(str(tiny_model_dir), device="cpu", token="hf_a", use_auth_token="hf_b")
+
+
 def test_unknown_pooling_mode_is_refused():
     with pytest.raises(InvalidInputError, match="'median'"):
         Pooling(8, pooling_mode="median")

@@ -238,8 +238,9 @@ class OnnxBackend:
             self._linked_pooling.include_prompt = include_prompt
 
     def prompt_length(self, prompt: str) -> int:
-        """The prompt's token count, fed to the graph's ``prompt_length`` input, which pooling then leaves out."""
-        if PROMPT_LENGTH not in self._encoder.session.optional_input_names:
+        """The prompt's token count: fed to the graph's ``prompt_length`` input where pooling leaves the prompt
+        out, which a graph without that input cannot do (BackendError)."""
+        if not self.pooling_include_prompt() and PROMPT_LENGTH not in self._encoder.session.optional_input_names:
             raise BackendError(
                 f"pooling is to leave the prompt's tokens out (include_prompt=False), but the graph "
                 f"{self.graph_path.name} has no prompt_length input: it pools every token the attention mask "

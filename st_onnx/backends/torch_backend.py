@@ -61,10 +61,7 @@ class TorchBackend:
                 return
 
     def prompt_length(self, prompt: str) -> int:
-        """Tokens of ``prompt`` as it starts every input: its ids without a trailing special token ([SEP])."""
-        ids = self.tokenize([prompt])["input_ids"][0].tolist()
-        special = set(getattr(self.tokenizer, "all_special_ids", []) or [])
-        return len(ids) - 1 if ids and ids[-1] in special else len(ids)
+        return self.stack.transformer.prompt_length(prompt)
 
     # -- encode ---------------------------------------------------------------------------------------
     @torch.inference_mode()

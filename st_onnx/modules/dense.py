@@ -67,6 +67,8 @@ class Dense(nn.Module):
     def get_sentence_embedding_dimension(self) -> int:
         return self.out_features
 
+    get_embedding_dimension = get_sentence_embedding_dimension  # sentence-transformers 6's name
+
     def get_config_dict(self) -> dict[str, Any]:
         return {
             "in_features": self.in_features,

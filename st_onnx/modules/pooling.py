@@ -68,12 +68,22 @@ class Pooling(nn.Module):
     def pooling_mode(self) -> str | tuple[str, ...]:
         return self.modes[0] if len(self.modes) == 1 else self.modes
 
+    @pooling_mode.setter
+    def pooling_mode(self, value: str | Sequence[str]) -> None:
+        self.modes = normalize_modes(value)
+
+    @property
+    def embedding_dimension(self) -> int:  # sentence-transformers 6's name of word_embedding_dimension
+        return self.word_embedding_dimension
+
     @property
     def pooling_output_dimension(self) -> int:
         return len(self.modes) * self.word_embedding_dimension
 
     def get_sentence_embedding_dimension(self) -> int:
         return self.pooling_output_dimension
+
+    get_embedding_dimension = get_sentence_embedding_dimension
 
     def __repr__(self) -> str:
         return f"Pooling({{'embedding_dimension': {self.word_embedding_dimension}, 'pooling_mode': {self.pooling_mode!r}, 'include_prompt': {self.include_prompt}}})"
@@ -139,15 +149,21 @@ def pool(mode: str, tokens: torch.Tensor, mask: torch.Tensor, original: torch.Te
         return torch.gather(tokens, 1, index).squeeze(1)
     if mode == "max":
         return tokens.masked_fill(fmask == 0, float("-inf")).max(dim=1).values
+    # half-precision tokens (a model after half()/bfloat16()) are summed in fp32 and the result cast back, as
+    # sentence-transformers 6 does; fp32 (what the graph is traced from) takes no extra casts
+    half = tokens.dtype in (torch.float16, torch.bfloat16)
     if mode in ("mean", "mean_sqrt_len_tokens"):
-        total = (tokens * fmask).sum(dim=1)
-        count = torch.clamp(fmask.sum(dim=1), min=1e-9)
-        return total / (count if mode == "mean" else torch.sqrt(count))
+        total = (tokens * fmask).sum(dim=1, dtype=torch.float32) if half else (tokens * fmask).sum(dim=1)
+        count = torch.clamp(fmask.sum(dim=1, dtype=torch.float32) if half else fmask.sum(dim=1), min=1e-9)
+        pooled = total / (count if mode == "mean" else torch.sqrt(count))
+        return pooled.to(tokens.dtype) if half else pooled
     if mode == "weightedmean":
-        positions = torch.cumsum(torch.ones_like(mask, dtype=tokens.dtype), dim=1)
-        pad_lengths = (mask if original is None else original).to(torch.int32).argmax(dim=1).to(tokens.dtype)
-        weights = (positions - pad_lengths.unsqueeze(1)).unsqueeze(-1) * fmask
-        return (tokens * weights).sum(dim=1) / torch.clamp(weights.sum(dim=1), min=1e-9)
+        dtype = torch.float32 if half else tokens.dtype
+        positions = torch.cumsum(torch.ones_like(mask, dtype=dtype), dim=1)
+        pad_lengths = (mask if original is None else original).to(torch.int32).argmax(dim=1).to(dtype)
+        weights = (positions - pad_lengths.unsqueeze(1)).unsqueeze(-1) * mask.unsqueeze(-1).to(dtype)
+        pooled = (tokens * weights).sum(dim=1) / torch.clamp(weights.sum(dim=1), min=1e-9)
+        return pooled.to(tokens.dtype) if half else pooled
     if mode == "lasttoken":
         seq_len = tokens.shape[1]
         values, indices = mask.to(torch.int32).flip(1).max(dim=1)

@@ -12,8 +12,9 @@ from torch import nn
 
 from .. import layout
 from ..encode.tokenize import lowercase_first, text_columns
+from ..encode.prompts import prepend
 from ..layout import read_transformer_config
-from ..errors import ModelFolderError
+from ..errors import InvalidInputError, ModelFolderError
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +121,40 @@ class Transformer(nn.Module):
 
     def get_word_embedding_dimension(self) -> int:
         return int(self.auto_model.config.hidden_size)
+
+    get_embedding_dimension = get_word_embedding_dimension  # sentence-transformers 6's names from here on
+
+    @property
+    def model(self) -> Any:
+        return self.auto_model
+
+    @property
+    def processor(self) -> Any:
+        return self.tokenizer
+
+    @processor.setter
+    def processor(self, value: Any) -> None:
+        self.tokenizer = value
+
+    @property
+    def modalities(self) -> list[str]:
+        return ["text"]
+
+    def preprocess(self, inputs: list, prompt: str | None = None) -> dict[str, Any]:
+        """``tokenize`` with ``prompt`` prepended to each text, and its token count as ``prompt_length``."""
+        if prompt is None:
+            return self.tokenize(inputs)
+        if not isinstance(prompt, str):
+            raise InvalidInputError(f"prompt must be a string; got {type(prompt).__name__}")
+        features = self.tokenize(prepend(prompt, list(inputs)))
+        features["prompt_length"] = self.prompt_length(prompt)
+        return features
+
+    def prompt_length(self, prompt: str) -> int:
+        """Tokens of ``prompt`` as it starts every input: its ids without a trailing special token ([SEP])."""
+        ids = self.tokenize([prompt])["input_ids"][0].tolist()
+        special = set(getattr(self.tokenizer, "all_special_ids", []) or [])
+        return len(ids) - 1 if ids and ids[-1] in special else len(ids)
 
     def tokenize(self, texts: list, padding: str | bool = True) -> dict[str, torch.Tensor]:
         """Tokenize strings, (text, text) pairs, or dicts of one text each, as sentence-transformers does."""
