@@ -186,9 +186,8 @@ def remove_abandoned(folder: Path, pattern: str) -> None:
 
 def _make_writable(folder: Path) -> None:
     """Give the owner write access to ``folder`` and the folders in it (a copy of a read-only model folder)."""
-    for root, dirs, _ in os.walk(folder):
-        for d in [root, *(os.path.join(root, d) for d in dirs)]:
-            os.chmod(d, os.stat(d).st_mode | 0o700)
+    for root, _, _ in os.walk(folder):  # read-only folders can still be listed
+        os.chmod(root, os.stat(root).st_mode | 0o700)
 
 
 def copy_model_folder(src: str | os.PathLike, dst: str | os.PathLike) -> None:
