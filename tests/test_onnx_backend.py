@@ -172,6 +172,10 @@ def test_fp16_on_cpu_is_refused(tiny_folder):
     ({"providers": "CUDAExecutionProvider"}, r"providers'\] must be a list"),
     ({"providers": ["CUDAExecutionProvidr"]}, r"names 'CUDAExecutionProvidr'; allowed"),
     ({"providers": 5}, r"providers'\] must be a list"),
+    ({"providers": [("CPUExecutionProvider", "x")]}, r"holds \('CPUExecutionProvider', 'x'\); allowed: a provider"),
+    ({"providers": [("CPUExecutionProvider", None)]}, r"holds \('CPUExecutionProvider', None\)"),
+    ({"providers": [("CPUExecutionProvider", {}, "extra")]}, r"holds \('CPUExecutionProvider', \{\}, 'extra'\)"),
+    ({"providers": ["CPUExecutionProvider"], "precision": "fp16"}, r"precision 'fp16' (on the CPU|runs on CUDA)"),
     ({"provider_options": 5}, r"provider_options'\] must be a dict or a list of dicts"),
     ({"session_options": 5}, r"session_options'\] must be an onnxruntime.SessionOptions"),
     ({"session_options": {"config_entries": 5}}, r"config_entries'\] must be a dict"),
@@ -349,6 +353,14 @@ def test_cuda_asked_cpu_bound_warns(tiny_folder):
         m = SentenceTransformer(str(tiny_folder), backend="onnx", device="cuda", onnx_options={"precision": "fp32"})
     assert m.device == "cpu"
     assert m.encode(SENTENCES).shape == (len(SENTENCES), 32)
+    with pytest.warns(ProviderFallbackWarning):  # no precision: fp32, since the CPU will run it (fp16 is for CUDA)
+        default = SentenceTransformer(str(tiny_folder), backend="onnx", device="cuda")
+    assert default._backend.manifest["precision"] == "fp32"
+    with pytest.raises(InvalidInputError, match="'fp16' runs on CUDA only.*CUDA usable: False"):
+        SentenceTransformer(str(tiny_folder), backend="onnx", device="cuda", onnx_options={"precision": "fp16"})
+    threads = SentenceTransformer(str(tiny_folder), backend="onnx", device="cpu",
+                                  onnx_options={"intra_op_num_threads": np.int64(2), "token_budget": np.int32(512)})
+    assert threads._backend._encoder.session.threads == 2  # numpy integers, as the other integer options
 
 
 def test_parallel_runs_and_intra_op_threads_agree(tiny_folder, onnx_model):

@@ -221,6 +221,10 @@ def test_onnx_leaves_the_prompt_out_of_pooling_as_sentence_transformers(prompt_e
         np.testing.assert_allclose(model.encode(SENTENCES, **kwargs), want, atol=1e-5)
         with model.start_multi_process_pool(["cpu", "cpu"]) as pool:
             np.testing.assert_allclose(model.encode_multi_process(SENTENCES, pool, **kwargs), want, atol=1e-5)
+    for ours in (model, SentenceTransformer(str(prompt_excluded), device="cpu")):  # per-text outputs carry it too
+        everything = ours.encode(SENTENCES[:2], prompt_name="query", output_value=None)
+        assert [item["prompt_length"] for item in everything] == [
+            item["prompt_length"] for item in reference.encode(SENTENCES[:2], prompt_name="query", output_value=None)]
     torch_pool = SentenceTransformer(str(prompt_excluded), device="cpu")
     with torch_pool.start_multi_process_pool(["cpu"]) as pool:
         np.testing.assert_allclose(torch_pool.encode_multi_process(SENTENCES, pool, prompt_name="query"),

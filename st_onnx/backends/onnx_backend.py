@@ -25,7 +25,7 @@ from ..encode.tokenize import TextTokenizer
 from ..errors import BackendError, InvalidInputError, ModelFolderError, positive_int
 from ..runtime.encoder import PROMPT_LENGTH, OrtEncoder
 from ..runtime.graphs import GraphChoice, cache_dir_for, find_graph, find_packed
-from ..runtime.providers import check_providers, resolve_device
+from ..runtime.providers import CUDA, check_providers, cuda_usable, resolve_device
 from ..runtime.session import OrtSession, available_cores, default_session_options
 
 logger = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 class OnnxOptions:
     """``onnx_options`` of the facade, validated."""
 
-    precision: str | None = None  # None: fp16 on CUDA, fp32 on CPU
+    precision: str | None = None  # None: fp16 where CUDA will run it, else fp32
     file_name: str | None = None
     providers: Any = None
     provider_options: Any = None
@@ -60,10 +60,11 @@ class OnnxOptions:
             raise InvalidInputError(
                 f"onnx_options['precision'] is {opts.precision!r}; allowed: {', '.join(layout.PRECISIONS)}"
             )
-        if opts.token_budget is not None:
-            check_token_budget(opts.token_budget)
+        if opts.token_budget is not None:  # numpy integers become ints, as ONNX Runtime takes them
+            opts = dataclasses.replace(opts, token_budget=check_token_budget(opts.token_budget))
         if opts.intra_op_num_threads is not None:
-            positive_int(opts.intra_op_num_threads, "onnx_options['intra_op_num_threads']")
+            threads = positive_int(opts.intra_op_num_threads, "onnx_options['intra_op_num_threads']")
+            opts = dataclasses.replace(opts, intra_op_num_threads=threads)
         if opts.file_name is not None and (not isinstance(opts.file_name, (str, os.PathLike)) or not str(opts.file_name)):
             raise InvalidInputError(f"onnx_options['file_name'] must be a path to a graph file (relative to the model "
                                     f"folder, or absolute); got {opts.file_name!r}")
@@ -82,11 +83,18 @@ class OnnxOptions:
         return opts
 
     def precision_for(self, device: str) -> str:
-        precision = self.precision or ("fp16" if device.startswith("cuda") else "fp32")
+        # default: fp16 where CUDA will run the graph, else fp32 (a CUDA fallback to the CPU warns when bound)
+        precision = self.precision or ("fp16" if _cuda_will_run(device, self.providers) else "fp32")
         if precision == "fp16" and device == "cpu":
             raise InvalidInputError(
                 "precision 'fp16' on the CPU is refused: ONNX Runtime's CPU kernels run fp16 graphs about 100x "
                 "slower than fp32; allowed on 'cpu': 'fp32', 'int8' (use fp16 with device='cuda')"
+            )
+        if precision == "fp16" and not _cuda_will_run(device, self.providers):
+            raise InvalidInputError(
+                f"precision 'fp16' runs on CUDA only, and CUDA would not run it here (device {device!r}, providers "
+                f"{self.providers!r}, CUDA usable: {cuda_usable()}); ONNX Runtime's CPU kernels run fp16 graphs about "
+                "100x slower than fp32: use onnx_options={'precision': 'fp32'} (or 'int8'), or fix the CUDA setup"
             )
         if self.packing and (precision != "fp16" or not device.startswith("cuda")):
             raise InvalidInputError(
@@ -134,10 +142,17 @@ class OnnxBackend:
         opts = self.options
         session_options = _session_options(opts.session_options, threads or opts.intra_op_num_threads,
                                            prepack=self.manifest.get("precision") == "int8")
-        return OrtSession(self.graph_path, device, threads=threads or opts.intra_op_num_threads,
-                          session_options=session_options, providers=opts.providers,
-                          provider_options=cuda_defaults(device, self.manifest.get("precision"), opts),
-                          max_positions=_max_positions(self.folder))
+        session = OrtSession(self.graph_path, device, threads=threads or opts.intra_op_num_threads,
+                             session_options=session_options, providers=opts.providers,
+                             provider_options=cuda_defaults(device, self.manifest.get("precision"), opts),
+                             max_positions=_max_positions(self.folder))
+        if self.manifest.get("precision") == "fp16" and session.provider != CUDA:  # CUDA libraries failed to load
+            raise InvalidInputError(
+                f"the fp16 graph {self.graph_path.name} would run on {session.provider} (see the warning above): "
+                "ONNX Runtime's CPU kernels run fp16 about 100x slower than fp32; fix the CUDA setup, or load with "
+                "onnx_options={'precision': 'fp32'} (or 'int8')"
+            )
+        return session
 
     def encoder_for(self, session: OrtSession, parallel: int = 1) -> OrtEncoder:
         budget = self.options.token_budget or (
@@ -321,6 +336,15 @@ def _session_options(value: Any, threads: int | None, prepack: bool = False) -> 
                 )
         return so
     return value
+
+
+def _cuda_will_run(device: str, providers: Any) -> bool:
+    """Whether a session for ``device`` would bind CUDA: asked for (the device, or first of explicit providers)
+    and usable here."""
+    if providers:
+        first = providers[0][0] if isinstance(providers[0], (tuple, list)) else providers[0]
+        return first == CUDA and cuda_usable()
+    return device.startswith("cuda") and cuda_usable()
 
 
 def _max_positions(folder: Path) -> int | None:

@@ -70,7 +70,10 @@ def check_providers(providers: Any, provider_options: Any) -> None:
                                     f"'CPUExecutionProvider']; got {providers!r}")
         known = ort.get_all_providers()
         for p in providers:
-            name = p[0] if isinstance(p, (tuple, list)) and p else p
+            if isinstance(p, (tuple, list)) and not (len(p) == 2 and isinstance(p[1], dict)):
+                raise InvalidInputError(f"onnx_options['providers'] holds {p!r}; allowed: a provider name, or a "
+                                        "(name, options dict) pair such as ('CUDAExecutionProvider', {'device_id': 0})")
+            name = p[0] if isinstance(p, (tuple, list)) else p
             if not isinstance(name, str) or name not in known:
                 raise InvalidInputError(f"onnx_options['providers'] names {p!r}; allowed: the providers of this "
                                         f"onnxruntime, of which available here: {ort.get_available_providers()}")
