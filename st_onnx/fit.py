@@ -179,11 +179,24 @@ def _evaluate(model, evaluator, output_path, save_best_model, epoch, steps, call
     score = evaluator(model, output_path=eval_path, epoch=epoch, steps=steps)
     if callback is not None:
         callback(score, epoch, steps)
-    if score > state.best_score:
-        state.best_score = score
-        model.best_score = score
+    value = _primary_score(evaluator, score)
+    if value > state.best_score:
+        state.best_score = value
+        model.best_score = value
         if save_best_model and output_path is not None:
             model.save(output_path)
+
+
+def _primary_score(evaluator, score: Any) -> float:
+    """The number that picks the best model: the score, or, from the dict newer evaluators (sentence-transformers
+    3 and later) return, its ``primary_metric``."""
+    if not isinstance(score, dict):
+        return score
+    key = getattr(evaluator, "primary_metric", None)
+    if key not in score:
+        raise InvalidInputError(f"the evaluator returned metrics {sorted(score)} and names primary_metric {key!r}, "
+                                "which is not among them: fit cannot tell which to keep the best model by")
+    return score[key]
 
 
 def _build_objectives(model, train_objectives, scheduler, warmup_steps, optimizer_class, optimizer_params,
@@ -229,20 +242,48 @@ def _checkpoint(model, checkpoint_path, total_limit, objectives, state: Training
     save_checkpoint(model, checkpoint_path, state, total_limit)
 
 
-def _check_args(train_objectives, epochs, steps_per_epoch, scheduler, evaluation_steps) -> list:
+def _count(value: Any, name: str, or_none: bool = False) -> int | None:
+    """``value`` as an int >= 0 (numpy integers too, never a bool), None where allowed; else InvalidInputError."""
+    import numbers
+
+    if value is None and or_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise InvalidInputError(f"{name} must be an int >= 0{' or None' if or_none else ''}; got {value!r}")
+    return int(value)
+
+
+def _check_args(train_objectives, scheduler, **counts: Any) -> list:
     objectives = list(train_objectives)
     if not objectives:
         raise InvalidInputError("train_objectives is empty; give [(DataLoader, loss), ...]")
     for item in objectives:
         if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[1], torch.nn.Module)):
             raise InvalidInputError(f"each train objective must be a (DataLoader, loss) pair; got {item!r}")
+        if _length(item[0]) == 0:
+            raise InvalidInputError(f"a train DataLoader yields no batches (len 0): {item[0]!r}; give it examples "
+                                    "(with drop_last=True, at least batch_size of them)")
     check_scheduler(scheduler)
-    if epochs < 0 or (steps_per_epoch is not None and steps_per_epoch < 0) or evaluation_steps < 0:
-        raise InvalidInputError(
-            f"epochs, steps_per_epoch and evaluation_steps must be >= 0; got {epochs}, {steps_per_epoch}, "
-            f"{evaluation_steps}"
-        )
+    for name, value in counts.items():  # steps_per_epoch and the checkpoint settings: None too (0 and None: off)
+        _count(value, name, or_none=name in ("steps_per_epoch", "checkpoint_save_steps", "checkpoint_save_total_limit"))
     return objectives
+
+
+def _length(dataloader: Any) -> int | None:
+    try:
+        return len(dataloader)
+    except TypeError:  # an IterableDataset without a length
+        return None
+
+
+def _check_numbers(weight_decay: Any, max_grad_norm: Any) -> None:
+    import numbers
+
+    if isinstance(weight_decay, bool) or not isinstance(weight_decay, numbers.Real) or weight_decay < 0:
+        raise InvalidInputError(f"weight_decay must be a number >= 0; got {weight_decay!r}")
+    if isinstance(max_grad_norm, bool) or not isinstance(max_grad_norm, numbers.Real) or not max_grad_norm > 0:
+        raise InvalidInputError(f"max_grad_norm must be a number > 0 (gradients are clipped to that norm); got "
+                                f"{max_grad_norm!r}")
 
 
 def fit(model, train_objectives, evaluator=None, epochs: int = 1, steps_per_epoch: int | None = None,
@@ -259,7 +300,11 @@ def fit(model, train_objectives, evaluator=None, epochs: int = 1, steps_per_epoc
     position in each DataLoader's current pass (replayed with the same shuffle when the DataLoader draws
     its order from torch's global RNG, the default).
     """
-    pairs = _check_args(train_objectives, epochs, steps_per_epoch, scheduler, evaluation_steps)
+    pairs = _check_args(train_objectives, scheduler, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                        evaluation_steps=evaluation_steps, warmup_steps=warmup_steps,
+                        checkpoint_save_steps=checkpoint_save_steps,
+                        checkpoint_save_total_limit=checkpoint_save_total_limit)
+    _check_numbers(weight_decay, max_grad_norm)
     optimizer_class = optimizer_class or torch.optim.AdamW
     optimizer_params = dict(optimizer_params if optimizer_params is not None else {"lr": 2e-5})
     device = torch.device(model.device)
@@ -278,6 +323,9 @@ def fit(model, train_objectives, evaluator=None, epochs: int = 1, steps_per_epoc
         state = TrainingState()
         for obj in objectives:
             obj.start_pass()
+    def checkpoint_due(step: int) -> bool:
+        return checkpoint_path is not None and bool(checkpoint_save_steps) and step % checkpoint_save_steps == 0
+
     first_epoch, first_step = divmod(state.global_step, steps_per_epoch) if steps_per_epoch else (epochs, 0)
     for epoch in trange(first_epoch, epochs, desc="Epoch", disable=not show_progress_bar):
         _set_train(model, objectives, True)
@@ -291,10 +339,13 @@ def fit(model, train_objectives, evaluator=None, epochs: int = 1, steps_per_epoc
             if evaluation_steps > 0 and training_steps % evaluation_steps == 0:
                 _evaluate(model, evaluator, output_path, save_best_model, epoch, training_steps, callback, state)
                 _set_train(model, objectives, True)
-            if checkpoint_path is not None and checkpoint_save_steps and \
-                    state.global_step % checkpoint_save_steps == 0:
+            # an epoch's last step is checkpointed after the epoch's evaluation (below), so that a run resumed
+            # from it does not skip that evaluation (and its best model)
+            if training_steps < steps_per_epoch and checkpoint_due(state.global_step):
                 _checkpoint(model, checkpoint_path, checkpoint_save_total_limit, objectives, state)
         _evaluate(model, evaluator, output_path, save_best_model, epoch, -1, callback, state)
+        if checkpoint_due(state.global_step):
+            _checkpoint(model, checkpoint_path, checkpoint_save_total_limit, objectives, state)
     _set_train(model, objectives, False)
     if evaluator is None and output_path is not None:
         model.save(output_path)

@@ -148,6 +148,57 @@ def test_evaluator_callback_and_best_model(tiny_model_dir, tmp_path):
     assert evaluator(saved) == pytest.approx(model.best_score, abs=1e-5)
 
 
+def test_an_evaluator_returning_a_dict_picks_the_best_model_by_its_primary_metric(tiny_model_dir, tmp_path):
+    """sentence-transformers 3+ evaluators return a dict of metrics and name the one that counts."""
+
+    class DictEvaluator:
+        primary_metric = "dev_spearman"
+
+        def __init__(self):
+            self.scores = iter([0.9, 0.5, 0.7])
+
+        def __call__(self, model, output_path=None, epoch=-1, steps=-1):
+            return {"dev_pearson": 0.0, "dev_spearman": next(self.scores)}
+
+    model = model_from(tiny_model_dir)
+    seen = []
+    model.fit([(DataLoader(EXAMPLES, batch_size=4), losses.CosineSimilarityLoss(model))], evaluator=DictEvaluator(),
+              epochs=3, output_path=str(tmp_path / "out"), callback=lambda *a: seen.append(a[0]), **FIT_QUIET)
+    assert model.best_score == 0.9 and [s["dev_spearman"] for s in seen] == [0.9, 0.5, 0.7]  # the callback: as given
+    unnamed = DictEvaluator()
+    unnamed.primary_metric = "dev_accuracy"
+    with pytest.raises(InvalidInputError, match="primary_metric 'dev_accuracy', which is not among them"):
+        model.fit([(DataLoader(EXAMPLES, batch_size=4), losses.CosineSimilarityLoss(model))], evaluator=unnamed,
+                  **FIT_QUIET)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"epochs": 1.5}, "epochs must be an int >= 0; got 1.5"),
+    ({"steps_per_epoch": 2.5}, "steps_per_epoch must be an int >= 0 or None; got 2.5"),
+    ({"evaluation_steps": None}, "evaluation_steps must be an int >= 0; got None"),
+    ({"evaluation_steps": 1.5}, "evaluation_steps must be an int >= 0; got 1.5"),
+    ({"warmup_steps": None}, "warmup_steps must be an int >= 0; got None"),
+    ({"checkpoint_save_steps": -1}, "checkpoint_save_steps must be an int >= 0 or None; got -1"),
+    ({"checkpoint_save_total_limit": 1.5}, "checkpoint_save_total_limit must be an int >= 0 or None; got 1.5"),
+    ({"weight_decay": None}, "weight_decay must be a number >= 0; got None"),
+    ({"max_grad_norm": -1}, "max_grad_norm must be a number > 0"),
+])
+def test_bad_fit_arguments_name_the_value(tiny_model_dir, tmp_path, kwargs, match):
+    model = model_from(tiny_model_dir)
+    before = weights(model)
+    args = {**FIT_QUIET, "checkpoint_path": str(tmp_path / "ckpt"), **kwargs}
+    with pytest.raises(InvalidInputError, match=match):
+        model.fit([(DataLoader(EXAMPLES, batch_size=4), losses.CosineSimilarityLoss(model))], **args)
+    assert all(torch.equal(v, weights(model)[k]) for k, v in before.items()) and not (tmp_path / "ckpt").exists()
+
+
+def test_an_empty_train_dataloader_is_refused(tiny_model_dir):
+    model = model_from(tiny_model_dir)
+    for loader in (DataLoader([]), DataLoader(EXAMPLES[:3], batch_size=4, drop_last=True)):
+        with pytest.raises(InvalidInputError, match=r"yields no batches \(len 0\)"):
+            model.fit([(loader, losses.CosineSimilarityLoss(model))], **FIT_QUIET)
+
+
 def test_use_amp_on_cpu_trains_under_bfloat16(tiny_model_dir):
     model = model_from(tiny_model_dir)
     loss = losses.CosineSimilarityLoss(model)
@@ -217,6 +268,34 @@ def test_resume_continues_where_it_stopped(tiny_model_dir, tmp_path):
     assert state["optimizers"][0]["state"][0]["step"].item() == 8
     for k, v in weights(straight).items():  # same data order, same optimizer moments, same schedule
         torch.testing.assert_close(resumed.torch_modules.state_dict()[k], v, rtol=1e-5, atol=1e-6)
+
+
+def test_a_run_resumed_at_an_epoch_end_keeps_that_epochs_evaluation(tiny_model_dir, tmp_path):
+    """The checkpoint of an epoch's last step is written after the epoch's evaluation: resumed from it, the
+    best score (and model) of that evaluation stands."""
+
+    class Scores:
+        def __init__(self, values):
+            self.values, self.calls = iter(values), 0
+
+        def __call__(self, model, output_path=None, epoch=-1, steps=-1):
+            self.calls += 1
+            return next(self.values)
+
+    ckpt, out = tmp_path / "ckpt", tmp_path / "out"
+    crashed = model_from(tiny_model_dir)
+    with pytest.raises(Interrupted):  # epoch 0 = steps 1-4, checkpoint at 4, evaluated 0.9; dies in step 5
+        run(crashed, StopAfter(crashed, 4), evaluator=Scores([0.9]), output_path=str(out),
+            checkpoint_path=str(ckpt), checkpoint_save_steps=4)
+    assert torch.load(ckpt / "4" / STATE_FILE, weights_only=False)["best_score"] == 0.9
+    best = SentenceTransformer(str(out), device="cpu").encode(["the cat sleeps"])
+    resumed = model_from(tiny_model_dir)
+    scores = Scores([0.5])
+    resumed.fit([(DataLoader(EXAMPLES * 2, shuffle=True, batch_size=3), StopAfter(resumed, 10**6))], epochs=2,
+                steps_per_epoch=4, evaluator=scores, output_path=str(out), show_progress_bar=False,
+                checkpoint_path=str(ckpt), checkpoint_save_steps=4, resume_from_checkpoint=True)
+    assert scores.calls == 1 and resumed.best_score == 0.9  # epoch 1's 0.5 is no better
+    np.testing.assert_array_equal(SentenceTransformer(str(out), device="cpu").encode(["the cat sleeps"]), best)
 
 
 def test_resume_without_checkpoint_path_is_an_error(tiny_model_dir):
