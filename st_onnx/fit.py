@@ -323,6 +323,7 @@ def fit(model, train_objectives, evaluator=None, epochs: int = 1, steps_per_epoc
         state = TrainingState()
         for obj in objectives:
             obj.start_pass()
+
     def checkpoint_due(step: int) -> bool:
         return checkpoint_path is not None and bool(checkpoint_save_steps) and step % checkpoint_save_steps == 0
 
