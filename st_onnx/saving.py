@@ -214,11 +214,17 @@ class ModelCardData:
         return "\n".join(lines)
 
 
+# Words YAML reads as booleans or null rather than strings ("no" is Norwegian's language code)
+_YAML_WORDS = {"y", "yes", "n", "no", "true", "false", "on", "off", "null"}
+
+
 def yaml_scalar(value: Any) -> str:
-    """``value`` as a YAML scalar: plain when it is a simple word or id (en, apache-2.0, org/name), else quoted
-    (a JSON string is valid YAML)."""
+    """``value`` as a YAML string: plain when it is a simple word or id starting with a letter (en, apache-2.0,
+    org/name) that YAML does not read as a boolean or null, else quoted (a JSON string is valid YAML): numbers,
+    dates and ``no`` stay strings."""
     text = str(value)
-    return text if re.fullmatch(r"[A-Za-z0-9][\w./-]*", text) else json.dumps(text)
+    plain = re.fullmatch(r"[A-Za-z][\w./-]*", text) and text.lower() not in _YAML_WORDS
+    return text if plain else json.dumps(text)
 
 
 def kept_model_card(model) -> str | None:
@@ -237,8 +243,9 @@ def model_card(model, model_name: str, train_datasets: list[str] | None) -> str:
     stack = model.torch_modules
     dim = stack.sentence_embedding_dimension()
     card_data = getattr(model, "model_card_data", None) or ModelCardData()
+    given = train_datasets or card_data.train_datasets or []
     names = [str(d.get("id") or d.get("name")) if isinstance(d, dict) else str(d)  # card data holds dicts
-             for d in (train_datasets or card_data.train_datasets or [])]
+             for d in ([given] if isinstance(given, str) else given)]  # a single name is one dataset
     datasets = "".join(f"- {yaml_scalar(d)}\n" for d in names)
     tags = ["sentence-transformers", "feature-extraction", "sentence-similarity", "st-onnx"]
     tags += [t for t in card_data.tags if t not in tags]
@@ -247,8 +254,8 @@ def model_card(model, model_name: str, train_datasets: list[str] | None) -> str:
     if datasets:
         front += "datasets:\n" + datasets
     front += "---\n\n"
-    load_id = card_data.model_id or model_name  # what the usage loads: the Hub id, else the saved folder's name
-    title = card_data.model_name or model_name
+    load_id = json.dumps(card_data.model_id or model_name)  # the usage's string: the Hub id, else the folder's name
+    title = " ".join(str(card_data.model_name or model_name).split())  # one line, whatever the name holds
     modules = "\n".join(f"  ({i}): {m!r}" for i, m in enumerate(stack))
     return front + f"""# {title}
 
@@ -259,8 +266,8 @@ dense vector space.
 
 ```python
 from st_onnx import SentenceTransformer          # or: from sentence_transformers import SentenceTransformer
-model = SentenceTransformer("{load_id}")                  # torch modules
-fast = SentenceTransformer("{load_id}", backend="onnx")   # one fused ONNX graph on ONNX Runtime
+model = SentenceTransformer({load_id})                  # torch modules
+fast = SentenceTransformer({load_id}, backend="onnx")   # one fused ONNX graph on ONNX Runtime
 embeddings = fast.encode(["This is an example sentence", "Each sentence is converted"])
 ```
 

@@ -143,10 +143,15 @@ def paraphrase_mining(
     max_pairs: int = 500000,
     top_k: int = 100,
     score_function: Callable[[Tensor, Tensor], Tensor] = cos_sim,
+    truncate_dim: int | None = None,
+    prompt_name: str | None = None,
+    prompt: str | None = None,
 ) -> list[list[float | int]]:
-    """Pairs of sentences with the highest scores: ``[[score, i, j], ...]`` with i < j, best first."""
+    """Pairs of sentences with the highest scores: ``[[score, i, j], ...]`` with i < j, best first; the texts
+    are encoded with ``truncate_dim``, ``prompt_name`` and ``prompt`` as ``encode`` takes them."""
     embeddings = model.encode(sentences, show_progress_bar=show_progress_bar, batch_size=batch_size,
-                              convert_to_tensor=True)
+                              convert_to_tensor=True, truncate_dim=truncate_dim, prompt_name=prompt_name,
+                              prompt=prompt)
     return paraphrase_mining_embeddings(embeddings, query_chunk_size, corpus_chunk_size, max_pairs, top_k,
                                         score_function)
 

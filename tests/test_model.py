@@ -278,6 +278,25 @@ def test_model_card_data_keeps_numeric_metrics_of_any_kind():
 HAND_WRITTEN_CARD = "---\nlicense: apache-2.0\nlanguage:\n- en\ndatasets:\n- s2orc\n---\n\n# The owner's card\n"
 
 
+def test_card_front_matter_keeps_every_name_a_string_and_the_usage_is_python(tiny_model_dir, tmp_path):
+    """YAML reads no, yes, 1.5 or 2024-01-01 as other types unless quoted; a name with quotes or a newline must
+    not break the usage snippet or the heading."""
+    import ast
+
+    yaml = pytest.importorskip("yaml")
+    from st_onnx.saving import ModelCardData
+
+    data = ModelCardData(language=["en", "no"], tags=["yes", "1.5", "2024-01-01", "on"])
+    model = SentenceTransformer(str(tiny_model_dir), device="cpu", model_card_data=data)
+    model.save(str(tmp_path / "card"), model_name='say "hi"\nnow', train_datasets="org/one")
+    card = (tmp_path / "card" / "README.md").read_text()
+    front = yaml.safe_load(card.split("---\n")[1])
+    assert front["language"] == ["en", "no"] and front["datasets"] == ["org/one"]
+    assert front["tags"][-4:] == ["yes", "1.5", "2024-01-01", "on"]
+    assert '\n# say "hi" now\n' in card
+    ast.parse(card.split("```python\n")[1].split("```")[0])  # the usage snippet compiles
+
+
 def test_save_keeps_the_card_the_model_came_with_until_it_changes(tiny_model_copy, tmp_path):
     """As sentence-transformers: a loaded model saved again keeps its folder's README.md (license, language...);
     a card st-onnx wrote, a model given card data or evaluated, gets a new card."""

@@ -65,3 +65,18 @@ def test_util_scores_shapes_and_dtypes_as_sentence_transformers(name):
         got, want = ours(x, y), theirs(x, y)
         assert got.dtype == want.dtype == torch.float32 and got.shape == want.shape, (name, x.__class__)
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_paraphrase_mining_takes_the_encode_arguments(tiny_model_dir):
+    """sentence-transformers 6's truncate_dim, prompt_name and prompt reach encode."""
+    from helpers import SENTENCES
+    from st_onnx import SentenceTransformer
+
+    ours = SentenceTransformer(str(tiny_model_dir), device="cpu", prompts={"query": "a red "})
+    theirs = pytest.importorskip("sentence_transformers").SentenceTransformer(
+        str(tiny_model_dir), device="cpu", prompts={"query": "a red "})
+    kw = {"truncate_dim": 8, "prompt_name": "query"}
+    got, want = util.paraphrase_mining(ours, SENTENCES, **kw), st_util.paraphrase_mining(theirs, SENTENCES, **kw)
+    assert [p[1:] for p in got] == [p[1:] for p in want]
+    np.testing.assert_allclose([p[0] for p in got], [p[0] for p in want], atol=1e-5)
+    assert got != util.paraphrase_mining(ours, SENTENCES, prompt="")
