@@ -1,8 +1,9 @@
 """sentence-transformers' ``util`` helpers: similarity scores, semantic search, paraphrase mining.
 
-The similarity functions and search helpers most code calls, with sentence-transformers' names, signatures and
-results (torch tensors out; lists, numpy arrays or tensors in; float16/bfloat16 scored in float32); for the rest
-(community_detection, quantization, ...) sentence-transformers' own util takes st-onnx embeddings as they are.
+The similarity functions, search, mining and clustering helpers most code calls, with sentence-transformers'
+names, signatures and results (torch tensors out; lists, numpy arrays or tensors in; float16/bfloat16 scored in
+float32); for the rest sentence-transformers' own util takes st-onnx embeddings as they are (quantization is in
+``st_onnx.quantization``).
 Loaded lazily: ``import st_onnx`` does not import torch.
 """
 
@@ -16,7 +17,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "cos_sim", "dot_score", "euclidean_sim", "manhattan_sim", "normalize_embeddings", "pairwise_cos_sim",
+    "community_detection", "cos_sim", "dot_score", "euclidean_sim", "manhattan_sim", "normalize_embeddings", "pairwise_cos_sim",
     "pairwise_dot_score", "pairwise_euclidean_sim", "pairwise_manhattan_sim", "paraphrase_mining",
     "paraphrase_mining_embeddings", "pytorch_cos_sim", "semantic_search", "similarity_functions",
 ]
@@ -185,3 +186,37 @@ def paraphrase_mining_embeddings(
                 best.setdefault((min(i, j), max(i, j)), score)
     ranked = heapq.nlargest(max_pairs, ((s, i, j) for (i, j), s in best.items()), key=lambda t: t[0])
     return [[s, i, j] for s, i, j in ranked]
+
+
+def community_detection(embeddings, threshold: float = 0.75, min_community_size: int = 10, batch_size: int = 1024,
+                        show_progress_bar: bool = False) -> list[list[int]]:
+    """Clusters of texts: each a center and the texts within cosine ``threshold`` of it (the center first, then
+    the closest first), at least ``min_community_size`` strong. Candidates are taken largest first and each
+    text joins one cluster only, as in sentence-transformers; the clusters come largest first."""
+    from tqdm.auto import tqdm
+
+    from .errors import positive_int
+
+    min_size = positive_int(min_community_size, "min_community_size")
+    batch_size = positive_int(batch_size, "batch_size")
+    vectors = normalize_embeddings(_as_matrix(embeddings)) if len(embeddings) else None
+    if vectors is None or len(vectors) < min_size:
+        return []
+    candidates: list[tuple[int, np.ndarray]] = []
+    for start in tqdm(range(0, len(vectors), batch_size), desc="Finding clusters", disable=not show_progress_bar):
+        scores = vectors[start : start + batch_size] @ vectors.T
+        counts = (scores >= threshold).sum(dim=1)
+        for row in torch.nonzero(counts >= min_size).flatten().tolist():
+            closest = torch.argsort(scores[row], descending=True, stable=True)[: int(counts[row])]
+            candidates.append((start + row, closest.numpy()))
+    candidates.sort(key=lambda c: len(c[1]), reverse=True)  # stable: equal sizes keep their order
+    taken = np.zeros(len(vectors), dtype=bool)
+    clusters = []
+    for center, members in candidates:
+        free = members[~taken[members]]
+        if taken[center] or len(free) < min_size:
+            continue
+        cluster = [center] + [int(i) for i in free if i != center]
+        taken[cluster] = True
+        clusters.append(cluster)
+    return sorted(clusters, key=len, reverse=True)

@@ -80,3 +80,17 @@ def test_paraphrase_mining_takes_the_encode_arguments(tiny_model_dir):
     assert [p[1:] for p in got] == [p[1:] for p in want]
     np.testing.assert_allclose([p[0] for p in got], [p[0] for p in want], atol=1e-5)
     assert got != util.paraphrase_mining(ours, SENTENCES, prompt="")
+
+
+@pytest.mark.parametrize("threshold, size, batch", [(0.75, 10, 1024), (0.9, 3, 7), (0.5, 1, 64)])
+def test_community_detection_matches(threshold, size, batch):
+    """Clustered random points (no tied scores): the same clusters, centers first, in the same order."""
+    rng = np.random.default_rng(1)
+    centers = rng.normal(size=(6, 24))
+    points = np.concatenate([c + rng.normal(scale=0.35, size=(int(n), 24))
+                             for c, n in zip(centers, rng.integers(2, 30, size=6))]).astype("float32")
+    want = st_util.community_detection(torch.from_numpy(points), threshold, size, batch)
+    assert util.community_detection(points, threshold, size, batch) == want and len(want) > 1
+    assert util.community_detection(points[:2], min_community_size=3) == [] == util.community_detection([])
+    with pytest.raises(ValueError, match="min_community_size must be a positive int"):
+        util.community_detection(points, min_community_size=0)
