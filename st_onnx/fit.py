@@ -112,24 +112,36 @@ class _Objective:
     pass_rng: Any = None
     drawn: int = 0
     iterator: Any = field(default=None, repr=False)
-    pending: Any = field(default=None, repr=False)
 
-    def start_pass(self, skip: int = 0) -> None:
-        """Start a pass over the DataLoader (skipping ``skip`` batches) and draw its first batch now, so
-        the shuffled order depends on ``pass_rng`` alone and a resumed run can replay it."""
-        self.pass_rng = torch.get_rng_state()
+    def begin_pass(self) -> None:
+        """A new pass over the DataLoader. Its order is drawn at its first batch (where torch's sampler draws
+        it): sentence-transformers makes every objective's iterator when training starts and draws each first
+        batch at that objective's first step, and so does this, so that the same seed gives the same batches."""
         self.iterator = iter(self.dataloader)
-        for _ in range(skip):
+        self.drawn, self.pass_rng = 0, None
+
+    def replay(self, rng: Any, drawn: int, legacy: bool = False) -> None:
+        """Resume a pass: the same order (drawn from ``rng``), ``drawn`` batches of it skipped. ``legacy``:
+        a checkpoint of st-onnx before 0.1's lazy draw, whose ``rng`` was taken before the iterator was made."""
+        if legacy:
+            torch.set_rng_state(rng)
+        self.iterator = iter(self.dataloader)
+        if not legacy:
+            torch.set_rng_state(rng)
+        for _ in range(drawn):
             next(self.iterator)
-        self.drawn = skip
-        self.pending = next(self.iterator, None)
+        self.pass_rng, self.drawn = rng, drawn
 
     def next_batch(self):
-        batch = self.pending if self.pending is not None else next(self.iterator, None) if self.iterator else None
-        self.pending = None
-        if batch is None:
-            self.start_pass()
-            batch, self.pending = self.pending, None
+        if self.iterator is None:
+            self.begin_pass()
+        if self.drawn == 0:
+            self.pass_rng = torch.get_rng_state()
+        batch = next(self.iterator, None)
+        if batch is None:  # the pass is used up: a new one, drawn at once (as sentence-transformers does)
+            self.begin_pass()
+            self.pass_rng = torch.get_rng_state()
+            batch = next(self.iterator, None)
             if batch is None:
                 raise InvalidInputError(f"a train DataLoader yields no batches: {self.dataloader!r}")
         self.drawn += 1
@@ -224,10 +236,10 @@ def _resume(model, objectives: list[_Objective], folder) -> TrainingState:
         obj.optimizer.load_state_dict(opt)
         obj.scheduler.load_state_dict(sched)
         obj.loss.load_state_dict(loss_sd)
-        obj.pass_rng, obj.drawn = data["rng"], data["drawn"]
-        if data["drawn"] < len(obj.dataloader):  # else the pass was used up: the next step starts a new one
-            torch.set_rng_state(data["rng"])  # replay the same shuffled order, then skip what was drawn
-            obj.start_pass(skip=data["drawn"])
+        if data["rng"] is not None and 0 < data["drawn"] < len(obj.dataloader):
+            obj.replay(data["rng"], data["drawn"], legacy=data.get("draw") != "lazy")
+        else:  # used up: the next step begins a pass and draws from it at once, as after the last batch
+            obj.iterator, obj.drawn, obj.pass_rng = None, 0, None
     restore_rng(state.rng)
     model.best_score = state.best_score
     return state
@@ -237,7 +249,7 @@ def _checkpoint(model, checkpoint_path, total_limit, objectives, state: Training
     state.optimizers = [o.optimizer.state_dict() for o in objectives]
     state.schedulers = [o.scheduler.state_dict() for o in objectives]
     state.losses = [o.loss.state_dict() for o in objectives]
-    state.passes = [{"rng": o.pass_rng, "drawn": o.drawn} for o in objectives]
+    state.passes = [{"rng": o.pass_rng, "drawn": o.drawn, "draw": "lazy"} for o in objectives]
     state.rng = capture_rng()
     save_checkpoint(model, checkpoint_path, state, total_limit)
 
@@ -322,7 +334,7 @@ def fit(model, train_objectives, evaluator=None, epochs: int = 1, steps_per_epoc
     else:
         state = TrainingState()
         for obj in objectives:
-            obj.start_pass()
+            obj.begin_pass()
 
     def checkpoint_due(step: int) -> bool:
         return checkpoint_path is not None and bool(checkpoint_save_steps) and step % checkpoint_save_steps == 0

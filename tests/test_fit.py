@@ -328,3 +328,29 @@ def test_saved_model_on_onnx_backend_gives_the_trained_embeddings(tiny_model_cop
         np.testing.assert_allclose(onnx, trained, atol=1e-5, rtol=0)
     shutil.rmtree(tmp_path / "trained")
     assert math.isfinite(float(trained.sum()))
+
+
+# -- the same training as sentence-transformers -------------------------------------------------------------
+def test_two_shuffled_objectives_train_as_sentence_transformers_old_fit(tiny_model_dir):
+    """Same seed, same batches, same steps: each objective's order is drawn at its first batch, as there."""
+    st = pytest.importorskip("sentence_transformers")
+    from sentence_transformers.sentence_transformer import losses as st_losses
+
+    nli = [InputExample(texts=[PAIRS[i % 8][0], PAIRS[(i + 3) % 8][1]], label=i % 3) for i in range(10)]
+
+    def train(cls, loss_module):
+        torch.manual_seed(0)
+        model = cls(str(tiny_model_dir), device="cpu")
+        softmax = loss_module.SoftmaxLoss(model, sentence_embedding_dimension=32, num_labels=3)
+        objectives = [(DataLoader(EXAMPLES, batch_size=3, shuffle=True), loss_module.CosineSimilarityLoss(model)),
+                      (DataLoader(nli, batch_size=4, shuffle=True), softmax)]
+        torch.manual_seed(5)
+        fit = model.old_fit if cls is st.SentenceTransformer else model.fit
+        fit(objectives, epochs=2, steps_per_epoch=4, warmup_steps=2, optimizer_params={"lr": 5e-4},
+            show_progress_bar=False)
+        return model.encode([a for a, _, _ in PAIRS]), softmax.classifier.weight.detach()
+
+    (ours, ours_head), (theirs, their_head) = train(SentenceTransformer, losses), train(st.SentenceTransformer,
+                                                                                        st_losses)
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)
+    torch.testing.assert_close(ours_head, their_head, atol=1e-5, rtol=0)

@@ -3,7 +3,8 @@
 ``<checkpoint_path>/<global step>/`` is a complete model folder (``model.save``, so a stale fused graph is
 never carried into it) plus ``training_state.pt``: global step, best score, the optimizers' and schedulers'
 states, the losses' own weights (e.g. SoftmaxLoss' classifier), the RNG states, and, for each DataLoader,
-the torch RNG state its current pass was started from and how many batches of that pass were drawn.
+the torch RNG state its current pass drew its order from (at its first batch) and how many batches of that pass
+were drawn.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ class TrainingState:
     schedulers: list[dict] = field(default_factory=list)
     losses: list[dict] = field(default_factory=list)
     rng: dict[str, Any] = field(default_factory=dict)
-    passes: list[dict] = field(default_factory=list)  # per DataLoader: {"rng": torch state, "drawn": int}
+    passes: list[dict] = field(default_factory=list)  # per DataLoader: {"rng": torch state, "drawn": int, "draw"}
 
 
 def capture_rng() -> dict[str, Any]:
