@@ -111,11 +111,27 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, *, per_channel
         reduce_range = default_reduce_range()
 
     # ONNX shape inference cannot type the outputs of ORT's fused (com.microsoft) operators; they are all float.
-    quantize_dynamic(Path(src), Path(dst), per_channel=per_channel, reduce_range=reduce_range,
-                     weight_type=QuantType.QInt8,
-                     op_types_to_quantize=list(op_types) if op_types else None,
-                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    # The quantizer's root-logger advice to run its pre-processing (shape inference over those same operators)
+    # does not apply here and is dropped, so that `st-onnx export` prints only what concerns the user.
+    hint = _DropMessage("pre-processing before quantization")
+    logging.getLogger().addFilter(hint)
+    try:
+        quantize_dynamic(Path(src), Path(dst), per_channel=per_channel, reduce_range=reduce_range,
+                         weight_type=QuantType.QInt8,
+                         op_types_to_quantize=list(op_types) if op_types else None,
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    finally:
+        logging.getLogger().removeFilter(hint)
     return {"per_channel": per_channel, "reduce_range": reduce_range, "op_types": list(op_types or ["all"])}
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, fragment: str) -> None:
+        super().__init__()
+        self.fragment = fragment
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.fragment not in record.getMessage()
 
 
 def default_input(path: str | os.PathLike, name: str, value: int) -> None:
