@@ -221,12 +221,11 @@ class SentenceTransformer(ModuleMethods):
         if devices is not None:
             with self.start_multi_process_pool(devices) as call_pool:
                 raw = self._encode_on_pool(texts, call_pool, opts, chunk_size, prompt, prompt_name)
-            return format_sentence_embeddings(raw, opts, single)
-        if pool is not None:
-            return format_sentence_embeddings(self._encode_on_pool(texts, pool, opts, chunk_size, prompt, prompt_name),
-                                              opts, single)
-        texts, opts = self._with_prompt(texts, opts, prompt, prompt_name)
-        raw = self._backend.encode(texts, opts)
+        elif pool is not None:
+            raw = self._encode_on_pool(texts, pool, opts, chunk_size, prompt, prompt_name)
+        else:
+            texts, opts = self._with_prompt(texts, opts, prompt, prompt_name)
+            raw = self._backend.encode(texts, opts)
         if opts.output_value == "sentence_embedding":
             return format_sentence_embeddings(raw, opts, single)
         return format_per_text(raw, opts, single)
@@ -549,15 +548,14 @@ class SentenceTransformer(ModuleMethods):
 
     def _encode_on_pool(self, inputs: list, pool: Any, opts: EncodeOptions, chunk_size: int | None, prompt: Any,
                         prompt_name: Any) -> Any:
-        """The pool's raw (n, dim) sentence embeddings of ``inputs``, the prompt prepended (the caller formats)."""
+        """The pool's raw outputs for ``inputs`` (as the backend's ``encode`` gives them), the prompt prepended (the
+        caller formats)."""
         from .pool import encode_with_pool
 
-        if opts.output_value != "sentence_embedding":
-            raise InvalidInputError(f"encode(pool=...) gives sentence embeddings only; got output_value "
-                                    f"{opts.output_value!r}")
         inputs, opts = self._with_prompt(inputs, opts, prompt, prompt_name, stacklevel=5)
         return encode_with_pool(self, inputs, pool, batch_size=opts.batch_size, chunk_size=chunk_size,
-                                show_progress_bar=opts.show_progress_bar, prompt_length=opts.prompt_length)
+                                show_progress_bar=opts.show_progress_bar, prompt_length=opts.prompt_length,
+                                output_value=opts.output_value)
 
 
 def _check_module_kwargs(kwargs: dict[str, Any]) -> None:

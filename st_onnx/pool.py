@@ -36,10 +36,11 @@ _POLL_S = 0.05
 
 
 class _Call:
-    """One encode_multi_process call: its output array, chunks left, and the first error of its chunks."""
+    """One encode_multi_process call: its output (an (n, dim) array, or a list of per-text outputs when ``dim``
+    is None), chunks left, and the first error of its chunks."""
 
-    def __init__(self, n: int, dim: int, n_chunks: int) -> None:
-        self.out = np.zeros((n, dim), dtype=np.float32)
+    def __init__(self, n: int, dim: int | None, n_chunks: int) -> None:
+        self.out: Any = [None] * n if dim is None else np.zeros((n, dim), dtype=np.float32)
         self.left = n_chunks
         self.error: BaseException | None = None
         self.done = threading.Event()
@@ -49,7 +50,11 @@ class _Call:
 
     def finish(self, idx: np.ndarray, emb: Any) -> None:
         with self._lock:
-            self.out[idx] = emb
+            if isinstance(self.out, list):
+                for i, item in zip(idx, emb):
+                    self.out[i] = item
+            else:
+                self.out[idx] = emb
             self.left -= 1
             if self.left == 0:
                 self.done.set()
@@ -99,10 +104,12 @@ class SessionPool:
         return self._stop_event.is_set()
 
     def encode(self, sentences: Any, batch_size: int = 32, chunk_size: int | None = None,
-               show_progress_bar: bool = False, prompt_length: int | None = None) -> np.ndarray:
+               show_progress_bar: bool = False, prompt_length: int | None = None,
+               output_value: str | None = "sentence_embedding") -> Any:
         """(n, dim) embeddings in input order, computed by the workers chunk by chunk (the facade truncates,
-        normalizes and quantizes them as ``encode`` does: ``format_sentence_embeddings``); ``prompt_length``:
-        leading tokens pooling leaves out (a prompt, on models with include_prompt=False)."""
+        normalizes and quantizes them as ``encode`` does: ``format_sentence_embeddings``), or for another
+        ``output_value`` a list of the backend's per-text outputs; ``prompt_length``: leading tokens pooling
+        leaves out (a prompt, on models with include_prompt=False)."""
         if self.stopped:
             raise PoolError("this pool is stopped; start a new one with model.start_multi_process_pool()")
         self._check_alive()
@@ -111,12 +118,14 @@ class SessionPool:
         size = _chunk_size(chunk_size, len(inputs), len(self.devices))
         order = longest_first([text_length(x) for x in inputs])
         pieces = list(chunks(len(inputs), size))
-        call = _Call(len(inputs), self.model._backend.sentence_embedding_dimension() or 0, len(pieces))  # untruncated
+        dim = self.model._backend.sentence_embedding_dimension() or 0  # untruncated
+        call = _Call(len(inputs), dim if output_value == "sentence_embedding" else None, len(pieces))
         for start, stop in pieces:
             if self.stopped:  # stopped while queuing: _wait raises PoolError
                 break
             idx = order[start:stop]
-            self._jobs.put((call, idx, self._payload([inputs[i] for i in idx]), batch_size, prompt_length))
+            self._jobs.put((call, idx, self._payload([inputs[i] for i in idx]),
+                            (batch_size, prompt_length, output_value)))
         self._wait(call, show_progress_bar)
         return call.out[0] if single else call.out
 
@@ -169,11 +178,11 @@ def _work(jobs: queue.Queue, stop: threading.Event, runner: Callable) -> None:
         job = jobs.get()
         if job is None:
             return
-        call, idx, payload, batch_size, prompt_length = job
+        call, idx, payload, settings = job
         if call.error is not None or stop.is_set():
             continue  # a chunk of this call failed already, or the pool is stopping: skip it
         try:
-            call.finish(idx, runner(payload, batch_size, prompt_length))
+            call.finish(idx, runner(payload, *settings))
         except BaseException as e:  # noqa: BLE001 - handed to the caller, which re-raises it
             call.fail(e)
 
@@ -237,8 +246,8 @@ def _onnx_runners(backend: Any, devices: list[str]) -> list[Callable]:
     for device in devices:  # one device at a time: each session is checked on its provider as it is made
         session = backend.new_session(device, cpu_threads if device == "cpu" else None)
         encoder = backend.encoder_for(session)
-        runners.append(lambda encodings, batch_size, prompt_length, enc=encoder:
-                       enc.embed_encodings(encodings, batch_size, prompt_length=prompt_length))
+        runners.append(lambda encodings, batch_size, prompt_length, output_value, enc=encoder:
+                       enc.embed_encodings(encodings, batch_size, output_value, prompt_length=prompt_length))
     return runners
 
 
@@ -255,9 +264,11 @@ def _torch_runners(backend: Any, devices: list[str]) -> list[Callable]:
             replicas[device] = TorchBackend(stack, device)
         replica = replicas[device]
 
-        def run(texts: list, batch_size: int, prompt_length: int | None, rep=replica) -> np.ndarray:
-            emb = rep.encode(texts, EncodeOptions(batch_size=batch_size, prompt_length=prompt_length))
-            return emb.float().cpu().numpy()
+        def run(texts: list, batch_size: int, prompt_length: int | None, output_value: str | None,
+                rep=replica) -> Any:
+            out = rep.encode(texts, EncodeOptions(batch_size=batch_size, output_value=output_value,
+                                                  prompt_length=prompt_length))
+            return out.float().cpu().numpy() if output_value == "sentence_embedding" else out
 
         runners.append(run)
     return runners
@@ -274,11 +285,12 @@ def stop_pool(pool: Any) -> None:
 
 
 def encode_with_pool(model: Any, sentences: Any, pool: Any, batch_size: int = 32, chunk_size: int | None = None,
-                     show_progress_bar: bool = False, prompt_length: int | None = None) -> np.ndarray:
+                     show_progress_bar: bool = False, prompt_length: int | None = None,
+                     output_value: str | None = "sentence_embedding") -> Any:
     if not isinstance(pool, SessionPool):
         raise InvalidInputError(f"pool must be what start_multi_process_pool returned; got {type(pool).__name__}")
     if pool.model is not model:
         raise InvalidInputError("this pool was started by another model; start one with this model's "
                                 "start_multi_process_pool()")
     return pool.encode(sentences, batch_size=batch_size, chunk_size=chunk_size, show_progress_bar=show_progress_bar,
-                       prompt_length=prompt_length)
+                       prompt_length=prompt_length, output_value=output_value)

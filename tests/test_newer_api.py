@@ -55,8 +55,10 @@ def test_a_list_of_devices_encodes_on_a_pool_for_the_call(pair, onnx_model, back
         model.encode(SENTENCES, device=["cpu"], pool=pool)
     with pytest.raises(InvalidInputError, match="'tpu'"):
         model.encode(SENTENCES, device=["cpu", "tpu"])
-    with pytest.raises(InvalidInputError, match="sentence embeddings only"):
-        model.encode(SENTENCES, device=["cpu"], output_value="token_embeddings")
+    tokens = model.encode(SENTENCES, device=["cpu"], output_value="token_embeddings")  # per text, as 6 gives them
+    theirs = pair[1].encode(SENTENCES, device=["cpu"], output_value="token_embeddings")
+    for got_tokens, want_tokens in zip(tokens, theirs):
+        np.testing.assert_allclose(np.asarray(got_tokens), want_tokens.numpy(), atol=1e-5)
 
 
 def test_backend_and_dimension_getters(pair, onnx_model):

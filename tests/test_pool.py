@@ -68,7 +68,7 @@ def test_ten_thousand_texts_in_tiny_chunks_match_encode(model, pool):
 def test_failing_worker_surfaces_fast_and_pool_stays_usable(model, pool, monkeypatch, record_property):
     calls = {"n": 0}
 
-    def fail_once(payload, batch_size):
+    def fail_once(*args):
         calls["n"] += 1
         raise RuntimeError("worker failed on purpose")
 
@@ -128,6 +128,23 @@ def test_concurrent_calls_from_two_threads(model, pool):
     assert not errors
     for i in range(2):
         assert np.abs(results[i] - model.encode(texts[i], show_progress_bar=False)).max() <= ATOL
+
+
+def test_token_embeddings_and_every_output_through_the_pool(model, pool):
+    """As encode (and sentence-transformers 6's multi-device encode): per-text outputs in input order."""
+    texts = many_texts(50) + ["", "the cat"]
+    for kwargs in ({"pool": pool, "chunk_size": 7}, {"device": ["cpu", "cpu"]}):
+        tokens = model.encode(texts, output_value="token_embeddings", **kwargs)
+        want = model.encode(texts, output_value="token_embeddings")
+        assert len(tokens) == len(texts) and all(type(g) is type(w) for g, w in zip(tokens, want))
+        assert all(np.allclose(np.asarray(g), np.asarray(w), atol=ATOL) for g, w in zip(tokens, want))
+    everything = model.encode(texts[:5], output_value=None, pool=pool, prompt="a red ")
+    want = model.encode(texts[:5], output_value=None, prompt="a red ")
+    for got, ref in zip(everything, want):
+        assert sorted(got) == sorted(ref)
+        assert np.allclose(np.asarray(got["sentence_embedding"]), np.asarray(ref["sentence_embedding"]), atol=ATOL)
+        n = int(np.asarray(ref["attention_mask"]).sum())  # the torch backend keeps its batch's padding, as 6 does
+        assert np.array_equal(np.asarray(got["input_ids"])[:n], np.asarray(ref["input_ids"])[:n])
 
 
 def test_bad_pool_arguments(model, folder):
