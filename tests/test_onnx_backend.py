@@ -343,6 +343,12 @@ def test_rss_stays_flat_over_mixed_length_encodes(minilm_onnx):
     assert growth_mb < 60, f"RSS grew {growth_mb:.1f} MB over 50 mixed-length encodes"
 
 
+def test_torchs_cpu_0_is_the_cpu(tiny_folder, onnx_model):
+    model = SentenceTransformer(str(tiny_folder), backend="onnx", device="cpu:0")
+    assert model.device == "cpu"
+    assert close(onnx_model.encode(SENTENCES, device="cpu:0"), onnx_model.encode(SENTENCES))
+
+
 def test_cuda_asked_cpu_bound_warns(tiny_folder):
     from st_onnx.errors import ProviderFallbackWarning
     from st_onnx.runtime.providers import cuda_usable

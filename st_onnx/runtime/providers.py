@@ -54,7 +54,7 @@ def resolve_device(device: str | None) -> str:
     device = check_device(device)
     if device.startswith("cuda"):
         return f"cuda:{device_index(device)}"
-    if device == "cpu":
+    if device == "cpu" or device.startswith("cpu:"):  # torch's 'cpu:0': one CPU either way
         return "cpu"
     raise InvalidInputError(f"device {device!r} is not supported by the onnx backend; allowed: 'cpu', 'cuda', 'cuda:N'")
 
