@@ -28,7 +28,11 @@ def bench_script() -> Path:
 def _export(args: argparse.Namespace) -> int:
     from .export import ParityReport, export_model_folder, read_manifest
 
-    graph = export_model_folder(args.model_dir, args.precision, out_dir=args.out_dir)
+    try:
+        graph = export_model_folder(args.model_dir, args.precision, out_dir=args.out_dir)
+    except PermissionError as e:
+        raise PermissionError(e.errno, f"{e.strerror} (OUT_DIR cannot be written there: give a writable "
+                                       "OUT_DIR, which gets a complete copy of the model folder)", e.filename) from e
     manifest = read_manifest(graph)
     print(f"wrote {graph}")
     print(f"fusions: {manifest.get('fusions') or 'none'}")

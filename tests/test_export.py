@@ -335,6 +335,11 @@ def test_cli_export_prints_parity_and_reports_errors(exported, tmp_path, capsys)
     (tmp_path / "a_file").write_text("x")
     assert main(["export", str(exported[0]), str(tmp_path / "a_file")]) == 1
     assert "is a file" in capsys.readouterr().err and (tmp_path / "a_file").read_text() == "x"
+    from unittest import mock
+
+    with mock.patch("st_onnx.export.export_model_folder", side_effect=PermissionError(13, "Permission denied", "x")):
+        assert main(["export", str(exported[0]), str(exported[0])]) == 1  # a read-only model folder, say
+    assert "give a writable OUT_DIR" in capsys.readouterr().err
     broken = tmp_path / "broken"  # weights cut short: transformers' error, in one line that names the folder
     shutil.copytree(exported[0], broken)
     weights = (broken / "model.safetensors").read_bytes()
