@@ -84,8 +84,8 @@ def test_encode_with_a_pool_is_encode_multi_process(tiny_model_copy):
         packed = model.encode(texts, pool=pool, precision="ubinary")
         packed_mp = model.encode_multi_process(texts, pool, precision="ubinary")
         single = model.encode(texts[0], pool=pool)
-        with pytest.raises(InvalidInputError, match="sentence embeddings only"):
-            model.encode(texts, pool=pool, output_value="token_embeddings")
+        tokens = model.encode(texts[0], pool=pool, output_value="token_embeddings")  # one text: one array
+    np.testing.assert_allclose(tokens, model.encode(texts[0], output_value="token_embeddings"), atol=1e-5)
     np.testing.assert_allclose(got, model.encode(texts, normalize_embeddings=True, truncate_dim=16), atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-6)
     assert np.array_equal(packed, model.encode(texts, precision="ubinary")) and np.array_equal(packed_mp, packed)
