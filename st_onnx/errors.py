@@ -76,8 +76,20 @@ def allowed(value: object, choices) -> str:
 def positive_int(value: object, name: str, or_none: bool = False) -> int:
     """``value`` as an int when it is a positive integer (numpy integers too, never a bool); else InvalidInputError
     (whose message says None is allowed too where the caller, ``or_none``, takes it)."""
+    return _int_from(value, name, 1, "a positive int", or_none)
+
+
+def non_negative_int(value: object, name: str, or_none: bool = False) -> int | None:
+    """``value`` as an int >= 0 (numpy integers too, never a bool), or None where ``or_none``; else
+    InvalidInputError."""
+    if value is None and or_none:
+        return None
+    return _int_from(value, name, 0, "an int >= 0", or_none)
+
+
+def _int_from(value: object, name: str, least: int, wanted: str, or_none: bool) -> int:
     import numbers
 
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) <= 0:
-        raise InvalidInputError(f"{name} must be a positive int{' or None' if or_none else ''}; got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < least:
+        raise InvalidInputError(f"{name} must be {wanted}{' or None' if or_none else ''}; got {value!r}")
     return int(value)

@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import trange
 
 from . import layout
-from .errors import InvalidInputError
+from .errors import InvalidInputError, non_negative_int
 from .training.checkpoints import (TrainingState, capture_rng, find_resume_checkpoint, load_checkpoint,
                                    restore_rng, save_checkpoint)
 from .training.schedulers import check_scheduler, get_scheduler
@@ -132,16 +132,18 @@ class _Objective:
             next(self.iterator)
         self.pass_rng, self.drawn = rng, drawn
 
+    def _draw(self):
+        if self.drawn == 0:  # the pass's order is drawn now: keep the RNG state it is drawn from
+            self.pass_rng = torch.get_rng_state()
+        return next(self.iterator, None)
+
     def next_batch(self):
         if self.iterator is None:
             self.begin_pass()
-        if self.drawn == 0:
-            self.pass_rng = torch.get_rng_state()
-        batch = next(self.iterator, None)
+        batch = self._draw()
         if batch is None:  # the pass is used up: a new one, drawn at once (as sentence-transformers does)
             self.begin_pass()
-            self.pass_rng = torch.get_rng_state()
-            batch = next(self.iterator, None)
+            batch = self._draw()
             if batch is None:
                 raise InvalidInputError(f"a train DataLoader yields no batches: {self.dataloader!r}")
         self.drawn += 1
@@ -254,17 +256,6 @@ def _checkpoint(model, checkpoint_path, total_limit, objectives, state: Training
     save_checkpoint(model, checkpoint_path, state, total_limit)
 
 
-def _count(value: Any, name: str, or_none: bool = False) -> int | None:
-    """``value`` as an int >= 0 (numpy integers too, never a bool), None where allowed; else InvalidInputError."""
-    import numbers
-
-    if value is None and or_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-        raise InvalidInputError(f"{name} must be an int >= 0{' or None' if or_none else ''}; got {value!r}")
-    return int(value)
-
-
 def _check_args(train_objectives, scheduler, **counts: Any) -> list:
     objectives = list(train_objectives)
     if not objectives:
@@ -277,7 +268,8 @@ def _check_args(train_objectives, scheduler, **counts: Any) -> list:
                                     "(with drop_last=True, at least batch_size of them)")
     check_scheduler(scheduler)
     for name, value in counts.items():  # steps_per_epoch and the checkpoint settings: None too (0 and None: off)
-        _count(value, name, or_none=name in ("steps_per_epoch", "checkpoint_save_steps", "checkpoint_save_total_limit"))
+        non_negative_int(value, name,
+                         or_none=name in ("steps_per_epoch", "checkpoint_save_steps", "checkpoint_save_total_limit"))
     return objectives
 
 

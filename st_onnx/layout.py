@@ -190,6 +190,15 @@ def _make_writable(folder: Path) -> None:
         os.chmod(root, os.stat(root).st_mode | 0o700)
 
 
+def copy_graph(graph: Path, dest: Path) -> None:
+    """Copy a fused graph with the files named after it (manifest, external weights) into the folder ``dest``;
+    its load-time stat record stays behind (it describes the source folder's files)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in graph.parent.glob(graph.stem + ".*"):
+        if not f.name.endswith(".stat.json"):
+            shutil.copyfile(f, dest / f.name)
+
+
 def copy_model_folder(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     """Copy a model folder's files into ``dst`` (which may exist). Contents only: the copy gets the user's usual
     permissions, so a copy of a read-only folder can take a graph; work folders and load-time stat records of

@@ -16,7 +16,7 @@ from typing import Any, Iterable, Iterator
 
 from .devices import check_device
 from .encode.options import EncodeOptions, as_input_list, check_truncate_dim
-from .encode.prompts import ModelSettings, check_prompts, check_similarity_fn_name, prepend
+from .encode.prompts import ModelSettings, check_prompt, check_prompts, check_similarity_fn_name, prepend
 from .encode.output import format_per_text, format_sentence_embeddings
 from .errors import BackendError, InvalidInputError, ModelNotFoundError, allowed, positive_int
 from .module_api import ModuleMethods
@@ -319,9 +319,7 @@ class SentenceTransformer(ModuleMethods):
             return {}  # sentence-transformers' answer for no texts
         if prompt is None:
             return self._backend.tokenize(texts)
-        if not isinstance(prompt, str):
-            raise InvalidInputError(f"prompt must be a string; got {type(prompt).__name__}")
-        features = self._backend.tokenize(prepend(prompt, texts))
+        features = self._backend.tokenize(prepend(check_prompt(prompt), texts))
         features["prompt_length"] = self._backend.prompt_length(prompt)
         return features
 

@@ -142,10 +142,7 @@ def _carry_fused_graphs(source: Path, target: Path, stack: Any) -> None:
                 logger.info("not carrying %s: it was exported from other weights", graph.name)
                 continue
         dest = target / layout.FUSED_DIR
-        dest.mkdir(parents=True, exist_ok=True)
-        for f in graph.parent.glob(graph.stem + ".*"):  # graph, manifest, external weights
-            if not f.name.endswith(".stat.json"):  # a load-time cache of the source folder's file stats
-                shutil.copy2(f, dest / f.name)
+        layout.copy_graph(graph, dest)
         if restamp:
             write_manifest(dest / graph.name, {**manifest, "fingerprint": current})
 

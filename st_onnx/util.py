@@ -17,8 +17,8 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "community_detection", "cos_sim", "dot_score", "euclidean_sim", "manhattan_sim", "normalize_embeddings", "pairwise_cos_sim",
-    "pairwise_dot_score", "pairwise_euclidean_sim", "pairwise_manhattan_sim", "paraphrase_mining",
+    "community_detection", "cos_sim", "dot_score", "euclidean_sim", "manhattan_sim", "normalize_embeddings",
+    "pairwise_cos_sim", "pairwise_dot_score", "pairwise_euclidean_sim", "pairwise_manhattan_sim", "paraphrase_mining",
     "paraphrase_mining_embeddings", "pytorch_cos_sim", "semantic_search", "similarity_functions",
 ]
 

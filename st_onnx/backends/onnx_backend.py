@@ -84,13 +84,14 @@ class OnnxOptions:
 
     def precision_for(self, device: str) -> str:
         # default: fp16 where CUDA will run the graph, else fp32 (a CUDA fallback to the CPU warns when bound)
-        precision = self.precision or ("fp16" if _cuda_will_run(device, self.providers) else "fp32")
+        cuda = _cuda_will_run(device, self.providers)
+        precision = self.precision or ("fp16" if cuda else "fp32")
         if precision == "fp16" and device == "cpu":
             raise InvalidInputError(
                 "precision 'fp16' on the CPU is refused: ONNX Runtime's CPU kernels run fp16 graphs about 100x "
                 "slower than fp32; allowed on 'cpu': 'fp32', 'int8' (use fp16 with device='cuda')"
             )
-        if precision == "fp16" and not _cuda_will_run(device, self.providers):
+        if precision == "fp16" and not cuda:
             raise InvalidInputError(
                 f"precision 'fp16' runs on CUDA only, and CUDA would not run it here (device {device!r}, providers "
                 f"{self.providers!r}, CUDA usable: {cuda_usable()}); ONNX Runtime's CPU kernels run fp16 graphs about "

@@ -77,8 +77,7 @@ class ModelSettings:
 
         ``stacklevel`` points a warning at the caller's caller (the user's line, through the facade)."""
         if prompt is not None:
-            if not isinstance(prompt, str):
-                raise InvalidInputError(f"prompt must be a string; got {type(prompt).__name__}")
+            check_prompt(prompt)
             if prompt_name is not None:
                 warnings.warn(f"both prompt and prompt_name ({prompt_name!r}) were given: the prompt is used and "
                               "prompt_name ignored, as in sentence-transformers", UserWarning, stacklevel=stacklevel)
@@ -96,6 +95,12 @@ class ModelSettings:
     def to_config(self) -> dict[str, Any]:
         return {"prompts": dict(self.prompts), "default_prompt_name": self.default_prompt_name,
                 "similarity_fn_name": self.similarity_fn_name, "truncate_dim": self.truncate_dim}
+
+
+def check_prompt(prompt: Any) -> str:
+    if not isinstance(prompt, str):
+        raise InvalidInputError(f"prompt must be a string; got {type(prompt).__name__}")
+    return prompt
 
 
 def check_prompts(prompts: Any) -> dict[str, str]:

@@ -145,12 +145,8 @@ def _carry_graphs(old: Path, new: Path, fingerprint: str) -> None:
         except ModelFolderError:  # a broken manifest: that graph is not kept
             continue
         kept = new / layout.FUSED_DIR / graph.name
-        if not isinstance(manifest, dict) or manifest.get("fingerprint") != fingerprint or kept.exists():
-            continue
-        (new / layout.FUSED_DIR).mkdir(parents=True, exist_ok=True)
-        for f in graph.parent.glob(graph.stem + ".*"):  # graph, manifest, external weights
-            if not f.name.endswith(".stat.json"):
-                shutil.copyfile(f, new / layout.FUSED_DIR / f.name)
+        if isinstance(manifest, dict) and manifest.get("fingerprint") == fingerprint and not kept.exists():
+            layout.copy_graph(graph, new / layout.FUSED_DIR)
 
 
 def _is_model_folder(folder: Path) -> bool:

@@ -12,9 +12,9 @@ from torch import nn
 
 from .. import layout
 from ..encode.tokenize import lowercase_first, text_columns
-from ..encode.prompts import prepend
+from ..encode.prompts import check_prompt, prepend
 from ..layout import read_transformer_config
-from ..errors import InvalidInputError, ModelFolderError
+from ..errors import ModelFolderError
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +60,6 @@ class Transformer(nn.Module):
                 tokenizer_name_or_path or model_name_or_path, **hf_kwargs, **(tokenizer_args or {})
             )
         except (ValueError, KeyError, SafetensorError) as e:
-            if isinstance(e, ModelFolderError):
-                raise
             raise ModelFolderError(f"transformers cannot load the model in {model_name_or_path}: "
                                    f"{type(e).__name__}: {e}") from e
         if not getattr(self.tokenizer, "is_fast", False):
@@ -144,9 +142,7 @@ class Transformer(nn.Module):
         """``tokenize`` with ``prompt`` prepended to each text, and its token count as ``prompt_length``."""
         if prompt is None:
             return self.tokenize(inputs)
-        if not isinstance(prompt, str):
-            raise InvalidInputError(f"prompt must be a string; got {type(prompt).__name__}")
-        features = self.tokenize(prepend(prompt, list(inputs)))
+        features = self.tokenize(prepend(check_prompt(prompt), list(inputs)))
         features["prompt_length"] = self.prompt_length(prompt)
         return features
 
