@@ -9,10 +9,15 @@ torch backend: the same threads, one module replica per CUDA device. 'cpu' worke
 (inference forward passes do not mutate modules, and torch ops release the GIL), since copying it would only
 double memory: torch's intra-op thread pool is process-wide and cannot be split per worker anyway.
 
-The caller tokenizes each chunk once (onnx) and queues it while workers run earlier chunks; chunks are cut from
-texts sorted by length, each worker re-sorts its chunk by token length; results land at their input positions.
+The caller tokenizes each chunk once (onnx) and queues it while workers run earlier chunks; the queue holds at
+most two chunks per worker, so a huge input is not tokenized far ahead of the workers. Chunks are cut from texts
+sorted by length, each worker re-sorts its chunk by token length; results land at their input positions.
 A failing chunk makes the caller raise that error (the pool stays usable); a worker thread that died makes it
 raise PoolError. Waits poll every 50 ms, so neither ever hangs.
+
+Cancelling: a call that fails or is interrupted (Ctrl-C) drops its queued chunks, and the workers leave its
+running chunks at their next batch; ``stop`` does the same for every call. A pool still running when Python
+exits is stopped and its workers joined first: a daemon thread left inside an ONNX Runtime run aborts the process.
 """
 
 from __future__ import annotations
@@ -73,7 +78,7 @@ class SessionPool:
         self.model = model
         self.backend_name = model.backend
         self.devices = _check_devices(target_devices, self.backend_name)
-        self._jobs: queue.Queue = queue.Queue()
+        self._jobs: queue.Queue = queue.Queue(maxsize=2 * len(self.devices))
         self._stop_event = threading.Event()
         self._threads: list[threading.Thread] = []
         runners = self._make_runners()
@@ -84,7 +89,8 @@ class SessionPool:
                                       name=f"st-onnx-pool-{i}-{device}", daemon=True)
             thread.start()
             self._threads.append(thread)
-        self._finalizer = weakref.finalize(self, _shut_down, self._jobs, self._stop_event, len(self._threads))
+        # also runs at exit (weakref.finalize's atexit) for a pool never stopped
+        self._finalizer = weakref.finalize(self, _shut_down, self._jobs, self._stop_event, self._threads)
         logger.info("session pool started on %s", ", ".join(self.devices))
 
     # -- workers --------------------------------------------------------------------------------------
@@ -97,6 +103,14 @@ class SessionPool:
         dead = [t.name for t in self._threads if not t.is_alive()]
         if dead and not self.stopped:
             raise PoolError(f"pool worker(s) {dead} died; stop the pool and start a new one")
+
+    def _check(self, call: _Call) -> None:
+        """Raise when ``call`` cannot go on: a worker died, the pool stopped, or one of its chunks failed."""
+        self._check_alive()
+        if self.stopped:
+            raise PoolError("the pool was stopped while encoding")
+        if call.error is not None:
+            raise call.error
 
     # -- public ---------------------------------------------------------------------------------------
     @property
@@ -120,13 +134,29 @@ class SessionPool:
         pieces = list(chunks(len(inputs), size))
         dim = self.model._backend.sentence_embedding_dimension() or 0  # untruncated
         call = _Call(len(inputs), dim if output_value == "sentence_embedding" else None, len(pieces))
-        for start, stop in pieces:
-            if self.stopped:  # stopped while queuing: _wait raises PoolError
-                break
-            idx = order[start:stop]
-            self._jobs.put((call, idx, self._payload([inputs[i] for i in idx]),
-                            (batch_size, prompt_length, output_value)))
-        self._wait(call, show_progress_bar)
+        progress = _chunk_progress(len(pieces), show_progress_bar)
+        try:
+            for start, stop in pieces:
+                self._check(call)
+                idx = order[start:stop]
+                job = (call, idx, self._payload([inputs[i] for i in idx]), (batch_size, prompt_length, output_value))
+                while True:  # the queue is bounded: wait for room, watching the call and the workers
+                    try:
+                        self._jobs.put(job, timeout=_POLL_S)
+                        break
+                    except queue.Full:
+                        self._check(call)
+                        _show(progress, call)
+            self._wait(call, progress)
+        except BaseException as e:
+            # failed or interrupted (KeyboardInterrupt): the workers drop this call's queued chunks and leave its
+            # running ones at their next batch, so the pool is free for the next call at once
+            call.fail(PoolError(f"the call was abandoned ({type(e).__name__})"))
+            raise
+        finally:
+            if progress is not None:
+                _show(progress, call)
+                progress.close()
         return call.out[0] if single else call.out
 
     def _payload(self, texts: list) -> Any:
@@ -135,28 +165,19 @@ class SessionPool:
             return self.model._backend.text_tokenizer.encode(texts)
         return texts
 
-    def _wait(self, call: _Call, show_progress_bar: bool = False) -> None:
-        progress = _chunk_progress(call.left, show_progress_bar)
-        try:
-            while not call.done.wait(_POLL_S):
-                self._check_alive()
-                if self.stopped:
-                    raise PoolError("the pool was stopped while encoding")
-                if progress is not None:
-                    progress.update(progress.total - call.left - progress.n)
-        finally:
-            if progress is not None:
-                progress.update(progress.total - call.left - progress.n)
-                progress.close()
+    def _wait(self, call: _Call, progress: Any = None) -> None:
+        while not call.done.wait(_POLL_S):
+            self._check(call)
+            _show(progress, call)
         if call.error is not None:
             raise call.error
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        """Stop the workers (idempotent): chunks still queued are dropped (a call waiting on them raises
-        PoolError), a chunk being run is finished, and the workers are joined (up to ``timeout_s`` each)."""
+        """Stop the workers (idempotent): chunks still queued are dropped and running ones left at their next
+        batch (a call waiting on them raises PoolError), and the workers are joined (up to ``timeout_s`` each)."""
         if self.stopped:
             return
-        self._finalizer()  # _shut_down: stop event, queue emptied, one sentinel per worker
+        self._finalizer()  # _shut_down: stop event, queue emptied, one sentinel per worker, workers joined
         for thread in self._threads:
             thread.join(timeout_s)
         logger.info("session pool stopped")
@@ -172,6 +193,9 @@ class SessionPool:
         return f"SessionPool({self.backend_name}, devices={self.devices}, {state})"
 
 
+_STOPPED = "the pool was stopped while encoding"
+
+
 def _work(jobs: queue.Queue, stop: threading.Event, runner: Callable) -> None:
     """A worker thread: run queued chunks until a sentinel (None) arrives."""
     while True:
@@ -179,26 +203,53 @@ def _work(jobs: queue.Queue, stop: threading.Event, runner: Callable) -> None:
         if job is None:
             return
         call, idx, payload, settings = job
-        if call.error is not None or stop.is_set():
-            continue  # a chunk of this call failed already, or the pool is stopping: skip it
+        if stop.is_set():
+            call.fail(PoolError(_STOPPED))
+            continue
+        if call.error is not None:
+            continue  # a chunk of this call failed already, or the call was abandoned: skip it
+
+        def check(call: _Call = call) -> None:  # between batches: leave a chunk nobody waits for
+            if stop.is_set():
+                raise PoolError(_STOPPED)
+            if call.error is not None:
+                raise PoolError("the call was abandoned")
+
         try:
-            call.finish(idx, runner(payload, *settings))
+            call.finish(idx, runner(payload, *settings, check))
         except BaseException as e:  # noqa: BLE001 - handed to the caller, which re-raises it
             call.fail(e)
 
 
-def _shut_down(jobs: queue.Queue, stop: threading.Event, n_workers: int) -> None:
-    """Stop a pool's workers: set the event, drop the queued chunks (their calls fail), one sentinel each."""
+def _shut_down(jobs: queue.Queue, stop: threading.Event, threads: list[threading.Thread],
+               timeout_s: float = 10.0) -> None:
+    """Stop a pool's workers: set the event, drop the queued chunks (their calls fail), one sentinel each, and
+    join them (running chunks end at their next batch)."""
     stop.set()
+    owed = len(threads)
     while True:
         try:
             job = jobs.get_nowait()
         except queue.Empty:
             break
-        if job is not None:
-            job[0].fail(PoolError("the pool was stopped while encoding"))
-    for _ in range(n_workers):
-        jobs.put(None)
+        if job is None:
+            owed += 1  # a sentinel put before (a worker that 'died' in a test): put it back
+        else:
+            job[0].fail(PoolError(_STOPPED))
+    for _ in range(owed):
+        try:
+            jobs.put(None, timeout=timeout_s)
+        except queue.Full:  # a caller racing the stop refilled the queue; workers skip its chunks
+            break
+    current = threading.current_thread()
+    for thread in threads:
+        if thread is not current:
+            thread.join(timeout_s)
+
+
+def _show(progress: Any, call: _Call) -> None:
+    if progress is not None:
+        progress.update(progress.total - call.left - progress.n)
 
 
 def _chunk_progress(total: int, show: bool) -> Any:
@@ -217,8 +268,13 @@ def _check_devices(target_devices: list[str] | None, backend: str) -> list[str]:
     if isinstance(target_devices, str) or not target_devices:
         raise InvalidInputError(f"target_devices must be a non-empty list like ['cpu', 'cpu'] or ['cuda:0']; "
                                 f"got {target_devices!r}")
+    if backend == "onnx":  # as the onnx backend takes them: 'cpu:0' is the CPU, 'mps' is refused
+        from .runtime.providers import resolve_device
+
+        return [resolve_device(d) for d in target_devices]
     devices = [check_device(d) for d in target_devices]
-    return [f"cuda:{d.partition(':')[2] or 0}" if d.startswith("cuda") else d for d in devices]
+    # 'cpu:N' is the one CPU: its workers share the CPU stack rather than each copying it
+    return [f"cuda:{d.partition(':')[2] or 0}" if d.startswith("cuda") else d.partition(":")[0] for d in devices]
 
 
 def _default_devices(backend: str) -> list[str]:
@@ -246,8 +302,9 @@ def _onnx_runners(backend: Any, devices: list[str]) -> list[Callable]:
     for device in devices:  # one device at a time: each session is checked on its provider as it is made
         session = backend.new_session(device, cpu_threads if device == "cpu" else None)
         encoder = backend.encoder_for(session)
-        runners.append(lambda encodings, batch_size, prompt_length, output_value, enc=encoder:
-                       enc.embed_encodings(encodings, batch_size, output_value, prompt_length=prompt_length))
+        runners.append(lambda encodings, batch_size, prompt_length, output_value, check, enc=encoder:
+                       enc.embed_encodings(encodings, batch_size, output_value, prompt_length=prompt_length,
+                                           check=check))
     return runners
 
 
@@ -265,10 +322,16 @@ def _torch_runners(backend: Any, devices: list[str]) -> list[Callable]:
         replica = replicas[device]
 
         def run(texts: list, batch_size: int, prompt_length: int | None, output_value: str | None,
-                rep=replica) -> Any:
-            out = rep.encode(texts, EncodeOptions(batch_size=batch_size, output_value=output_value,
-                                                  prompt_length=prompt_length))
-            return out.float().cpu().numpy() if output_value == "sentence_embedding" else out
+                check: Callable[[], None], rep=replica) -> Any:
+            options = EncodeOptions(batch_size=batch_size, output_value=output_value, prompt_length=prompt_length)
+            parts = []
+            for start in range(0, len(texts), batch_size):  # the chunk is sorted by length: one batch at a time
+                check()
+                out = rep.encode(texts[start:start + batch_size], options)
+                parts.append(out.float().cpu().numpy() if output_value == "sentence_embedding" else out)
+            if output_value == "sentence_embedding":
+                return np.concatenate(parts)
+            return [item for part in parts for item in part]
 
         runners.append(run)
     return runners

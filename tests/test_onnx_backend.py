@@ -36,6 +36,13 @@ def onnx_model(tiny_folder):
     return SentenceTransformer(str(tiny_folder), backend="onnx", device="cpu")
 
 
+@pytest.fixture(scope="module")
+def st_model(tiny_folder):
+    """sentence-transformers itself on the same folder: the reference both backends are held to."""
+    sentence_transformers = pytest.importorskip("sentence_transformers")
+    return sentence_transformers.SentenceTransformer(str(tiny_folder), device="cpu")
+
+
 @pytest.fixture(params=["torch", "onnx"])
 def model(request, torch_model, onnx_model):
     """One encode test, both backends."""
@@ -61,12 +68,12 @@ def close(a, b, atol=1e-5):
 @pytest.mark.parametrize("convert_to_numpy", [True, False])
 @pytest.mark.parametrize("convert_to_tensor", [False, True])
 @pytest.mark.parametrize("normalize", [False, True])
-def test_every_output_combination_matches_torch(model, torch_model, output_value, convert_to_numpy,
-                                                 convert_to_tensor, normalize):
+def test_every_output_combination_matches_sentence_transformers(model, st_model, output_value, convert_to_numpy,
+                                                                convert_to_tensor, normalize):
     kwargs = dict(output_value=output_value, convert_to_numpy=convert_to_numpy,
                   convert_to_tensor=convert_to_tensor, normalize_embeddings=normalize, show_progress_bar=False)
     got = model.encode(SENTENCES, **kwargs)
-    ref = torch_model.encode(SENTENCES, **kwargs)
+    ref = st_model.encode(SENTENCES, **kwargs)
     if output_value == "sentence_embedding":
         assert type(got) is type(ref)
         if convert_to_tensor:
@@ -104,11 +111,20 @@ def test_input_order_is_kept(model):
     assert np.allclose(forward, alone, atol=1e-5)
 
 
-def test_pairs_and_dicts_match_torch(model, torch_model):
+def test_pairs_and_dicts_match_sentence_transformers(model, st_model):
     pairs = [(SENTENCES[i], SENTENCES[i + 1]) for i in range(len(SENTENCES) - 1)]
-    assert close(model.encode(pairs), torch_model.encode(pairs))
+    assert close(model.encode(pairs), st_model.encode(pairs))
     dicts = [{"text": s} for s in SENTENCES]
-    assert close(model.encode(dicts), torch_model.encode(SENTENCES))
+    assert close(model.encode(dicts), st_model.encode(SENTENCES))
+    assert close(model.encode({"text": SENTENCES[0]}), st_model.encode(SENTENCES[0]))
+
+
+@pytest.mark.parametrize("single", [{}, {"title": "the cat", "body": "the dog runs"}, {"text": 5}])
+def test_a_single_dict_is_checked_as_a_list_item_is(model, single):
+    """A lone dict is one input: two texts in it are refused, not cut to the first (sentence-transformers 6
+    refuses these with a ValueError too)."""
+    with pytest.raises(InvalidInputError, match=r"sentences is .*allowed: a str, a \(str, str\) pair"):
+        model.encode(single)
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -533,3 +549,18 @@ def test_config_args_saved_for_the_transformer_count_in_the_fingerprint(tiny_mod
     got = SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu").encode(SENTENCES)
     want = SentenceTransformer(str(tiny_model_copy), device="cpu").encode(SENTENCES)
     np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_a_folder_of_just_the_graph_and_tokenizer_json_keeps_the_exported_settings(onnx_model, tiny_folder, tmp_path):
+    """Without sentence_bert_config.json, the manifest's max_seq_length (64 here; the tokenizer alone would allow
+    512 and the position table holds 128) and do_lower_case are what the graph was exported with."""
+    bare = tmp_path / "bare"
+    graphs = bare / "onnx" / "st_onnx"
+    graphs.mkdir(parents=True)
+    for name in ("fp32.onnx", "fp32.json"):
+        shutil.copy(tiny_folder / "onnx" / "st_onnx" / name, graphs / name)
+    shutil.copy(tiny_folder / "tokenizer.json", bare / "tokenizer.json")
+    model = SentenceTransformer(str(bare), backend="onnx", device="cpu", onnx_options={"export": "never"})
+    assert model.max_seq_length == onnx_model.max_seq_length == 64
+    long_text = " ".join(["the quick brown fox jumps over the lazy dog"] * 20)  # 180 tokens
+    assert np.allclose(model.encode([long_text, "The Cat"]), onnx_model.encode([long_text, "the cat"]), atol=1e-6)

@@ -186,7 +186,7 @@ def test_stop_while_a_call_runs_drops_its_queued_chunks(model, monkeypatch):
     caller = threading.Thread(target=call)
     caller.start()
     deadline = time.monotonic() + 20
-    while pool._jobs.qsize() < 100 and time.monotonic() < deadline:  # the call has queued its chunks
+    while not pool._jobs.full() and time.monotonic() < deadline:  # the call has queued what the queue holds
         time.sleep(0.01)
     started = time.monotonic()
     pool.stop()
@@ -208,3 +208,121 @@ def test_a_pool_dropped_without_stop_ends_its_threads(model):
     for thread in threads:
         thread.join(10)
     assert not any(t.is_alive() for t in threads)
+
+
+def _count_batches(model, monkeypatch, delay_s=0.0):
+    """Count the batches the workers run (each delayed by ``delay_s``); returns the live count dict."""
+    runs = {"n": 0}
+    if model.backend == "onnx":
+        from st_onnx.runtime.session import OrtSession
+
+        real = OrtSession.run
+
+        def run(self, *a, **k):
+            runs["n"] += 1
+            time.sleep(delay_s)
+            return real(self, *a, **k)
+
+        monkeypatch.setattr(OrtSession, "run", run)
+    else:
+        from st_onnx.backends.torch_backend import TorchBackend
+
+        real = TorchBackend.encode
+
+        def run(self, texts, opts):
+            runs["n"] += 1
+            time.sleep(delay_s)
+            return real(self, texts, opts)
+
+        monkeypatch.setattr(TorchBackend, "encode", run)
+    return runs
+
+
+def test_stop_leaves_a_running_chunk_at_its_next_batch(model, monkeypatch):
+    """A chunk of 200 one-text batches is not run to its end after stop(): the workers check between batches."""
+    pool = model.start_multi_process_pool(["cpu"])
+    runs = _count_batches(model, monkeypatch, delay_s=0.02)
+    errors = []
+    caller = threading.Thread(target=lambda: errors.append(pytest.raises(
+        PoolError, model.encode_multi_process, many_texts(200), pool, batch_size=1, chunk_size=200)))
+    caller.start()
+    deadline = time.monotonic() + 20
+    while runs["n"] < 5 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    pool.stop()
+    caller.join(30)
+    assert not caller.is_alive() and len(errors) == 1
+    assert not pool._threads[0].is_alive()
+    assert runs["n"] < 100, f"the worker ran {runs['n']} of the chunk's 200 batches after the stop"
+
+
+def test_an_interrupted_call_leaves_no_work_behind(model, pool, monkeypatch):
+    """Ctrl-C while waiting: the abandoned call's queued and running chunks are dropped, so the next call on the
+    pool runs only its own batches."""
+    import _thread
+
+    runs = _count_batches(model, monkeypatch, delay_s=0.02)
+    timer = threading.Timer(0.5, _thread.interrupt_main)
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        model.encode_multi_process(many_texts(2_000), pool, batch_size=1, chunk_size=20)
+    timer.join()
+    before = runs["n"]
+    got = model.encode_multi_process(SENTENCES, pool, batch_size=1, chunk_size=1)
+    # the next call's own batches, plus at most the batch each worker had in hand at the interrupt
+    assert runs["n"] - before <= len(SENTENCES) + 2
+    assert np.allclose(got, model.encode(SENTENCES), atol=ATOL)
+
+
+def test_the_caller_tokenizes_only_a_few_chunks_ahead(model, monkeypatch):
+    pool = model.start_multi_process_pool(["cpu", "cpu"])
+    runs = _count_batches(model, monkeypatch, delay_s=0.02)
+    queued = {"n": 0}
+    real = SessionPool._payload
+
+    def payload(self, texts):
+        queued["n"] += 1
+        return real(self, texts)
+
+    monkeypatch.setattr(SessionPool, "_payload", payload)
+    caller = threading.Thread(target=lambda: pytest.raises(
+        PoolError, model.encode_multi_process, many_texts(2_000), pool, batch_size=10, chunk_size=10))
+    caller.start()
+    time.sleep(1.0)
+    made, done = queued["n"], runs["n"]
+    pool.stop()
+    caller.join(30)
+    # chunks run or running (one batch each), at most two queued per worker, one being made
+    assert made <= done + 2 + 4 + 1, f"{made} chunks tokenized while {done} ran"
+
+
+def test_pool_devices_are_read_as_the_backend_reads_them(model):
+    with model.start_multi_process_pool(["cpu:0", "cpu:1"]) as pool:
+        assert pool.devices == ["cpu", "cpu"]  # one CPU: split cores (onnx), one shared stack (torch)
+        assert np.allclose(model.encode_multi_process(SENTENCES, pool), model.encode(SENTENCES), atol=ATOL)
+    if model.backend == "onnx":
+        with pytest.raises(InvalidInputError, match="'mps' is not supported by the onnx backend"):
+            model.start_multi_process_pool(["mps"])
+
+
+def test_a_pool_left_running_at_exit_does_not_abort_the_process(folder, tmp_path):
+    """A script that ends while a pool call runs in a daemon thread exits cleanly (a worker left inside an ONNX
+    Runtime run at interpreter shutdown aborts the process: 'terminate called without an active exception')."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = tmp_path / "leave_running.py"
+    script.write_text(textwrap.dedent(f"""
+        import threading, time
+        from st_onnx import SentenceTransformer
+        model = SentenceTransformer({str(folder)!r}, backend="onnx", device="cpu")
+        pool = model.start_multi_process_pool(["cpu", "cpu"])
+        texts = ["the quick brown fox jumps over the lazy dog " * 12 + str(i) for i in range(200_000)]
+        threading.Thread(target=model.encode_multi_process, args=(texts, pool), daemon=True).start()
+        time.sleep(1.0)
+        print("leaving")
+    """))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "leaving" in done.stdout and "terminate called" not in done.stderr

@@ -136,7 +136,7 @@ class OnnxBackend:
                             cache_folder=cache_folder, exporter=_export)
         if opts.packing:
             choice = find_packed(folder, choice, export=opts.export, cache_folder=cache_folder, packer=_pack)
-        return cls(folder, choice, device, opts, TextTokenizer.from_folder(folder))
+        return cls(folder, choice, device, opts, TextTokenizer.from_folder(folder, choice.manifest))
 
     def new_session(self, device: str, threads: int | None = None) -> OrtSession:
         """Another session over the same graph (the session pool makes one per device)."""

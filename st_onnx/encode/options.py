@@ -83,7 +83,10 @@ def as_input_list(sentences: Any) -> tuple[list, bool]:
         raise InvalidInputError("sentences must be a string or a list of strings; got None")
     if hasattr(sentences, "tolist") and not isinstance(sentences, list):
         sentences = sentences.tolist()  # numpy arrays (a 0-d array of one string is that string), pandas Series
-    if isinstance(sentences, (str, dict)):
+    if isinstance(sentences, str):
+        return [sentences], True
+    if isinstance(sentences, dict):
+        check_item(sentences, None)
         return [sentences], True
     if isinstance(sentences, (bytes, bytearray, set, frozenset)):
         raise InvalidInputError(f"sentences must be a string or a list of strings; got {type(sentences).__name__}"
@@ -104,16 +107,18 @@ def as_input_list(sentences: Any) -> tuple[list, bool]:
     return items, False
 
 
-def check_item(item: Any, index: int) -> str:
-    """The kind of one input ('str', 'pair' or 'dict'), or InvalidInputError naming it."""
+def check_item(item: Any, index: int | None) -> str:
+    """The kind of one input ('str', 'pair' or 'dict'), or InvalidInputError naming it (``index`` None: the single
+    input)."""
     if isinstance(item, str):
         return "str"
     if isinstance(item, (tuple, list)) and len(item) == 2 and all(isinstance(s, str) for s in item):
         return "pair"
     if isinstance(item, dict) and len(item) == 1 and isinstance(next(iter(item.values())), str):
         return "dict"
+    where = "sentences" if index is None else f"sentences[{index}]"
     raise InvalidInputError(
-        f"sentences[{index}] is {item!r} ({type(item).__name__}); allowed: a str, a (str, str) pair, "
+        f"{where} is {item!r} ({type(item).__name__}); allowed: a str, a (str, str) pair, "
         "or a dict with one str value"
     )
 

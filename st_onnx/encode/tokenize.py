@@ -119,8 +119,13 @@ class TextTokenizer:
         self.max_seq_length = max_seq_length
 
     @classmethod
-    def from_folder(cls, folder: str | os.PathLike) -> "TextTokenizer":
-        """Load the tokenizer of a model folder (its Transformer module's ``tokenizer.json``)."""
+    def from_folder(cls, folder: str | os.PathLike, exported: dict[str, Any] | None = None) -> "TextTokenizer":
+        """Load the tokenizer of a model folder (its Transformer module's ``tokenizer.json``).
+
+        ``exported``: the graph's manifest; its ``max_seq_length`` and ``do_lower_case`` (the settings the graph
+        was exported and verified with) stand in for a ``sentence_bert_config.json`` the folder lacks, as in a
+        bundle of just the graph and ``tokenizer.json``.
+        """
         folder = layout.transformer_folder(folder)
         path = folder / layout.TOKENIZER_JSON
         if not path.is_file():
@@ -133,8 +138,14 @@ class TextTokenizer:
         except Exception as e:  # tokenizers raises a bare Exception on a broken file
             raise ModelFolderError(f"{path} cannot be read by tokenizers ({e}); restore the file") from e
         config = layout.read_transformer_config(folder)
-        return cls(tokenizer, model_max_seq_length(folder), config.get("do_lower_case", False),
-                   type_ids=uses_token_type_ids(folder), pad_token=configured_pad_token(folder))
+        exported = exported or {}
+        if "max_seq_length" not in config and layout.is_length_limit(exported.get("max_seq_length")):
+            max_seq_length = int(exported["max_seq_length"])
+        else:
+            max_seq_length = model_max_seq_length(folder)
+        lower = config.get("do_lower_case", exported.get("do_lower_case", False))
+        return cls(tokenizer, max_seq_length, lower, type_ids=uses_token_type_ids(folder),
+                   pad_token=configured_pad_token(folder))
 
     # -- settings -------------------------------------------------------------------------------------
     @property

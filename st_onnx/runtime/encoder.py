@@ -68,8 +68,12 @@ class OrtEncoder:
         return result
 
     def embed_encodings(self, encodings: Sequence[TokenIds], batch_size: int, output_value: str | None = SENTENCE,
-                        progress: Any = None, prompt_length: int | None = None) -> Any:
-        """Results for already tokenized texts, in their order (what the session pool's workers call)."""
+                        progress: Any = None, prompt_length: int | None = None,
+                        check: Callable[[], None] | None = None) -> Any:
+        """Results for already tokenized texts, in their order (what the session pool's workers call).
+
+        ``check``: called before each batch; whatever it raises abandons the rest (a stopped or cancelled pool).
+        """
         lengths = [len(e.ids) for e in encodings]
         order = longest_first(lengths)
         result = self._empty_result(len(encodings), output_value)
@@ -78,6 +82,8 @@ class OrtEncoder:
         extra = {} if prompt_length is None else {PROMPT_LENGTH: np.array([prompt_length], dtype=np.int64)}
 
         def run(start: int, stop: int) -> tuple:
+            if check is not None:
+                check()
             idx = order[start:stop]
             features = self.tokenizer.pad([encodings[i] for i in idx], self.session.input_names,
                                           self.session.input_dtype)
