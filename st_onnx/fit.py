@@ -208,8 +208,9 @@ def _primary_score(evaluator, score: Any) -> float:
         return score
     key = getattr(evaluator, "primary_metric", None)
     if key not in score:
-        raise InvalidInputError(f"the evaluator returned metrics {sorted(score)} and names primary_metric {key!r}, "
-                                "which is not among them: fit cannot tell which to keep the best model by")
+        named = "has no primary_metric" if key is None else f"names primary_metric {key!r}, which is not among them"
+        raise InvalidInputError(f"the evaluator returned metrics {sorted(score)} and {named}: fit cannot tell which "
+                                "to keep the best model by")
     return score[key]
 
 

@@ -246,13 +246,16 @@ class SentenceTransformer(ModuleMethods):
         return self.encode(sentences, prompt_name=prompt_name, prompt=prompt, **kwargs)
 
     def _with_prompt(self, inputs: list, opts: EncodeOptions, prompt: Any, prompt_name: Any, stacklevel: int = 4):
-        """Inputs with the resolved prompt prepended, and the prompt's token count where pooling leaves it out.
+        """Inputs with the resolved prompt prepended, and the prompt's token count where pooling leaves it out
+        (or, for output_value=None, where the per-text dicts report it, as sentence-transformers' features do).
         ``stacklevel`` (for the prompt warning) counts up to the user's line: encode -> here -> resolve -> warn."""
         text = self._settings.resolve(prompt, prompt_name, stacklevel=stacklevel)
         if not text:
             return inputs, opts
         if not self._backend.pooling_include_prompt():
             opts = dataclasses.replace(opts, prompt_length=self._backend.prompt_length(text))
+        if opts.output_value is None:
+            opts = dataclasses.replace(opts, prompt_tokens=opts.prompt_length or self._backend.prompt_length(text))
         return prepend(text, inputs), opts
 
     # -- prompts and similarity (sentence-transformers 2.4+) ------------------------------------------

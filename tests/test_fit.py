@@ -170,6 +170,35 @@ def test_an_evaluator_returning_a_dict_picks_the_best_model_by_its_primary_metri
     with pytest.raises(InvalidInputError, match="primary_metric 'dev_accuracy', which is not among them"):
         model.fit([(DataLoader(EXAMPLES, batch_size=4), losses.CosineSimilarityLoss(model))], evaluator=unnamed,
                   **FIT_QUIET)
+    unnamed.primary_metric = None
+    with pytest.raises(InvalidInputError, match="has no primary_metric"):
+        model.fit([(DataLoader(EXAMPLES, batch_size=4), losses.CosineSimilarityLoss(model))], evaluator=unnamed,
+                  **FIT_QUIET)
+
+
+def test_a_sequential_evaluator_of_dict_evaluators_picks_the_best_model(tiny_model_dir, tmp_path):
+    """st_onnx's SequentialEvaluator over sentence-transformers 3+ evaluators merges their metrics and names
+    'sequential_score' (the main score function of their primary metrics), as sentence-transformers' own does."""
+    from st_onnx.evaluation import SequentialEvaluator
+
+    class DictEvaluator:
+        def __init__(self, name, scores):
+            self.primary_metric = f"{name}_score"
+            self.scores, self.name = iter(scores), name
+
+        def __call__(self, model, output_path=None, epoch=-1, steps=-1):
+            return {f"{self.name}_other": -1.0, f"{self.name}_score": next(self.scores)}
+
+    sequential = SequentialEvaluator([DictEvaluator("a", [0.1, 0.9, 0.2]), DictEvaluator("b", [0.3, 0.1, 0.5])],
+                                     main_score_function=sum)
+    model = model_from(tiny_model_dir)
+    seen = []
+    model.fit([(DataLoader(EXAMPLES, batch_size=4), losses.CosineSimilarityLoss(model))], evaluator=sequential,
+              epochs=3, output_path=str(tmp_path / "out"), callback=lambda *a: seen.append(a[0]), **FIT_QUIET)
+    assert sequential.primary_metric == "sequential_score"
+    assert [round(m["sequential_score"], 6) for m in seen] == [0.4, 1.0, 0.7]
+    assert sorted(seen[0]) == ["a_other", "a_score", "b_other", "b_score", "sequential_score"]
+    assert model.best_score == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("kwargs, match", [

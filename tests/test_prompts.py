@@ -55,6 +55,16 @@ def test_prompts_embed_as_sentence_transformers(ours, reference, kwargs):
     np.testing.assert_allclose(got, want, atol=1e-5)
 
 
+def test_every_prompted_dict_reports_its_prompt_length_as_sentence_transformers(ours, reference):
+    """output_value=None: with include_prompt=True too, every dict says how many tokens its prompt took."""
+    for kwargs in ({"prompt_name": "query"}, {"prompt": "the red dog "}):
+        got = ours.encode(SENTENCES[:3], output_value=None, **kwargs)
+        want = reference.encode(SENTENCES[:3], output_value=None, **kwargs)
+        assert [g["prompt_length"] for g in got] == [int(w["prompt_length"]) for w in want]
+        assert all(type(g["prompt_length"]) is int for g in got)
+    assert "prompt_length" not in ours.encode(SENTENCES[:1], output_value=None, prompt="")[0]
+
+
 def test_the_default_prompt_changes_the_embedding(ours):
     assert not np.allclose(ours.encode(SENTENCES), ours.encode(SENTENCES, prompt=""), atol=1e-3)
 

@@ -22,6 +22,7 @@ class EncodeOptions:
     truncate_dim: int | None = None  # keep the first N dimensions of sentence embeddings (before normalizing)
     precision: str = "float32"  # embedding quantization after normalizing (st_onnx.quantization)
     prompt_length: int | None = None  # tokens of a prompt that pooling leaves out (include_prompt=False)
+    prompt_tokens: int | None = None  # the prompt's token count, which output_value=None dicts report
 
     @classmethod
     def from_args(
