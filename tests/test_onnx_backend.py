@@ -395,16 +395,22 @@ def test_parallel_runs_and_intra_op_threads_agree(tiny_folder, onnx_model):
 
 
 def test_fp32_on_cuda_asks_for_true_fp32_unless_told_otherwise():
-    from st_onnx.backends.onnx_backend import OnnxOptions, cuda_defaults
+    """use_tf32=0 and the device's id reach the CUDA provider whether or not ``providers`` are listed; what the
+    user says about either wins."""
+    from st_onnx.backends.onnx_backend import cuda_defaults
+    from st_onnx.runtime.providers import CPU, CUDA, providers_for
 
-    plain = OnnxOptions()
-    assert cuda_defaults("cuda:0", "fp32", plain) == {"use_tf32": 0}
-    assert cuda_defaults("cuda:1", "fp32", OnnxOptions(provider_options={"use_tf32": 1, "device_id": 1})) == {
-        "use_tf32": 1, "device_id": 1}
-    assert cuda_defaults("cuda:0", "fp16", plain) is None
-    assert cuda_defaults("cpu", "fp32", plain) is None
-    explicit = OnnxOptions(providers=["CUDAExecutionProvider"], provider_options=[{"device_id": 0}])
-    assert cuda_defaults("cuda:0", "fp32", explicit) == [{"device_id": 0}]  # explicit providers: as given
+    fp32 = cuda_defaults("fp32")
+    assert fp32 == {"use_tf32": 0} and cuda_defaults("fp16") == {} and cuda_defaults("int8") == {}
+    names, opts = providers_for("cuda:1", None, None, fp32)
+    assert names == [CUDA, CPU] and opts[0]["use_tf32"] == 0 and opts[0]["device_id"] == 1 and opts[1] == {}
+    assert providers_for("cuda:1", None, {"use_tf32": 1}, fp32)[1][0]["use_tf32"] == 1
+    for listed in ([CUDA, CPU], [(CUDA, {}), CPU]):
+        names, opts = providers_for("cuda:1", listed, None, fp32)
+        assert names == [CUDA, CPU] and opts[0]["use_tf32"] == 0 and opts[0]["device_id"] == 1
+    names, opts = providers_for("cuda:1", [(CUDA, {"device_id": 0}), CPU], [{"use_tf32": 1}, {}], fp32)
+    assert opts[0]["device_id"] == 0 and opts[0]["use_tf32"] == 1
+    assert providers_for("cpu", None, None, fp32) == ([CPU], [{}])
 
 
 def test_max_seq_length_is_shared_with_the_torch_module_and_saved(tiny_model_copy, tmp_path):

@@ -145,7 +145,8 @@ class OnnxBackend:
                                            prepack=self.manifest.get("precision") == "int8")
         session = OrtSession(self.graph_path, device, threads=threads or opts.intra_op_num_threads,
                              session_options=session_options, providers=opts.providers,
-                             provider_options=cuda_defaults(device, self.manifest.get("precision"), opts),
+                             provider_options=opts.provider_options,
+                             cuda_defaults=cuda_defaults(self.manifest.get("precision")),
                              max_positions=_max_positions(self.folder))
         if self.manifest.get("precision") == "fp16" and session.provider != CUDA:  # CUDA libraries failed to load
             raise InvalidInputError(
@@ -276,18 +277,15 @@ class OnnxBackend:
         return f"OnnxBackend({str(self.graph_path)!r}, device={self.device!r})"
 
 
-def cuda_defaults(device: str, precision: str | None, options: OnnxOptions) -> Any:
-    """The provider options for a session: the caller's, plus ``use_tf32=0`` for fp32 graphs on CUDA.
+def cuda_defaults(precision: str | None) -> dict[str, Any]:
+    """CUDA provider options under the caller's: ``use_tf32=0`` for fp32 graphs.
 
     ONNX Runtime's CUDA provider runs fp32 MatMuls in TF32 by default (10-bit mantissa, like fp16's) on Ampere and
     newer; PyTorch does not (float32_matmul_precision 'highest'). A user who asks for fp32 gets fp32 numerics,
-    fp16 being the fast path; ``provider_options={'use_tf32': 1}`` brings TF32 back.
+    with ``providers`` listed or not, fp16 being the fast path; ``provider_options={'use_tf32': 1}`` (or the
+    option in a ``providers`` entry) brings TF32 back.
     """
-    given = options.provider_options
-    if not device.startswith("cuda") or precision != "fp32" or options.providers or not (
-            given is None or isinstance(given, dict)):
-        return given
-    return {"use_tf32": 0, **(given or {})}
+    return {"use_tf32": 0} if precision == "fp32" else {}
 
 
 def _warn_if_quantized_for_vnni(graph: Path, manifest: dict[str, Any]) -> None:

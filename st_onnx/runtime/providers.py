@@ -84,22 +84,32 @@ def check_providers(providers: Any, provider_options: Any) -> None:
 
 
 def providers_for(device: str, providers: Sequence[Any] | None = None,
-                  provider_options: Sequence[dict] | dict | None = None) -> tuple[list[str], list[dict]]:
-    """(providers, provider_options) for ``InferenceSession``: explicit ones win, else derived from the device."""
+                  provider_options: Sequence[dict] | dict | None = None,
+                  cuda_defaults: dict | None = None) -> tuple[list[str], list[dict]]:
+    """(providers, provider_options) for ``InferenceSession``: the providers given, else CUDA then CPU for a
+    'cuda:N' device and the CPU alone otherwise. A CUDA entry starts from the device's id, ORT's
+    kSameAsRequested arena growth and ``cuda_defaults``; what the entry itself and ``provider_options`` (a dict:
+    the first provider's; a list: one per provider) say wins."""
     if providers:
         names = [p[0] if isinstance(p, (tuple, list)) else p for p in providers]
-        opts = [dict(p[1]) if isinstance(p, (tuple, list)) and len(p) > 1 else {} for p in providers]
-        if isinstance(provider_options, dict):
-            provider_options = [provider_options] + [{}] * (len(names) - 1)
-        if provider_options:
-            opts = [{**o, **dict(po or {})} for o, po in zip(opts, provider_options)]
-        return list(names), opts
-    if device.startswith("cuda"):
-        cuda_opts = {"device_id": device_index(device), "arena_extend_strategy": "kSameAsRequested"}
-        if isinstance(provider_options, dict):
-            cuda_opts.update(provider_options)
-        return [CUDA, CPU], [cuda_opts, {}]
-    return [CPU], [{}]
+        given = [dict(p[1]) if isinstance(p, (tuple, list)) else {} for p in providers]
+    else:
+        names = [CUDA, CPU] if device.startswith("cuda") else [CPU]
+        given = [{} for _ in names]
+    if isinstance(provider_options, dict):
+        provider_options = [provider_options]
+    for entry, extra in zip(given, provider_options or []):
+        entry.update(extra or {})
+    opts = []
+    for name, entry in zip(names, given):
+        base: dict = {}
+        if name == CUDA:
+            if device.startswith("cuda"):
+                base["device_id"] = device_index(device)
+            base["arena_extend_strategy"] = "kSameAsRequested"
+            base.update(cuda_defaults or {})
+        opts.append({**base, **entry})
+    return list(names), opts
 
 
 def check_bound(session: Any, asked: Sequence[str]) -> str:

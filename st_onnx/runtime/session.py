@@ -102,8 +102,10 @@ class OrtSession:
 
     def __init__(self, graph_path: str | os.PathLike, device: str = "cpu", *, threads: int | None = None,
                  session_options: Any = None, providers: Sequence[Any] | None = None,
-                 provider_options: Sequence[dict] | dict | None = None, max_positions: int | None = None) -> None:
-        """``max_positions``: the model's position embeddings, if known; a failed run wider than that says so."""
+                 provider_options: Sequence[dict] | dict | None = None, max_positions: int | None = None,
+                 cuda_defaults: dict | None = None) -> None:
+        """``max_positions``: the model's position embeddings, if known; a failed run wider than that says so.
+        ``cuda_defaults``: CUDA provider options that the caller's ``providers``/``provider_options`` override."""
         import onnxruntime as ort
 
         self.graph_path = Path(graph_path)
@@ -114,7 +116,7 @@ class OrtSession:
         so = session_options if session_options is not None else default_session_options(threads)
         if session_options is not None and threads is not None:
             so.intra_op_num_threads = threads
-        names, opts = providers_for(device, providers, provider_options)
+        names, opts = providers_for(device, providers, provider_options, cuda_defaults)
         disabled = [] if CUDA in names else list(CPU_DISABLED_OPTIMIZERS)
         try:
             self._session = ort.InferenceSession(str(self.graph_path), sess_options=so, providers=names,
