@@ -166,9 +166,26 @@ def test_sequential_evaluator(pairs):
     assert mean == pytest.approx((a(FakeModel()) + b(FakeModel())) / 2)
 
 
+def test_correlations_match_scipy_without_needing_it():
+    """Pearson and Spearman (ties at their average rank) computed with numpy, as scipy.stats computes them."""
+    from scipy.stats import pearsonr, rankdata, spearmanr
+
+    from st_onnx.evaluation.embedding_similarity import average_ranks, pearson, spearman
+
+    rng = np.random.default_rng(0)
+    gold = rng.integers(0, 6, 300).astype(float)  # many ties, as STS gold scores have
+    pred = gold + rng.normal(0, 2, 300)
+    pred[:50] = np.round(pred[:50])
+    assert np.array_equal(average_ranks(gold), rankdata(gold))
+    assert pearson(gold, pred) == pytest.approx(pearsonr(gold, pred)[0], abs=1e-12)
+    assert spearman(gold, pred) == pytest.approx(spearmanr(gold, pred)[0], abs=1e-12)
+    assert np.isnan(pearson(np.ones(5), np.arange(5.0)))
+
+
 def test_evaluators_import_no_torch():
     code = ("import sys, st_onnx.evaluation; "
-            "assert not [m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')], 'torch loaded'")
+            "assert not [m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'scipy')], "
+            "'torch or scipy loaded'")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-from scipy.stats import pearsonr, spearmanr
 
 from .base import (SentenceEvaluator, SimilarityFunction, check_same_length, describe, encode, paired_scores)
 
@@ -50,8 +49,8 @@ class EmbeddingSimilarityEvaluator(SentenceEvaluator):
         gold = np.asarray(self.scores, dtype=np.float64)
         metrics = {}
         for sim, values in paired_scores(emb1, emb2).items():
-            metrics[f"{sim}_pearson"] = float(pearsonr(gold, values)[0])
-            metrics[f"{sim}_spearman"] = float(spearmanr(gold, values)[0])
+            metrics[f"{sim}_pearson"] = pearson(gold, values)
+            metrics[f"{sim}_spearman"] = spearman(gold, values)
         return metrics
 
     def __call__(self, model, output_path: str | None = None, epoch: int = -1, steps: int = -1) -> float:
@@ -66,3 +65,28 @@ class EmbeddingSimilarityEvaluator(SentenceEvaluator):
         if self.main_similarity is None:
             return max(m[f"{s}_spearman"] for s in _ORDER)
         return m[f"{_BY_FUNCTION[self.main_similarity]}_spearman"]
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson's r of two 1-D samples; NaN when either is constant (as scipy.stats.pearsonr, without scipy)."""
+    a = np.asarray(a, dtype=np.float64) - np.mean(a)
+    b = np.asarray(b, dtype=np.float64) - np.mean(b)
+    denominator = np.sqrt(np.dot(a, a) * np.dot(b, b))
+    return float(np.dot(a, b) / denominator) if denominator > 0 else float("nan")
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's rho: Pearson's r of the ranks, tied values sharing their average rank (as scipy.stats)."""
+    return pearson(average_ranks(a), average_ranks(b))
+
+
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks of ``values``; each group of equal values gets the mean of the ranks it spans."""
+    values = np.asarray(values, dtype=np.float64)
+    order = np.argsort(values, kind="mergesort")
+    ordered = values[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    ends = np.r_[starts[1:], len(values)]
+    ranks = np.empty(len(values), dtype=np.float64)
+    ranks[order] = np.repeat((starts + ends + 1) / 2, ends - starts)
+    return ranks
