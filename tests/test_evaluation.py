@@ -119,6 +119,25 @@ def test_information_retrieval_matches_sentence_transformers():
         assert ours.last_metrics["cos_sim"][f"{name}@k"][int(metric)] == pytest.approx(value, abs=1e-6), key
 
 
+@pytest.mark.compat
+@pytest.mark.parametrize("chunk", [50_000, 7])
+def test_duplicate_documents_rank_by_corpus_id_as_in_sentence_transformers(chunk):
+    """300 copies of one text (equal scores), ids inserted in reverse: ties rank by corpus id, any chunk size."""
+    from sentence_transformers import util
+
+    queries = {"q": "query"}
+    corpus = {f"d{i:03d}": "same text" for i in reversed(range(300))}
+    relevant = {"q": {"d007", "d150"}}
+    theirs = st_eval().InformationRetrievalEvaluator(queries, corpus, relevant,
+                                                     score_functions={"cos_sim": util.cos_sim})(FakeModel())
+    ours = InformationRetrievalEvaluator(queries, corpus, relevant, corpus_chunk_size=chunk)
+    ours(FakeModel())
+    assert theirs["cos_sim_mrr@10"] == pytest.approx(0.125)  # d007 is 8th: the ids' order, not the corpus's
+    for key, value in theirs.items():
+        name, metric = key[len("cos_sim_"):].split("@")
+        assert ours.last_metrics["cos_sim"][f"{name}@k"][int(metric)] == pytest.approx(value, abs=1e-9), key
+
+
 # -- behaviour ---------------------------------------------------------------------------------------------
 def test_csv_files_as_sentence_transformers_2x_writes_them(pairs, tmp_path):
     s1, s2, scores, labels = pairs

@@ -23,18 +23,29 @@ def dot_score(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return a @ b.T
 
 
-def top_k(scores: np.ndarray, k: int, best_idx: np.ndarray | None, best_val: np.ndarray | None, offset: int):
-    """Merge a chunk of scores (queries x chunk) into the running top-k (indices and values, best first)."""
+def top_k(scores: np.ndarray, k: int, best_idx: np.ndarray | None, best_val: np.ndarray | None, offset: int,
+          id_rank: np.ndarray):
+    """Merge a chunk of scores (queries x chunk) into the running top-k (indices and values, best first).
+
+    Equal scores rank by corpus id (``id_rank``: each corpus index's place among the sorted ids), the total order
+    (-score, corpus id) sentence-transformers 6 ranks by, so duplicate documents rank the same there and here,
+    whatever the chunk size.
+    """
     idx = np.broadcast_to(np.arange(offset, offset + scores.shape[1]), scores.shape)
     if best_idx is not None:
         idx = np.concatenate([best_idx, idx], axis=1)
         scores = np.concatenate([best_val, scores], axis=1)
     k = min(k, scores.shape[1])
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    part_val = np.take_along_axis(scores, part, axis=1)
-    order = np.argsort(-part_val, axis=1, kind="stable")
-    part = np.take_along_axis(part, order, axis=1)
-    return np.take_along_axis(idx, part, axis=1), np.take_along_axis(scores, part, axis=1)
+    kth = -np.partition(-scores, k - 1, axis=1)[:, k - 1]  # each row's k-th best score
+    out_idx = np.empty((scores.shape[0], k), dtype=np.int64)
+    out_val = np.empty((scores.shape[0], k), dtype=scores.dtype)
+    for row in range(scores.shape[0]):
+        candidates = np.flatnonzero(scores[row] >= kth[row])  # the top k and every tie at the cut
+        ids = idx[row, candidates]
+        best = np.lexsort((id_rank[ids], -scores[row, candidates]))[:k]
+        out_idx[row] = ids[best]
+        out_val[row] = scores[row, candidates[best]]
+    return out_idx, out_val
 
 
 def rank_metrics(hits: list[list[str]], relevant: list[set], at: dict[str, list[int]]) -> dict[str, dict[int, float]]:
@@ -80,6 +91,7 @@ class InformationRetrievalEvaluator(SentenceEvaluator):
         self.queries = [queries[q] for q in self.queries_ids]
         self.corpus_ids = list(corpus)
         self.corpus = [corpus[c] for c in self.corpus_ids]
+        self._id_rank = _id_rank(self.corpus_ids)
         self.relevant_docs = relevant_docs
         self.corpus_chunk_size = corpus_chunk_size
         self.at = {"mrr": list(mrr_at_k), "ndcg": list(ndcg_at_k), "accuracy": list(accuracy_at_k),
@@ -136,7 +148,7 @@ class InformationRetrievalEvaluator(SentenceEvaluator):
                 c_emb = np.asarray(corpus_embeddings[start:end])
             for n, fn in self.score_functions.items():
                 scores = np.asarray(fn(q_emb, c_emb), dtype=np.float64)
-                ranked[n] = top_k(scores, max_k, *ranked[n], offset=start)
+                ranked[n] = top_k(scores, max_k, *ranked[n], offset=start, id_rank=self._id_rank)
         relevant = [set(self.relevant_docs[q]) for q in self.queries_ids]
         return {n: rank_metrics([[self.corpus_ids[i] for i in row] for row in idx], relevant, self.at)
                 for n, (idx, _) in ranked.items()}
@@ -158,3 +170,14 @@ class InformationRetrievalEvaluator(SentenceEvaluator):
         if self.main_score_function is None:
             return max(metrics[n]["map@k"][top] for n in self.score_function_names)
         return metrics[self.main_score_function]["map@k"][top]
+
+
+def _id_rank(corpus_ids: list) -> np.ndarray:
+    """Each corpus index's place among the corpus ids sorted (as given, else as strings: mixed id types)."""
+    try:
+        order = sorted(range(len(corpus_ids)), key=corpus_ids.__getitem__)
+    except TypeError:
+        order = sorted(range(len(corpus_ids)), key=lambda i: str(corpus_ids[i]))
+    rank = np.empty(len(corpus_ids), dtype=np.int64)
+    rank[order] = np.arange(len(corpus_ids))
+    return rank
