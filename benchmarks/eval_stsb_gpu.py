@@ -45,22 +45,10 @@ def load(row: dict, folder: Path, device: str):
     return SentenceTransformer(str(folder), backend="onnx", device=device, onnx_options=row["options"])
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("model_dir", nargs="?", help="a sentence-transformers folder (default: all-MiniLM-L6-v2)")
-    parser.add_argument("--device", default="cuda")
-    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
-    parser.add_argument("--json", type=Path, help="write the numbers here")
-    args = parser.parse_args(argv)
-    from helpers import minilm_path, read_stsb
-    from st_onnx.evaluation import EmbeddingSimilarityEvaluator
-
-    source = Path(args.model_dir) if args.model_dir else minilm_path()
-    folder = Path(tempfile.mkdtemp(prefix="stsb-gpu-")) / source.name
-    shutil.copytree(source, folder)  # graphs are exported into this copy
-    rows = read_stsb("test")
-    evaluator = EmbeddingSimilarityEvaluator([a for a, _, _ in rows], [b for _, b, _ in rows],
-                                             [s / 5.0 for _, _, s in rows], batch_size=64, name="stsb-test")
+def _score_rows(args: argparse.Namespace, folder: Path, rows: list, evaluator_class) -> dict:
+    """Each row's STSb Spearman (or why it could not run), printed as it comes."""
+    evaluator = evaluator_class([a for a, _, _ in rows], [b for _, b, _ in rows], [s / 5.0 for _, _, s in rows],
+                                batch_size=64, name="stsb-test")
     results = {}
     for name in args.rows:
         row = ROWS[name]
@@ -75,6 +63,25 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as e:  # noqa: BLE001 - a row that cannot run says why
             results[name] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
         print(f"{name:28s} {json.dumps(results[name])}", flush=True)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("model_dir", nargs="?", help="a sentence-transformers folder (default: all-MiniLM-L6-v2)")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    parser.add_argument("--json", type=Path, help="write the numbers here")
+    args = parser.parse_args(argv)
+    from helpers import minilm_path, read_stsb
+    from st_onnx.evaluation import EmbeddingSimilarityEvaluator
+
+    source = Path(args.model_dir) if args.model_dir else minilm_path()
+    rows = read_stsb("test")
+    with tempfile.TemporaryDirectory(prefix="stsb-gpu-") as scratch:  # graphs are exported into a copy, then gone
+        folder = Path(scratch) / source.name
+        shutil.copytree(source, folder)
+        results = _score_rows(args, folder, rows, EmbeddingSimilarityEvaluator)
     print(f"\nSTSb test, {len(rows)} pairs, {source.name} on {args.device} (published {PUBLISHED})")
     for name, r in results.items():
         if "spearman_cosine" in r:

@@ -207,6 +207,12 @@ class SentenceTransformer(ModuleMethods):
         modules, ``task`` is accepted and has no effect (only a Router module reads it, which st-onnx does not load).
         """
         _check_module_kwargs(kwargs)
+        if isinstance(batch_size, str) or isinstance(show_progress_bar, str):
+            raise InvalidInputError(
+                f"encode got {batch_size!r} as batch_size and {show_progress_bar!r} as show_progress_bar: st-onnx "
+                "keeps sentence-transformers 2.x's order (sentences, batch_size, show_progress_bar, ...), where 5 "
+                "and 6 put prompt_name and prompt second and third; pass prompt_name=/prompt= by keyword"
+            )
         devices = None
         if isinstance(device, (list, tuple)):
             if pool is not None:
@@ -240,7 +246,9 @@ class SentenceTransformer(ModuleMethods):
 
     def encode_document(self, sentences: str | list[str] | None = None, prompt_name: str | None = None,
                         prompt: str | None = None, **kwargs: Any) -> Any:
-        """``encode`` with the model's "document" (else "passage", else "corpus") prompt unless one is given."""
+        """``encode`` with the model's "document" prompt unless a prompt or prompt_name is given. Every model has
+        one, empty unless set (as in sentence-transformers 6), so a "passage" or "corpus" prompt is picked only where
+        "document" was taken out of ``prompts``."""
         if prompt is None and prompt_name is None:
             prompt_name = next((n for n in ("document", "passage", "corpus") if n in self.prompts), None)
         return self.encode(sentences, prompt_name=prompt_name, prompt=prompt, **kwargs)

@@ -65,6 +65,13 @@ def test_every_prompted_dict_reports_its_prompt_length_as_sentence_transformers(
     assert "prompt_length" not in ours.encode(SENTENCES[:1], output_value=None, prompt="")[0]
 
 
+def test_prompts_given_in_sentence_transformers_6s_positions_get_a_pointed_error(ours):
+    with pytest.raises(InvalidInputError, match="2.x's order .*pass prompt_name=/prompt= by keyword"):
+        ours.encode(SENTENCES, "query")  # 6: prompt_name second
+    with pytest.raises(InvalidInputError, match="'the ' as show_progress_bar"):
+        ours.encode(SENTENCES, None, "the ")  # 6: prompt third
+
+
 def test_the_default_prompt_changes_the_embedding(ours):
     assert not np.allclose(ours.encode(SENTENCES), ours.encode(SENTENCES, prompt=""), atol=1e-3)
 
