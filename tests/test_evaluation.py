@@ -227,16 +227,27 @@ def load_scifact(folder: Path, corpus_file: str, qrels_file: str):
     return queries, corpus, relevant
 
 
-def test_scifact_slice_with_tiny_model(tiny_model_dir):
+@pytest.mark.compat
+def test_scifact_slice_with_tiny_model_scores_as_sentence_transformers(tiny_model_dir):
+    """The repo's SciFact slice, a real model on each side: st-onnx's evaluator on st-onnx equals
+    sentence-transformers' evaluator on sentence-transformers, metric by metric."""
+    import sentence_transformers
+
     from st_onnx import SentenceTransformer
 
     queries, corpus, relevant = load_scifact(DATA, "scifact_corpus.jsonl", "scifact_qrels_test.tsv")
     assert len(queries) == 8 and len(corpus) == 40
     ev = InformationRetrievalEvaluator(queries, corpus, relevant, corpus_chunk_size=16)
     score = ev(SentenceTransformer(str(tiny_model_dir), device="cpu"))
-    m = ev.last_metrics["cos_sim"]
-    assert 0.0 <= m["ndcg@k"][10] <= 1.0 and score == pytest.approx(max(ev.last_metrics[n]["map@k"][100]
-                                                                         for n in ev.last_metrics))
+    theirs = st_eval().InformationRetrievalEvaluator(queries, corpus, relevant, score_functions={
+        "cos_sim": sentence_transformers.util.cos_sim, "dot_score": sentence_transformers.util.dot_score})(
+        sentence_transformers.SentenceTransformer(str(tiny_model_dir), device="cpu"))
+    assert len(theirs) == 2 * 15  # cos_sim_ndcg@10, dot_score_map@100, ...: 15 metrics per function
+    for key, value in theirs.items():
+        function = "_".join(key.split("_")[:2])
+        name, at = key[len(function) + 1:].split("@")
+        assert ev.last_metrics[function][f"{name}@k"][int(at)] == pytest.approx(value, abs=1e-6), key
+    assert score == pytest.approx(max(ev.last_metrics[n]["map@k"][100] for n in ev.last_metrics))
 
 
 # -- full evaluations with the real all-MiniLM-L6-v2 (published scores: ../shared/data/REFERENCE_SCORES.md) ---

@@ -254,12 +254,29 @@ def test_int8_weights_follow_the_exporting_cpu_and_a_vnni_graph_warns_elsewhere(
         SentenceTransformer(str(folder), backend="onnx", device="cpu", onnx_options={"precision": "int8"})
 
 
-def test_cpu_has_vnni_reads_the_cpu_flags():
-    from st_onnx.runtime.session import cpu_has_vnni
+@pytest.mark.parametrize("flags, expected", [
+    ("fpu sse2 avx2 avx512f avx512_vnni", True),   # Cascade Lake and newer Xeons
+    ("fpu sse2 avx2 avx_vnni", True),               # Alder Lake and newer desktops
+    ("fpu sse2 avx2 amx_int8 amx_tile", True),      # Sapphire Rapids
+    ("fpu sse2 avx2 avx512f avx512bw", False),      # Skylake-SP: AVX-512 without VNNI
+    ("fpu sse2 avx2 avx512_vnni_x", False),         # a longer flag that merely starts alike
+])
+def test_cpu_has_vnni_reads_the_cpu_flags(monkeypatch, tmp_path, flags, expected):
+    import builtins
 
-    flags = next((line for line in open("/proc/cpuinfo") if line.startswith("flags")), "").split()
-    expected = any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8")) if flags else None
-    assert cpu_has_vnni() is expected
+    from st_onnx.runtime import session
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: some cpu\nflags\t\t: {flags}\n\n")
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda path, *a, **k: real_open(
+        cpuinfo if str(path) == "/proc/cpuinfo" else path, *a, **k))
+    monkeypatch.setattr(session, "is_x86", lambda: True)
+    session.cpu_has_vnni.cache_clear()
+    try:
+        assert session.cpu_has_vnni() is expected
+    finally:
+        session.cpu_has_vnni.cache_clear()
 
 
 def test_export_to_other_folder_makes_complete_copy(exported, tmp_path):

@@ -84,12 +84,16 @@ def test_every_scheduler_matches_transformers(name):
         ours_opt.step(), ref_opt.step(), ours.step(), ref.step()
 
 
-def test_every_scheduler_name_trains(tiny_model_dir):
-    model = model_from(tiny_model_dir)
-    loss = losses.CoSENTLoss(model)
+def test_every_scheduler_name_reaches_the_optimizer(tiny_model_dir):
+    """One step with warmup_steps=1: the warm-up schedulers' first learning rate is 0 (the weights stay as they
+    were, AdamW's decay included), ConstantLR's is the full rate."""
     for name in ("ConstantLR", "WarmupConstant", "WarmupLinear", "WarmupCosine", "WarmupCosineWithHardRestarts"):
-        model.fit([(DataLoader(EXAMPLES, batch_size=4), loss)], scheduler=name, steps_per_epoch=1,
-                  show_progress_bar=False, warmup_steps=1)
+        model = model_from(tiny_model_dir)
+        before = weights(model)
+        model.fit([(DataLoader(EXAMPLES, batch_size=4), losses.CoSENTLoss(model))], scheduler=name,
+                  steps_per_epoch=1, show_progress_bar=False, warmup_steps=1)
+        changed = any(not torch.equal(before[k], v) for k, v in weights(model).items())
+        assert changed == (name == "ConstantLR"), name
 
 
 def test_bad_scheduler_name_lists_the_allowed_ones(tiny_model_dir):
