@@ -224,13 +224,13 @@ class SentenceTransformer(ModuleMethods):
             truncate_dim if truncate_dim is not None else self.truncate_dim, precision,
         )
         texts, single = as_input_list(_one_of("sentences", sentences, "inputs", inputs, required=True))
+        texts, opts = self._with_prompt(texts, opts, prompt, prompt_name)
         if devices is not None:
             with self.start_multi_process_pool(devices) as call_pool:
-                raw = self._encode_on_pool(texts, call_pool, opts, chunk_size, prompt, prompt_name)
+                raw = self._encode_on_pool(texts, call_pool, opts, chunk_size)
         elif pool is not None:
-            raw = self._encode_on_pool(texts, pool, opts, chunk_size, prompt, prompt_name)
+            raw = self._encode_on_pool(texts, pool, opts, chunk_size)
         else:
-            texts, opts = self._with_prompt(texts, opts, prompt, prompt_name)
             raw = self._backend.encode(texts, opts)
         if opts.output_value == "sentence_embedding":
             return format_sentence_embeddings(raw, opts, single)
@@ -253,11 +253,11 @@ class SentenceTransformer(ModuleMethods):
             prompt_name = next((n for n in ("document", "passage", "corpus") if n in self.prompts), None)
         return self.encode(sentences, prompt_name=prompt_name, prompt=prompt, **kwargs)
 
-    def _with_prompt(self, inputs: list, opts: EncodeOptions, prompt: Any, prompt_name: Any, stacklevel: int = 4):
+    def _with_prompt(self, inputs: list, opts: EncodeOptions, prompt: Any, prompt_name: Any):
         """Inputs with the resolved prompt prepended, and the prompt's token count where pooling leaves it out
         (or, for output_value=None, where the per-text dicts report it, as sentence-transformers' features do).
-        ``stacklevel`` (for the prompt warning) counts up to the user's line: encode -> here -> resolve -> warn."""
-        text = self._settings.resolve(prompt, prompt_name, stacklevel=stacklevel)
+        The prompt warning points at the user's line: encode (or encode_multi_process) -> here -> resolve -> warn."""
+        text = self._settings.resolve(prompt, prompt_name, stacklevel=4)
         if not text:
             return inputs, opts
         if not self._backend.pooling_include_prompt():
@@ -552,16 +552,14 @@ class SentenceTransformer(ModuleMethods):
                                        normalize_embeddings,
                                        truncate_dim if truncate_dim is not None else self.truncate_dim, precision)
         inputs, single = as_input_list(sentences)
-        return format_sentence_embeddings(self._encode_on_pool(inputs, pool, opts, chunk_size, prompt, prompt_name),
-                                          opts, single)
+        inputs, opts = self._with_prompt(inputs, opts, prompt, prompt_name)
+        return format_sentence_embeddings(self._encode_on_pool(inputs, pool, opts, chunk_size), opts, single)
 
-    def _encode_on_pool(self, inputs: list, pool: Any, opts: EncodeOptions, chunk_size: int | None, prompt: Any,
-                        prompt_name: Any) -> Any:
-        """The pool's raw outputs for ``inputs`` (as the backend's ``encode`` gives them), the prompt prepended (the
+    def _encode_on_pool(self, inputs: list, pool: Any, opts: EncodeOptions, chunk_size: int | None) -> Any:
+        """The pool's raw outputs for ``inputs`` (prompted already; as the backend's ``encode`` gives them; the
         caller formats)."""
         from .pool import encode_with_pool
 
-        inputs, opts = self._with_prompt(inputs, opts, prompt, prompt_name, stacklevel=5)
         return encode_with_pool(self, inputs, pool, batch_size=opts.batch_size, chunk_size=chunk_size,
                                 show_progress_bar=opts.show_progress_bar, prompt_length=opts.prompt_length,
                                 output_value=opts.output_value)

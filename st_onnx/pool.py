@@ -177,9 +177,8 @@ class SessionPool:
         batch (a call waiting on them raises PoolError), and the workers are joined (up to ``timeout_s`` each)."""
         if self.stopped:
             return
-        self._finalizer()  # _shut_down: stop event, queue emptied, one sentinel per worker, workers joined
-        for thread in self._threads:
-            thread.join(timeout_s)
+        self._finalizer.detach()  # done here, not again at exit
+        _shut_down(self._jobs, self._stop_event, self._threads, timeout_s)
         logger.info("session pool stopped")
 
     def __enter__(self) -> "SessionPool":
@@ -197,9 +196,14 @@ _STOPPED = "the pool was stopped while encoding"
 
 
 def _work(jobs: queue.Queue, stop: threading.Event, runner: Callable) -> None:
-    """A worker thread: run queued chunks until a sentinel (None) arrives."""
+    """A worker thread: run queued chunks until the pool stops (and its queue is empty), or a None arrives."""
     while True:
-        job = jobs.get()
+        try:
+            job = jobs.get(timeout=_POLL_S)
+        except queue.Empty:
+            if stop.is_set():
+                return
+            continue
         if job is None:
             return
         call, idx, payload, settings = job
@@ -223,24 +227,16 @@ def _work(jobs: queue.Queue, stop: threading.Event, runner: Callable) -> None:
 
 def _shut_down(jobs: queue.Queue, stop: threading.Event, threads: list[threading.Thread],
                timeout_s: float = 10.0) -> None:
-    """Stop a pool's workers: set the event, drop the queued chunks (their calls fail), one sentinel each, and
-    join them (running chunks end at their next batch)."""
+    """Stop a pool's workers: set the event, drop the queued chunks (their calls fail), and join the workers
+    (each leaves its running chunk at the next batch, and exits once the queue is empty)."""
     stop.set()
-    owed = len(threads)
     while True:
         try:
             job = jobs.get_nowait()
         except queue.Empty:
             break
-        if job is None:
-            owed += 1  # a sentinel put before (a worker that 'died' in a test): put it back
-        else:
+        if job is not None:
             job[0].fail(PoolError(_STOPPED))
-    for _ in range(owed):
-        try:
-            jobs.put(None, timeout=timeout_s)
-        except queue.Full:  # a caller racing the stop refilled the queue; workers skip its chunks
-            break
     current = threading.current_thread()
     for thread in threads:
         if thread is not current:
