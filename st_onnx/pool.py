@@ -89,7 +89,7 @@ class SessionPool:
                                       name=f"st-onnx-pool-{i}-{device}", daemon=True)
             thread.start()
             self._threads.append(thread)
-        # also runs at exit (weakref.finalize's atexit) for a pool never stopped
+        # also runs at exit (weakref.finalize's atexit) for a pool never stopped, or whose workers outlived stop()
         self._finalizer = weakref.finalize(self, _shut_down, self._jobs, self._stop_event, self._threads)
         logger.info("session pool started on %s", ", ".join(self.devices))
 
@@ -177,8 +177,9 @@ class SessionPool:
         batch (a call waiting on them raises PoolError), and the workers are joined (up to ``timeout_s`` each)."""
         if self.stopped:
             return
-        self._finalizer.detach()  # done here, not again at exit
         _shut_down(self._jobs, self._stop_event, self._threads, timeout_s)
+        if not any(thread.is_alive() for thread in self._threads):
+            self._finalizer.detach()  # all joined; a worker still in a run past timeout_s is joined at exit
         logger.info("session pool stopped")
 
     def __enter__(self) -> "SessionPool":

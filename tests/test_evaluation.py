@@ -199,6 +199,41 @@ def test_correlations_match_scipy_without_needing_it():
     assert pearson(gold, pred) == pytest.approx(pearsonr(gold, pred)[0], abs=1e-12)
     assert spearman(gold, pred) == pytest.approx(spearmanr(gold, pred)[0], abs=1e-12)
     assert np.isnan(pearson(np.ones(5), np.arange(5.0)))
+    broken = pred.copy()
+    broken[3] = np.nan  # a diverged model's score: no correlation, as scipy says (a rank for it would fake one)
+    assert np.isnan(spearman(gold, broken)) and np.isnan(pearson(gold, broken))
+    assert np.isnan(spearman(gold, np.full(300, np.nan)))
+
+
+def test_nan_embeddings_rank_last_in_retrieval():
+    """A model that diverged to NaN is scored (NaN documents rank after every real score), not crashed on."""
+    class NanModel(FakeModel):
+        def encode(self, sentences, **kwargs):
+            emb = FakeModel.encode(self, sentences)
+            emb[[s.startswith("nan") for s in sentences]] = np.nan
+            return emb
+
+    queries = {"q": "query"}
+    corpus = {f"d{i:02d}": ("nan" if i % 3 == 0 else "doc") + str(i) for i in range(30)}
+    ev = InformationRetrievalEvaluator(queries, corpus, {"q": {"d00", "d01"}}, corpus_chunk_size=7)
+    ev(NanModel())
+    m = ev.last_metrics["cos_sim"]
+    assert m["accuracy@k"][10] in (0.0, 1.0) and 0.0 <= m["map@k"][100] <= 1.0
+    assert m["mrr@k"][10] == pytest.approx(reciprocal_rank_of("d01", corpus, NanModel()))
+    all_nan = InformationRetrievalEvaluator(queries, {k: "nan" + k for k in corpus}, {"q": {"d05"}})
+    all_nan(NanModel())
+    assert all_nan.last_metrics["cos_sim"]["mrr@k"][10] == pytest.approx(1 / 6)  # ties: by corpus id
+
+
+def reciprocal_rank_of(doc, corpus, model):
+    """1/rank of ``doc`` (0 beyond 10) among the corpus's real (non-NaN) cosine scores to the query."""
+    ids = list(corpus)
+    emb = model.encode([corpus[i] for i in ids])
+    q = model.encode(["query"])[0]
+    cos = emb @ q / (np.linalg.norm(emb, axis=1) * np.linalg.norm(q))
+    cos = np.where(np.isnan(cos), -np.inf, cos)
+    rank = 1 + int(np.sum(cos > cos[ids.index(doc)]))
+    return 1 / rank if rank <= 10 else 0.0
 
 
 def test_evaluators_import_no_torch():

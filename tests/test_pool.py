@@ -305,7 +305,8 @@ def test_pool_devices_are_read_as_the_backend_reads_them(model):
             model.start_multi_process_pool(["mps"])
 
 
-def test_a_pool_left_running_at_exit_does_not_abort_the_process(minilm_dir, tmp_path):
+@pytest.mark.parametrize("ending", ["no stop", "stop(timeout_s=0.01)"])
+def test_a_pool_left_running_at_exit_does_not_abort_the_process(minilm_dir, tmp_path, ending):
     """A script that ends while a pool call runs in a daemon thread exits cleanly (a worker left inside an ONNX
     Runtime run at interpreter shutdown aborts the process: 'terminate called without an active exception'; with
     all-MiniLM-L6-v2's runs of tens of ms, the code before the fix aborted every time)."""
@@ -323,6 +324,8 @@ def test_a_pool_left_running_at_exit_does_not_abort_the_process(minilm_dir, tmp_
         texts = ["the quick brown fox jumps over the lazy dog " * 6 + str(i) for i in range(50_000)]
         threading.Thread(target=model.encode_multi_process, args=(texts, pool), daemon=True).start()
         time.sleep(1.0)
+        if {ending!r} != "no stop":
+            pool.stop(timeout_s=0.01)  # returns with the worker still in a run: it is joined at exit
         print("leaving")
     """))
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)

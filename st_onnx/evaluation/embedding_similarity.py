@@ -68,7 +68,7 @@ class EmbeddingSimilarityEvaluator(SentenceEvaluator):
 
 
 def pearson(a: np.ndarray, b: np.ndarray) -> float:
-    """Pearson's r of two 1-D samples; NaN when either is constant (as scipy.stats.pearsonr, without scipy)."""
+    """Pearson's r of two 1-D samples; NaN when either is constant or holds a NaN (as scipy.stats.pearsonr)."""
     a = np.asarray(a, dtype=np.float64) - np.mean(a)
     b = np.asarray(b, dtype=np.float64) - np.mean(b)
     denominator = np.sqrt(np.dot(a, a) * np.dot(b, b))
@@ -76,7 +76,10 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman's rho: Pearson's r of the ranks, tied values sharing their average rank (as scipy.stats)."""
+    """Spearman's rho: Pearson's r of the ranks, tied values sharing their average rank; NaN when either sample
+    holds a NaN (as scipy.stats.spearmanr: a diverged model must not score)."""
+    if np.isnan(a).any() or np.isnan(b).any():
+        return float("nan")
     return pearson(average_ranks(a), average_ranks(b))
 
 

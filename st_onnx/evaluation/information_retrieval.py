@@ -31,6 +31,7 @@ def top_k(scores: np.ndarray, k: int, best_idx: np.ndarray | None, best_val: np.
     (-score, corpus id) sentence-transformers 6 ranks by, so duplicate documents rank the same there and here,
     whatever the chunk size.
     """
+    scores = np.where(np.isnan(scores), -np.inf, scores)  # a NaN score (a diverged model) ranks last
     idx = np.broadcast_to(np.arange(offset, offset + scores.shape[1]), scores.shape)
     if best_idx is not None:
         idx = np.concatenate([best_idx, idx], axis=1)
