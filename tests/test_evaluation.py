@@ -205,6 +205,21 @@ def test_correlations_match_scipy_without_needing_it():
     assert np.isnan(spearman(gold, np.full(300, np.nan)))
 
 
+def test_duplicate_documents_in_one_chunk_tie_whatever_their_column():
+    """A float32 matmul scores identical rows differently by column (190 of 200 such draws); the evaluator's
+    scores must tie so that the corpus id, not the chunk layout, orders them."""
+    from st_onnx.evaluation.information_retrieval import cos_sim, dot_score
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        q = rng.standard_normal((3, 384)).astype(np.float32)
+        d = rng.standard_normal((7, 384)).astype(np.float32)
+        d[[1, 4, 6]] = d[1]
+        for fn in (cos_sim, dot_score):
+            s = fn(q, d)
+            assert (s[:, 1] == s[:, 4]).all() and (s[:, 1] == s[:, 6]).all()
+
+
 def test_nan_embeddings_rank_last_in_retrieval():
     """A model that diverged to NaN is scored (NaN documents rank after every real score), not crashed on."""
     class NanModel(FakeModel):

@@ -557,16 +557,41 @@ def test_config_args_saved_for_the_transformer_count_in_the_fingerprint(tiny_mod
     np.testing.assert_allclose(got, want, atol=1e-5)
 
 
-def test_a_folder_of_just_the_graph_and_tokenizer_json_keeps_the_exported_settings(onnx_model, tiny_folder, tmp_path):
-    """Without sentence_bert_config.json, the manifest's max_seq_length (64 here; the tokenizer alone would allow
-    512 and the position table holds 128) and do_lower_case are what the graph was exported with."""
+def test_a_folder_of_just_the_graph_and_tokenizer_json_keeps_the_exported_settings(tiny_model_copy, tmp_path):
+    """Without sentence_bert_config.json and config.json, the manifest's max_seq_length (64 here; the tokenizer
+    alone would allow 512 and the position table holds 128) and do_lower_case (True, over a tokenizer.json that
+    keeps case) are what the graph was exported with."""
+    folder = tiny_model_copy
+    tokenizer = json.loads((folder / "tokenizer.json").read_text())
+    tokenizer["normalizer"]["lowercase"] = False
+    (folder / "tokenizer.json").write_text(json.dumps(tokenizer))
+    config = json.loads((folder / layout.SBERT_CONFIG_JSON).read_text())
+    (folder / layout.SBERT_CONFIG_JSON).write_text(json.dumps({**config, "do_lower_case": True}))
+    full = SentenceTransformer(str(folder), backend="onnx", device="cpu")
     bare = tmp_path / "bare"
     graphs = bare / "onnx" / "st_onnx"
     graphs.mkdir(parents=True)
     for name in ("fp32.onnx", "fp32.json"):
-        shutil.copy(tiny_folder / "onnx" / "st_onnx" / name, graphs / name)
-    shutil.copy(tiny_folder / "tokenizer.json", bare / "tokenizer.json")
+        shutil.copy(folder / "onnx" / "st_onnx" / name, graphs / name)
+    shutil.copy(folder / "tokenizer.json", bare / "tokenizer.json")
     model = SentenceTransformer(str(bare), backend="onnx", device="cpu", onnx_options={"export": "never"})
-    assert model.max_seq_length == onnx_model.max_seq_length == 64
+    assert model.max_seq_length == full.max_seq_length == 64
     long_text = " ".join(["the quick brown fox jumps over the lazy dog"] * 20)  # 180 tokens
-    assert np.allclose(model.encode([long_text, "The Cat"]), onnx_model.encode([long_text, "the cat"]), atol=1e-6)
+    texts = [long_text, "The Cat RUNS"]
+    assert np.allclose(model.encode(texts), full.encode(texts), atol=1e-6)
+    assert np.allclose(full.encode(texts), SentenceTransformer(str(folder), device="cpu").encode(texts), atol=1e-5)
+
+
+def test_a_full_folder_keeps_its_own_max_seq_length_over_the_manifests(tiny_model_copy):
+    """The manifest's max_seq_length may be stale (changing it does not re-export the graph): a folder with its
+    configs resolves the length as the torch modules do."""
+    folder = tiny_model_copy
+    SentenceTransformer(str(folder), backend="onnx", device="cpu")  # exported at max_seq_length 64
+    config = json.loads((folder / layout.SBERT_CONFIG_JSON).read_text())
+    del config["max_seq_length"]
+    (folder / layout.SBERT_CONFIG_JSON).write_text(json.dumps(config))
+    tokenizer_config = json.loads((folder / layout.TOKENIZER_CONFIG_JSON).read_text())
+    tokenizer_config["model_max_length"] = int(1e30)  # transformers' "no limit": the position table (128) rules
+    (folder / layout.TOKENIZER_CONFIG_JSON).write_text(json.dumps(tokenizer_config))
+    onnx = SentenceTransformer(str(folder), backend="onnx", device="cpu", onnx_options={"export": "never"})
+    assert onnx.max_seq_length == SentenceTransformer(str(folder), device="cpu").max_seq_length == 128

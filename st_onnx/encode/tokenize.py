@@ -122,9 +122,10 @@ class TextTokenizer:
     def from_folder(cls, folder: str | os.PathLike, exported: dict[str, Any] | None = None) -> "TextTokenizer":
         """Load the tokenizer of a model folder (its Transformer module's ``tokenizer.json``).
 
-        ``exported``: the graph's manifest; its ``max_seq_length`` and ``do_lower_case`` (the settings the graph
-        was exported and verified with) stand in for a ``sentence_bert_config.json`` the folder lacks, as in a
-        bundle of just the graph and ``tokenizer.json``.
+        ``exported``: the graph's manifest; in a folder of just the graph and ``tokenizer.json`` (no
+        ``sentence_bert_config.json``, no ``config.json``), its ``max_seq_length`` and ``do_lower_case``, the
+        settings the graph was exported and verified with, stand in for the files. A full folder's own settings
+        always win: the manifest's may predate a changed ``max_seq_length``, which does not re-export the graph.
         """
         folder = layout.transformer_folder(folder)
         path = folder / layout.TOKENIZER_JSON
@@ -138,12 +139,12 @@ class TextTokenizer:
         except Exception as e:  # tokenizers raises a bare Exception on a broken file
             raise ModelFolderError(f"{path} cannot be read by tokenizers ({e}); restore the file") from e
         config = layout.read_transformer_config(folder)
-        exported = exported or {}
-        if "max_seq_length" not in config and layout.is_length_limit(exported.get("max_seq_length")):
-            max_seq_length = int(exported["max_seq_length"])
-        else:
-            max_seq_length = model_max_seq_length(folder)
-        lower = config.get("do_lower_case", exported.get("do_lower_case", False))
+        max_seq_length, lower = model_max_seq_length(folder), config["do_lower_case"]
+        bare = not (folder / layout.SBERT_CONFIG_JSON).is_file() and not (folder / layout.HF_CONFIG_JSON).is_file()
+        if bare and exported:
+            if layout.is_length_limit(exported.get("max_seq_length")):
+                max_seq_length = int(exported["max_seq_length"])
+            lower = bool(exported.get("do_lower_case", lower))
         return cls(tokenizer, max_seq_length, lower, type_ids=uses_token_type_ids(folder),
                    pad_token=configured_pad_token(folder))
 

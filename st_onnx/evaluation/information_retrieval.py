@@ -14,13 +14,22 @@ logger = logging.getLogger(__name__)
 
 
 def cos_sim(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
     a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
     b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
-    return a @ b.T
+    return _pair_scores(a, b)
 
 
 def dot_score(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return a @ b.T
+    return _pair_scores(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64))
+
+
+def _pair_scores(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b.T`` in float64, rounded to float32: a float32 matmul gives identical documents scores that differ in
+    the last bit by their column (BLAS sums edge columns in another order), which would rank duplicates by position;
+    rounded float64 sums agree, so equal documents tie and rank by corpus id."""
+    return (a @ b.T).astype(np.float32)
 
 
 def top_k(scores: np.ndarray, k: int, best_idx: np.ndarray | None, best_val: np.ndarray | None, offset: int,
