@@ -382,8 +382,10 @@ class SentenceTransformer(ModuleMethods):
         self._backend.set_pooling_include_prompt(include_prompt)
 
     def __call__(self, features: dict[str, Any]) -> dict[str, Any]:
-        """Run the torch modules over a features dict (what losses call during training)."""
-        return self.torch_modules(features)
+        """Run the torch modules over a features dict (what losses call during training), through ``forward``, as
+        ``nn.Module.__call__`` does: losses that wrap ``model.forward`` (sentence-transformers' MatryoshkaLoss) see
+        their wrapper run."""
+        return self.forward(features)
 
     def __getitem__(self, idx: int):
         return self.torch_modules[idx]

@@ -140,3 +140,40 @@ def test_forward_runs_the_torch_modules_and_gradients_reach_them(tiny_model_dir)
     assert grads and any(g.abs().sum() > 0 for g in grads)
     emb = [model(f)["sentence_embedding"] for f in features]
     assert value.item() == pytest.approx(loss.compute_loss_from_embeddings(emb, labels).item(), rel=1e-5)
+
+
+def test_contrastive_losses_warn_once_about_labels_other_than_0_and_1():
+    """STS-style scores: OnlineContrastiveLoss would leave every such pair out (a loss of 0, nothing trains)."""
+    import warnings
+
+    scores = torch.tensor([0.2, 0.8, 1.0, 0.0] * 3)
+    for loss, says in ((losses.ContrastiveLoss(Stub()), "weights the positive term"),
+                       (losses.OnlineContrastiveLoss(Stub()), "left out of the loss")):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            loss.compute_loss_from_embeddings(embeddings(2), BINARY_LABELS)
+            assert not caught  # 0/1 labels: nothing to say
+            loss.compute_loss_from_embeddings(embeddings(2), scores)
+            loss.compute_loss_from_embeddings(embeddings(2), scores)
+        assert len(caught) == 1 and says in str(caught[0].message) and "0.2" in str(caught[0].message)
+
+
+def test_a_loss_that_wraps_model_forward_sees_its_wrapper_run(tiny_model_dir):
+    """sentence-transformers' MatryoshkaLoss swaps ``model.forward`` to truncate the embeddings it trains on; a
+    model(features) that bypassed forward trained every dimension at full size (3 x the full loss)."""
+    st = pytest.importorskip("sentence_transformers")
+    from st_onnx import SentenceTransformer
+
+    texts = [["the cat sleeps", "a cat is sleeping"], ["a man plays music", "the man sings"],
+             ["the car is red", "a red car"], ["fish swims", "the fish swims fast"]]
+    dims = [32, 16, 8]
+    values = []
+    for model in (SentenceTransformer(str(tiny_model_dir), device="cpu"),
+                  st.SentenceTransformer(str(tiny_model_dir), device="cpu")):
+        model.eval()
+        features, labels = model.smart_batching_collate([InputExample(texts=t) for t in texts])
+        inner = st_losses().MultipleNegativesRankingLoss(model)
+        values.append(st_losses().MatryoshkaLoss(model, inner, dims)(features, labels).item())
+        full = inner(features, labels).item()
+    assert values[0] == pytest.approx(values[1], rel=1e-5)
+    assert values[0] != pytest.approx(3 * full, rel=1e-4)

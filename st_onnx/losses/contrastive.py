@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from enum import Enum
 from typing import Any
 
@@ -35,9 +36,12 @@ class ContrastiveLoss(EmbeddingLoss):
         self.distance_metric = distance_metric
         self.margin = margin
         self.size_average = size_average
+        self._labels_checked = False
 
     def compute_loss_from_embeddings(self, embeddings: list[Tensor], labels: Tensor) -> Tensor:
         check_label_count(self, embeddings, labels)
+        self._labels_checked = self._labels_checked or warn_if_not_binary(
+            self, labels, "a label y between them weights the positive term by y and the negative one by 1 - y")
         labels = labels.view(-1).float()
         distances = self.distance_metric(embeddings[0], embeddings[1])
         losses = 0.5 * (labels * distances.pow(2) + (1 - labels) * F.relu(self.margin - distances).pow(2))
@@ -57,9 +61,12 @@ class OnlineContrastiveLoss(EmbeddingLoss):
         super().__init__(model)
         self.distance_metric = distance_metric
         self.margin = margin
+        self._labels_checked = False
 
     def compute_loss_from_embeddings(self, embeddings: list[Tensor], labels: Tensor) -> Tensor:
         check_label_count(self, embeddings, labels)
+        self._labels_checked = self._labels_checked or warn_if_not_binary(
+            self, labels, "pairs with any other label are left out of the loss")
         labels = labels.view(-1)
         distances = self.distance_metric(embeddings[0], embeddings[1])
         negs = distances[labels == 0]
@@ -70,3 +77,13 @@ class OnlineContrastiveLoss(EmbeddingLoss):
 
     def get_config_dict(self) -> dict[str, Any]:
         return {"distance_metric": metric_name(self.distance_metric), "margin": self.margin}
+
+
+def warn_if_not_binary(loss: Any, labels: Tensor, consequence: str) -> bool:
+    """Warn when a batch holds labels other than 0 and 1 (STS-style float scores fed to a contrastive loss train
+    something else than the user meant); returns whether it warned, so that the caller warns once."""
+    if not ((labels != 0) & (labels != 1)).any().item():
+        return False
+    warnings.warn(f"{type(loss).__name__} takes labels 0 (dissimilar) and 1 (similar); this batch has others "
+                  f"(first labels: {labels.view(-1)[:5].tolist()}): {consequence}", UserWarning, stacklevel=4)
+    return True
