@@ -25,7 +25,7 @@ from ..encode.tokenize import TextTokenizer
 from ..errors import BackendError, InvalidInputError, ModelFolderError, positive_int
 from ..runtime.encoder import PROMPT_LENGTH, OrtEncoder
 from ..runtime.graphs import GraphChoice, cache_dir_for, find_graph, find_packed
-from ..runtime.providers import CUDA, check_providers, cuda_usable, resolve_device
+from ..runtime.providers import CUDA, check_providers, cuda_usable, provider_name, resolve_device
 from ..runtime.session import OrtSession, available_cores, default_session_options
 
 logger = logging.getLogger(__name__)
@@ -341,8 +341,7 @@ def _cuda_will_run(device: str, providers: Any) -> bool:
     """Whether a session for ``device`` would bind CUDA: asked for (the device, or first of explicit providers)
     and usable here."""
     if providers:
-        first = providers[0][0] if isinstance(providers[0], (tuple, list)) else providers[0]
-        return first == CUDA and cuda_usable()
+        return provider_name(providers[0]) == CUDA and cuda_usable()
     return device.startswith("cuda") and cuda_usable()
 
 

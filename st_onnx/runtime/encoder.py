@@ -91,7 +91,7 @@ class OrtEncoder:
 
         for idx, outputs, features, batch_lengths in self._map(run, budget_batches(sorted_lengths, batch_size,
                                                                                     self.token_budget)):
-            self._place(result, idx, outputs, features, batch_lengths, output_value, prompt_length)
+            self._place(result, idx, outputs, features, batch_lengths, output_value)
             if progress is not None:
                 progress.update(len(idx))
         return result
@@ -133,7 +133,7 @@ class OrtEncoder:
 
     @staticmethod
     def _place(result: Any, idx: np.ndarray, outputs: list[np.ndarray], features: dict[str, np.ndarray],
-               lengths: list[int], output_value: str | None, prompt_length: int | None = None) -> None:
+               lengths: list[int], output_value: str | None) -> None:
         if output_value == SENTENCE:
             result[idx] = outputs[0]
             return
@@ -145,8 +145,6 @@ class OrtEncoder:
             else:
                 item = {name: np.array(value[row, :k]) for name, value in features.items()}
                 item.update({TOKENS: trimmed, SENTENCE: np.array(sentence[row])})
-                if prompt_length is not None:  # as the torch modules' features carry it
-                    item[PROMPT_LENGTH] = int(prompt_length)
                 result[i] = item
 
 

@@ -73,7 +73,7 @@ def check_providers(providers: Any, provider_options: Any) -> None:
             if isinstance(p, (tuple, list)) and not (len(p) == 2 and isinstance(p[1], dict)):
                 raise InvalidInputError(f"onnx_options['providers'] holds {p!r}; allowed: a provider name, or a "
                                         "(name, options dict) pair such as ('CUDAExecutionProvider', {'device_id': 0})")
-            name = p[0] if isinstance(p, (tuple, list)) else p
+            name = provider_name(p)
             if not isinstance(name, str) or name not in known:
                 raise InvalidInputError(f"onnx_options['providers'] names {p!r}; allowed: the providers of this "
                                         f"onnxruntime, of which available here: {ort.get_available_providers()}")
@@ -81,6 +81,11 @@ def check_providers(providers: Any, provider_options: Any) -> None:
             isinstance(provider_options, (list, tuple)) and all(isinstance(o, dict) for o in provider_options)):
         raise InvalidInputError(f"onnx_options['provider_options'] must be a dict or a list of dicts (one per "
                                 f"provider); got {provider_options!r}")
+
+
+def provider_name(entry: Any) -> Any:
+    """The name of an ``onnx_options['providers']`` entry: a name, or a (name, options) pair."""
+    return entry[0] if isinstance(entry, (tuple, list)) else entry
 
 
 def providers_for(device: str, providers: Sequence[Any] | None = None,
@@ -91,7 +96,7 @@ def providers_for(device: str, providers: Sequence[Any] | None = None,
     kSameAsRequested arena growth and ``cuda_defaults``; what the entry itself and ``provider_options`` (a dict:
     the first provider's; a list: one per provider) say wins."""
     if providers:
-        names = [p[0] if isinstance(p, (tuple, list)) else p for p in providers]
+        names = [provider_name(p) for p in providers]
         given = [dict(p[1]) if isinstance(p, (tuple, list)) else {} for p in providers]
     else:
         names = [CUDA, CPU] if device.startswith("cuda") else [CPU]
