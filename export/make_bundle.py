@@ -5,6 +5,7 @@
 The bundle holds everything a plain ONNX Runtime + tokenizers program needs (see export/README.md):
 
     model.onnx       the fused graph: token ids -> finished sentence embedding (pooling, dense, normalize inside)
+    model.onnx.data  only for a graph over 2 GB (protobuf's limit): its weights, which ONNX Runtime reads itself
     manifest.json    st-onnx's manifest of that graph (fingerprint, versions, fusions, parity report)
     tokenizer.json   the model's tokenizer with fixed-length padding switched off (pads to the batch's longest
                      text), truncation at max_seq_length, and lower-casing built in when do_lower_case
@@ -30,6 +31,8 @@ from st_onnx.encode.prompts import ModelSettings
 from st_onnx.errors import StOnnxError
 from st_onnx.encode.tokenize import TextTokenizer, configured_pad_token, lowercase_first
 from st_onnx.export import ParityReport, export_fused_graph, read_manifest
+from st_onnx.export.graph_files import place_graph
+from st_onnx.export.manifest import file_fields
 from st_onnx.fingerprint import folder_fingerprint
 from st_onnx.modules import load_stack
 
@@ -75,9 +78,9 @@ def make_bundle(model_dir: Path, bundle_dir: Path, precision: str = "fp32") -> P
         raise SystemExit(f"{model_dir} has no {TOKENIZER}; save the model with a fast tokenizer first")
     with layout.atomic_folder(bundle_dir) as tmp:
         graph = export_fused_graph(stack, tmp / "export", precision, fingerprint=folder_fingerprint(model_dir))
-        manifest = read_manifest(graph)
-        shutil.move(graph, tmp / GRAPH)
-        shutil.move(layout.manifest_path(graph), tmp / MANIFEST)
+        place_graph(graph, tmp / GRAPH)  # with model.onnx.data, the weights of a graph over 2 GB
+        manifest = {k: v for k, v in read_manifest(graph).items() if k != "external_data"}
+        layout.write_json(tmp / MANIFEST, {**manifest, **file_fields(tmp / GRAPH)})  # the files as named here
         shutil.rmtree(tmp / "export")
         tok, pad_id = bundle_tokenizer(model_dir, transformer.max_seq_length, transformer.do_lower_case)
         tok.save(str(tmp / TOKENIZER))

@@ -82,6 +82,13 @@ def manifest_path(graph_path: str | os.PathLike) -> Path:
     return Path(graph_path).with_suffix(".json")
 
 
+def graph_data_path(graph_path: str | os.PathLike) -> Path:
+    """Where a graph too large for one protobuf (2 GB) keeps its weights: ``fp32.onnx`` -> ``fp32.onnx.data``
+    beside it (ONNX Runtime's own naming). Graphs that fit have no such file."""
+    graph_path = Path(graph_path)
+    return graph_path.with_name(graph_path.name + ".data")
+
+
 def read_json(path: str | os.PathLike, what: str | None = None) -> Any:
     """Read a JSON file, raising ModelFolderError that names the file when it is missing or broken."""
     path = Path(path)
@@ -250,13 +257,19 @@ def atomic_file(target: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; open() would have honoured the umask
+        give_usual_mode(tmp)  # mkstemp makes 0600
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             yield f
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def give_usual_mode(path: str | os.PathLike) -> None:
+    """Give a file written with private permissions (mkstemp's, onnx's data files: 0600) the mode ``open()``
+    would have given it under the process umask."""
+    os.chmod(path, 0o666 & ~_umask())
 
 
 def _umask() -> int:

@@ -10,7 +10,8 @@ measured it slower (1.29x/0.71x vs 1.50x/1.01x over sentence-transformers on sho
 
 Nothing is written unless parity passes: all work happens in a temp folder beside the target, then the graph and
 its manifest are renamed into place (the old manifest is removed first, so a crash never leaves a graph whose
-manifest describes other bytes).
+manifest describes other bytes). A graph over protobuf's 2 GB keeps its weights in a data file beside it
+(``graph_files``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from ..errors import InvalidInputError, ModelFolderError, ParityError
 from ..runtime.encoder import PROMPT_LENGTH
 from . import manifest as manifest_mod
 from . import optimize as passes
+from .graph_files import place_graph
 from .graph_module import FusedModule, eager_attention, excludes_prompt, graph_input_names
 from .verify import ParityReport, check_parity
 
@@ -36,7 +38,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_OPSET = 17
 EXPORTER = "torch.onnx.export(dynamo=False)"
-MAX_GRAPH_BYTES = 2 * 1024**3 - 1
 
 
 def export_fused_graph(stack, out_dir: str | os.PathLike, precision: str = "fp32", *, fingerprint: str,
@@ -72,13 +73,10 @@ def export_fused_graph(stack, out_dir: str | os.PathLike, precision: str = "fp32
                 raise ParityError(f"the exported {precision} graph does not compute what PyTorch computes: {checked}")
         if prompt_report is not None:
             extra["parity_prompt_length"] = prompt_report.to_dict()
-        size = graph.stat().st_size
-        if size > MAX_GRAPH_BYTES:
-            raise InvalidInputError(f"the fused graph is {size} bytes; allowed: under 2 GB in one file")
         inputs = names + ((PROMPT_LENGTH,) if prompt else ())
-        manifest = _manifest(stack, graph, inputs, dim, precision, fingerprint, opset, fusions, extra, report)
         layout.manifest_path(target).unlink(missing_ok=True)
-        os.replace(graph, target)
+        place_graph(graph, target)  # with its weights file, for a graph over 2 GB
+        manifest = _manifest(stack, target, inputs, dim, precision, fingerprint, opset, fusions, extra, report)
         manifest_mod.write_manifest(target, manifest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -251,8 +249,7 @@ def _manifest(stack, graph: Path, names, dim: int, precision: str, fingerprint: 
         "fusions": fusions,
         **extra,
         "parity": report.to_dict(),
-        "graph_bytes": graph.stat().st_size,
-        "graph_sha256": manifest_mod.file_sha256(graph),
+        **manifest_mod.file_fields(graph),
     }
 
 

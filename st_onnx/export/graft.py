@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ import numpy as np
 from .. import layout
 from ..errors import GraphFileError, ModelFolderError
 from . import manifest as manifest_mod
+from .graph_files import place_graph, save_graph
 
 logger = logging.getLogger(__name__)
 
@@ -100,9 +102,13 @@ def graft_pooling(transformer_graph_path: str | os.PathLike, model_folder: str |
         onnx.helper.make_tensor_value_info("sentence_embedding", onnx.TensorProto.FLOAT, ["batch", dim]),
         onnx.helper.make_tensor_value_info("token_embeddings", onnx.TensorProto.FLOAT, ["batch", "sequence", None]),
     ])
-    onnx.checker.check_model(model)
-    with layout.atomic_file(out_path) as f:
-        f.write(model.SerializeToString())
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".graft-", dir=out_path.parent) as work:
+        # a source over 2 GB (onnx/model.onnx with model.onnx_data): the checker and the writer take it by path
+        staged = save_graph(model, Path(work) / out_path.name)
+        onnx.checker.check_model(str(staged))
+        layout.manifest_path(out_path).unlink(missing_ok=True)
+        place_graph(staged, out_path)
     _write_manifest(out_path, model_folder, inputs, dim, opset, transformer_graph_path)
     return out_path
 
@@ -220,5 +226,5 @@ def _write_manifest(out_path: Path, folder: Path, inputs, dim: int, opset: int, 
         "do_lower_case": bool(sbert.get("do_lower_case", False)),
         "exporter": f"graft({Path(source).name})", "versions": {"onnx": onnx.__version__, "st_onnx": st_onnx.__version__},
         "fusions": {}, "parity": {"checked": False, "reason": "grafted with onnx alone; no torch reference"},
-        "graph_bytes": out_path.stat().st_size, "graph_sha256": manifest_mod.file_sha256(out_path),
+        **manifest_mod.file_fields(out_path),
     })

@@ -2,7 +2,8 @@
 
 Torch-free: json, hashlib and (for ``check_graph``) the ``onnx`` package only, so the ONNX Runtime path can
 import it. The manifest keys the runtime relies on: ``format``, ``fingerprint``, ``precision``, ``inputs``,
-``outputs``, ``embedding_dimension``, ``graph_bytes``, ``graph_sha256``.
+``outputs``, ``embedding_dimension``, ``graph_bytes``, ``graph_sha256`` and, for a graph over 2 GB,
+``external_data`` (its weights file).
 """
 
 from __future__ import annotations
@@ -27,6 +28,35 @@ def file_sha256(path: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return "sha256:" + h.hexdigest()
+
+
+def file_fields(graph_path: str | os.PathLike) -> dict[str, Any]:
+    """The manifest's record of the graph's files: size and sha256 of the graph, and of its data file if it has
+    one (``external_data``: a graph over protobuf's 2 GB keeps its weights there)."""
+    graph_path = Path(graph_path)
+    fields: dict[str, Any] = {"graph_bytes": graph_path.stat().st_size, "graph_sha256": file_sha256(graph_path)}
+    data = layout.graph_data_path(graph_path)
+    if data.is_file():
+        fields["external_data"] = {"file": data.name, "bytes": data.stat().st_size, "sha256": file_sha256(data)}
+    return fields
+
+
+def data_problem(graph_path: str | os.PathLike, manifest: dict[str, Any], *, verify_hash: bool = True) -> str | None:
+    """Why the graph's data file is not the one its manifest records (missing, other size, other sha256), or
+    None when it is, or when the manifest records none."""
+    record = manifest.get("external_data")
+    if not isinstance(record, dict):
+        return None
+    data = layout.graph_data_path(graph_path)
+    if record.get("file") != data.name:
+        return f"the manifest of {graph_path} names the weights file {record.get('file')!r}; expected {data.name!r}"
+    if not data.is_file():
+        return f"the weights file {data} of the graph {graph_path} is missing"
+    if data.stat().st_size != record.get("bytes"):
+        return f"the weights file {data} holds {data.stat().st_size} bytes where the manifest says {record.get('bytes')}"
+    if verify_hash and file_sha256(data) != record.get("sha256"):
+        return f"the weights file {data} is not the one the manifest describes (sha256 differs)"
+    return None
 
 
 def write_manifest(graph_path: str | os.PathLike, manifest: dict[str, Any]) -> Path:
@@ -78,6 +108,9 @@ def check_graph(graph_path: str | os.PathLike, *, verify_hash: bool = True) -> d
         raise GraphFileError(
             f"the fused graph {graph_path} does not match its manifest's sha256: it is corrupted; re-export it"
         )
+    problem = data_problem(graph_path, manifest, verify_hash=verify_hash)
+    if problem:
+        raise GraphFileError(f"{problem}; re-export the graph")
     _check_proto(graph_path, manifest)
     return manifest
 

@@ -1,6 +1,7 @@
 """Graph passes on an exported fp32 graph: ORT transformer fusions (per target), fp16 (CUDA), dynamic int8 (CPU).
 
-onnx + onnxruntime only. Every pass reads one file and writes another, inside the exporter's temp folder.
+onnx + onnxruntime only. Every pass reads one file and writes another, inside the exporter's temp folder; a graph
+over protobuf's 2 GB is written with its weights in a data file beside it (``graph_files.save_graph``).
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .. import layout
 from ..errors import InvalidInputError
+from .graph_files import save_graph
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +83,8 @@ def fuse(src: str | os.PathLike, dst: str | os.PathLike, num_heads: int, hidden_
     model = optimize_model(str(src), model_type="bert", num_heads=num_heads, hidden_size=hidden_size, opt_level=0,
                            optimization_options=options)
     stats = model.get_fused_operator_statistics()
-    model.save_model_to_file(str(dst), use_external_data_format=False)
+    model.topological_sort()  # as ORT's own save_model_to_file
+    save_graph(model.model, dst)
     return {name: int(stats[name]) for name in REPORTED_FUSIONS if stats.get(name)}
 
 
@@ -94,7 +98,8 @@ def to_fp16(src: str | os.PathLike, dst: str | os.PathLike) -> None:
 
     model = OnnxModel(onnx.load(str(src)))
     model.convert_float_to_float16(keep_io_types=True)
-    model.save_model_to_file(str(dst), use_external_data_format=False)
+    model.topological_sort()
+    save_graph(model.model, dst)
 
 
 def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, *, per_channel: bool = INT8_PER_CHANNEL,
@@ -118,10 +123,14 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, *, per_channel
     try:
         quantize_dynamic(Path(src), Path(dst), per_channel=per_channel, reduce_range=reduce_range,
                          weight_type=QuantType.QInt8,
+                         # a source over 2 GB: the result is written with a data file too
+                         use_external_data_format=layout.graph_data_path(src).is_file(),
                          op_types_to_quantize=list(op_types) if op_types else None,
                          extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     finally:
         logging.getLogger().removeFilter(hint)
+    if layout.graph_data_path(dst).is_file():  # int8 weights may bring a graph over 2 GB back into one file
+        save_graph(onnx.load(str(dst)), dst)
     return {"per_channel": per_channel, "reduce_range": reduce_range, "op_types": list(op_types or ["all"])}
 
 
@@ -141,7 +150,7 @@ def default_input(path: str | os.PathLike, name: str, value: int) -> None:
     import onnx
     from onnx import numpy_helper
 
-    model = onnx.load(str(path))
+    model = onnx.load(str(path), load_external_data=False)  # a data file stays as it is
     inputs = {i.name: i for i in model.graph.input}
     if name not in inputs:
         raise InvalidInputError(f"the graph has no input {name!r} to give a default; inputs: {sorted(inputs)}")

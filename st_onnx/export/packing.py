@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -32,6 +33,7 @@ import numpy as np
 from .. import layout
 from ..errors import GraphFileError, InvalidInputError, ParityError
 from . import manifest as manifest_mod
+from .graph_files import place_graph, remove_graph, save_graph
 
 logger = logging.getLogger(__name__)
 
@@ -72,21 +74,20 @@ def pack_graph(src: str | os.PathLike, dst: str | os.PathLike | None = None, *,
     PackingMode(model).convert(use_symbolic_shape_infer=False)
     check_packed(model.model, attentions)
     layout.manifest_path(dst).unlink(missing_ok=True)  # never a manifest describing other bytes, even after a crash
-    with layout.atomic_file(dst) as f:
-        f.write(model.model.SerializeToString())
+    with tempfile.TemporaryDirectory(prefix=".pack-", dir=dst.parent) as work:
+        place_graph(save_graph(model.model, Path(work) / dst.name), dst)
     try:
         parity = _parity(src, dst, source_manifest, Path(model_folder) if model_folder else _model_folder(src), texts)
         manifest = {
-            **source_manifest,
+            **{k: v for k, v in source_manifest.items() if k != "external_data"},  # file_fields: the packed graph's
             "packing": {"ops": list(PACKED_OPS), "attention_nodes": attentions, "source_graph": src.name,
                         "source_sha256": source_manifest.get("graph_sha256")},
             "parity": parity,
-            "graph_bytes": dst.stat().st_size,
-            "graph_sha256": manifest_mod.file_sha256(dst),
+            **manifest_mod.file_fields(dst),
         }
         manifest_mod.write_manifest(dst, manifest)
     except BaseException:
-        dst.unlink(missing_ok=True)
+        remove_graph(dst)
         raise
     logger.info("packed %s -> %s (%d PackedAttention)", src.name, dst, attentions)
     return dst

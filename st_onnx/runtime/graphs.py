@@ -55,12 +55,11 @@ def graph_problem(graph: Path, manifest: dict[str, Any]) -> str | None:
     size, digest = manifest.get("graph_bytes"), manifest.get("graph_sha256")
     if isinstance(size, int) and graph.stat().st_size != size:
         return f"{graph} holds {graph.stat().st_size} bytes where its manifest says {size}"
-    if isinstance(digest, str):
-        from ..export.manifest import file_sha256
+    from ..export.manifest import data_problem, file_sha256
 
-        if file_sha256(graph) != digest:
-            return f"{graph} is not the graph its manifest describes (sha256 differs)"
-    return None
+    if isinstance(digest, str) and file_sha256(graph) != digest:
+        return f"{graph} is not the graph its manifest describes (sha256 differs)"
+    return data_problem(graph, manifest)
 
 
 def _usable(folder: Path, graph: Path, fingerprint: str | None) -> tuple[dict[str, Any] | None, Exception | None]:
@@ -242,12 +241,13 @@ def _stat_path(graph: Path) -> Path:
 
 def _stat_signature(folder: Path, graph: Path) -> list:
     """(file, size, mtime_ns, ctime_ns, inode) of every file the fingerprint hashes (symbolic links followed) and
-    of the graph itself; ctime cannot be set back, so a file replaced by one with the same size and mtime
-    (cp -p) still changes the signature."""
+    of the graph itself (and its weights file, if it has one); ctime cannot be set back, so a file replaced by one
+    with the same size and mtime (cp -p) still changes the signature."""
     from ..fingerprint import fingerprint_files
 
     out = []
-    for p in [*fingerprint_files(folder), graph]:
+    data = layout.graph_data_path(graph)
+    for p in [*fingerprint_files(folder), graph, *([data] if data.is_file() else [])]:
         st = p.stat()
         out.append([os.path.relpath(p, folder), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino])
     return out
