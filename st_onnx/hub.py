@@ -145,8 +145,9 @@ def _cached_snapshot(model_id: str, cache_dir: str, revision: str | None, includ
         fix = ("check the network connection and HF_ENDPOINT, then retry" if failure is not None else
                "pass local_files_only=False to download it once" if local_files_only else
                "unset HF_HUB_OFFLINE (or set HF_HUB_OFFLINE=0) to download it once")
+        at = f" at revision {revision!r}" if revision is not None else ""
         raise ModelNotFoundError(
-            f"model {model_id!r} is not a local folder and {state} the Hugging Face cache {cache_dir}, and {why}. "
+            f"model {model_id!r}{at} is not a local folder and {state} the Hugging Face cache {cache_dir}, and {why}. "
             f"Pass the path of a local model folder instead (e.g. one written by model.save(path)), or {fix}"
         ) from (failure or e)
     if failure is None:

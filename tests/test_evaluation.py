@@ -174,6 +174,8 @@ def test_main_similarity_and_from_input_examples(pairs):
         EmbeddingSimilarityEvaluator(s1, s2[:3], scores)
     with pytest.raises(ValueError, match="0 or 1"):
         BinaryClassificationEvaluator(s1[:2], s2[:2], [0, 2])
+    with pytest.raises(ValueError, match="corpus is empty"):  # was a TypeError from inside the ranking
+        InformationRetrievalEvaluator({"q": "the cat"}, {}, {"q": {"d"}})
 
 
 def test_sequential_evaluator(pairs):

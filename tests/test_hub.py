@@ -323,6 +323,10 @@ def test_load_a_revision_and_local_files_only(server, tiny_model_dir, tiny_model
     before = len(server.requests)
     cached = SentenceTransformer("acme/versions", cache_folder=cache, device="cpu", local_files_only=True)
     assert len(server.requests) == before and cached.model_path == new.model_path
+    with pytest.raises(ModelNotFoundError, match=f"'acme/versions' at revision '{'0' * 40}' is not a local folder"):
+        SentenceTransformer("acme/versions", cache_folder=cache, device="cpu", local_files_only=True,
+                            revision="0" * 40)  # not the cached one: the error names the revision asked for
+    assert len(server.requests) == before
 
 
 def test_load_missing_repo_404(server, tmp_path):

@@ -121,6 +121,9 @@ class InformationRetrievalEvaluator(SentenceEvaluator):
         if not self.queries_ids:
             raise InvalidInputError("no query has relevant documents: relevant_docs must map query ids to sets "
                                     "of corpus ids")
+        if not self.corpus_ids:
+            raise InvalidInputError("the corpus is empty: there is nothing to rank; allowed: a dict of at least one "
+                                    "corpus id -> text")
         self.csv_file = f"Information-Retrieval_evaluation{'_' + name if name else ''}_results.csv"
         self.csv_headers = ["epoch", "steps"] + [h for n in self.score_function_names for h in self._headers(n)]
         self.last_metrics: dict = {}
