@@ -171,11 +171,12 @@ def is_st_folder(folder: str | os.PathLike) -> bool:
     return (Path(folder) / MODULES_JSON).is_file()
 
 
-# Work folders (an export's, an atomic write's) are hidden: ".export-*" beside the graphs, ".NAME.tmp-*" and
-# ".NAME.old-*" beside a folder being replaced. A process killed mid-way (SIGKILL) leaves its own behind; one a
-# day old cannot belong to a running process, and the next write there removes it.
+# Work folders (an export's, a pack's, a graft's, an atomic write's) are hidden: ".export-*", ".pack-*" and
+# ".graft-*" beside the graphs, ".NAME.tmp-*" and ".NAME.old-*" beside a folder being replaced. A process killed
+# mid-way (SIGKILL) leaves its own behind; one a day old cannot belong to a running process, and the next write
+# of the same kind there removes it; copies of a model folder leave them all out.
 ABANDONED_S = 24 * 3600
-WORK_FOLDERS = (".export-*", ".*.tmp-*", ".*.old-*")
+WORK_FOLDERS = (".export-*", ".pack-*", ".graft-*", ".*.tmp-*", ".*.old-*")
 
 
 def remove_abandoned(folder: Path, pattern: str) -> None:

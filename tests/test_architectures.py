@@ -34,6 +34,10 @@ def test_the_graph_matches_the_torch_modules(encoder):
     onnx_model = SentenceTransformer(str(folder), backend="onnx", device="cpu")
     manifest = onnx_model._backend.manifest
     assert manifest["inputs"] == ["input_ids", "attention_mask"]  # none of them takes token_type_ids
+    import onnx  # no control flow (If, Loop), whose subgraphs cost ORT's shape inference a copy of every weight
+
+    graph = onnx.load(str(layout.fused_graph_path(folder, "fp32")), load_external_data=False).graph
+    assert not {"If", "Loop"} & {n.op_type for n in graph.node}
     assert max(len(ids) for ids in onnx_model.tokenize(TEXTS)["attention_mask"]) == 64
     # the graph's batches are padded with the model's own padding token (Qwen's is named in its config only)
     assert onnx_model._backend.text_tokenizer.pad_id == torch_model.tokenizer.pad_token_id

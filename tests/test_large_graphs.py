@@ -146,3 +146,111 @@ def test_graft_reads_and_writes_graphs_over_the_limit(tmp_path, monkeypatch):
     assert sorted(os.listdir(out.parent)) == ["fp32.json", "fp32.onnx", "fp32.onnx.data"]
     assert read_manifest(out)["external_data"]["file"] == "fp32.onnx.data"
     compare_with_torch(out, stack)
+
+
+def test_a_packed_graph_of_older_weights_is_packed_again(tmp_path, monkeypatch):
+    """Over the limit, the fp16 graph file is the structure alone: other weights of the same shapes leave its
+    sha256 as it was, so the packed graph must be tied to the data file's too."""
+    from safetensors.torch import load_file, save_file
+
+    from st_onnx.export.packing import pack_graph
+    from st_onnx.runtime.graphs import find_graph, find_packed
+
+    monkeypatch.setattr(graph_files, "MAX_PROTO_BYTES", SMALL)
+    folder = make_tiny_model(tmp_path / "model")
+    calls = []
+
+    def packer(graph, target, model_folder):
+        calls.append(graph)
+        return pack_graph(graph, target, model_folder=model_folder)
+
+    def exporter(model_folder, precision, out_dir):
+        return export_model_folder(model_folder, precision, out_dir=out_dir)
+
+    first = find_graph(folder, "fp16", exporter=exporter)
+    packed = find_packed(folder, first, packer=packer)
+    assert packed.exported and find_packed(folder, first, packer=packer).exported is False
+    weights = folder / "model.safetensors"
+    tensors = load_file(weights)
+    tensors = {k: (v + 0.01 if k.endswith("word_embeddings.weight") else v) for k, v in tensors.items()}
+    save_file({k: v.contiguous() for k, v in tensors.items()}, weights, metadata={"format": "pt"})
+    second = find_graph(folder, "fp16", exporter=exporter)
+    assert second.exported and second.manifest["graph_sha256"] == first.manifest["graph_sha256"]
+    assert second.manifest["external_data"]["sha256"] != first.manifest["external_data"]["sha256"]
+    again = find_packed(folder, second, packer=packer)
+    assert again.exported and len(calls) == 2
+
+
+def test_a_data_file_linked_from_outside_the_folder_is_refused_and_replaced(pair, tmp_path):
+    """ONNX Runtime will not read weights from outside the graph's folder (git-annex, DVC, a linked copy)."""
+    folder = tmp_path / "model"
+    shutil.copytree(pair[1], folder)
+    data = layout.graph_data_path(layout.fused_graph_path(folder, "fp32"))
+    store = tmp_path / "store" / "blob"
+    store.parent.mkdir()
+    shutil.move(data, store)
+    data.symlink_to(store)
+    with pytest.raises(GraphFileError, match="links to .*blob, outside the graph's folder.*cp --remove-destination"):
+        check_graph(layout.fused_graph_path(folder, "fp32"))
+    with pytest.raises(GraphFileError, match="outside the graph's folder"):
+        encode(folder)
+    np.testing.assert_array_equal(encode(folder, export="auto"), encode(pair[0]))  # exported again, into the folder
+    assert not data.is_symlink()
+    inside = folder / "onnx" / "st_onnx" / "blobs"  # a link within the folder (a Hub cache snapshot's kind) is fine
+    inside.mkdir()
+    shutil.copytree(pair[1] / layout.FUSED_DIR, inside, dirs_exist_ok=True)
+    for name in ("fp32.onnx", "fp32.json", "fp32.onnx.data"):
+        (folder / layout.FUSED_DIR / name).unlink(missing_ok=True)
+        (folder / layout.FUSED_DIR / name).symlink_to(inside / name)
+    check_graph(layout.fused_graph_path(folder, "fp32"))
+    np.testing.assert_array_equal(encode(folder, export="never"), encode(pair[0]))
+
+
+def test_an_unoptimized_export_gathers_torchs_per_tensor_files(tmp_path, monkeypatch):
+    """torch.onnx.export writes a model over 2 GB with one file per tensor beside the graph; optimize=False must
+    not move the graph without them."""
+    import onnx
+
+    from st_onnx.export import exporter
+    from st_onnx.modules import load_stack
+
+    trace = exporter._trace
+
+    def like_torch_over_2gb(stack, names, path, opset, prompt=False):
+        out = trace(stack, names, path, opset, prompt)
+        onnx.save_model(onnx.load(str(path)), str(path), save_as_external_data=True, all_tensors_to_one_file=False,
+                        size_threshold=0)
+        return out
+
+    monkeypatch.setattr(exporter, "_trace", like_torch_over_2gb)
+    monkeypatch.setattr(graph_files, "MAX_PROTO_BYTES", SMALL)
+    folder = make_tiny_model(tmp_path / "model")
+    graph = exporter.export_fused_graph(load_stack(folder), tmp_path / "out", "fp32", fingerprint="sha256:x",
+                                        optimize=False)
+    assert sorted(os.listdir(graph.parent)) == ["fp32.json", "fp32.onnx", "fp32.onnx.data"]
+    check_graph(graph)
+    import onnxruntime as ort
+
+    ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])  # every weight is where the graph says
+
+
+def test_packs_and_grafts_killed_mid_way_are_cleaned_up_and_never_copied(pair, tmp_path):
+    import time
+
+    from st_onnx.export.packing import pack_graph
+
+    folder = tmp_path / "model"
+    shutil.copytree(pair[0], folder)
+    fused = folder / layout.FUSED_DIR
+    for name in (".pack-killed", ".graft-killed"):
+        (fused / name).mkdir()
+        (fused / name / "fp16-packed.onnx.data").write_bytes(b"partial")
+        two_days_ago = time.time() - 2 * 24 * 3600
+        os.utime(fused / name, (two_days_ago, two_days_ago))
+    copy = export_model_folder(folder, "fp32", out_dir=tmp_path / "copy").parent
+    assert sorted(p.name for p in copy.iterdir() if p.name.startswith(".")) == []
+    fp16 = export_model_folder(folder, "fp16")
+    packed = pack_graph(fp16, tmp_path / "new" / "sub" / "fp16-packed.onnx")  # a folder that does not exist yet
+    assert packed.is_file() and read_manifest(packed)["packing"]["attention_nodes"] == 2
+    pack_graph(fp16)  # beside the graph: the pack killed two days ago goes
+    assert not (fused / ".pack-killed").exists() and (fused / ".graft-killed").exists()

@@ -30,7 +30,7 @@ from ..errors import InvalidInputError, ModelFolderError, ParityError
 from ..runtime.encoder import PROMPT_LENGTH
 from . import manifest as manifest_mod
 from . import optimize as passes
-from .graph_files import place_graph
+from .graph_files import place_graph, save_graph
 from .graph_module import FusedModule, eager_attention, excludes_prompt, graph_input_names
 from .verify import ParityReport, check_parity
 
@@ -186,7 +186,11 @@ def _trace(stack, names: tuple[str, ...], path: Path, opset: int, prompt: bool =
 
 def _optimize(stack, raw: Path, tmp: Path, precision: str, optimize: bool) -> tuple[Path, dict, dict]:
     graph, fusions, extra = raw, {}, {}
-    if optimize:
+    if not optimize:  # torch writes a model over 2 GB with one file per tensor: gathered into one data file
+        import onnx
+
+        graph = save_graph(onnx.load(str(raw)), tmp / "plain.onnx")
+    else:
         config = stack.transformer.auto_model.config
         graph = tmp / "fused.onnx"
         target = "cuda" if precision == "fp16" else "cpu"  # fp16 is for CUDA only; fp32 and int8 mostly run on CPUs

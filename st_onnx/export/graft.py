@@ -103,6 +103,7 @@ def graft_pooling(transformer_graph_path: str | os.PathLike, model_folder: str |
         onnx.helper.make_tensor_value_info("token_embeddings", onnx.TensorProto.FLOAT, ["batch", "sequence", None]),
     ])
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    layout.remove_abandoned(out_path.parent, ".graft-*")  # left by grafts killed mid-way
     with tempfile.TemporaryDirectory(prefix=".graft-", dir=out_path.parent) as work:
         # a source over 2 GB (onnx/model.onnx with model.onnx_data): the checker and the writer take it by path
         staged = save_graph(model, Path(work) / out_path.name)

@@ -41,6 +41,16 @@ def file_fields(graph_path: str | os.PathLike) -> dict[str, Any]:
     return fields
 
 
+def content_digest(manifest: dict[str, Any]) -> str | None:
+    """What identifies a graph's bytes: its sha256, followed by its data file's when it has one (the graph file
+    alone of a graph over 2 GB is only its structure: the same for other weights of the same shapes)."""
+    digest = manifest.get("graph_sha256")
+    data = manifest.get("external_data")
+    if digest and isinstance(data, dict):
+        return f"{digest}+{data.get('sha256')}"
+    return digest
+
+
 def data_problem(graph_path: str | os.PathLike, manifest: dict[str, Any], *, verify_hash: bool = True) -> str | None:
     """Why the graph's data file is not the one its manifest records (missing, other size, other sha256), or
     None when it is, or when the manifest records none."""
@@ -52,6 +62,10 @@ def data_problem(graph_path: str | os.PathLike, manifest: dict[str, Any], *, ver
         return f"the manifest of {graph_path} names the weights file {record.get('file')!r}; expected {data.name!r}"
     if not data.is_file():
         return f"the weights file {data} of the graph {graph_path} is missing"
+    real = data.resolve()
+    if Path(graph_path).resolve().parent not in real.parents:  # a link out of the folder (git-annex, DVC, a copy)
+        return (f"the weights file {data} links to {real}, outside the graph's folder, and ONNX Runtime refuses to "
+                f"read weights from there; put the file itself in its place (cp --remove-destination {real} {data})")
     if data.stat().st_size != record.get("bytes"):
         return f"the weights file {data} holds {data.stat().st_size} bytes where the manifest says {record.get('bytes')}"
     if verify_hash and file_sha256(data) != record.get("sha256"):

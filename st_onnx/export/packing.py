@@ -74,6 +74,8 @@ def pack_graph(src: str | os.PathLike, dst: str | os.PathLike | None = None, *,
     PackingMode(model).convert(use_symbolic_shape_infer=False)
     check_packed(model.model, attentions)
     layout.manifest_path(dst).unlink(missing_ok=True)  # never a manifest describing other bytes, even after a crash
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    layout.remove_abandoned(dst.parent, ".pack-*")  # left by packs killed mid-way
     with tempfile.TemporaryDirectory(prefix=".pack-", dir=dst.parent) as work:
         place_graph(save_graph(model.model, Path(work) / dst.name), dst)
     try:
@@ -81,7 +83,7 @@ def pack_graph(src: str | os.PathLike, dst: str | os.PathLike | None = None, *,
         manifest = {
             **{k: v for k, v in source_manifest.items() if k != "external_data"},  # file_fields: the packed graph's
             "packing": {"ops": list(PACKED_OPS), "attention_nodes": attentions, "source_graph": src.name,
-                        "source_sha256": source_manifest.get("graph_sha256")},
+                        "source_sha256": manifest_mod.content_digest(source_manifest)},
             "parity": parity,
             **manifest_mod.file_fields(dst),
         }

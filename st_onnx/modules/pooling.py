@@ -146,7 +146,10 @@ def pool(mode: str, tokens: torch.Tensor, mask: torch.Tensor, original: torch.Te
     if mode == "cls":
         first = mask.to(torch.int32).argmax(dim=1)
         index = first.view(-1, 1, 1).expand(-1, 1, tokens.shape[-1]).to(torch.int64)
-        return torch.gather(tokens, 1, index).squeeze(1)
+        # [:, 0], not squeeze(1): squeeze of a dynamic dimension exports as an If node, and ORT's symbolic shape
+        # inference (run by the exporter's fusions) copies every weight into each If's subgraph: a 0.6B model's
+        # export then ran out of 24 GB
+        return torch.gather(tokens, 1, index)[:, 0]
     if mode == "max":
         return tokens.masked_fill(fmask == 0, float("-inf")).max(dim=1).values
     # half-precision tokens (a model after half()/bfloat16()) are summed in fp32 and the result cast back, as
@@ -169,5 +172,5 @@ def pool(mode: str, tokens: torch.Tensor, mask: torch.Tensor, original: torch.Te
         values, indices = mask.to(torch.int32).flip(1).max(dim=1)
         indices = torch.where(values == 0, torch.full_like(indices, seq_len - 1), indices)
         last = (seq_len - 1 - indices).view(-1, 1, 1).expand(-1, 1, tokens.shape[-1]).to(torch.int64)
-        return torch.gather(tokens * fmask, 1, last).squeeze(1)
+        return torch.gather(tokens * fmask, 1, last)[:, 0]
     raise InvalidInputError(f"pooling mode {mode!r} is not supported; allowed: {', '.join(POOLING_MODES)}")

@@ -190,7 +190,9 @@ def find_packed(folder: Path, padded: GraphChoice, *, export: str = "auto",
                                                               padded.manifest.get("precision", "fp16")))
     if cached != targets[0]:
         targets.append(cached)
-    source = padded.manifest.get("graph_sha256")
+    from ..export.manifest import content_digest
+
+    source = content_digest(padded.manifest)  # the graph's sha256, and its data file's if it has one
     problems = []
     for graph in targets:
         manifest = read_manifest(graph) if graph.is_file() else {}
