@@ -85,7 +85,8 @@ def make_tiny_model(folder: Path, pooling="mean", dense: int | None = None, norm
 ARCHITECTURES = ("distilbert", "roberta", "mpnet", "modernbert", "qwen3")
 
 
-def make_tiny_encoder(folder: Path, arch: str, seed: int = 0) -> Path:
+def make_tiny_encoder(folder: Path, arch: str, seed: int = 0, *, pooling: str | None = None,
+                      config_overrides: dict | None = None) -> Path:
     """A tiny random encoder of another architecture than BERT, with a tokenizer built here, as a
     sentence-transformers folder (Transformer + mean Pooling + Normalize): what each brings that BERT has not.
 
@@ -94,6 +95,9 @@ def make_tiny_encoder(folder: Path, arch: str, seed: int = 0) -> Path:
     attention (a 16-token window, so that texts of 64 tokens feel it), no biases. qwen3: a decoder as
     Qwen3-Embedding is one: causal attention, grouped keys, RMSNorm, an end-of-text token appended to every text,
     a tokenizer padding on the left, last-token pooling.
+
+    ``pooling`` replaces that default pooling mode; ``config_overrides`` replace config arguments (a real model's
+    sizes, for benchmarks/bench_export.py: random weights of that shape, this tokenizer).
     """
     import transformers as tf
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -118,7 +122,7 @@ def make_tiny_encoder(folder: Path, arch: str, seed: int = 0) -> Path:
         tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     if arch == "qwen3":
-        return _tiny_decoder(folder, raw, tok, seed)
+        return _tiny_decoder(folder, raw, tok, seed, pooling, config_overrides)
     cls, sep, pad, unk, mask = (("<s>", "</s>", "<pad>", "<unk>", "<mask>") if specials[0] == "<s>"
                                 else ("[CLS]", "[SEP]", "[PAD]", "[UNK]", "[MASK]"))
     tok.post_processor = processors.TemplateProcessing(
@@ -130,22 +134,24 @@ def make_tiny_encoder(folder: Path, arch: str, seed: int = 0) -> Path:
                bos_token=cls, eos_token=sep, model_max_length=128,
                model_input_names=["input_ids", "attention_mask"]).save_pretrained(raw)
     vocab, ids = tok.get_vocab_size(), dict(pad_token_id=tok.token_to_id(pad))
-    config = {
-        "distilbert": lambda: tf.DistilBertConfig(vocab_size=vocab, dim=32, n_layers=2, n_heads=4, hidden_dim=64,
-                                                  max_position_embeddings=128, **ids),
-        "roberta": lambda: tf.RobertaConfig(vocab_size=vocab, max_position_embeddings=130, type_vocab_size=1,
-                                            **size, **ids),
-        "mpnet": lambda: tf.MPNetConfig(vocab_size=vocab, max_position_embeddings=130,
-                                        relative_attention_num_buckets=32, **size, **ids),
-        "modernbert": lambda: tf.ModernBertConfig(vocab_size=vocab, max_position_embeddings=128,
-                                                  global_attn_every_n_layers=2, local_attention=16,
-                                                  cls_token_id=tok.token_to_id(cls),
-                                                  sep_token_id=tok.token_to_id(sep), **size, **ids),
-    }[arch]()
-    return _save_encoder(folder, raw, config, "mean", seed)
+    config_class, kwargs = {
+        "distilbert": (tf.DistilBertConfig, dict(vocab_size=vocab, dim=32, n_layers=2, n_heads=4, hidden_dim=64,
+                                                 max_position_embeddings=128, **ids)),
+        "roberta": (tf.RobertaConfig, dict(vocab_size=vocab, max_position_embeddings=130, type_vocab_size=1,
+                                           **size, **ids)),
+        "mpnet": (tf.MPNetConfig, dict(vocab_size=vocab, max_position_embeddings=130,
+                                       relative_attention_num_buckets=32, **size, **ids)),
+        "modernbert": (tf.ModernBertConfig, dict(vocab_size=vocab, max_position_embeddings=128,
+                                                 global_attn_every_n_layers=2, local_attention=16,
+                                                 cls_token_id=tok.token_to_id(cls),
+                                                 sep_token_id=tok.token_to_id(sep), **size, **ids)),
+    }[arch]
+    config = config_class(**{**kwargs, **(config_overrides or {})})
+    return _save_encoder(folder, raw, config, pooling or "mean", seed)
 
 
-def _tiny_decoder(folder: Path, raw: Path, tok: Any, seed: int) -> Path:
+def _tiny_decoder(folder: Path, raw: Path, tok: Any, seed: int, pooling: str | None = None,
+                  overrides: dict | None = None) -> Path:
     import transformers as tf
     from tokenizers import processors
 
@@ -156,10 +162,10 @@ def _tiny_decoder(folder: Path, raw: Path, tok: Any, seed: int) -> Path:
                                model_max_length=128, model_input_names=["input_ids", "attention_mask"]
                                ).save_pretrained(raw)
     # no pad_token_id: it would zero the embedding of the end-of-text token every text ends with
-    config = tf.Qwen3Config(vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=2,
-                            num_attention_heads=4, num_key_value_heads=2, head_dim=8, intermediate_size=64,
-                            max_position_embeddings=128)
-    return _save_encoder(folder, raw, config, "lasttoken", seed)
+    config = tf.Qwen3Config(**{**dict(vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, head_dim=8, intermediate_size=64,
+                                      max_position_embeddings=128), **(overrides or {})})
+    return _save_encoder(folder, raw, config, pooling or "lasttoken", seed)
 
 
 def _save_encoder(folder: Path, raw: Path, config: Any, pooling: str, seed: int) -> Path:
