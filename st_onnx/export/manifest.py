@@ -63,7 +63,10 @@ def data_problem(graph_path: str | os.PathLike, manifest: dict[str, Any], *, ver
     if not data.is_file():
         return f"the weights file {data} of the graph {graph_path} is missing"
     real = data.resolve()
-    if Path(graph_path).resolve().parent not in real.parents:  # a link out of the folder (git-annex, DVC, a copy)
+    # ONNX Runtime reads weights under the graph's folder, or under the folder of the file a linked graph points
+    # to (a Hugging Face cache snapshot: both are links into blobs/); not from anywhere else (git-annex, DVC)
+    allowed = {Path(graph_path).parent.resolve(), Path(graph_path).resolve().parent}
+    if not allowed & set(real.parents):
         return (f"the weights file {data} links to {real}, outside the graph's folder, and ONNX Runtime refuses to "
                 f"read weights from there; put the file itself in its place (cp --remove-destination {real} {data})")
     if data.stat().st_size != record.get("bytes"):
