@@ -35,6 +35,10 @@ def _export(args: argparse.Namespace) -> int:
                                        "OUT_DIR, which gets a complete copy of the model folder)", e.filename) from e
     manifest = read_manifest(graph)
     print(f"wrote {graph}")
+    data = manifest.get("external_data")
+    if isinstance(data, dict):
+        print(f"weights: {data.get('file')} ({data.get('bytes', 0) / 1e6:,.1f} MB) beside it: the graph is over "
+              "protobuf's 2 GB; keep the two files together")
     print(f"fusions: {manifest.get('fusions') or 'none'}")
     parity = manifest.get("parity") or {}
     if "min_cosine" in parity:

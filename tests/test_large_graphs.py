@@ -86,6 +86,15 @@ def test_a_missing_or_damaged_data_file_is_caught(pair, tmp_path):
     np.testing.assert_array_equal(encode(folder, export="auto"), encode(pair[0]))  # exported again, one file
 
 
+def test_the_cli_names_the_data_file(pair, tmp_path, monkeypatch, capsys):
+    from st_onnx.cli import main
+
+    monkeypatch.setattr(graph_files, "MAX_PROTO_BYTES", SMALL)
+    assert main(["export", str(pair[0]), str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    assert "weights: fp32.onnx.data (" in printed and "keep the two files together" in printed
+
+
 def test_export_again_as_one_file_drops_the_data_file(pair, tmp_path):
     folder = tmp_path / "model"
     shutil.copytree(pair[1], folder)
