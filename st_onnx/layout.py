@@ -192,6 +192,20 @@ def remove_abandoned(folder: Path, pattern: str) -> None:
             pass
 
 
+@contextmanager
+def work_folder(parent: str | os.PathLike, kind: str) -> Iterator[Path]:
+    """A hidden temporary folder ``.<kind>-*`` in ``parent`` (made if missing) for one export, pack or graft,
+    removed afterwards; those left a day ago by killed processes go first."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    remove_abandoned(parent, f".{kind}-*")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{kind}-", dir=parent))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _make_writable(folder: Path) -> None:
     """Give the owner write access to ``folder`` and the folders in it (a copy of a read-only model folder)."""
     for root, _, _ in os.walk(folder):  # read-only folders can still be listed

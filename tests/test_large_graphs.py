@@ -1,6 +1,7 @@
 """Graphs over protobuf's 2 GB limit (an fp32 graph of a model over ~530M parameters) keep their weights in a
 data file beside them. The tests lower the limit (``graph_files.MAX_PROTO_BYTES``) so that the tiny model's
-graphs take that path; a real 560M-parameter model's export is in the closing notes, too slow for the suite."""
+graphs take that path; real 560M- and 596M-parameter shapes are measured by benchmarks/bench_export.py (RESULTS.md), too slow for
+the suite."""
 
 from __future__ import annotations
 
@@ -84,6 +85,20 @@ def test_a_missing_or_damaged_data_file_is_caught(pair, tmp_path):
     with pytest.raises(GraphFileError, match="fp32.onnx.data of the graph .*fp32.onnx is missing"):
         check_graph(graph)
     np.testing.assert_array_equal(encode(folder, export="auto"), encode(pair[0]))  # exported again, one file
+
+
+def test_placing_a_graph_under_a_new_name_moves_its_weights_without_loading_them(pair, tmp_path, monkeypatch):
+    """The exporter's fp32 pass writes fused.onnx, a bundle renames fp32.onnx to model.onnx: for a 2 GB graph,
+    the data file is renamed and the graph's pointers rewritten; the weights are not loaded and written again."""
+    work = tmp_path / "work"
+    shutil.copytree(pair[1] / layout.FUSED_DIR, work)
+    monkeypatch.setattr(graph_files, "save_graph", lambda *a: pytest.fail("the weights were written again"))
+    target = graph_files.place_graph(work / "fp32.onnx", tmp_path / "out.onnx")
+    assert sorted(p.name for p in tmp_path.glob("*.onnx*")) == ["out.onnx", "out.onnx.data"]
+    assert not (work / "fp32.onnx").exists() and not (work / "fp32.onnx.data").exists()
+    import onnxruntime as ort
+
+    ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])  # the pointers name out.onnx.data
 
 
 def test_the_cli_names_the_data_file(pair, tmp_path, monkeypatch, capsys):

@@ -19,8 +19,6 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -56,33 +54,35 @@ def export_fused_graph(stack, out_dir: str | os.PathLike, precision: str = "fp32
         raise InvalidInputError(f"opset {opset} is too old; allowed: 14 or newer (default {DEFAULT_OPSET})")
     was_training = stack.training
     stack = _cpu_eval(stack)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    layout.remove_abandoned(target.parent, ".export-*")  # left by exports killed mid-way
-    tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=target.parent))
     try:
-        names = graph_input_names(stack)
-        prompt = excludes_prompt(stack)
-        raw, dim = _trace(stack, names, tmp / "raw.onnx", opset, prompt)
-        graph, fusions, extra = _optimize(stack, raw, tmp, precision, optimize)
-        if prompt:
-            passes.default_input(graph, PROMPT_LENGTH, 0)
-            extra["optional_inputs"] = {PROMPT_LENGTH: 0}
-        report, prompt_report = _verify(stack, graph, names, precision, sentences, prompt)
-        for checked in (report, prompt_report):
-            if checked is not None and not checked.passed:
-                raise ParityError(f"the exported {precision} graph does not compute what PyTorch computes: {checked}")
-        if prompt_report is not None:
-            extra["parity_prompt_length"] = prompt_report.to_dict()
-        inputs = names + ((PROMPT_LENGTH,) if prompt else ())
-        layout.manifest_path(target).unlink(missing_ok=True)
-        place_graph(graph, target)  # with its weights file, for a graph over 2 GB
-        manifest = _manifest(stack, target, inputs, dim, precision, fingerprint, opset, fusions, extra, report)
-        manifest_mod.write_manifest(target, manifest)
+        with layout.work_folder(target.parent, "export") as tmp:
+            _export_into(stack, tmp, target, precision, fingerprint, opset, optimize, sentences)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
         stack.train(was_training)  # a model exported mid-training keeps training
-    logger.info("wrote %s (%s)", target, report)
     return target
+
+
+def _export_into(stack, tmp: Path, target: Path, precision: str, fingerprint: str, opset: int, optimize: bool,
+                 sentences: Sequence[str] | None) -> None:
+    names = graph_input_names(stack)
+    prompt = excludes_prompt(stack)
+    raw, dim = _trace(stack, names, tmp / "raw.onnx", opset, prompt)
+    graph, fusions, extra = _optimize(stack, raw, tmp, precision, optimize)
+    if prompt:
+        passes.default_input(graph, PROMPT_LENGTH, 0)
+        extra["optional_inputs"] = {PROMPT_LENGTH: 0}
+    report, prompt_report = _verify(stack, graph, names, precision, sentences, prompt)
+    for checked in (report, prompt_report):
+        if checked is not None and not checked.passed:
+            raise ParityError(f"the exported {precision} graph does not compute what PyTorch computes: {checked}")
+    if prompt_report is not None:
+        extra["parity_prompt_length"] = prompt_report.to_dict()
+    inputs = names + ((PROMPT_LENGTH,) if prompt else ())
+    layout.manifest_path(target).unlink(missing_ok=True)
+    place_graph(graph, target)  # with its weights file, for a graph over 2 GB
+    manifest = _manifest(stack, target, inputs, dim, precision, fingerprint, opset, fusions, extra, report)
+    manifest_mod.write_manifest(target, manifest)
+    logger.info("wrote %s (%s)", target, report)
 
 
 def export_model_folder(model_folder: str | os.PathLike, precision: str = "fp32",

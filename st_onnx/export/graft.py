@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -102,11 +101,9 @@ def graft_pooling(transformer_graph_path: str | os.PathLike, model_folder: str |
         onnx.helper.make_tensor_value_info("sentence_embedding", onnx.TensorProto.FLOAT, ["batch", dim]),
         onnx.helper.make_tensor_value_info("token_embeddings", onnx.TensorProto.FLOAT, ["batch", "sequence", None]),
     ])
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    layout.remove_abandoned(out_path.parent, ".graft-*")  # left by grafts killed mid-way
-    with tempfile.TemporaryDirectory(prefix=".graft-", dir=out_path.parent) as work:
+    with layout.work_folder(out_path.parent, "graft") as work:
         # a source over 2 GB (onnx/model.onnx with model.onnx_data): the checker and the writer take it by path
-        staged = save_graph(model, Path(work) / out_path.name)
+        staged = save_graph(model, work / out_path.name)
         onnx.checker.check_model(str(staged))
         layout.manifest_path(out_path).unlink(missing_ok=True)
         place_graph(staged, out_path)

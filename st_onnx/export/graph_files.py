@@ -6,7 +6,8 @@ beside it, named after it (``fp32.onnx`` -> ``fp32.onnx.data``, ``layout.graph_d
 reads by itself when it loads the graph from its path. Graphs that fit stay one file, as before.
 
 The name of the data file is written inside the graph, so a graph with one cannot just be renamed:
-``place_graph`` writes it again under its final name. onnx only (no torch), like the other graph passes.
+``place_graph`` renames the data file and rewrites the graph's pointers to it. onnx only (no torch), like the
+other graph passes.
 """
 
 from __future__ import annotations
@@ -54,8 +55,8 @@ def _fits(model: Any) -> bool:
 
 def place_graph(src: str | os.PathLike, target: str | os.PathLike) -> Path:
     """Move the graph ``src`` (and its data file, if it has one) to ``target``, replacing the graph there and any
-    data file of it. Renames on one file system; a graph with a data file that changes its name is written again,
-    because the data file's name is recorded inside the graph."""
+    data file of it. Renames on one file system; a graph with a data file that changes its name is written again
+    without its weights, because the data file's name is recorded inside the graph."""
     src, target = Path(src), Path(target)
     data = layout.graph_data_path(src)
     if data.is_file() and src.name != target.name:
@@ -63,7 +64,13 @@ def place_graph(src: str | os.PathLike, target: str | os.PathLike) -> Path:
 
         staging = Path(tempfile.mkdtemp(prefix=".placing-", dir=src.parent))
         try:
-            place_graph(save_graph(onnx.load(str(src)), staging / target.name), target)
+            graph = onnx.load(str(src), load_external_data=False)  # the structure only: the weights stay put
+            if _point_to(graph, data.name, layout.graph_data_path(target).name):
+                onnx.save_model(graph, str(staging / target.name))
+                os.replace(data, staging / layout.graph_data_path(target).name)
+            else:  # weights in other files than its own data file: gathered into one
+                save_graph(onnx.load(str(src)), staging / target.name)
+            place_graph(staging / target.name, target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         remove_graph(src)
@@ -74,6 +81,32 @@ def place_graph(src: str | os.PathLike, target: str | os.PathLike) -> Path:
         layout.graph_data_path(target).unlink(missing_ok=True)
     os.replace(src, target)
     return target
+
+
+def _point_to(model: Any, old: str, new: str) -> bool:
+    """Make every external tensor of ``model`` that lives in the file ``old`` name the file ``new`` instead; False
+    (nothing changed) when some live in another file."""
+    import onnx
+
+    tensors = [t for t in _tensors(model.graph) if t.data_location == onnx.TensorProto.EXTERNAL]
+    entries = [e for t in tensors for e in t.external_data if e.key == "location"]
+    if any(e.value != old for e in entries):
+        return False
+    for entry in entries:
+        entry.value = new
+    return True
+
+
+def _tensors(graph: Any) -> Any:
+    """The graph's initializers and the tensors in its nodes' attributes, subgraphs included."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                yield from _tensors(sub)
 
 
 def remove_graph(path: str | os.PathLike) -> None:

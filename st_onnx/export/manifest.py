@@ -41,6 +41,12 @@ def file_fields(graph_path: str | os.PathLike) -> dict[str, Any]:
     return fields
 
 
+def with_file_fields(manifest: dict[str, Any], graph_path: str | os.PathLike) -> dict[str, Any]:
+    """``manifest`` describing the files of ``graph_path`` instead (a packed graph, a graph under a new name)."""
+    kept = {k: v for k, v in manifest.items() if k != "external_data"}
+    return {**kept, **file_fields(graph_path)}
+
+
 def content_digest(manifest: dict[str, Any]) -> str | None:
     """What identifies a graph's bytes: its sha256, followed by its data file's when it has one (the graph file
     alone of a graph over 2 GB is only its structure: the same for other weights of the same shapes)."""
@@ -52,8 +58,8 @@ def content_digest(manifest: dict[str, Any]) -> str | None:
 
 
 def data_problem(graph_path: str | os.PathLike, manifest: dict[str, Any], *, verify_hash: bool = True) -> str | None:
-    """Why the graph's data file is not the one its manifest records (missing, other size, other sha256), or
-    None when it is, or when the manifest records none."""
+    """Why the graph's data file is not the one its manifest records (another name, missing, a link out of the
+    graph's folder, other size, other sha256), or None when it is, or when the manifest records none."""
     record = manifest.get("external_data")
     if not isinstance(record, dict):
         return None
@@ -108,7 +114,8 @@ def check_graph(graph_path: str | os.PathLike, *, verify_hash: bool = True) -> d
     """Check that a fused graph file is whole and is the graph its manifest describes; return the manifest.
 
     Raises GraphFileError when the file is missing, truncated or corrupted (size or sha256 differ from the
-    manifest, or the protobuf does not parse), or when it lacks the inputs/outputs the manifest names.
+    manifest, or the protobuf does not parse), when its data file (a graph over 2 GB) is not the one the manifest
+    records (``data_problem``), or when it lacks the inputs/outputs the manifest names.
     """
     graph_path = Path(graph_path)
     if not graph_path.is_file():

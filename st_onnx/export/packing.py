@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -74,19 +73,17 @@ def pack_graph(src: str | os.PathLike, dst: str | os.PathLike | None = None, *,
     PackingMode(model).convert(use_symbolic_shape_infer=False)
     check_packed(model.model, attentions)
     layout.manifest_path(dst).unlink(missing_ok=True)  # never a manifest describing other bytes, even after a crash
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    layout.remove_abandoned(dst.parent, ".pack-*")  # left by packs killed mid-way
-    with tempfile.TemporaryDirectory(prefix=".pack-", dir=dst.parent) as work:
-        place_graph(save_graph(model.model, Path(work) / dst.name), dst)
+    with layout.work_folder(dst.parent, "pack") as work:
+        place_graph(save_graph(model.model, work / dst.name), dst)
     try:
         parity = _parity(src, dst, source_manifest, Path(model_folder) if model_folder else _model_folder(src), texts)
-        manifest = {
-            **{k: v for k, v in source_manifest.items() if k != "external_data"},  # file_fields: the packed graph's
+        manifest = manifest_mod.with_file_fields({
+            **source_manifest,
+            # (the key keeps its name; for a graph over 2 GB it holds the graph's and its data file's sha256)
             "packing": {"ops": list(PACKED_OPS), "attention_nodes": attentions, "source_graph": src.name,
                         "source_sha256": manifest_mod.content_digest(source_manifest)},
             "parity": parity,
-            **manifest_mod.file_fields(dst),
-        }
+        }, dst)
         manifest_mod.write_manifest(dst, manifest)
     except BaseException:
         remove_graph(dst)

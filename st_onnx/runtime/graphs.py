@@ -184,7 +184,8 @@ def find_packed(folder: Path, padded: GraphChoice, *, export: str = "auto",
                 cache_folder: str | os.PathLike | None = None,
                 packer: Callable[[Path, Path, Path], Path] | None = None) -> GraphChoice:
     """The packing-mode graph made from ``padded`` (the fresh fp16 graph): reused while it was made from those
-    very bytes (the manifests' sha256), else made again by ``packer(padded_graph, target, folder)``."""
+    very bytes (``content_digest``: the graph's sha256, and its data file's), else made again by
+    ``packer(padded_graph, target, folder)``."""
     targets = [layout.packed_graph_path(padded.path)]
     cached = layout.packed_graph_path(layout.fused_graph_path(cache_dir_for(folder, cache_folder),
                                                               padded.manifest.get("precision", "fp16")))
