@@ -372,3 +372,21 @@ def test_unreachable_hub_falls_back_to_the_cache(server, tmp_path, caplog):
     assert "could not ask the Hub" in caplog.text and "'acme/cached'" in caplog.text
     with pytest.raises(ModelNotFoundError, match=r"'acme/other'.*cannot be reached.*local model folder"):
         hub.resolve_model_path("acme/other", cache_folder=cache)
+
+
+def test_a_graph_over_2_gb_travels_through_the_hub_with_its_data_file(server, tiny_model_copy, tmp_path,
+                                                                      monkeypatch):
+    """Pushed with its weights file, fetched into the Hub cache (both files links into blobs/), run as it is."""
+    from st_onnx.export import export_model_folder, graph_files
+
+    monkeypatch.setattr(graph_files, "MAX_PROTO_BYTES", 4096)  # the tiny graph takes the path of one over 2 GB
+    export_model_folder(tiny_model_copy, "fp32")
+    model = SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu", onnx_options={"export": "never"})
+    model.push_to_hub("acme/large", token=TOKEN)
+    pushed = set(server.files("acme/large"))
+    assert {"onnx/st_onnx/fp32.onnx", "onnx/st_onnx/fp32.onnx.data", "onnx/st_onnx/fp32.json"} <= pushed
+    loaded = SentenceTransformer("acme/large", cache_folder=tmp_path / "cache", backend="onnx", device="cpu",
+                                 use_auth_token=TOKEN, onnx_options={"export": "never"})
+    data = loaded.model_path / "onnx" / "st_onnx" / "fp32.onnx.data"
+    assert data.is_symlink() and data.resolve().parent.name == "blobs"
+    np.testing.assert_array_equal(loaded.encode(SENTENCES), model.encode(SENTENCES))
