@@ -108,7 +108,7 @@ class SessionPool:
         """Raise when ``call`` cannot go on: a worker died, the pool stopped, or one of its chunks failed."""
         self._check_alive()
         if self.stopped:
-            raise PoolError("the pool was stopped while encoding")
+            raise PoolError(_STOPPED)
         if call.error is not None:
             raise call.error
 
@@ -197,7 +197,7 @@ _STOPPED = "the pool was stopped while encoding"
 
 
 def _work(jobs: queue.Queue, stop: threading.Event, runner: Callable) -> None:
-    """A worker thread: run queued chunks until the pool stops (and its queue is empty), or a None arrives."""
+    """A worker thread: run queued chunks until the pool stops (and its queue is empty)."""
     while True:
         try:
             job = jobs.get(timeout=_POLL_S)
@@ -205,8 +205,6 @@ def _work(jobs: queue.Queue, stop: threading.Event, runner: Callable) -> None:
             if stop.is_set():
                 return
             continue
-        if job is None:
-            return
         call, idx, payload, settings = job
         if stop.is_set():
             call.fail(PoolError(_STOPPED))
@@ -236,8 +234,7 @@ def _shut_down(jobs: queue.Queue, stop: threading.Event, threads: list[threading
             job = jobs.get_nowait()
         except queue.Empty:
             break
-        if job is not None:
-            job[0].fail(PoolError(_STOPPED))
+        job[0].fail(PoolError(_STOPPED))
     current = threading.current_thread()
     for thread in threads:
         if thread is not current:

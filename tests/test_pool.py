@@ -91,9 +91,10 @@ def test_failing_worker_surfaces_fast_and_pool_stays_usable(model, pool, monkeyp
     assert np.allclose(model.encode_multi_process(SENTENCES, pool), model.encode(SENTENCES), atol=ATOL)
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_dead_worker_is_reported_not_waited_for(model):
     pool = model.start_multi_process_pool(["cpu"])
-    pool._jobs.put(None)  # the worker exits as if it had crashed
+    pool._jobs.put(None)  # a job the worker cannot unpack: its thread dies, as on a crash
     pool._threads[0].join(5)
     with pytest.raises(PoolError, match="died"):
         model.encode_multi_process(SENTENCES, pool)
