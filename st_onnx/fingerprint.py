@@ -3,7 +3,9 @@
 It reads files only (safetensors bytes, JSON configs), so it needs neither torch nor onnx. Tokenizer files and
 ``max_seq_length`` are left out: they do not change the graph (its sequence axis is dynamic). Of a Transformer's
 ``sentence_bert_config.json`` only ``model_args`` and ``config_args`` count (they shape the loaded model), and
-only when given, so folders without them keep the fingerprints earlier versions wrote.
+only when given, so folders without them keep the fingerprints earlier versions wrote. Weights count under any
+shard names their index lists, and a model that runs its own code (``auto_map`` in its config, loaded with
+``trust_remote_code``) has its folder's ``*.py`` files hashed too.
 """
 
 from __future__ import annotations
@@ -36,12 +38,41 @@ def _blocks(f: Path) -> Iterator[bytes]:
         yield from iter(lambda: fh.read(1 << 20), b"")
 
 
+def weight_files(base: Path) -> list[Path]:
+    """The torch weight files in ``base``: the usual names, the usual shard names, and the shards an index lists
+    under names of its own (transformers loads whatever ``weight_map`` names)."""
+    files = [base / n for n in _WEIGHT_FILES if (base / n).is_file()]
+    files += sorted(base.glob("model-*-of-*.safetensors")) + sorted(base.glob("pytorch_model-*-of-*.bin"))
+    for index in _SHARD_INDEX:
+        weight_map = (layout.read_json_if_exists(base / index, {}) or {}).get("weight_map")
+        if isinstance(weight_map, dict):
+            listed = sorted({base / str(name) for name in weight_map.values()})
+            files += [f for f in listed if f.is_file() and f not in files]
+    return files
+
+
 def _module_files(folder: Path, entry: dict) -> list[Path]:
     base = folder / entry["path"]
-    names = ["config.json", layout.SBERT_CONFIG_JSON] + list(_WEIGHT_FILES) + list(_SHARD_INDEX)
-    files = [base / n for n in names if (base / n).is_file()]
-    files += sorted(base.glob("model-*-of-*.safetensors")) + sorted(base.glob("pytorch_model-*-of-*.bin"))
-    return files
+    names = ["config.json", layout.SBERT_CONFIG_JSON] + list(_SHARD_INDEX)
+    return _ordered([base / n for n in names if (base / n).is_file()], weight_files(base)) + _remote_code(base)
+
+
+def _ordered(configs: list[Path], weights: list[Path]) -> list[Path]:
+    """configs, single weight files, indexes, then shards: the order earlier versions hashed (same fingerprints)."""
+    head = [f for f in configs if f.name in ("config.json", layout.SBERT_CONFIG_JSON)]
+    single = [f for f in weights if f.name in _WEIGHT_FILES]
+    indexes = [f for f in configs if f.name in _SHARD_INDEX]
+    return head + single + indexes + [f for f in weights if f.name not in _WEIGHT_FILES]
+
+
+def _remote_code(base: Path) -> list[Path]:
+    """The ``*.py`` files of a model whose config maps its classes to code of its own (``auto_map``): the
+    modeling code is part of what the graph computes. Code kept in another repository (``repo--module.Class``)
+    is named by the config, which is hashed already."""
+    config = layout.read_json_if_exists(base / "config.json", {}) or {}
+    if not (isinstance(config, dict) and config.get("auto_map")):
+        return []
+    return sorted(base.glob("*.py"))
 
 
 def fingerprint_files(folder: str | os.PathLike) -> list[Path]:

@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -21,8 +22,6 @@ from .encoder import PROMPT_LENGTH
 logger = logging.getLogger(__name__)
 
 EXPORT_MODES = ("auto", "never")
-_WEIGHT_PATTERNS = ("model.safetensors", "pytorch_model.bin", "model-*-of-*.safetensors",
-                    "pytorch_model-*-of-*.bin")
 
 
 @dataclass(frozen=True)
@@ -34,8 +33,9 @@ class GraphChoice:
 
 def has_weights(folder: Path) -> bool:
     """True when the folder holds the torch weights of its Transformer (so a graph can be exported from it)."""
-    base = layout.transformer_folder(folder)
-    return any(any(base.glob(pattern)) for pattern in _WEIGHT_PATTERNS)
+    from ..fingerprint import weight_files
+
+    return bool(weight_files(layout.transformer_folder(folder)))
 
 
 def read_manifest(graph: Path) -> dict[str, Any]:
@@ -51,8 +51,12 @@ def read_manifest(graph: Path) -> dict[str, Any]:
 
 def graph_problem(graph: Path, manifest: dict[str, Any]) -> str | None:
     """Why ``graph`` is not the file its manifest describes (size, then sha256), or None when it is: a graph
-    copied over from another model, cut short or corrupted must not run as this model's."""
+    copied over from another model, cut short or corrupted must not run as this model's. A manifest that lacks
+    the two (edited by hand) describes no file: a problem too. No manifest at all is no problem here (a graph
+    st-onnx did not export, named by ``file_name``; the callers decide)."""
     size, digest = manifest.get("graph_bytes"), manifest.get("graph_sha256")
+    if manifest and not (isinstance(size, int) and isinstance(digest, str)):
+        return f"the manifest of {graph} does not record the graph's size and sha256 (graph_bytes, graph_sha256)"
     if isinstance(size, int) and graph.stat().st_size != size:
         return f"{graph} holds {graph.stat().st_size} bytes where its manifest says {size}"
     from ..export.manifest import data_problem, file_sha256
@@ -62,14 +66,19 @@ def graph_problem(graph: Path, manifest: dict[str, Any]) -> str | None:
     return data_problem(graph, manifest)
 
 
-def _usable(folder: Path, graph: Path, fingerprint: str | None) -> tuple[dict[str, Any] | None, Exception | None]:
-    """(manifest, None) when ``graph`` may run for weights of ``fingerprint`` (None: a folder without weights),
-    else (None, the error saying why not: StaleGraphError or GraphFileError). A graph whose files are unchanged
-    since last checked (the stat record) is not hashed again."""
+def _usable(folder: Path, graph: Path, fingerprint: str | None, precision: str,
+            sources: "_Snapshot") -> tuple[dict[str, Any] | None, Exception | None]:
+    """(manifest, None) when ``graph`` may run for weights of ``fingerprint`` (None: a folder without weights)
+    at ``precision``, else (None, the error saying why not: StaleGraphError or GraphFileError). A graph whose
+    files are unchanged since last checked (the stat record) is not hashed again; ``sources``: the folder's files
+    as they were before ``fingerprint`` was taken."""
     try:
         manifest = read_manifest(graph)
     except GraphFileError as e:
         return None, e
+    if manifest and manifest.get("precision") != precision:  # another precision's files copied under this name
+        return None, GraphFileError(f"the fused graph {graph} is a {manifest.get('precision')!r} graph by its "
+                                    f"manifest, where {precision!r} was asked for")
     if fingerprint is not None and manifest.get("fingerprint") != fingerprint:
         if not manifest:
             return None, GraphFileError(f"the fused graph {graph} has no manifest")
@@ -77,10 +86,11 @@ def _usable(folder: Path, graph: Path, fingerprint: str | None) -> tuple[dict[st
                                      f"fingerprint now {fingerprint!r})")
     if _stat_unchanged(folder, graph, fingerprint):
         return manifest, None
+    checked = _graph_signature(folder, graph)
     problem = graph_problem(graph, manifest)
     if problem:
         return None, GraphFileError(problem)
-    _record_stat(folder, graph, fingerprint)
+    _record_stat(folder, graph, fingerprint, sources, checked)
     return manifest, None
 
 
@@ -127,7 +137,7 @@ def find_graph(folder: Path, precision: str, *, file_name: str | None = None, ex
                 f"one from; export it where the weights are (`st-onnx export MODEL_DIR {folder}`) or pass "
                 "onnx_options={'precision': ...} naming a precision that was exported"
             )
-        manifest, problem = _usable(folder, existing[0], None)
+        manifest, problem = _usable(folder, existing[0], None, precision, _Snapshot.take(folder))
         if problem:
             raise type(problem)(f"{problem}; export it again where the weights are "
                                 f"(`st-onnx export MODEL_DIR {folder}`)")
@@ -141,10 +151,11 @@ def find_graph(folder: Path, precision: str, *, file_name: str | None = None, ex
             return GraphChoice(graph, manifest, exported=False)
     from ..fingerprint import folder_fingerprint
 
+    sources = _Snapshot.take(folder)  # before hashing: a save while hashing or exporting leaves no record
     current = folder_fingerprint(folder)
     problems = []
     for graph in existing:
-        manifest, problem = _usable(folder, graph, current)
+        manifest, problem = _usable(folder, graph, current, precision, sources)
         if manifest is not None:
             return GraphChoice(graph, manifest, exported=False)
         problems.append(problem)
@@ -169,7 +180,7 @@ def find_graph(folder: Path, precision: str, *, file_name: str | None = None, ex
     graph = Path(exporter(folder, precision, out_dir))
     manifest = read_manifest(graph)
     if manifest.get("fingerprint") == current:
-        _record_stat(folder, graph, current)
+        _record_stat(folder, graph, current, sources)
     return GraphChoice(graph, manifest, exported=True)
 
 
@@ -200,12 +211,13 @@ def find_packed(folder: Path, padded: GraphChoice, *, export: str = "auto",
         if not (source and (manifest.get("packing") or {}).get("source_sha256") == source):
             continue
         if not _stat_unchanged(folder, graph, source):
+            sources, checked = _Snapshot.take(folder), _graph_signature(folder, graph)
             problem = graph_problem(graph, manifest)
             if problem:
                 logger.warning("%s: packing again", problem)
                 problems.append(problem)
                 continue
-            _record_stat(folder, graph, source)
+            _record_stat(folder, graph, source, sources, checked)
         return GraphChoice(graph, manifest, exported=False)
     if export == "never":
         raise GraphFileError(
@@ -242,18 +254,51 @@ def _stat_path(graph: Path) -> Path:
     return graph.with_name(graph.stem + ".stat.json")
 
 
-def _stat_signature(folder: Path, graph: Path) -> list:
-    """(file, size, mtime_ns, ctime_ns, inode) of every file the fingerprint hashes (symbolic links followed) and
-    of the graph itself (and its weights file, if it has one); ctime cannot be set back, so a file replaced by one
-    with the same size and mtime (cp -p) still changes the signature."""
-    from ..fingerprint import fingerprint_files
-
+def _entries(folder: Path, files: list[Path]) -> list:
     out = []
-    data = layout.graph_data_path(graph)
-    for p in [*fingerprint_files(folder), graph, *([data] if data.is_file() else [])]:
+    for p in files:
         st = p.stat()
         out.append([os.path.relpath(p, folder), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino])
     return out
+
+
+def _source_signature(folder: Path) -> list:
+    """(file, size, mtime_ns, ctime_ns, inode) of every file the fingerprint hashes (symbolic links followed);
+    ctime cannot be set back, so a file replaced by one with the same size and mtime (cp -p) still changes it."""
+    from ..fingerprint import fingerprint_files
+
+    return _entries(folder, fingerprint_files(folder))
+
+
+def _graph_signature(folder: Path, graph: Path) -> list:
+    """The same of the graph itself, and of its weights file if it has one."""
+    data = layout.graph_data_path(graph)
+    return _entries(folder, [graph, *([data] if data.is_file() else [])])
+
+
+def _stat_signature(folder: Path, graph: Path) -> list:
+    return _source_signature(folder) + _graph_signature(folder, graph)
+
+
+# A file changed this close before a snapshot may change again after it within the same timestamp tick (file
+# times come from a coarse clock), unseen by the signature: such a snapshot vouches for nothing (git's "racily
+# clean" entries, for the same reason).
+RACY_NS = 1_000_000_000
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """The fingerprinted files' signature, taken before they are hashed, and when."""
+    files: list
+    taken_ns: int
+
+    @classmethod
+    def take(cls, folder: Path) -> "_Snapshot":
+        return cls(_source_signature(folder), time.time_ns())
+
+    def still(self, now: list) -> bool:
+        """Whether ``now`` is this very signature, with no change too close to the snapshot to tell apart."""
+        return now == self.files and all(max(e[2], e[3]) < self.taken_ns - RACY_NS for e in now)
 
 
 def _stat_unchanged(folder: Path, graph: Path, fingerprint: str | None) -> bool:
@@ -267,10 +312,19 @@ def _stat_unchanged(folder: Path, graph: Path, fingerprint: str | None) -> bool:
         return False
 
 
-def _record_stat(folder: Path, graph: Path, fingerprint: str | None) -> None:
+def _record_stat(folder: Path, graph: Path, fingerprint: str | None, sources: _Snapshot,
+                 checked: list | None = None) -> None:
+    """Record that the folder's files, as ``sources`` saw them before ``fingerprint`` was taken, go with this
+    graph, as ``checked`` saw it before it was hashed (None: written by this process's export). Files changed
+    since (another process saving while this one hashed or exported) leave no record: the next load hashes."""
+    now = _source_signature(folder)
+    graph_now = _graph_signature(folder, graph)
+    if not sources.still(now) or (checked is not None and graph_now != checked):
+        logger.debug("the files of %s changed while they were checked: no stat record", folder)
+        return
     try:
         layout.write_json(_stat_path(graph), {"fingerprint": fingerprint, "folder": str(folder.resolve()),
-                                              "files": _stat_signature(folder, graph)})
+                                              "files": now + graph_now})
     except OSError:  # a read-only folder: the next load checks again
         logger.debug("cannot write %s", _stat_path(graph))
 

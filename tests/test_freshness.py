@@ -1,0 +1,155 @@
+"""A graph runs only for the files it was exported from: what the fingerprint covers, and the stat record that
+spares hashing them (it must never vouch for files that changed while they were hashed or exported)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from helpers import SENTENCES, make_tiny_model
+from st_onnx import SentenceTransformer, layout
+from st_onnx.errors import GraphFileError, StaleGraphError
+from st_onnx.fingerprint import fingerprint_files, folder_fingerprint
+from st_onnx.runtime import graphs
+
+
+def _onnx(folder, export="auto", precision="fp32"):
+    return SentenceTransformer(str(folder), backend="onnx", device="cpu",
+                               onnx_options={"export": export, "precision": precision})
+
+
+@pytest.fixture
+def other_weights(tmp_path):
+    return make_tiny_model(tmp_path / "other", seed=1) / "model.safetensors"
+
+
+@pytest.fixture
+def settled(monkeypatch):
+    """Files count as settled at once (no wait for the racy window), so that stat records get written."""
+    monkeypatch.setattr(graphs, "RACY_NS", 0)
+
+
+def test_weights_saved_right_after_an_export_are_not_vouched_for(tiny_model_copy, other_weights, monkeypatch,
+                                                                 settled):
+    """Another process saves new weights while this one exports: the stat record written after the export
+    must not describe them, or every later load would run the old graph without hashing."""
+    import st_onnx.backends.onnx_backend as backend
+
+    real = backend._export
+
+    def export_then_another_save(folder, precision, out_dir):
+        out = real(folder, precision, out_dir)
+        shutil.copyfile(other_weights, folder / "model.safetensors")
+        return out
+
+    monkeypatch.setattr(backend, "_export", export_then_another_save)
+    _onnx(tiny_model_copy)
+    monkeypatch.setattr(backend, "_export", real)
+    with pytest.raises(StaleGraphError, match="other weights"):
+        _onnx(tiny_model_copy, export="never")
+    np.testing.assert_allclose(_onnx(tiny_model_copy).encode(SENTENCES),
+                               SentenceTransformer(str(tiny_model_copy), device="cpu").encode(SENTENCES), atol=1e-5)
+
+
+def test_weights_saved_while_the_graph_is_checked_are_not_vouched_for(tiny_model_copy, other_weights, monkeypatch,
+                                                                      settled):
+    _onnx(tiny_model_copy)
+    graphs._stat_path(layout.fused_graph_path(tiny_model_copy, "fp32")).unlink()  # the next load hashes
+    real = graphs.graph_problem
+
+    def check_while_another_saves(graph, manifest):
+        shutil.copyfile(other_weights, tiny_model_copy / "model.safetensors")
+        return real(graph, manifest)
+
+    monkeypatch.setattr(graphs, "graph_problem", check_while_another_saves)
+    _onnx(tiny_model_copy, export="never")  # fingerprinted before the save: this graph was right then
+    monkeypatch.setattr(graphs, "graph_problem", real)
+    with pytest.raises(StaleGraphError, match="other weights"):
+        _onnx(tiny_model_copy, export="never")
+
+
+def test_the_stat_record_spares_hashing_only_files_settled_before_the_snapshot(tiny_model_copy, monkeypatch):
+    """Files changed within RACY_NS before the snapshot leave no record (their next change could keep every
+    stat field); settled files get one, and the next load takes the quick path without hashing."""
+    monkeypatch.setattr(graphs, "RACY_NS", 10**15)  # every file is "just changed"
+    _onnx(tiny_model_copy)
+    stat = graphs._stat_path(layout.fused_graph_path(tiny_model_copy, "fp32"))
+    stat.unlink(missing_ok=True)
+    _onnx(tiny_model_copy, export="never")
+    assert not stat.exists()
+    monkeypatch.setattr(graphs, "RACY_NS", 0)
+    _onnx(tiny_model_copy, export="never")
+    assert stat.is_file()
+
+    def no_hashing(folder):
+        raise AssertionError("hashed the weights although the stat record vouches for them")
+
+    monkeypatch.setattr("st_onnx.fingerprint.folder_fingerprint", no_hashing)
+    _onnx(tiny_model_copy, export="never")
+
+
+def test_shards_named_by_their_index_are_weights(tiny_model_copy, other_weights):
+    """transformers loads whatever shard names the index lists: they count as weights (the folder can export)
+    and in the fingerprint (new shards make the graph stale)."""
+    from transformers import AutoModel
+
+    _onnx(tiny_model_copy)
+    (tiny_model_copy / "model.safetensors").unlink()
+    shutil.copyfile(other_weights, tiny_model_copy / "part-a.safetensors")
+    keys = AutoModel.from_pretrained(str(other_weights.parent)).state_dict().keys()
+    index = {"metadata": {}, "weight_map": {k: "part-a.safetensors" for k in keys}}
+    (tiny_model_copy / "model.safetensors.index.json").write_text(json.dumps(index))
+    assert tiny_model_copy / "part-a.safetensors" in fingerprint_files(tiny_model_copy)
+    assert graphs.has_weights(tiny_model_copy)
+    with pytest.raises(StaleGraphError, match="other weights"):
+        _onnx(tiny_model_copy, export="never")
+    np.testing.assert_allclose(_onnx(tiny_model_copy).encode(SENTENCES),
+                               SentenceTransformer(str(other_weights.parent), device="cpu").encode(SENTENCES),
+                               atol=1e-5)
+
+
+def test_a_model_that_runs_its_own_code_has_that_code_fingerprinted(tiny_model_copy):
+    """With ``auto_map`` in its config, the folder's modeling code is part of what the graph computes; without
+    it, .py files (a hub repo's train_script.py) leave the fingerprint as earlier versions computed it."""
+    before = folder_fingerprint(tiny_model_copy)
+    (tiny_model_copy / "train_script.py").write_text("print('training')\n")
+    assert folder_fingerprint(tiny_model_copy) == before
+    config = json.loads((tiny_model_copy / "config.json").read_text())
+    config["auto_map"] = {"AutoModel": "modeling_custom.CustomModel"}
+    (tiny_model_copy / "config.json").write_text(json.dumps(config))
+    (tiny_model_copy / "modeling_custom.py").write_text("SCALE = 1.0\n")
+    mapped = folder_fingerprint(tiny_model_copy)
+    (tiny_model_copy / "modeling_custom.py").write_text("SCALE = 2.0\n")
+    assert folder_fingerprint(tiny_model_copy) != mapped
+
+
+def test_another_precisions_graph_under_this_name_is_not_run(tiny_model_copy):
+    _onnx(tiny_model_copy)
+    _onnx(tiny_model_copy, precision="int8")
+    fp32 = layout.fused_graph_path(tiny_model_copy, "fp32")
+    int8 = layout.fused_graph_path(tiny_model_copy, "int8")
+    shutil.copyfile(int8, fp32)
+    shutil.copyfile(layout.manifest_path(int8), layout.manifest_path(fp32))
+    with pytest.raises(GraphFileError, match="'int8' graph by its manifest, where 'fp32' was asked"):
+        _onnx(tiny_model_copy, export="never")
+    model = _onnx(tiny_model_copy)  # exported again
+    assert json.loads(layout.manifest_path(fp32).read_text())["precision"] == "fp32"
+    np.testing.assert_allclose(model.encode(SENTENCES),
+                               SentenceTransformer(str(tiny_model_copy), device="cpu").encode(SENTENCES), atol=1e-5)
+
+
+def test_a_manifest_without_the_graphs_size_and_sha256_describes_no_graph(tiny_model_copy, tmp_path):
+    other = make_tiny_model(tmp_path / "other", seed=3)
+    _onnx(tiny_model_copy)
+    _onnx(other)
+    graph = layout.fused_graph_path(tiny_model_copy, "fp32")
+    shutil.copyfile(layout.fused_graph_path(other, "fp32"), graph)
+    manifest = json.loads(layout.manifest_path(graph).read_text())
+    del manifest["graph_sha256"], manifest["graph_bytes"]
+    layout.manifest_path(graph).write_text(json.dumps(manifest))
+    graphs._stat_path(graph).unlink(missing_ok=True)
+    with pytest.raises(GraphFileError, match="does not record the graph's size and sha256"):
+        _onnx(tiny_model_copy, export="never")
