@@ -7,7 +7,7 @@
 Each (row, corpus) runs in its own fresh subprocess, so its peak RSS is its own (ru_maxrss: model load
 included); rows run one after the other and, with --repeat R, R rounds interleave them (medians are reported).
 Ratios are to sentence-transformers (torch fp32) measured in the same run: on a shared or noisy machine compare
-ratios, not texts/s. Writes a table to stdout, JSON and a PNG chart into benchmarks/out/. Never asserts a time.
+ratios, not texts/s. Writes a table to stdout, JSON and (with matplotlib, the [bench] extra) a PNG chart into benchmarks/out/. Never asserts a time.
 """
 
 from __future__ import annotations
@@ -291,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in (f"bench-{stamp}.json", "bench.json"):
         (out / name).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     chart = write_chart(report, out / "bench.png")
-    print(f"\nwrote {out / 'bench.json'}" + (f" and {chart}" if chart else ""))
+    print(f"\nwrote {out / 'bench.json'}" + (f" and {chart}" if chart else
+                                              " (no chart: matplotlib is not installed; pip install -e '.[bench]')"))
     return 0
 
 

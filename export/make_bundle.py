@@ -29,10 +29,12 @@ from pathlib import Path
 from st_onnx import layout
 from st_onnx.encode.prompts import ModelSettings
 from st_onnx.errors import StOnnxError
-from st_onnx.encode.tokenize import TextTokenizer, configured_pad_token, lowercase_first
+from st_onnx.encode.tokenize import (TextTokenizer, configured_normalizer, configured_pad_token, lowercase_first,
+                                     tokenizer_settings)
 from st_onnx.export import ParityReport, export_fused_graph, read_manifest
 from st_onnx.export.graph_files import place_graph
 from st_onnx.export.manifest import with_file_fields
+from st_onnx.export.verify import check_tokenizer
 from st_onnx.fingerprint import folder_fingerprint
 from st_onnx.modules import load_stack
 
@@ -42,10 +44,12 @@ GRAPH, MANIFEST, TOKENIZER, BUNDLE = "model.onnx", "manifest.json", "tokenizer.j
 def bundle_tokenizer(model_dir: Path, max_seq_length: int, do_lower_case: bool):
     """The folder's tokenizer.json as the bundle carries it: no fixed padding (a batch pads to its longest text)
     with the pad token the tokenizer config names, truncation at ``max_seq_length``, and the model's
-    ``do_lower_case`` built in as a Lowercase normalizer (what st-onnx and sentence-transformers 6 do)."""
+    ``do_lower_case`` built in as a Lowercase normalizer (what st-onnx and sentence-transformers 6 do); the
+    tokenizer config's normalizer settings and truncation side applied, as transformers applies them."""
     from tokenizers import Tokenizer
 
-    tok = Tokenizer.from_file(str(model_dir / TOKENIZER))
+    settings = tokenizer_settings(model_dir)
+    tok = configured_normalizer(Tokenizer.from_file(str(model_dir / TOKENIZER)), settings)
     pad_id = TextTokenizer(tok, max_seq_length, pad_token=configured_pad_token(model_dir)).pad_id  # as st-onnx pads
     pad_token = tok.id_to_token(pad_id)
     if do_lower_case:
@@ -53,7 +57,8 @@ def bundle_tokenizer(model_dir: Path, max_seq_length: int, do_lower_case: bool):
     tok.no_padding()
     tok.enable_padding(pad_id=pad_id, pad_token=pad_token)  # length=None: pad to the longest text of a batch
     strategy = (tok.truncation or {}).get("strategy", "longest_first")
-    tok.enable_truncation(max_length=max_seq_length, strategy=strategy)
+    tok.enable_truncation(max_length=max_seq_length, strategy=strategy,
+                          direction=settings.get("truncation_side", "right"))
     return tok, pad_id
 
 
@@ -76,6 +81,7 @@ def make_bundle(model_dir: Path, bundle_dir: Path, precision: str = "fp32") -> P
     transformer = stack.transformer
     if not (model_dir / TOKENIZER).is_file():
         raise SystemExit(f"{model_dir} has no {TOKENIZER}; save the model with a fast tokenizer first")
+    check_tokenizer(model_dir, stack)  # the bundle's tokenizer.json must feed the ids transformers feeds
     with layout.atomic_folder(bundle_dir) as tmp:
         graph = export_fused_graph(stack, tmp / "export", precision, fingerprint=folder_fingerprint(model_dir))
         place_graph(graph, tmp / GRAPH)  # with model.onnx.data, the weights of a graph over 2 GB

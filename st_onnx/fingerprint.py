@@ -87,6 +87,26 @@ def fingerprint_files(folder: str | os.PathLike) -> list[Path]:
     return files
 
 
+def source_digests(folder: str | os.PathLike) -> dict[str, str]:
+    """sha256 of each file the fingerprint hashes (the parts that count), except the Transformer's weights, by
+    path in the folder: what a folder without those weights (an onnx-only deployment) still holds of the model
+    a graph was exported from, file by file."""
+    folder = Path(folder)
+    weights = set(weight_files(layout.transformer_folder(folder)))
+    out = {}
+    for f in fingerprint_files(folder):
+        if f not in weights:
+            out[str(f.relative_to(folder))] = file_digest(f)
+    return out
+
+
+def file_digest(f: Path) -> str:
+    h = hashlib.sha256()
+    for block in _hashed_parts(f):
+        h.update(block)
+    return "sha256:" + h.hexdigest()
+
+
 def folder_fingerprint(folder: str | os.PathLike) -> str:
     """sha256 over modules.json and each module's config and weight files, in module order (see the module doc)."""
     folder = Path(folder)

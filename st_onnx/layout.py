@@ -232,10 +232,12 @@ def copy_model_folder(src: str | os.PathLike, dst: str | os.PathLike) -> None:
 
 @contextmanager
 def atomic_folder(target: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary folder beside ``target``; on success it replaces ``target`` in one rename.
+    """Yield a temporary folder beside ``target``; on success it replaces ``target``: two renames, the old
+    folder moved aside (``.NAME.old-PID``), then the new one into place.
 
     On an exception the temporary folder is removed and ``target`` is left exactly as it was, so a
-    crash never leaves a half-written model folder. A ``target`` that is a symbolic link is written through:
+    crash never leaves a half-written model folder (one between the renames leaves the old folder whole,
+    aside). A ``target`` that is a symbolic link is written through:
     the folder it points to is replaced, the link stays.
     """
     target = Path(target).absolute()

@@ -29,6 +29,11 @@ BACKENDS = ("torch", "onnx")
 class SentenceTransformer(ModuleMethods):
     """Load or build a sentence embedding model and ``encode`` texts with it.
 
+    The positional arguments are sentence-transformers 2.x's (the API this class mirrors): model_name_or_path,
+    modules, device, cache_folder, use_auth_token; everything after them is keyword-only. sentence-transformers
+    2.4 and later put ``prompts`` and ``default_prompt_name`` fourth and fifth: a dict in cache_folder's place
+    is refused, naming the order.
+
     Args:
         model_name_or_path: a local sentence-transformers folder, a plain transformers folder (Transformer +
             mean pooling), or a Hugging Face Hub id (downloaded into ``cache_folder``).
@@ -86,6 +91,15 @@ class SentenceTransformer(ModuleMethods):
         self._transformer_args = _transformer_args(backend, model_kwargs, tokenizer_kwargs, config_kwargs,
                                                    trust_remote_code)
         truncate_dim = check_truncate_dim(truncate_dim)
+        if cache_folder is not None and not isinstance(cache_folder, (str, os.PathLike)):
+            raise InvalidInputError(
+                f"cache_folder must be a folder path; got {type(cache_folder).__name__} {cache_folder!r}. The "
+                "positional order is sentence-transformers 2.x's (model_name_or_path, modules, device, "
+                "cache_folder, use_auth_token); pass prompts=..., default_prompt_name=... by name"
+            )
+        if use_auth_token is not None and not isinstance(use_auth_token, (bool, str)):
+            raise InvalidInputError(f"use_auth_token must be a token string or True/False; got "
+                                    f"{type(use_auth_token).__name__} {use_auth_token!r}")
         self.backend = backend
         self.cache_folder = None if cache_folder is None else str(cache_folder)
         if token is not None and use_auth_token is not None:
@@ -526,6 +540,15 @@ class SentenceTransformer(ModuleMethods):
         )
 
     def start_multi_process_pool(self, target_devices: list[str] | None = None):
+        """Start a pool for ``encode_multi_process``: one worker thread per entry of ``target_devices`` (such as
+        ['cuda:0', 'cuda:1'] or ['cpu', 'cpu']), each with its own ONNX Runtime session (onnx backend) or copy
+        of the modules (torch backend). None: every CUDA device where CUDA is usable, else one 'cpu' worker
+        (ONNX Runtime already spreads one session's batches over the cores; sentence-transformers starts four
+        CPU processes). Several 'cpu' entries split the cores between them.
+
+        Returns a ``SessionPool``, not sentence-transformers' dict of processes; stop it with
+        ``stop_multi_process_pool(pool)`` or use it as a ``with`` block.
+        """
         from .pool import start_pool
 
         return start_pool(self, target_devices)

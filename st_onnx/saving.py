@@ -129,7 +129,7 @@ def _carry_fused_graphs(source: Path, target: Path, stack: Any) -> None:
     change to the weights, the digests differ and the graph is left behind.
     """
     from .export.manifest import write_manifest
-    from .fingerprint import folder_fingerprint
+    from .fingerprint import folder_fingerprint, source_digests
 
     current = folder_fingerprint(target)
     digest = None
@@ -144,7 +144,8 @@ def _carry_fused_graphs(source: Path, target: Path, stack: Any) -> None:
         dest = target / layout.FUSED_DIR
         layout.copy_graph(graph, dest)
         if restamp:
-            write_manifest(dest / graph.name, {**manifest, "fingerprint": current})
+            write_manifest(dest / graph.name, {**manifest, "fingerprint": current,
+                                               "source_files": source_digests(target)})
 
 
 class ModelCardData:
@@ -262,9 +263,9 @@ dense vector space.
 ## Usage
 
 ```python
-from st_onnx import SentenceTransformer          # or: from sentence_transformers import SentenceTransformer
-model = SentenceTransformer({load_id})                  # torch modules
-fast = SentenceTransformer({load_id}, backend="onnx")   # one fused ONNX graph on ONNX Runtime
+from st_onnx import SentenceTransformer
+model = SentenceTransformer({load_id})                  # torch modules (sentence_transformers loads it too)
+fast = SentenceTransformer({load_id}, backend="onnx")   # st-onnx's fused ONNX graph on ONNX Runtime
 embeddings = fast.encode(["This is an example sentence", "Each sentence is converted"])
 ```
 

@@ -343,6 +343,20 @@ def test_minilm_fp32_graph_matches_torch_on_1000_stsb_sentences(minilm_dir):
     assert report.passed and report.min_cosine >= 0.99999 and report.max_abs_diff < 1e-4
 
 
+@pytest.mark.slow
+def test_minilm_int8_graph_stays_close_to_torch_on_1000_stsb_sentences(minilm_dir):
+    """The int8 row of benchmarks/RESULTS.md (run with -s to print the report): every sentence within the int8
+    thresholds, on average within 0.99 cosine of torch fp32."""
+    from st_onnx.export.verify import check_parity
+
+    stack = load_stack(minilm_dir)
+    graph = export_fused_graph(stack, minilm_dir, "int8", fingerprint=folder_fingerprint(minilm_dir))
+    report = check_parity(stack, session(graph), read_manifest(graph)["inputs"], "int8", stsb_sentences(1000),
+                          batch_size=32)
+    print(report)
+    assert report.n_texts == 1000 and report.passed and report.mean_cosine >= 0.99
+
+
 def test_cli_export_prints_parity_and_reports_errors(exported, tmp_path, capsys):
     from st_onnx.cli import main
 
@@ -452,3 +466,32 @@ def test_fingerprint_of_a_plain_folder_covers_sharded_weights(tmp_path):
     before = folder_fingerprint(folder)
     save_file({"w": torch.full((4,), 7.0)}, str(folder / "model-00002-of-00002.safetensors"))
     assert folder_fingerprint(folder) != before
+
+
+def test_weights_saved_in_fp16_export_an_fp32_graph(tmp_path):
+    """transformers loads fp16 weights as fp16 (sentence-transformers casts the modules after the Transformer
+    along, so a half() model saved with a Dense loads and encodes). The fp32 graph of such a folder holds fp32
+    weights (the fp16 ones, widened) and computes what the modules cast to fp32 compute: an fp16 graph on the
+    CPU provider would run ~100x slower, under a name that says fp32."""
+    import onnx
+    import sentence_transformers
+
+    from helpers import make_tiny_model
+    from st_onnx import SentenceTransformer
+
+    source = make_tiny_model(tmp_path / "source", dense=12)
+    half = SentenceTransformer(str(source), device="cpu")
+    half.half()
+    half.save(str(tmp_path / "half"))
+    loaded = SentenceTransformer(str(tmp_path / "half"), device="cpu")
+    assert {p.dtype for p in loaded.parameters()} == {torch.float16}
+    reference = sentence_transformers.SentenceTransformer(str(tmp_path / "half"), device="cpu")
+    np.testing.assert_allclose(loaded.encode(SENTENCES), reference.encode(SENTENCES), atol=1e-3)
+    fast = SentenceTransformer(str(tmp_path / "half"), backend="onnx", device="cpu")
+    graph = layout.fused_graph_path(tmp_path / "half", "fp32")
+    kinds = {init.data_type for init in onnx.load(str(graph)).graph.initializer}
+    assert onnx.TensorProto.FLOAT16 not in kinds and onnx.TensorProto.FLOAT in kinds
+    widened = SentenceTransformer(str(tmp_path / "half"), device="cpu")
+    widened.float()
+    np.testing.assert_allclose(fast.encode(SENTENCES), widened.encode(SENTENCES), atol=1e-5)
+    assert read_manifest(graph)["module_digest"] == loaded.torch_modules.content_digest()  # save carries it

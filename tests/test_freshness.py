@@ -153,3 +153,23 @@ def test_a_manifest_without_the_graphs_size_and_sha256_describes_no_graph(tiny_m
     graphs._stat_path(graph).unlink(missing_ok=True)
     with pytest.raises(GraphFileError, match="does not record the graph's size and sha256"):
         _onnx(tiny_model_copy, export="never")
+
+
+def test_a_folder_without_weights_checks_the_graph_against_the_configs_it_still_holds(tiny_model_copy, tmp_path):
+    """No weights, so no fingerprint: the manifest's per-file digests of the configs stand in. A pooling config
+    changed since the export is refused; files left out of the folder are not asked for; a save that carried
+    the graph re-records them (the configs written again differ in bytes, not in meaning)."""
+    _onnx(tiny_model_copy)
+    saved = tmp_path / "saved"
+    SentenceTransformer(str(tiny_model_copy), device="cpu").save(str(saved))
+    want = SentenceTransformer(str(saved), device="cpu").encode(SENTENCES)
+    (saved / "model.safetensors").unlink()
+    np.testing.assert_allclose(_onnx(saved, export="never").encode(SENTENCES), want, atol=1e-5)  # re-recorded
+    (saved / "1_Pooling" / "config.json").unlink()  # a deployment may leave configs out
+    np.testing.assert_allclose(_onnx(saved, export="never").encode(SENTENCES), want, atol=1e-5)
+    (tiny_model_copy / "model.safetensors").unlink()
+    pooling = tiny_model_copy / "1_Pooling" / "config.json"
+    config = json.loads(pooling.read_text())
+    pooling.write_text(json.dumps({**config, "pooling_mode_mean_tokens": False, "pooling_mode_cls_token": True}))
+    with pytest.raises(StaleGraphError, match=r"exported from another 1_Pooling/config\.json"):
+        _onnx(tiny_model_copy, export="never")

@@ -327,3 +327,15 @@ def test_save_keeps_the_card_the_model_came_with_until_it_changes(tiny_model_cop
     assert "sts-dev" in (tmp_path / "evaluated" / "README.md").read_text()
     with pytest.raises(InvalidInputError, match="model_card_data must be a ModelCardData"):
         SentenceTransformer(str(tiny_model_copy), device="cpu", model_card_data={"license": "mit"})
+
+
+def test_prompts_in_the_newer_positional_place_are_refused_naming_the_order(tiny_model_dir):
+    """sentence-transformers 2.4+ take prompts fourth: here that is cache_folder (2.x's order), and a dict
+    there would silently drop the prompts and name a cache folder after them."""
+    with pytest.raises(InvalidInputError, match=r"cache_folder must be a folder path; got dict .*2\.x's"):
+        SentenceTransformer(str(tiny_model_dir), None, "cpu", {"query": "query: "}, "query")
+    with pytest.raises(InvalidInputError, match="use_auth_token must be a token string or True/False; got int"):
+        SentenceTransformer(str(tiny_model_dir), None, "cpu", None, 5)
+    model = SentenceTransformer(str(tiny_model_dir), None, "cpu", None, None, prompts={"query": "query: "},
+                                default_prompt_name="query")
+    assert model.prompts["query"] == "query: " and model.default_prompt_name == "query"

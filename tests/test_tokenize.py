@@ -86,3 +86,108 @@ def test_budget_batches_respect_both_limits():
         assert stop - start == 1 or (stop - start) * lengths[start] <= 1000
     assert list(budget_batches([5000, 4], batch_size=8, token_budget=100)) == [(0, 1), (1, 2)]
     assert longest_first([1, 3, 3, 2]).tolist() == [1, 2, 3, 0]
+
+
+def _edit_json(path, **changes):
+    import json
+
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    path.write_text(json.dumps({**data, **changes}))
+
+
+def _minilm_copy(tmp_path):
+    import shutil
+
+    return shutil.copytree(minilm_path(), tmp_path / "minilm")
+
+
+CASED = ["THE Café NAÏVE résumé", "Two Dogs RUN", "a [MASK] here", "北京 Ünïcödé"]
+
+
+@pytest.mark.parametrize("where", ["tokenizer_config.json", "tokenizer_args"])
+def test_bert_normalizer_settings_of_the_tokenizer_config_win_as_in_transformers(tmp_path, where):
+    """transformers builds a BERT tokenizer's normalizer from tokenizer_config.json (and the module's saved
+    tokenizer_args), whatever tokenizer.json's says: with do_lower_case and strip_accents off there, cased
+    and accented texts get other ids, on both backends alike."""
+    from st_onnx.layout import SBERT_CONFIG_JSON
+
+    folder = _minilm_copy(tmp_path)
+    settings = {"do_lower_case": False, "strip_accents": False}
+    if where == "tokenizer_config.json":
+        _edit_json(folder / "tokenizer_config.json", **settings)
+    else:
+        _edit_json(folder / SBERT_CONFIG_JSON, tokenizer_args=settings)
+    from st_onnx import SentenceTransformer
+
+    want = SentenceTransformer(str(folder), device="cpu").tokenize(CASED)["input_ids"].numpy()
+    got = TextTokenizer.from_folder(folder)(CASED)["input_ids"]
+    np.testing.assert_array_equal(got, want)
+    assert not np.array_equal(got, TextTokenizer.from_folder(minilm_path())(CASED)["input_ids"])
+
+
+def test_truncation_side_of_the_tokenizer_config_is_followed(tmp_path):
+    from st_onnx import SentenceTransformer
+    from st_onnx.errors import ModelFolderError
+
+    folder = _minilm_copy(tmp_path)
+    _edit_json(folder / "tokenizer_config.json", truncation_side="left")
+    _edit_json(folder / "sentence_bert_config.json", max_seq_length=8)
+    texts = ["one two three four five six seven eight nine ten eleven", "short"]
+    want = SentenceTransformer(str(folder), device="cpu").tokenize(texts)["input_ids"].numpy()
+    tokenizer = TextTokenizer.from_folder(folder)
+    np.testing.assert_array_equal(tokenizer(texts)["input_ids"], want)
+    assert tokenizer.truncation_side == "left" and want[0, -2] == tokenizer.tokenizer.token_to_id("eleven")
+    _edit_json(folder / "tokenizer_config.json", truncation_side="middle")
+    with pytest.raises(ModelFolderError, match="truncation_side 'middle'; allowed: 'right' or 'left'"):
+        TextTokenizer.from_folder(folder)
+
+
+def test_an_export_is_refused_when_the_runtime_tokenizer_would_feed_other_ids(tmp_path):
+    """A tokenizer setting the runtime does not rebuild (here another [CLS] token) is caught before the export:
+    the graph would be right and every embedding off."""
+    from st_onnx import SentenceTransformer, layout
+    from st_onnx.errors import ParityError
+
+    folder = _minilm_copy(tmp_path)
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        _edit_json(folder / name, cls_token="[MASK]")
+    with pytest.raises(ParityError, match=r"other token ids than transformers' for 'A man is playing a guitar.'"):
+        SentenceTransformer(str(folder), backend="onnx", device="cpu")
+    assert not layout.fused_graph_path(folder, "fp32").exists()
+
+
+def test_a_generic_tokenizer_class_keeps_the_normalizer_of_its_tokenizer_json(tiny_model_copy):
+    """Only BERT-style classes rebuild their normalizer from the config: the tiny model's generic fast tokenizer
+    lowers as its tokenizer.json says, whatever tokenizer_config.json's do_lower_case, in transformers and here."""
+    from st_onnx import SentenceTransformer
+
+    _edit_json(tiny_model_copy / "tokenizer_config.json", do_lower_case=False)
+    texts = ["THE Big CAT", "Dog"]
+    want = SentenceTransformer(str(tiny_model_copy), device="cpu").tokenize(texts)["input_ids"].numpy()
+    np.testing.assert_array_equal(TextTokenizer.from_folder(tiny_model_copy)(texts)["input_ids"], want)
+    _edit_json(tiny_model_copy / "tokenizer_config.json", tokenizer_class="BertTokenizer")
+    want = SentenceTransformer(str(tiny_model_copy), device="cpu").tokenize(texts)["input_ids"].numpy()
+    assert want[0, 1] == 1  # "THE" unlowered is [UNK] in the tiny vocabulary
+    np.testing.assert_array_equal(TextTokenizer.from_folder(tiny_model_copy)(texts)["input_ids"], want)
+
+
+def test_the_bundle_tokenizer_follows_the_tokenizer_settings(tmp_path):
+    """export/make_bundle.py writes tokenizer.json as the model tokenizes: config's normalizer settings and
+    truncation side included (plain tokenizers reads the bundle; no tokenizer_config.json travels)."""
+    import importlib.util
+    from pathlib import Path
+
+    from st_onnx import SentenceTransformer
+
+    path = Path(__file__).resolve().parents[1] / "export" / "make_bundle.py"
+    spec = importlib.util.spec_from_file_location("make_bundle", path)
+    make_bundle = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_bundle)
+    folder = _minilm_copy(tmp_path)
+    _edit_json(folder / "tokenizer_config.json", do_lower_case=False, truncation_side="left")
+    _edit_json(folder / "sentence_bert_config.json", max_seq_length=6)
+    texts = CASED + ["one two three four five six seven eight nine ten"]
+    want = SentenceTransformer(str(folder), device="cpu").tokenize(texts)
+    tok, pad_id = make_bundle.bundle_tokenizer(folder, 6, do_lower_case=False)
+    got = np.array([e.ids for e in tok.encode_batch(texts)])
+    np.testing.assert_array_equal(got, want["input_ids"].numpy())

@@ -2,8 +2,12 @@
 
 It reproduces what the torch Transformer module's ``tokenize`` feeds the model: texts as given, not stripped, as
 in sentence-transformers 6 (lowered by the tokenizer with ``do_lower_case``), pairs and one-text dicts accepted, truncation at
-``max_seq_length`` (longest first), special tokens added. Two differences are deliberate and invisible in the
-embeddings:
+``max_seq_length`` (longest first, on the tokenizer's ``truncation_side``), special tokens added. transformers
+builds a BERT-style tokenizer's normalizer from ``tokenizer_config.json`` (and the module's saved
+``tokenizer_args``), taking only the vocabulary from ``tokenizer.json``; where those settings
+(``do_lower_case``, ``strip_accents``, ``tokenize_chinese_chars``) are given, they win here too
+(``configured_normalizer``). The exporter checks that the two tokenizers agree before it exports
+(``export.verify.check_tokenizer``). Two differences are deliberate and invisible in the embeddings:
 
 - the fixed padding some ``tokenizer.json`` files carry (all-MiniLM-L6-v2 pads every text to 128) is switched
   off; texts are encoded unpadded and each batch is padded only to its own longest text (``pad``);
@@ -71,6 +75,65 @@ def configured_pad_token(folder: Path) -> str | None:
     return None
 
 
+def tokenizer_settings(folder: Path) -> dict[str, Any]:
+    """What transformers' tokenizer is built with: tokenizer_config.json, overridden by the Transformer module's
+    saved ``tokenizer_args`` (sentence_bert_config.json), as transformers' ``from_pretrained`` merges them."""
+    config = layout.read_json_if_exists(folder / layout.TOKENIZER_CONFIG_JSON, {}) or {}
+    args = layout.read_transformer_config(folder).get("tokenizer_args", {})
+    settings = {**(config if isinstance(config, dict) else {}), **args}
+    if not _builds_bert_normalizer(folder, settings):  # a generic tokenizer runs tokenizer.json's normalizer
+        settings = {k: v for k, v in settings.items() if k not in _BERT_NORMALIZER_KEYS}
+    return settings
+
+
+TRUNCATION_SIDES = ("right", "left")
+# tokenizer_config.json keys that BERT-style tokenizer classes turn into their BertNormalizer's settings, and
+# those classes (transformers 5: BertTokenizer and its subclasses and aliases, MPNet, Funnel, RoFormer,
+# Splinter), by tokenizer_class or, where the config names none, by the model type AutoTokenizer maps to them.
+_BERT_NORMALIZER_KEYS = {"do_lower_case": "lowercase", "strip_accents": "strip_accents",
+                         "tokenize_chinese_chars": "handle_chinese_chars"}
+_BERT_NORMALIZER_CLASSES = ("Bert", "DistilBert", "ConvBert", "Electra", "LayoutLM", "MobileBert", "SqueezeBert",
+                            "MPNet", "Funnel", "RoFormer", "Splinter", "RetriBert", "MegatronBert")
+_BERT_NORMALIZER_MODEL_TYPES = ("bert", "convbert", "distilbert", "electra", "ernie", "funnel", "layoutlm",
+                                "megatron-bert", "mobilebert", "mpnet", "nezha", "nomic_bert", "retribert",
+                                "roformer", "splinter", "squeezebert")
+
+
+def _builds_bert_normalizer(folder: Path, settings: dict[str, Any]) -> bool:
+    name = settings.get("tokenizer_class")
+    if isinstance(name, str) and name:
+        return name.startswith(_BERT_NORMALIZER_CLASSES) and not name.startswith("BertJapanese")
+    config = layout.read_json_if_exists(folder / layout.HF_CONFIG_JSON, {}) or {}
+    return isinstance(config, dict) and config.get("model_type") in _BERT_NORMALIZER_MODEL_TYPES
+
+
+def configured_normalizer(tokenizer: Tokenizer, settings: dict[str, Any]) -> Tokenizer:
+    """``tokenizer`` with its BertNormalizer set as ``settings`` say (the keys given; others as the file has
+    them): BERT-style tokenizer classes build that normalizer from their config, not from tokenizer.json."""
+    import json
+
+    given = {}
+    for key, field in _BERT_NORMALIZER_KEYS.items():
+        if key not in settings:
+            continue
+        value = settings[key]
+        if not (isinstance(value, bool) or (key == "strip_accents" and value is None)):
+            raise ModelFolderError(f"the tokenizer setting {key!r} is {value!r}; allowed: true or false"
+                                   + (" (or null)" if key == "strip_accents" else ""))
+        given[field] = value
+    if not given:
+        return tokenizer
+    spec = json.loads(tokenizer.to_str())
+    normalizer = spec.get("normalizer") or {}
+    steps = normalizer.get("normalizers", []) if normalizer.get("type") == "Sequence" else [normalizer]
+    bert = [step for step in steps if isinstance(step, dict) and step.get("type") == "BertNormalizer"]
+    if all(all(step.get(f) == v for f, v in given.items()) for step in bert):  # none, or as the file has them
+        return tokenizer
+    for step in bert:
+        step.update(given)
+    return Tokenizer.from_str(json.dumps(spec))
+
+
 def lowercase_first(normalizer: Any) -> Any:
     """``normalizer`` with a Lowercase step in front, as sentence-transformers 6 applies ``do_lower_case``; the
     same normalizer when it already holds one (a tokenizer saved after that is not lowered twice).
@@ -107,7 +170,11 @@ class TextTokenizer:
     """Encode texts into unpadded encodings, and pad a batch of them into numpy features."""
 
     def __init__(self, tokenizer: Tokenizer, max_seq_length: int, do_lower_case: bool = False,
-                 pad_id: int | None = None, type_ids: bool = True, pad_token: str | None = None) -> None:
+                 pad_id: int | None = None, type_ids: bool = True, pad_token: str | None = None,
+                 truncation_side: str = "right") -> None:
+        if truncation_side not in TRUNCATION_SIDES:
+            raise InvalidInputError(f"truncation_side is {truncation_side!r}; allowed: 'right' or 'left'")
+        self.truncation_side = truncation_side
         self.do_lower_case = bool(do_lower_case)
         if self.do_lower_case:  # a copy: the caller's tokenizer keeps its normalizer
             tokenizer = Tokenizer.from_str(tokenizer.to_str())
@@ -138,7 +205,12 @@ class TextTokenizer:
             tokenizer = Tokenizer.from_file(str(path))
         except Exception as e:  # tokenizers raises a bare Exception on a broken file
             raise ModelFolderError(f"{path} cannot be read by tokenizers ({e}); restore the file") from e
-        config = layout.read_transformer_config(folder)
+        config, settings = layout.read_transformer_config(folder), tokenizer_settings(folder)
+        tokenizer = configured_normalizer(tokenizer, settings)
+        side = settings.get("truncation_side", "right")
+        if side not in TRUNCATION_SIDES:
+            raise ModelFolderError(f"{folder} gives the tokenizer truncation_side {side!r}; allowed: 'right' or "
+                                   "'left'")
         max_seq_length, lower = model_max_seq_length(folder), config["do_lower_case"]
         bare = not (folder / layout.SBERT_CONFIG_JSON).is_file() and not (folder / layout.HF_CONFIG_JSON).is_file()
         if bare and exported:
@@ -146,7 +218,7 @@ class TextTokenizer:
                 max_seq_length = int(exported["max_seq_length"])
             lower = bool(exported.get("do_lower_case", lower))
         return cls(tokenizer, max_seq_length, lower, type_ids=uses_token_type_ids(folder),
-                   pad_token=configured_pad_token(folder))
+                   pad_token=configured_pad_token(folder), truncation_side=side)
 
     # -- settings -------------------------------------------------------------------------------------
     @property
@@ -158,7 +230,7 @@ class TextTokenizer:
         """Accept a ``tokenizers.Tokenizer`` or a transformers fast tokenizer (its backend is used). It runs as
         given, as in sentence-transformers: ``do_lower_case`` is applied when the model loads, not to a
         tokenizer set afterwards; a transformers tokenizer's ``model_max_length`` becomes ``max_seq_length``,
-        as there (unless it is transformers' "no limit" placeholder)."""
+        as there (unless it is transformers' "no limit" placeholder), and its ``truncation_side`` is kept."""
         backend = getattr(value, "backend_tokenizer", value)
         if not isinstance(backend, Tokenizer):
             raise InvalidInputError(
@@ -166,6 +238,8 @@ class TextTokenizer:
             )
         self._tokenizer = backend
         self._pad_token = getattr(value, "pad_token", None) or self._pad_token
+        side = getattr(value, "truncation_side", None)
+        self.truncation_side = side if side in TRUNCATION_SIDES else self.truncation_side
         self.pad_id = self._find_pad_id()
         limit = getattr(value, "model_max_length", None)
         self.max_seq_length = limit if layout.is_length_limit(limit) else self._max_seq_length
@@ -179,7 +253,8 @@ class TextTokenizer:
         value = positive_int(value, "max_seq_length")
         self._max_seq_length = value
         self._tokenizer.no_padding()
-        self._tokenizer.enable_truncation(max_length=value, strategy="longest_first", direction="right")
+        self._tokenizer.enable_truncation(max_length=value, strategy="longest_first",
+                                          direction=self.truncation_side)
 
     def _find_pad_id(self) -> int:
         padding = self._tokenizer.padding

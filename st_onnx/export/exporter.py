@@ -30,7 +30,7 @@ from . import manifest as manifest_mod
 from . import optimize as passes
 from .graph_files import place_graph, save_graph
 from .graph_module import FusedModule, eager_attention, excludes_prompt, graph_input_names
-from .verify import ParityReport, check_parity
+from .verify import ParityReport, check_parity, check_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +40,11 @@ EXPORTER = "torch.onnx.export(dynamo=False)"
 
 def export_fused_graph(stack, out_dir: str | os.PathLike, precision: str = "fp32", *, fingerprint: str,
                        sentences: Sequence[str] | None = None, optimize: bool = True,
-                       opset: int | None = None) -> Path:
+                       opset: int | None = None, source_files: dict[str, str] | None = None) -> Path:
     """Export ``stack`` into ``layout.fused_graph_path(out_dir, precision)`` with its manifest; return the path.
+
+    ``source_files``: ``fingerprint.source_digests`` of the folder the stack was loaded from, recorded so that a
+    folder later stripped of its weights is still checked against its configs.
 
     Raises ParityError (and writes nothing) when the graph's embeddings differ from the torch modules' beyond
     the precision's threshold (``verify.COSINE_THRESHOLDS``).
@@ -53,17 +56,19 @@ def export_fused_graph(stack, out_dir: str | os.PathLike, precision: str = "fp32
     if opset < 14:
         raise InvalidInputError(f"opset {opset} is too old; allowed: 14 or newer (default {DEFAULT_OPSET})")
     was_training = stack.training
+    digest = stack.content_digest()  # of the modules as given (fp16 ones too): what a save compares
     stack = _cpu_eval(stack)
     try:
         with layout.work_folder(target.parent, "export") as tmp:
-            _export_into(stack, tmp, target, precision, fingerprint, opset, optimize, sentences)
+            _export_into(stack, tmp, target, precision, fingerprint, opset, optimize, sentences, digest,
+                         source_files)
     finally:
         stack.train(was_training)  # a model exported mid-training keeps training
     return target
 
 
 def _export_into(stack, tmp: Path, target: Path, precision: str, fingerprint: str, opset: int, optimize: bool,
-                 sentences: Sequence[str] | None) -> None:
+                 sentences: Sequence[str] | None, digest: str, source_files: dict[str, str] | None) -> None:
     names = graph_input_names(stack)
     prompt = excludes_prompt(stack)
     raw, dim = _trace(stack, names, tmp / "raw.onnx", opset, prompt)
@@ -77,10 +82,12 @@ def _export_into(stack, tmp: Path, target: Path, precision: str, fingerprint: st
             raise ParityError(f"the exported {precision} graph does not compute what PyTorch computes: {checked}")
     if prompt_report is not None:
         extra["parity_prompt_length"] = prompt_report.to_dict()
+    if source_files is not None:
+        extra["source_files"] = source_files
     inputs = names + ((PROMPT_LENGTH,) if prompt else ())
     layout.manifest_path(target).unlink(missing_ok=True)
     place_graph(graph, target)  # with its weights file, for a graph over 2 GB
-    manifest = _manifest(stack, target, inputs, dim, precision, fingerprint, opset, fusions, extra, report)
+    manifest = _manifest(stack, target, inputs, dim, precision, fingerprint, opset, fusions, extra, report, digest)
     manifest_mod.write_manifest(target, manifest)
     logger.info("wrote %s (%s)", target, report)
 
@@ -95,7 +102,7 @@ def export_model_folder(model_folder: str | os.PathLike, precision: str = "fp32"
     files the model does not own, such as an ``eval/`` folder or notes, kept. Anything else, a folder inside the
     model folder or one holding it, is refused.
     """
-    from ..fingerprint import folder_fingerprint
+    from ..fingerprint import folder_fingerprint, source_digests
     from ..modules import load_stack
 
     model_folder = Path(model_folder)
@@ -119,17 +126,18 @@ def export_model_folder(model_folder: str | os.PathLike, precision: str = "fp32"
                                 "itself; allowed: the model folder itself, or a folder outside it")
     # the fingerprint is taken before the modules load: weights saved in between make the graph stale (exported
     # again), never a graph of older weights stamped with the newer fingerprint
-    fingerprint = folder_fingerprint(model_folder)
+    fingerprint, sources = folder_fingerprint(model_folder), source_digests(model_folder)
     stack = load_stack(model_folder)
+    check_tokenizer(model_folder, stack)  # before the export: a graph the runtime would feed other ids is no use
     if out_dir is None or out_dir.resolve() == model_folder.resolve():
-        return export_fused_graph(stack, model_folder, precision, fingerprint=fingerprint)
+        return export_fused_graph(stack, model_folder, precision, fingerprint=fingerprint, source_files=sources)
     from ..saving import keep_foreign_entries
 
     with layout.atomic_folder(out_dir) as tmp:
         layout.copy_model_folder(model_folder, tmp)  # configs, prompts and tokenizer as they are now
         if out_dir.is_dir():
             _carry_graphs(out_dir, tmp, fingerprint)
-        export_fused_graph(stack, tmp, precision, fingerprint=fingerprint)
+        export_fused_graph(stack, tmp, precision, fingerprint=fingerprint, source_files=sources)
         if out_dir.is_dir():
             keep_foreign_entries(out_dir, tmp)
     return layout.fused_graph_path(out_dir, precision)
@@ -152,11 +160,17 @@ def _is_model_folder(folder: Path) -> bool:
 
 
 def _cpu_eval(stack):
+    """The stack on the CPU in fp32, as the graph is traced and checked: the caller's modules are copied, not
+    moved or cast. Weights saved in fp16 or bf16 (which transformers loads as saved) are traced as fp32: an
+    "fp32" graph holds fp32 weights, and the fp16 graph comes from it (ONNX Runtime's CPU kernels run fp16
+    and bf16 about 100x slower than fp32, where they run them at all)."""
     import torch
 
-    device = next(stack.parameters()).device
-    if device.type != "cpu":  # trace on CPU without moving the caller's modules
-        stack = copy.deepcopy(stack).to(torch.device("cpu"))
+    params = list(stack.parameters())
+    on_cpu = all(p.device.type == "cpu" for p in params)
+    fp32 = all(p.dtype == torch.float32 for p in params if p.is_floating_point())
+    if not (on_cpu and fp32):
+        stack = copy.deepcopy(stack).to(torch.device("cpu")).float()
     return stack.eval()
 
 
@@ -233,13 +247,13 @@ def _verify(stack, graph: Path, names, precision: str, sentences,
 
 
 def _manifest(stack, graph: Path, names, dim: int, precision: str, fingerprint: str, opset: int,
-              fusions: dict, extra: dict, report: ParityReport) -> dict[str, Any]:
+              fusions: dict, extra: dict, report: ParityReport, digest: str) -> dict[str, Any]:
     pooling = next((m for m in stack if type(m).__name__ == "Pooling"), None)
     return {
         "format": manifest_mod.FORMAT,
         "layout": layout.GRAPH_LAYOUT,
         "fingerprint": fingerprint,
-        "module_digest": stack.content_digest(),  # lets a save carry the graph to re-written files (saving.py)
+        "module_digest": digest,  # lets a save carry the graph to re-written files (saving.py)
         "precision": precision,
         "opset": opset,
         "inputs": list(names),

@@ -143,3 +143,41 @@ def check_parity(stack, session, input_names: Sequence[str], precision: str,
 
 def _device(stack):
     return next(stack.parameters()).device
+
+
+# Texts where tokenizers built from other settings part ways: case, accents, CJK characters, a special token
+# written in the text, and one text longer than any max_seq_length (its start and end differ: truncation side).
+TOKENIZER_PROBES = DEFAULT_SENTENCES[:-1] + (
+    "THE Café NAÏVE Ünïcödé résumé Ångström", "北京欢迎你 and 東京", "a [MASK] in the text",
+    " ".join(DEFAULT_SENTENCES[:-1]) * 12,
+)
+
+
+def check_tokenizer(folder, stack) -> None:
+    """Raise ParityError when the onnx backend's tokenizer (``tokenizer.json`` with the folder's settings, run by
+    ``tokenizers`` alone) gives other token ids than the torch Transformer's (transformers') for the folder: the
+    graph would be right and its embeddings silently wrong."""
+    from ..encode.tokenize import TextTokenizer
+    from ..errors import ParityError
+
+    runtime = TextTokenizer.from_folder(folder)
+    runtime.max_seq_length = stack.transformer.max_seq_length
+    texts = list(TOKENIZER_PROBES)
+    features = stack.transformer.tokenize(texts)
+    for text, ids, mask, got in zip(texts, features["input_ids"].tolist(), features["attention_mask"].tolist(),
+                                    runtime.encode(texts)):
+        want = [i for i, m in zip(ids, mask) if m]
+        if want != got.ids.tolist():
+            shown = text if len(text) <= 60 else text[:57] + "..."
+            raise ParityError(
+                f"{folder}: the onnx backend's tokenizer (tokenizer.json and the folder's tokenizer settings, run "
+                f"without transformers) gives other token ids than transformers' for {shown!r}: "
+                f"{_brief(got.ids.tolist())} vs {_brief(want)}; write tokenizer.json as transformers builds the "
+                "tokenizer (AutoTokenizer.from_pretrained(folder).save_pretrained(folder)) and export again"
+            )
+
+
+def _brief(ids: list[int]) -> str:
+    if len(ids) <= 12:
+        return str(ids)
+    return f"[{', '.join(map(str, ids[:6]))}, ..., {', '.join(map(str, ids[-4:]))}] ({len(ids)} ids)"

@@ -39,6 +39,10 @@ class ModuleStack(nn.Sequential):
             if not isinstance(m, nn.Module):
                 raise ModelFolderError(f"modules must be torch.nn.Module instances; got {type(m).__name__}")
         super().__init__(*modules)
+        first = next(modules[0].parameters(), None)
+        if first is not None:  # as sentence-transformers: a Transformer loaded in fp16/bf16 takes its Dense along
+            for module in modules[1:]:
+                module.to(first.dtype)
 
     def forward(self, features: dict[str, Any]) -> dict[str, Any]:  # type: ignore[override]
         for module in self:

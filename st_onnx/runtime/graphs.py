@@ -94,6 +94,21 @@ def _usable(folder: Path, graph: Path, fingerprint: str | None, precision: str,
     return manifest, None
 
 
+def _changed_source(folder: Path, graph: Path, manifest: dict[str, Any]) -> Exception | None:
+    """For a folder without the Transformer's weights: a StaleGraphError when a file the graph was exported
+    from is here with other contents (a module config, modules.json, Dense weights); files left out of the
+    folder (a deployment of the graph and tokenizer only) are not asked for."""
+    from ..fingerprint import file_digest
+
+    recorded = manifest.get("source_files")
+    for name, digest in sorted(recorded.items() if isinstance(recorded, dict) else []):
+        path = folder / name
+        if path.is_file() and file_digest(path) != digest:
+            return StaleGraphError(f"the fused graph {graph} was exported from another {name} than the one in "
+                                   f"{folder} now")
+    return None
+
+
 def default_cache_root() -> Path:
     env = os.environ.get("ST_ONNX_CACHE")
     if env:
@@ -138,6 +153,7 @@ def find_graph(folder: Path, precision: str, *, file_name: str | None = None, ex
                 "onnx_options={'precision': ...} naming a precision that was exported"
             )
         manifest, problem = _usable(folder, existing[0], None, precision, _Snapshot.take(folder))
+        problem = problem or _changed_source(folder, existing[0], manifest)
         if problem:
             raise type(problem)(f"{problem}; export it again where the weights are "
                                 f"(`st-onnx export MODEL_DIR {folder}`)")
