@@ -204,14 +204,22 @@ def _evaluate(model, evaluator, output_path, save_best_model, epoch, steps, call
 def _primary_score(evaluator, score: Any) -> float:
     """The number that picks the best model: the score, or, from the dict newer evaluators (sentence-transformers
     3 and later) return, its ``primary_metric``."""
-    if not isinstance(score, dict):
-        return score
-    key = getattr(evaluator, "primary_metric", None)
-    if key not in score:
-        named = "has no primary_metric" if key is None else f"names primary_metric {key!r}, which is not among them"
-        raise InvalidInputError(f"the evaluator returned metrics {sorted(score)} and {named}: fit cannot tell which "
-                                "to keep the best model by")
-    return score[key]
+    import numbers
+
+    if isinstance(score, dict):
+        key = getattr(evaluator, "primary_metric", None)
+        if key not in score:
+            named = "has no primary_metric" if key is None else f"names primary_metric {key!r}, which is not among them"
+            raise InvalidInputError(f"the evaluator returned metrics {sorted(score)} and {named}: fit cannot tell "
+                                    "which to keep the best model by")
+        score = score[key]
+    if isinstance(score, bool) or not isinstance(score, numbers.Real):
+        raise InvalidInputError(f"the evaluator {type(evaluator).__name__} returned {score!r}; fit keeps the best "
+                                "model by a number (or a dict of them with a primary_metric)")
+    if score != score:  # NaN: never better than the best, so the model would silently never be saved
+        logger.warning("the evaluator %s returned NaN: this evaluation cannot pick a best model",
+                       type(evaluator).__name__)
+    return score
 
 
 def _build_objectives(model, train_objectives, scheduler, warmup_steps, optimizer_class, optimizer_params,
@@ -257,13 +265,21 @@ def _checkpoint(model, checkpoint_path, total_limit, objectives, state: Training
     save_checkpoint(model, checkpoint_path, state, total_limit)
 
 
-def _check_args(train_objectives, scheduler, **counts: Any) -> list:
+def _check_args(model, train_objectives, scheduler, **counts: Any) -> list:
     objectives = list(train_objectives)
     if not objectives:
         raise InvalidInputError("train_objectives is empty; give [(DataLoader, loss), ...]")
     for item in objectives:
-        if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[1], torch.nn.Module)):
+        if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[1], torch.nn.Module)
+                and isinstance(item[0], torch.utils.data.DataLoader)):
             raise InvalidInputError(f"each train objective must be a (DataLoader, loss) pair; got {item!r}")
+        owner = getattr(item[1], "model", model)
+        if owner is not model:
+            raise InvalidInputError(f"the loss {type(item[1]).__name__} was built for another model; build it with "
+                                    "the model being trained (loss = losses.X(model)), or it trains that one")
+        if _length(item[0]) is None and not counts.get("steps_per_epoch"):
+            raise InvalidInputError(f"the DataLoader {item[0]!r} has no length (an IterableDataset): give "
+                                    "steps_per_epoch")
         if _length(item[0]) == 0:
             raise InvalidInputError(f"a train DataLoader yields no batches (len 0): {item[0]!r}; give it examples "
                                     "(with drop_last=True, at least batch_size of them)")
@@ -281,11 +297,23 @@ def _length(dataloader: Any) -> int | None:
         return None
 
 
-def _check_numbers(weight_decay: Any, max_grad_norm: Any) -> None:
+def _check_numbers(weight_decay: Any, max_grad_norm: Any, optimizer_class: Any, optimizer_params: Any) -> None:
+    import math
     import numbers
 
-    if isinstance(weight_decay, bool) or not isinstance(weight_decay, numbers.Real) or weight_decay < 0:
-        raise InvalidInputError(f"weight_decay must be a number >= 0; got {weight_decay!r}")
+    def finite(value: Any) -> bool:
+        return not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
+
+    if not (finite(weight_decay) and weight_decay >= 0):
+        raise InvalidInputError(f"weight_decay must be a finite number >= 0; got {weight_decay!r}")
+    if optimizer_class is not None and not callable(optimizer_class):
+        raise InvalidInputError(f"optimizer_class must be an optimizer class such as torch.optim.AdamW; got "
+                                f"{optimizer_class!r}")
+    if optimizer_params is not None and not isinstance(optimizer_params, dict):
+        raise InvalidInputError(f"optimizer_params must be a dict such as {{'lr': 2e-5}}; got {optimizer_params!r}")
+    lr = (optimizer_params or {}).get("lr", 0.0)
+    if not (finite(lr) and lr >= 0):  # a string from a config file, or inf: caught before any step
+        raise InvalidInputError(f"optimizer_params['lr'] must be a finite number >= 0; got {lr!r}")
     if isinstance(max_grad_norm, bool) or not isinstance(max_grad_norm, numbers.Real) or not max_grad_norm > 0:
         raise InvalidInputError(f"max_grad_norm must be a number > 0 (gradients are clipped to that norm); got "
                                 f"{max_grad_norm!r}")
@@ -305,11 +333,11 @@ def fit(model, train_objectives, evaluator=None, epochs: int = 1, steps_per_epoc
     position in each DataLoader's current pass (replayed with the same shuffle when the DataLoader draws
     its order from torch's global RNG, the default).
     """
-    pairs = _check_args(train_objectives, scheduler, epochs=epochs, steps_per_epoch=steps_per_epoch,
+    pairs = _check_args(model, train_objectives, scheduler, epochs=epochs, steps_per_epoch=steps_per_epoch,
                         evaluation_steps=evaluation_steps, warmup_steps=warmup_steps,
                         checkpoint_save_steps=checkpoint_save_steps,
                         checkpoint_save_total_limit=checkpoint_save_total_limit)
-    _check_numbers(weight_decay, max_grad_norm)
+    _check_numbers(weight_decay, max_grad_norm, optimizer_class, optimizer_params)
     optimizer_class = optimizer_class or torch.optim.AdamW
     optimizer_params = dict(optimizer_params if optimizer_params is not None else {"lr": 2e-5})
     device = torch.device(model.device)

@@ -289,6 +289,9 @@ def _require_token(token: bool | str | None, repo_id: str) -> str:
     """The token to push with: the one given, else the saved login or HF_TOKEN; HubError when there is none."""
     from huggingface_hub import get_token
 
+    if token is not None and not isinstance(token, (bool, str)):
+        raise InvalidInputError(f"token must be a Hugging Face token string, or True/False; got "
+                                f"{type(token).__name__} {token!r}")
     if isinstance(token, str) and token:
         return token
     found = get_token() if token is not False else None

@@ -243,6 +243,11 @@ def atomic_folder(target: str | os.PathLike) -> Iterator[Path]:
     target = Path(target).absolute()
     if target.is_symlink():
         target = target.resolve()
+    cwd = _working_dir()
+    here = cwd is not None and os.path.realpath(target) == str(cwd)
+    if cwd is not None and not here and Path(os.path.realpath(target)) in cwd.parents:
+        raise InvalidInputError(f"{target} holds the working directory {cwd}: replacing the folder would pull the "
+                                "directory out from under this process; write elsewhere, or change directory first")
     if target.exists() and not target.is_dir():  # as os.makedirs says it (sentence-transformers' save)
         raise FileExistsError(errno.EEXIST, "a file is in the way of the folder to write (allowed: a folder, "
                               "new or existing)", str(target))
@@ -263,8 +268,17 @@ def atomic_folder(target: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
         os.replace(target, old)
     os.replace(tmp, target)
+    if here:  # save("."): the process stays in the folder by that name, not in the one moved aside
+        os.chdir(target)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _working_dir() -> Path | None:
+    try:
+        return Path(os.path.realpath(os.getcwd()))
+    except OSError:  # the working directory was removed
+        return None
 
 
 @contextmanager

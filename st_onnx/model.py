@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from .devices import check_device
-from .encode.options import EncodeOptions, as_input_list, check_truncate_dim
+from .encode.options import EncodeOptions, as_input_list, check_item, check_truncate_dim
 from .encode.prompts import ModelSettings, check_prompt, check_prompts, check_similarity_fn_name, prepend
 from .encode.output import format_per_text, format_sentence_embeddings
 from .errors import BackendError, InvalidInputError, ModelNotFoundError, allowed, positive_int
@@ -83,6 +83,9 @@ class SentenceTransformer(ModuleMethods):
     ) -> None:
         if backend not in BACKENDS:
             raise InvalidInputError(f"backend {allowed(backend, BACKENDS)}")
+        if onnx_options is not None and backend != "onnx":
+            raise InvalidInputError(f"onnx_options apply to backend='onnx' only; backend is {backend!r}: add "
+                                    "backend='onnx' (or drop onnx_options)")
         if model_name_or_path is None and modules is None:
             raise InvalidInputError("give model_name_or_path (a folder or a Hub id) or modules=[...]")
         if device is not None:
@@ -339,9 +342,11 @@ class SentenceTransformer(ModuleMethods):
     def preprocess(self, inputs: list, prompt: str | None = None) -> dict[str, Any]:
         """The model's input features for ``inputs`` (sentence-transformers 6's name for ``tokenize``), with
         ``prompt`` prepended to each text and its token count as ``prompt_length``."""
-        texts = list(inputs)
+        texts = list(inputs)  # a bare string is its characters, as in sentence-transformers
         if not texts:
             return {}  # sentence-transformers' answer for no texts
+        for i, item in enumerate(texts):  # a list of three is no pair (its third text would be dropped)
+            check_item(item, i)
         if prompt is None:
             return self._backend.tokenize(texts)
         features = self._backend.tokenize(prepend(check_prompt(prompt), texts))

@@ -63,15 +63,18 @@ def _ranges(emb: np.ndarray, precision: str, ranges: Any, calibration: Any) -> t
             raise InvalidInputError(f"ranges must have shape (2, {emb.shape[-1]}) (mins, maxes); got {ranges.shape}")
         return ranges[0], ranges[1]
     source = emb if calibration is None else _as_float_matrix(calibration, "calibration_embeddings")
-    if calibration is None:
-        if len(source) < 2:
-            raise InvalidInputError(
-                f"{precision} buckets cannot be computed from {len(source)} embedding(s); pass ranges= or "
-                "calibration_embeddings= (a few hundred representative embeddings), or encode more texts at once"
-            )
-        if len(source) < 100:
-            logger.warning("%s buckets computed from only %d embeddings; ranges= or calibration_embeddings= from "
-                           "more embeddings give stabler buckets", precision, len(source))
+    if calibration is not None and (source.ndim != 2 or source.shape[-1] != emb.shape[-1]):
+        raise InvalidInputError(f"calibration_embeddings must be a matrix of {emb.shape[-1]}-dimensional "
+                                f"embeddings like those quantized; got shape {source.shape}")
+    if len(source) < 2:  # one row: every bucket collapses (min == max)
+        raise InvalidInputError(
+            f"{precision} buckets cannot be computed from {len(source)} "
+            f"{'embedding(s)' if calibration is None else 'calibration embedding(s)'}; pass ranges= or "
+            "calibration_embeddings= (a few hundred representative embeddings), or encode more texts at once"
+        )
+    if calibration is None and len(source) < 100:
+        logger.warning("%s buckets computed from only %d embeddings; ranges= or calibration_embeddings= from "
+                       "more embeddings give stabler buckets", precision, len(source))
     return source.min(axis=0).astype(np.float32), source.max(axis=0).astype(np.float32)
 
 

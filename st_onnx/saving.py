@@ -50,7 +50,9 @@ def _saved_default_prompt_name(settings: dict[str, Any]) -> str | None:
 
 def save_model(model, path: str | os.PathLike, model_name: str | None = None, create_model_card: bool = True,
                train_datasets: list[str] | None = None) -> None:
-    """Save ``model``'s torch modules (and its still-valid fused graphs) to ``path`` in one atomic rename."""
+    """Save ``model``'s torch modules (and its still-valid fused graphs) to ``path``, swapped in atomically."""
+    if not isinstance(path, (str, os.PathLike)) or not str(path):
+        raise InvalidInputError(f"path must be a folder path (a non-empty string or path); got {path!r}")
     path = Path(path)
     stack = model.torch_modules
     source = model.model_path

@@ -25,7 +25,8 @@ __all__ = [
 
 def _as_tensor(x) -> Tensor:
     """A tensor from a tensor, array or list (a list of arrays or tensors is stacked), with float16/bfloat16
-    scores computed in float32 as sentence-transformers does (rounding them would tie nearby scores)."""
+    scores computed in float32 as sentence-transformers does (rounding them would tie nearby scores), and integer
+    ones (quantized embeddings) in float64, where sentence-transformers' int8 sums overflow silently."""
     if not isinstance(x, Tensor):
         if isinstance(x, list) and x and all(isinstance(v, Tensor) for v in x):
             x = torch.stack(x)
@@ -37,6 +38,8 @@ def _as_tensor(x) -> Tensor:
             x = torch.tensor(x)  # python floats become float32, as in sentence-transformers
     if torch.is_floating_point(x) and torch.finfo(x.dtype).bits < 32:
         x = x.float()
+    elif not torch.is_floating_point(x):  # quantized embeddings (int8, binary): int8 dot products wrap around
+        x = x.double()
     return x
 
 

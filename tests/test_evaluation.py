@@ -19,6 +19,7 @@ from st_onnx import InputExample
 from st_onnx.evaluation import (BinaryClassificationEvaluator, EmbeddingSimilarityEvaluator,
                                 InformationRetrievalEvaluator, SequentialEvaluator, SimilarityFunction,
                                 TripletEvaluator)
+from st_onnx.errors import InvalidInputError
 from st_onnx.evaluation.binary_classification import average_precision
 
 ALL_SIMS = ["cosine", "euclidean", "manhattan", "dot"]
@@ -321,3 +322,39 @@ def test_stsb_test_score_of_all_minilm(minilm_dir, backend, tmp_path):
     print(f"STSb test cosine Spearman ({backend}): {score:.6f} in {time.perf_counter() - start:.1f} s")
     assert score == pytest.approx(0.8203, abs=0.001)
     assert (tmp_path / "similarity_evaluation_sts-test_results.csv").is_file()
+
+
+@pytest.mark.compat
+def test_sentence_transformers_similarity_enum_and_dot_triplets(pairs):
+    """sentence-transformers' own SimilarityFunction enum selects the same function here; a triplet evaluator
+    asked for dot product reports dot accuracy (it was ignored: the best of the three distances came back)."""
+    from sentence_transformers import SimilarityFunction as TheirFunction
+
+    s1, s2, scores, _ = pairs
+    assert EmbeddingSimilarityEvaluator(s1, s2, scores, main_similarity=TheirFunction.MANHATTAN)(FakeModel()) == \
+        EmbeddingSimilarityEvaluator(s1, s2, scores, main_similarity="manhattan")(FakeModel())
+    s3 = [f"c{i}" for i in range(len(s1))]
+    theirs = st_eval().TripletEvaluator(s1, s2, s3, similarity_fn_names=["dot"])(FakeModel())
+    ours = TripletEvaluator(s1, s2, s3, main_distance_function=TheirFunction.DOT_PRODUCT)
+    assert ours(FakeModel()) == pytest.approx(theirs["dot_accuracy"], abs=1e-6)
+    assert ours.last_metrics["accuracy_dot"] == pytest.approx(theirs["dot_accuracy"], abs=1e-6)
+
+
+def test_information_retrieval_arguments_as_users_write_them():
+    """A relevant id given as a string is that id (set('d1') was {'d', '1'}: every score 0); 'cosine' or the
+    enum name the default score functions; cut-offs and chunk sizes that cannot work are refused by name."""
+    queries, corpus = {"q1": "q1", "q2": "q2"}, {"d1": "d1", "d2": "d2", "d3": "d3"}
+    as_sets = InformationRetrievalEvaluator(queries, corpus, {"q1": {"d1"}, "q2": {"d2"}})(FakeModel())
+    as_strings = InformationRetrievalEvaluator(queries, corpus, {"q1": "d1", "q2": "d2"})
+    assert as_strings(FakeModel()) == as_sets
+    assert as_strings.relevant_docs == {"q1": {"d1"}, "q2": {"d2"}}
+    for name in ("cosine", SimilarityFunction.COSINE, "cos_sim"):
+        assert InformationRetrievalEvaluator(queries, corpus, {"q1": "d1"},
+                                             main_score_function=name).main_score_function == "cos_sim"
+    for kwargs, match in [({"map_at_k": [0]}, "map_at_k must be a positive int; got 0"),
+                          ({"ndcg_at_k": []}, r"ndcg_at_k must be a non-empty list of positive ints such as \[10\]"),
+                          ({"mrr_at_k": [2.0]}, "mrr_at_k must be a positive int; got 2.0"),
+                          ({"corpus_chunk_size": 0}, "corpus_chunk_size must be a positive int; got 0"),
+                          ({"main_score_function": "euclidean"}, "default score functions are cosine")]:
+        with pytest.raises(InvalidInputError, match=match):
+            InformationRetrievalEvaluator(queries, corpus, {"q1": "d1"}, **kwargs)

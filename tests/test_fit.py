@@ -213,8 +213,13 @@ def test_a_sequential_evaluator_of_dict_evaluators_picks_the_best_model(tiny_mod
     ({"warmup_steps": None}, "warmup_steps must be an int >= 0; got None"),
     ({"checkpoint_save_steps": -1}, "checkpoint_save_steps must be an int >= 0 or None; got -1"),
     ({"checkpoint_save_total_limit": 1.5}, "checkpoint_save_total_limit must be an int >= 0 or None; got 1.5"),
-    ({"weight_decay": None}, "weight_decay must be a number >= 0; got None"),
+    ({"weight_decay": None}, "weight_decay must be a finite number >= 0; got None"),
+    ({"weight_decay": float("nan")}, "weight_decay must be a finite number >= 0; got nan"),
     ({"max_grad_norm": -1}, "max_grad_norm must be a number > 0"),
+    ({"optimizer_params": {"lr": "2e-5"}}, r"optimizer_params\['lr'\] must be a finite number >= 0; got '2e-5'"),
+    ({"optimizer_params": {"lr": float("inf")}}, r"optimizer_params\['lr'\] must be a finite number >= 0; got inf"),
+    ({"optimizer_params": "lr"}, r"optimizer_params must be a dict such as \{'lr': 2e-5\}; got 'lr'"),
+    ({"optimizer_class": "AdamW"}, "optimizer_class must be an optimizer class such as torch.optim.AdamW; got 'AdamW'"),
 ])
 def test_bad_fit_arguments_name_the_value(tiny_model_dir, tmp_path, kwargs, match):
     model = model_from(tiny_model_dir)
@@ -387,3 +392,40 @@ def test_two_shuffled_objectives_train_as_sentence_transformers_old_fit(tiny_mod
                                                                                         st_losses)
     np.testing.assert_allclose(ours, theirs, atol=1e-5)
     torch.testing.assert_close(ours_head, their_head, atol=1e-5, rtol=0)
+
+
+def test_objectives_that_cannot_train_this_model_are_refused_before_a_step(tiny_model_dir, tmp_path):
+    """A loss built for another model would train that one (this one's weights never change); a list is no
+    DataLoader; an IterableDataset has no length to size an epoch by."""
+    model, other = model_from(tiny_model_dir), model_from(tiny_model_dir)
+    before = weights(model)
+    with pytest.raises(InvalidInputError, match="the loss CosineSimilarityLoss was built for another model"):
+        model.fit([(DataLoader(EXAMPLES, batch_size=4), losses.CosineSimilarityLoss(other))], **FIT_QUIET)
+    with pytest.raises(InvalidInputError, match=r"must be a \(DataLoader, loss\) pair; got \(\["):
+        model.fit([(list(EXAMPLES), losses.CosineSimilarityLoss(model))], **FIT_QUIET)
+
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            return iter(EXAMPLES)
+
+    with pytest.raises(InvalidInputError, match="has no length .* give steps_per_epoch"):
+        model.fit([(DataLoader(Stream(), batch_size=4), losses.CosineSimilarityLoss(model))], **FIT_QUIET)
+    assert all(torch.equal(v, weights(model)[k]) for k, v in before.items())
+    model.fit([(DataLoader(Stream(), batch_size=4), losses.CosineSimilarityLoss(model))], steps_per_epoch=2,
+              **FIT_QUIET)
+    assert not all(torch.equal(v, weights(model)[k]) for k, v in before.items())
+
+
+def test_an_evaluator_score_that_is_no_number_is_named_and_nan_warns(tiny_model_dir, tmp_path, caplog):
+    """A NaN score is never a new best, so output_path would silently never get the model: fit warns."""
+    import logging
+
+    model = model_from(tiny_model_dir)
+    args = {**FIT_QUIET, "output_path": str(tmp_path / "out")}
+    with pytest.raises(InvalidInputError, match="returned None; fit keeps the best model by a number"):
+        model.fit([(DataLoader(EXAMPLES, batch_size=4), losses.CosineSimilarityLoss(model))],
+                  evaluator=lambda *a, **k: None, **args)
+    caplog.set_level(logging.WARNING, logger="st_onnx")
+    model.fit([(DataLoader(EXAMPLES, batch_size=4), losses.CosineSimilarityLoss(model))],
+              evaluator=lambda *a, **k: float("nan"), **args)
+    assert "returned NaN: this evaluation cannot pick a best model" in caplog.text

@@ -390,3 +390,12 @@ def test_a_graph_over_2_gb_travels_through_the_hub_with_its_data_file(server, ti
     data = loaded.model_path / "onnx" / "st_onnx" / "fp32.onnx.data"
     assert data.is_symlink() and data.resolve().parent.name == "blobs"
     np.testing.assert_array_equal(loaded.encode(SENTENCES), model.encode(SENTENCES))
+
+
+def test_a_token_that_is_no_string_is_refused_not_swapped_for_the_saved_login(server, tiny_model_dir, monkeypatch):
+    """token=12345 (a number from a config file) would have pushed with HF_TOKEN or the saved login instead."""
+    monkeypatch.setenv("HF_TOKEN", "hf_saved_login_token")
+    model = SentenceTransformer(str(tiny_model_dir), device="cpu")
+    with pytest.raises(InvalidInputError, match="token must be a Hugging Face token string, or True/False; got int"):
+        model.push_to_hub("acme/numbers", token=12345)
+    assert not any(path.startswith("/api/repos") for _, path in server.requests)

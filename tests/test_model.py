@@ -339,3 +339,43 @@ def test_prompts_in_the_newer_positional_place_are_refused_naming_the_order(tiny
     model = SentenceTransformer(str(tiny_model_dir), None, "cpu", None, None, prompts={"query": "query: "},
                                 default_prompt_name="query")
     assert model.prompts["query"] == "query: " and model.default_prompt_name == "query"
+
+
+def test_onnx_options_without_the_onnx_backend_are_refused(tiny_model_dir):
+    """They would be ignored: the torch modules run, at fp32, whatever the options ask."""
+    with pytest.raises(InvalidInputError, match="onnx_options apply to backend='onnx' only; backend is 'torch'"):
+        SentenceTransformer(str(tiny_model_dir), device="cpu", onnx_options={"precision": "int8"})
+
+
+def test_save_into_the_working_directory(tiny_model_dir, tmp_path, monkeypatch):
+    """save('.') swaps the folder in and the process stays in the folder of that name (it was left in the one
+    moved aside, then deleted: every relative path failed); a folder holding the working directory is refused;
+    an empty path is no folder."""
+    model = SentenceTransformer(str(tiny_model_dir), device="cpu")
+    here = tmp_path / "here"
+    here.mkdir()
+    (here / "notes.txt").write_text("mine")
+    monkeypatch.chdir(here)
+    model.save(".")
+    assert Path(os.getcwd()) == here and Path("modules.json").is_file() and Path("notes.txt").read_text() == "mine"
+    np.testing.assert_allclose(SentenceTransformer(".", device="cpu").encode(SENTENCES), model.encode(SENTENCES),
+                               atol=1e-6)
+    (here / "sub").mkdir()
+    monkeypatch.chdir(here / "sub")
+    with pytest.raises(InvalidInputError, match="holds the working directory"):
+        model.save(str(here))
+    assert (here / "modules.json").is_file() and Path(os.getcwd()) == here / "sub"
+    with pytest.raises(InvalidInputError, match="path must be a folder path .*; got ''"):
+        model.save("")
+
+
+def test_tokenize_checks_its_items_and_dense_its_activation(tiny_model_dir):
+    from st_onnx.models import Dense
+
+    model = SentenceTransformer(str(tiny_model_dir), device="cpu")
+    with pytest.raises(InvalidInputError, match=r"sentences\[0\] is \['a', 'b', 'c'\]"):
+        model.tokenize([["a", "b", "c"]])  # the third text was dropped silently
+    with pytest.raises(InvalidInputError, match=r"sentences\[1\] is None"):
+        model.tokenize(["a", None])
+    with pytest.raises(InvalidInputError, match="activation_function must be a torch module or function"):
+        Dense(32, 16, activation_function="tanh")  # encode failed later, and its save could not be loaded

@@ -90,3 +90,11 @@ def test_encode_with_a_pool_is_encode_multi_process(tiny_model_copy):
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-6)
     assert np.array_equal(packed, model.encode(texts, precision="ubinary")) and np.array_equal(packed_mp, packed)
     assert single.shape == (32,)
+
+
+def test_calibration_embeddings_that_cannot_give_buckets_are_refused():
+    emb = np.random.default_rng(0).normal(size=(20, 8)).astype(np.float32)
+    with pytest.raises(InvalidInputError, match=r"from 1 calibration embedding\(s\)"):
+        quantize_embeddings(emb, "int8", calibration_embeddings=emb[:1])  # was: every value -128
+    with pytest.raises(InvalidInputError, match=r"matrix of 8-dimensional embeddings .* got shape \(20, 4\)"):
+        quantize_embeddings(emb, "int8", calibration_embeddings=emb[:, :4])

@@ -94,3 +94,16 @@ def test_community_detection_matches(threshold, size, batch):
     assert util.community_detection(points[:2], min_community_size=3) == [] == util.community_detection([])
     with pytest.raises(ValueError, match="min_community_size must be a positive int"):
         util.community_detection(points, min_community_size=0)
+
+
+def test_quantized_embeddings_score_exactly():
+    """int8 embeddings: sentence-transformers' int8 dot products wrap around (64 where the sum is 267,584) and
+    cosine refuses integers; here integer inputs are scored in float64, so ranks and scores are exact."""
+    rng = np.random.default_rng(0)
+    codes = rng.integers(-128, 128, size=(5, 384), dtype=np.int8)
+    exact = codes.astype(np.float64) @ codes.astype(np.float64).T
+    np.testing.assert_array_equal(util.dot_score(codes, codes).numpy(), exact)
+    np.testing.assert_allclose(util.cos_sim(codes, codes).numpy(),
+                               exact / np.outer(np.linalg.norm(codes, axis=1), np.linalg.norm(codes, axis=1)))
+    hits = util.semantic_search(codes[:1], codes, score_function=util.dot_score)
+    assert hits[0][0]["corpus_id"] == int(np.argmax(exact[0]))

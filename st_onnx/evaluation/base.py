@@ -31,6 +31,8 @@ class SimilarityFunction(Enum):
     def from_name(cls, value: Any) -> "SimilarityFunction":
         if isinstance(value, cls):
             return value
+        if isinstance(value, Enum):  # sentence-transformers' own SimilarityFunction (values "cosine", "dot", ...)
+            value = value.value
         names = {"cosine": cls.COSINE, "cos_sim": cls.COSINE, "euclidean": cls.EUCLIDEAN,
                  "manhattan": cls.MANHATTAN, "dot": cls.DOT_PRODUCT, "dot_product": cls.DOT_PRODUCT,
                  "dot_score": cls.DOT_PRODUCT}

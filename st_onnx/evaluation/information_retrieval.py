@@ -7,8 +7,8 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import InvalidInputError
-from .base import SentenceEvaluator, describe, encode
+from ..errors import InvalidInputError, positive_int
+from .base import SentenceEvaluator, SimilarityFunction, describe, encode
 
 logger = logging.getLogger(__name__)
 
@@ -97,21 +97,30 @@ class InformationRetrievalEvaluator(SentenceEvaluator):
                  map_at_k: list[int] = (100,), show_progress_bar: bool = False, batch_size: int = 32,
                  name: str = "", write_csv: bool = True,
                  score_functions: dict[str, Callable] | None = None, main_score_function: str | None = None) -> None:
+        # a single id given as a string is that id (set("d1") would be {"d", "1"})
+        relevant_docs = {q: ({ids} if isinstance(ids, (str, int)) else ids) for q, ids in relevant_docs.items()}
         self.queries_ids = [q for q in queries if q in relevant_docs and len(relevant_docs[q]) > 0]
         self.queries = [queries[q] for q in self.queries_ids]
         self.corpus_ids = list(corpus)
         self.corpus = [corpus[c] for c in self.corpus_ids]
         self._id_rank = _id_rank(self.corpus_ids)
         self.relevant_docs = relevant_docs
-        self.corpus_chunk_size = corpus_chunk_size
-        self.at = {"mrr": list(mrr_at_k), "ndcg": list(ndcg_at_k), "accuracy": list(accuracy_at_k),
-                   "precision_recall": list(precision_recall_at_k), "map": list(map_at_k)}
+        given = {"mrr": mrr_at_k, "ndcg": ndcg_at_k, "accuracy": accuracy_at_k,
+                 "precision_recall": precision_recall_at_k, "map": map_at_k}
+        self.at = {kind: _cutoffs(f"{kind}_at_k", ks) for kind, ks in given.items()}
+        self.corpus_chunk_size = positive_int(corpus_chunk_size, "corpus_chunk_size")
         self.show_progress_bar = show_progress_bar
         self.batch_size = batch_size
         self.name = name
         self.write_csv = write_csv
         self.score_functions = dict(score_functions or {"cos_sim": cos_sim, "dot_score": dot_score})
         self.score_function_names = sorted(self.score_functions)
+        if main_score_function is not None and score_functions is None:  # 'cosine', the enum... for the defaults
+            function = SimilarityFunction.from_name(main_score_function)
+            if function not in _DEFAULT_NAMES:
+                raise InvalidInputError(f"main_score_function is {main_score_function!r}; the default score "
+                                        "functions are cosine ('cos_sim') and dot product ('dot_score')")
+            main_score_function = _DEFAULT_NAMES[function]
         if main_score_function is not None and main_score_function not in self.score_functions:
             raise InvalidInputError(
                 f"main_score_function {main_score_function!r} is not one of score_functions: "
@@ -183,6 +192,16 @@ class InformationRetrievalEvaluator(SentenceEvaluator):
         if self.main_score_function is None:
             return max(metrics[n]["map@k"][top] for n in self.score_function_names)
         return metrics[self.main_score_function]["map@k"][top]
+
+
+_DEFAULT_NAMES = {SimilarityFunction.COSINE: "cos_sim", SimilarityFunction.DOT_PRODUCT: "dot_score"}
+
+
+def _cutoffs(name: str, ks) -> list[int]:
+    """A metric's cut-offs (k of metric@k): a non-empty list of positive ints."""
+    if isinstance(ks, (str, bytes)) or not hasattr(ks, "__iter__") or not list(ks):
+        raise InvalidInputError(f"{name} must be a non-empty list of positive ints such as [10]; got {ks!r}")
+    return [positive_int(k, name) for k in ks]
 
 
 def _id_rank(corpus_ids: list) -> np.ndarray:

@@ -12,12 +12,13 @@ logger = logging.getLogger(__name__)
 
 _NAMES = (("cosinus", "cosine"), ("manhattan", "manhattan"), ("euclidean", "euclidean"))
 _BY_FUNCTION = {SimilarityFunction.COSINE: "cosinus", SimilarityFunction.MANHATTAN: "manhattan",
-                SimilarityFunction.EUCLIDEAN: "euclidean"}
+                SimilarityFunction.EUCLIDEAN: "euclidean", SimilarityFunction.DOT_PRODUCT: "dot"}
 
 
 class TripletEvaluator(SentenceEvaluator):
     """Accuracy = share of triplets with distance(anchor, positive) < distance(anchor, negative), for cosine,
-    manhattan and euclidean distance; the main score is ``main_distance_function``'s, or the best (2.x)."""
+    manhattan and euclidean distance (and dot product, as sentence-transformers 3+); the main score is
+    ``main_distance_function``'s, or the best of the three distances (2.x)."""
 
     def __init__(self, anchors: list[str], positives: list[str], negatives: list[str],
                  main_distance_function=None, name: str = "", batch_size: int = 16,
@@ -40,7 +41,8 @@ class TripletEvaluator(SentenceEvaluator):
         a, p, n = (encode(model, col, self.batch_size, self.show_progress_bar)
                    for col in (self.anchors, self.positives, self.negatives))
         pos, neg = paired_scores(a, p), paired_scores(a, n)  # similarities: higher is nearer
-        return {f"accuracy_{short}": float(np.mean(pos[key] > neg[key])) for short, key in _NAMES}
+        metrics = {f"accuracy_{short}": float(np.mean(pos[key] > neg[key])) for short, key in _NAMES}
+        return {**metrics, "accuracy_dot": float(np.mean(pos["dot"] > neg["dot"]))}
 
     def __call__(self, model, output_path: str | None = None, epoch: int = -1, steps: int = -1) -> float:
         logger.info("TripletEvaluator: evaluating the model on the %s dataset%s:", self.name, describe(epoch, steps))
@@ -51,4 +53,4 @@ class TripletEvaluator(SentenceEvaluator):
         self.append_csv(output_path, [epoch, steps] + [m[h] for h in self.csv_headers[2:]])
         if self.main_distance_function in _BY_FUNCTION:
             return m[f"accuracy_{_BY_FUNCTION[self.main_distance_function]}"]
-        return max(m.values())
+        return max(m[f"accuracy_{short}"] for short, _ in _NAMES)  # 2.x: the best of the three distances

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .. import layout
-from ..errors import ModelFolderError
+from ..errors import InvalidInputError, ModelFolderError
 from .routing import check_sentence_embedding_only
 
 _WEIGHTS = "model.safetensors"
@@ -53,6 +53,9 @@ class Dense(nn.Module):
         self.in_features = in_features
         self.out_features = out_features
         self.bias = bias
+        if activation_function is not None and not callable(activation_function):
+            raise InvalidInputError(f"activation_function must be a torch module or function such as "
+                                    f"torch.nn.Tanh(); got {activation_function!r}")
         self.activation_function = nn.Identity() if activation_function is None else activation_function
         self.linear = nn.Linear(in_features, out_features, bias=bias)
         if init_weight is not None:
