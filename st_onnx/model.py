@@ -140,7 +140,9 @@ class SentenceTransformer(ModuleMethods):
         path = Path(name).expanduser()
         if path.is_dir():
             return path
-        if path.exists() or name.startswith((".", "/", "~")) or os.sep in name.strip("/").replace("/", "", 1):
+        if path.exists():
+            raise ModelNotFoundError(f"{name!r} is a file; model_name_or_path must be a model folder (or a Hub id)")
+        if name.startswith((".", "/", "~")) or os.sep in name.strip("/").replace("/", "", 1):
             raise ModelNotFoundError(f"model folder {name!r} does not exist")
         from .hub import resolve_model_path
 

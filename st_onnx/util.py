@@ -107,6 +107,17 @@ def similarity_functions(name: str) -> tuple[Callable, Callable]:
     return table[name]
 
 
+def _check_search(score_function: Callable, **sizes: object) -> None:
+    """Chunk sizes, top_k and max_pairs are positive ints; the score function is callable."""
+    from .errors import InvalidInputError, positive_int
+
+    for name, value in sizes.items():
+        positive_int(value, name)
+    if not callable(score_function):
+        raise InvalidInputError(f"score_function must be a function of two embedding matrices such as "
+                                f"util.cos_sim; got {score_function!r}")
+
+
 def semantic_search(
     query_embeddings,
     corpus_embeddings,
@@ -116,6 +127,8 @@ def semantic_search(
     score_function: Callable[[Tensor, Tensor], Tensor] = cos_sim,
 ) -> list[list[dict[str, int | float]]]:
     """For each query, the ``top_k`` corpus entries by score: ``[[{'corpus_id': int, 'score': float}, ...], ...]``."""
+    _check_search(query_chunk_size=query_chunk_size, corpus_chunk_size=corpus_chunk_size, top_k=top_k,
+                  score_function=score_function)
     queries, corpus = _as_matrix(query_embeddings), _as_matrix(corpus_embeddings)
     if corpus.device != queries.device:
         queries = queries.to(corpus.device)
@@ -168,6 +181,8 @@ def paraphrase_mining_embeddings(
     top_k: int = 100,
     score_function: Callable[[Tensor, Tensor], Tensor] = cos_sim,
 ) -> list[list[float | int]]:
+    _check_search(query_chunk_size=query_chunk_size, corpus_chunk_size=corpus_chunk_size, top_k=top_k,
+                  max_pairs=max_pairs, score_function=score_function)
     embeddings = _as_matrix(embeddings)
     best: dict[tuple[int, int], float] = {}
     for q0 in range(0, len(embeddings), query_chunk_size):

@@ -379,3 +379,10 @@ def test_tokenize_checks_its_items_and_dense_its_activation(tiny_model_dir):
         model.tokenize(["a", None])
     with pytest.raises(InvalidInputError, match="activation_function must be a torch module or function"):
         Dense(32, 16, activation_function="tanh")  # encode failed later, and its save could not be loaded
+
+
+def test_a_file_given_as_the_model_is_named_a_file(tiny_model_dir):
+    from st_onnx.errors import ModelNotFoundError
+
+    with pytest.raises(ModelNotFoundError, match="config.json' is a file; model_name_or_path must be a model folder"):
+        SentenceTransformer(str(tiny_model_dir / "config.json"), device="cpu")

@@ -107,3 +107,19 @@ def test_quantized_embeddings_score_exactly():
                                exact / np.outer(np.linalg.norm(codes, axis=1), np.linalg.norm(codes, axis=1)))
     hits = util.semantic_search(codes[:1], codes, score_function=util.dot_score)
     assert hits[0][0]["corpus_id"] == int(np.argmax(exact[0]))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"top_k": -1}, "top_k must be a positive int; got -1"),
+    ({"top_k": 2.0}, "top_k must be a positive int; got 2.0"),
+    ({"query_chunk_size": 0}, "query_chunk_size must be a positive int; got 0"),
+    ({"score_function": "cosine"}, "score_function must be a function of two embedding matrices"),
+])
+def test_search_arguments_are_named_when_wrong(kwargs, match):
+    from st_onnx.errors import InvalidInputError
+
+    emb = torch.randn(6, 8)
+    for search in (lambda **kw: util.semantic_search(emb[:2], emb, **kw),
+                   lambda **kw: util.paraphrase_mining_embeddings(emb, **kw)):
+        with pytest.raises(InvalidInputError, match=match):
+            search(**kwargs)
