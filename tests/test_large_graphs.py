@@ -288,3 +288,54 @@ def test_packs_and_grafts_killed_mid_way_are_cleaned_up_and_never_copied(pair, t
     assert packed.is_file() and read_manifest(packed)["packing"]["attention_nodes"] == 2
     pack_graph(fp16)  # beside the graph: the pack killed two days ago goes
     assert not (fused / ".pack-killed").exists() and (fused / ".graft-killed").exists()
+
+
+@pytest.fixture(scope="module")
+def raw_graph(tmp_path_factory):
+    """The tiny model's traced, unfused graph (what the fusion pass reads)."""
+    from st_onnx.export.exporter import _trace
+    from st_onnx.export.graph_module import graph_input_names
+    from st_onnx.modules import load_stack
+
+    tmp = tmp_path_factory.mktemp("raw")
+    stack = load_stack(make_tiny_model(tmp / "model", dense=16)).eval()
+    path, _ = _trace(stack, graph_input_names(stack), tmp / "raw.onnx", 17)
+    return path
+
+
+@pytest.mark.parametrize("target", ["cpu", "cuda"])
+def test_fusing_with_weightless_shape_inference_gives_the_same_graph(raw_graph, tmp_path, monkeypatch, target):
+    """The fusion pass lets ORT's shape inference work on a copy without the weight matrices' data (each of its
+    three runs copied every weight: the export's memory peak); the fused graph must be the very same."""
+    import contextlib
+
+    import onnx
+
+    from st_onnx.export import optimize
+
+    light = optimize.fuse(raw_graph, tmp_path / "light.onnx", 4, 32, target)
+    monkeypatch.setattr(optimize, "_light_shape_inference", contextlib.nullcontext)
+    full = optimize.fuse(raw_graph, tmp_path / "full.onnx", 4, 32, target)
+    assert light == full and light  # the same fusions took, some did
+    a, b = onnx.load(str(tmp_path / "light.onnx")), onnx.load(str(tmp_path / "full.onnx"))
+    assert a.SerializeToString(deterministic=True) == b.SerializeToString(deterministic=True)
+
+
+def test_a_graph_written_in_pieces_reads_back_as_one_and_its_size_is_bounded(raw_graph, tmp_path):
+    """save_graph writes the structure, then one piece per weight (protobuf merges concatenated messages), never
+    serializing every weight at once; the size that decides between one file and a data file is estimated from
+    the tensors' dims, at or just above protobuf's own count."""
+    import onnx
+
+    model = onnx.load(str(raw_graph))
+    exact = model.ByteSize()
+    estimate = graph_files._serialized_size(model)
+    assert exact <= estimate <= exact + 16 * (len(model.graph.initializer) + 1)
+    graph_files.save_graph(model, tmp_path / "pieces.onnx")
+    back = onnx.load(str(tmp_path / "pieces.onnx"))
+    assert back.SerializeToString(deterministic=True) == model.SerializeToString(deterministic=True)
+    assert not layout.graph_data_path(tmp_path / "pieces.onnx").exists()
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(tmp_path / "pieces.onnx"), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["sentence_embedding", "token_embeddings"]
