@@ -175,9 +175,8 @@ class OnnxBackend:
         if device == "cpu":
             _warn_if_quantized_for_vnni(self.graph_path, self.manifest)
         self._requested_device = device
-        old = getattr(self, "_encoder", None)
-        if old is not None:
-            old.close()
+        # the old encoder is not closed: a call running on it in another thread finishes there; its executor's
+        # threads exit once the last call lets go of it (ThreadPoolExecutor's weakref callback)
         if device == "cpu" and self.options.intra_op_num_threads is None and not _fixed_threads(self.options):
             # batch-level parallelism: one thread per run, as many runs at once as cores (see runtime/encoder.py)
             cores = available_cores()

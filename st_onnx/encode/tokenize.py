@@ -152,6 +152,22 @@ def lowercase_first(normalizer: Any) -> Any:
     return NormalizerSequence([Lowercase()] if normalizer is None else [Lowercase(), normalizer])
 
 
+TOKENIZE_CHARS = 1 << 20  # characters per tokenizers call (about 40 MB of transient Encodings)
+
+
+def char_chunks(sizes: Sequence[int], max_chars: int) -> list[tuple[int, int]]:
+    """(start, stop) slices of consecutive items, each at most ``max_chars`` characters (at least one item)."""
+    out, start, chars = [], 0, 0
+    for i, n in enumerate(sizes):
+        if i > start and chars + n > max_chars:
+            out.append((start, i))
+            start, chars = i, 0
+        chars += n
+    if start < len(sizes):
+        out.append((start, len(sizes)))
+    return out
+
+
 class TokenIds:
     """One text's token ids (and segment ids for pairs), compact: a tokenizers Encoding also keeps its tokens,
     offsets and masks, several times the memory, for the whole chunk being encoded."""
@@ -276,10 +292,16 @@ class TextTokenizer:
         columns = text_columns(texts)
         pairs = len(columns) == 2
         batch = columns[0] if not pairs else list(zip(columns[0], columns[1]))
-        encodings: list[Encoding] = self._tokenizer.encode_batch(batch, add_special_tokens=True)
-        return [TokenIds(np.array(e.ids, dtype=np.int32),
-                         np.array(e.type_ids, dtype=np.int8) if pairs and self.type_ids else None)
-                for e in encodings]
+        sizes = [len(t) if isinstance(t, str) else len(t[0]) + len(t[1]) for t in batch]
+        out: list[TokenIds] = []
+        # tokenizers keeps every token of a truncated text (Encoding.overflowing): tens of bytes per character
+        # until the Encodings are dropped, so each call is bounded in characters, not only in texts
+        for start, stop in char_chunks(sizes, TOKENIZE_CHARS):
+            encodings: list[Encoding] = self._tokenizer.encode_batch(batch[start:stop], add_special_tokens=True)
+            out.extend(TokenIds(np.array(e.ids, dtype=np.int32),
+                                np.array(e.type_ids, dtype=np.int8) if pairs and self.type_ids else None)
+                       for e in encodings)
+        return out
 
     def prompt_length(self, prompt: str) -> int:
         """Tokens ``prompt`` contributes at the start of every text: its ids without a trailing special token."""

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import threading
+import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Sequence
 
@@ -33,6 +35,21 @@ PROMPT_LENGTH = "prompt_length"  # optional graph input: leading tokens pooling 
 CHUNK_TEXTS = 4096  # texts tokenized per call: bounds the memory of token ids on huge inputs
 
 
+_LIVE: "weakref.WeakSet[OrtEncoder]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """fork() copies an encoder's executor but not its threads (its idle semaphore says they are idle, so submit()
+    would start none and every batch would wait forever): forget it, and the lock a parent thread may have held."""
+    for encoder in list(_LIVE):
+        encoder._executor = None
+        encoder._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class OrtEncoder:
     def __init__(self, session: OrtSession, tokenizer: TextTokenizer, dim: int | None = None,
                  token_budget: int = DEFAULT_TOKEN_BUDGET, parallel: int = 1) -> None:
@@ -43,6 +60,7 @@ class OrtEncoder:
         self.parallel = max(1, int(parallel))
         self._executor: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
+        _LIVE.add(self)
 
     def encode(self, inputs: Sequence[Any], batch_size: int, output_value: str | None = SENTENCE,
                show_progress_bar: bool = False, prompt_length: int | None = None) -> Any:
@@ -120,11 +138,6 @@ class OrtEncoder:
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(self.parallel, thread_name_prefix="st-onnx-run")
             return self._executor
-
-    def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = None
 
     def _empty_result(self, n: int, output_value: str | None) -> Any:
         if output_value == SENTENCE:

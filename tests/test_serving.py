@@ -1,0 +1,117 @@
+"""The onnx backend as servers use it: a model encoded once and then forked (gunicorn --preload, Celery
+prefork), long documents by the thousand, the model moved while another thread encodes."""
+
+import multiprocessing as mp
+import os
+import threading
+import warnings
+
+import numpy as np
+import pytest
+
+TEXTS = ["the cat runs", "a dog sleeps", "the quick brown fox", "one two three"] * 16
+
+
+@pytest.fixture(scope="module")
+def folder(tiny_model_dir, tmp_path_factory):
+    import shutil
+
+    dest = tmp_path_factory.mktemp("serving") / "tiny"
+    shutil.copytree(tiny_model_dir, dest)
+    return dest
+
+
+def _load(folder, monkeypatch):
+    from st_onnx import SentenceTransformer
+    import st_onnx.backends.onnx_backend as ob
+
+    monkeypatch.setattr(ob, "available_cores", lambda: 2)  # batch-level parallelism even on a 1-core runner
+    model = SentenceTransformer(str(folder), backend="onnx", device="cpu")
+    assert model._backend._encoder.parallel == 2
+    return model
+
+
+def _child(model, q):
+    q.put(model.encode(TEXTS, show_progress_bar=False))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork only")
+def test_encode_in_a_forked_child_after_the_parent_encoded(folder, monkeypatch):
+    """fork() copies the encoder's thread pool but not its threads: the child waited forever for them."""
+    model = _load(folder, monkeypatch)
+    want = model.encode(TEXTS, show_progress_bar=False)  # the parent's warm-up starts the executor
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=_child, args=(model, q))
+    p.start()
+    p.join(30)
+    hung = p.is_alive()
+    if hung:
+        p.kill()
+        p.join()
+    assert not hung, "model.encode hung in the forked child"
+    assert p.exitcode == 0
+    np.testing.assert_allclose(q.get(timeout=5), want, atol=1e-6)
+
+
+class _Recorder:
+    """Wraps a tokenizers.Tokenizer, recording the characters of every encode_batch call."""
+
+    def __init__(self, inner):
+        self._inner, self.calls = inner, []
+
+    def encode_batch(self, batch, **kwargs):
+        self.calls.append(sum(len(t) if isinstance(t, str) else len(t[0]) + len(t[1]) for t in batch))
+        return self._inner.encode_batch(batch, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+
+def test_long_texts_are_tokenized_in_bounded_calls(folder, monkeypatch):
+    """tokenizers keeps every token of a truncated text until the call's encodings are dropped: thousands of
+    long documents in one call took gigabytes (4,096 texts of 10k characters: +1.5 GB, torch backend +21 MB)."""
+    model = _load(folder, monkeypatch)
+    docs = [("the cat runs over a lazy dog " * 400)[:10_000] for _ in range(512)]  # 5.1M characters
+    want = np.stack([model.encode(d, show_progress_bar=False) for d in docs[:3]])
+    tt = model._backend._text_tokenizer
+    rec = _Recorder(tt._tokenizer)
+    monkeypatch.setattr(tt, "_tokenizer", rec)
+    got = model.encode(docs, show_progress_bar=False)
+    # tokenizers keeps every token of a truncated text (Encoding.overflowing), ~40 bytes per character
+    assert max(rec.calls) <= 2_000_000, f"one tokenizers call took {max(rec.calls):,} characters"
+    np.testing.assert_allclose(got[:3], want, atol=1e-6)
+
+
+def test_a_device_change_does_not_break_a_call_running_in_another_thread(folder, monkeypatch):
+    """The old encoder was shut down under the running call ('cannot schedule new futures after shutdown')."""
+    model = _load(folder, monkeypatch)
+    want = model.encode(TEXTS, batch_size=1, show_progress_bar=False)
+    session = model._backend._encoder.session
+    started, release = threading.Event(), threading.Event()
+    run = session.run
+
+    def slow_run(*args, **kwargs):
+        started.set()
+        release.wait(10)
+        return run(*args, **kwargs)
+
+    monkeypatch.setattr(session, "run", slow_run)
+    result = {}
+
+    def call():
+        try:
+            result["out"] = model.encode(TEXTS, batch_size=1, show_progress_bar=False)
+        except BaseException as e:  # noqa: BLE001 - any failure is the finding
+            result["error"] = e
+
+    t = threading.Thread(target=call)
+    t.start()
+    assert started.wait(10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # no GPU here: CUDA falls back to the CPU with a warning
+        model.to("cuda:0")               # on a GPU machine: moves the model, as encode(device='cuda') does
+    release.set()
+    t.join(30)
+    assert "error" not in result, repr(result.get("error"))
+    np.testing.assert_allclose(result["out"], want, atol=1e-6)
