@@ -336,7 +336,8 @@ def _record_stat(folder: Path, graph: Path, fingerprint: str | None, sources: _S
     now = _source_signature(folder)
     graph_now = _graph_signature(folder, graph)
     if not sources.still(now) or (checked is not None and graph_now != checked):
-        logger.debug("the files of %s changed while they were checked: no stat record", folder)
+        logger.debug("the files of %s changed while they were checked, or too recently to tell: no stat record",
+                     folder)
         return
     try:
         layout.write_json(_stat_path(graph), {"fingerprint": fingerprint, "folder": str(folder.resolve()),
