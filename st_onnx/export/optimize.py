@@ -85,7 +85,7 @@ def fuse(src: str | os.PathLike, dst: str | os.PathLike, num_heads: int, hidden_
     if target == "cpu":
         for name in CPU_FUSIONS_OFF:
             setattr(options, name, False)
-    with _light_shape_inference():
+    with _one_swap_at_a_time(_swap_shape_inference):
         model = optimize_model(str(src), model_type="bert", num_heads=num_heads, hidden_size=hidden_size,
                                opt_level=0, optimization_options=options)
     stats = model.get_fused_operator_statistics()
@@ -107,8 +107,8 @@ _SHAPE_ONLY_TYPES = (1, 10, 11, 16)  # FLOAT, FLOAT16, DOUBLE, BFLOAT16
 
 
 @contextlib.contextmanager
-def _light_shape_inference():
-    with _SWAP_LOCK, _swap_shape_inference():
+def _one_swap_at_a_time(swap):
+    with _SWAP_LOCK, swap():
         yield
 
 
@@ -207,7 +207,7 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, *, per_channel
     hint = _DropMessage("pre-processing before quantization")
     logging.getLogger().addFilter(hint)
     try:
-        with _reload_without_copy():
+        with _one_swap_at_a_time(_swap_quantizer_reload):
             quantize_dynamic(Path(src), Path(dst), per_channel=per_channel, reduce_range=reduce_range,
                              weight_type=QuantType.QInt8,
                              # a source with a data file (over 2 GB, or the exporter's intermediate): so is the result
@@ -219,12 +219,6 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, *, per_channel
     if layout.graph_data_path(dst).is_file():  # int8 weights may bring a graph over 2 GB back into one file
         save_graph(onnx.load(str(dst)), dst)
     return {"per_channel": per_channel, "reduce_range": reduce_range, "op_types": list(op_types or ["all"])}
-
-
-@contextlib.contextmanager
-def _reload_without_copy():
-    with _SWAP_LOCK, _swap_quantizer_reload():
-        yield
 
 
 @contextlib.contextmanager
