@@ -58,6 +58,9 @@ class ModuleMethods:
 
     def _cast_to(self, dtype: Any) -> Any:
         kinds = {"torch.float16": "half", "torch.bfloat16": "bfloat16", "torch.float32": "float"}
+        if isinstance(dtype, str):  # torch takes dtypes, not their names
+            raise BackendError(f"to({dtype!r}) gives a string; pass the torch dtype itself: torch.float32, "
+                               "torch.float16 or torch.bfloat16")
         if str(dtype) not in kinds:
             raise BackendError(f"to({dtype}) is not a cast st-onnx makes; allowed: torch.float32, torch.float16, "
                                "torch.bfloat16")

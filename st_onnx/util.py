@@ -226,7 +226,7 @@ def community_detection(embeddings, threshold: float = 0.75, min_community_size:
         counts = (scores >= threshold).sum(dim=1)
         for row in torch.nonzero(counts >= min_size).flatten().tolist():
             closest = torch.argsort(scores[row], descending=True, stable=True)[: int(counts[row])]
-            candidates.append((start + row, closest.numpy()))
+            candidates.append((start + row, closest.cpu().numpy()))  # CUDA embeddings too
     candidates.sort(key=lambda c: len(c[1]), reverse=True)  # stable: equal sizes keep their order
     taken = np.zeros(len(vectors), dtype=bool)
     clusters = []

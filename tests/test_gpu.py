@@ -138,3 +138,15 @@ def test_prompt_left_out_of_pooling_on_cuda(tiny_model_dir, tmp_path):
         assert model._backend._encoder.session.provider == "CUDAExecutionProvider"
         got = model.encode(SENTENCES, prompt_name="query", batch_size=4)
         assert _cosines(want, got).min() > (0.99999 if options.get("precision") == "fp32" else 0.999), options
+
+
+def test_community_detection_of_cuda_embeddings():
+    """util.community_detection on embeddings that live on the GPU: the same clusters as on the CPU."""
+    import torch
+
+    from st_onnx import util
+
+    emb = torch.randn(60, 16, generator=torch.Generator().manual_seed(0))
+    emb[20:40] = emb[20] + 0.01 * emb[20:40]
+    assert util.community_detection(emb.cuda(), threshold=0.9, min_community_size=5) == \
+        util.community_detection(emb, threshold=0.9, min_community_size=5)

@@ -156,6 +156,10 @@ def test_module_calls_scripts_make_on_sentence_transformers(tiny_model_dir):
     assert ours.to(torch.float16) is ours and ours.dtype == torch.float16
     assert ours.to("cpu", torch.float32).dtype == torch.float32
     assert ours.encode(SENTENCES).dtype == np.float32
+    from st_onnx.errors import BackendError
+
+    with pytest.raises(BackendError, match=r"to\('float16'\) gives a string; pass the torch dtype itself"):
+        ours.to(dtype="float16")
 
 
 def test_module_calls_on_the_onnx_backend(onnx_model):
