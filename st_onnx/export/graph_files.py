@@ -12,6 +12,7 @@ other graph passes.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
@@ -64,11 +65,8 @@ def _serialized_size(model: Any) -> int:
     size = without_initializers(model).ByteSize() + 8
     for tensor in model.graph.initializer:
         if tensor.data_type in _ITEM_BYTES and tensor.HasField("raw_data"):
-            count = 1
-            for d in tensor.dims:
-                count *= d
             header = _copy_fields(tensor, type(tensor)(), skip="raw_data").ByteSize()
-            size += header + 6 + count * _ITEM_BYTES[tensor.data_type]
+            size += header + 6 + math.prod(tensor.dims) * _ITEM_BYTES[tensor.data_type]
         else:
             size += tensor.ByteSize()
         size += 6  # the initializer's field tag and length

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import math
 import os
 import tempfile
 import threading
@@ -161,10 +162,7 @@ def _shape_only_copy(model: Any) -> tuple[Any, set[str]]:
     out = without_initializers(model)
     names = set()
     for tensor in model.graph.initializer:
-        count = 1
-        for d in tensor.dims:
-            count *= d
-        if tensor.data_type in _SHAPE_ONLY_TYPES and len(tensor.dims) >= 2 and count > 1024:
+        if tensor.data_type in _SHAPE_ONLY_TYPES and len(tensor.dims) >= 2 and math.prod(tensor.dims) > 1024:
             light = out.graph.initializer.add()
             light.name, light.data_type = tensor.name, tensor.data_type
             light.dims.extend(tensor.dims)
