@@ -13,6 +13,7 @@ truncate_dim dimensions when bundle.json names a truncate_dim.
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,12 @@ class BundleEncoder:
         disabled = [] if "CUDAExecutionProvider" in providers else ["SkipLayerNormFusion", "BiasGeluFusion"]
         self.session = ort.InferenceSession(str(bundle_dir / self.info["graph"]), providers=list(providers),
                                             disabled_optimizers=disabled)
+        # ONNX Runtime falls back to the CPU without a word when CUDA cannot load: say so, since its CPU kernels
+        # run an fp16 graph about 100x slower than the fp32 one
+        if self.info.get("precision") == "fp16" and self.session.get_providers()[0] != "CUDAExecutionProvider":
+            warnings.warn(f"this fp16 bundle runs on {self.session.get_providers()[0]}, about 100x slower than an "
+                          "fp32 bundle there; make an fp32 or int8 bundle for the CPU, or pass "
+                          "providers=('CUDAExecutionProvider',) with CUDA set up", stacklevel=2)
 
     def prompt(self, prompt_name=None):
         """The text to prepend: the named prompt, else the model's default one, else none."""

@@ -14,7 +14,8 @@ The bundle holds everything a plain ONNX Runtime + tokenizers program needs (see
                      applies to all) with pooling_include_prompt, and truncate_dim (null: all dimensions)
 
 The bundle is written atomically: BUNDLE_DIR appears complete or not at all. BUNDLE_DIR must be a new or empty
-folder, or an earlier bundle (replaced); anything else, and a folder overlapping MODEL_DIR, is refused.
+folder, or an earlier bundle (its files replaced, what the user added there kept); anything else, and a folder
+overlapping MODEL_DIR, is refused.
 """
 
 from __future__ import annotations
@@ -102,7 +103,22 @@ def make_bundle(model_dir: Path, bundle_dir: Path, precision: str = "fp32") -> P
             "pooling_include_prompt": manifest.get("pooling_include_prompt", True),
         }
         (tmp / BUNDLE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        if bundle_dir.is_dir():
+            keep_user_files(bundle_dir, tmp)
     return bundle_dir
+
+
+def keep_user_files(old: Path, new: Path) -> None:
+    """Carry what the user put in an earlier bundle (a Dockerfile, serve.py) into the new one; the bundle's own
+    files, an older graph's weights file among them, are the new bundle's."""
+    owned = {GRAPH, GRAPH + ".data", MANIFEST, TOKENIZER, BUNDLE}
+    for entry in old.iterdir():
+        if entry.name in owned or (new / entry.name).exists():
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.copytree(entry, new / entry.name, symlinks=True)
+        else:
+            shutil.copy2(entry, new / entry.name, follow_symlinks=False)
 
 
 def main(argv=None) -> int:

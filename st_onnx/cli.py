@@ -1,10 +1,12 @@
 """The ``st-onnx`` command line.
 
-    st-onnx export MODEL_DIR OUT_DIR [--precision fp32|fp16|int8]   export the fused graph, print its parity report
-    st-onnx bench [ARGS...]                                          run benchmarks/bench_encode.py with ARGS
+    st-onnx export MODEL_DIR OUT_DIR [--precision fp32|fp16|int8] [--replace] [-v]
+                                      export the fused graph, print its parity report and the line that loads it
+    st-onnx bench [ARGS...]           run benchmarks/bench_encode.py with ARGS
 
 ``export`` into MODEL_DIR itself adds ``onnx/st_onnx/<precision>.onnx`` (+ manifest) to the folder; into another
-OUT_DIR it writes a complete, self-contained copy of the model folder with the graph added (atomically).
+OUT_DIR it writes a complete, self-contained copy of the model folder with the graph added (atomically). An
+OUT_DIR holding a model of other weights that no export wrote is refused unless ``--replace``.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ def _export(args: argparse.Namespace) -> int:
     from .export import ParityReport, export_model_folder, read_manifest
 
     try:
-        graph = export_model_folder(args.model_dir, args.precision, out_dir=args.out_dir)
+        graph = export_model_folder(args.model_dir, args.precision, out_dir=args.out_dir, replace=args.replace)
     except PermissionError as e:
         raise PermissionError(e.errno, f"{e.strerror} (OUT_DIR cannot be written there: give a writable "
                                        "OUT_DIR, which gets a complete copy of the model folder)", e.filename) from e
@@ -45,6 +47,8 @@ def _export(args: argparse.Namespace) -> int:
         print(ParityReport.from_dict(parity))
     else:
         print(f"parity not checked: {parity.get('reason', 'unknown')}")
+    options = "" if args.precision == "fp32" else f", onnx_options={{'precision': '{args.precision}'}}"
+    print(f"load: SentenceTransformer({str(args.out_dir)!r}, backend='onnx'{options})")
     return 0
 
 
@@ -66,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("out_dir", help="MODEL_DIR itself, or a new folder for a self-contained copy")
     export.add_argument("--precision", choices=PRECISIONS, default="fp32",
                         help="fp32 (any device), int8 (CPU), fp16 (CUDA only)")
+    export.add_argument("--replace", action="store_true",
+                        help="replace an OUT_DIR that holds a model of other weights no export wrote (its weights go)")
+    export.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="log progress (fusions, parity) to stderr")
     export.set_defaults(run=_export)
     bench = sub.add_parser("bench", help="run benchmarks/bench_encode.py, passing the arguments through")
     bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments for bench_encode.py")
@@ -85,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     except (StOnnxError, OSError) as e:  # a bad folder, a read-only or missing parent: one line, no traceback
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # the writes are atomic: nothing half-written is left
+        print("interrupted: nothing written", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

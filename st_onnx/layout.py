@@ -145,15 +145,57 @@ def read_transformer_config(folder: str | os.PathLike) -> dict[str, Any]:
     if "max_seq_length" in raw and raw["max_seq_length"] is not None:
         config["max_seq_length"] = int(raw["max_seq_length"])
     else:
+        # sentence-transformers 6 keeps the limit in the tokenizer's config, capped at the position embeddings
+        # when it loads (a tokenizer saying 512 over 128 positions gets 128)
         tok = read_json_if_exists(folder / TOKENIZER_CONFIG_JSON, {}) or {}
         limit = tok.get("model_max_length")
         if is_length_limit(limit):
-            config["max_seq_length"] = limit
+            positions = (read_json_if_exists(folder / HF_CONFIG_JSON, {}) or {}).get("max_position_embeddings")
+            config["max_seq_length"] = min(limit, positions) if is_length_limit(positions) else limit
+    check_text_transformer(raw, f"{folder / SBERT_CONFIG_JSON}")
     config["do_lower_case"] = bool(raw.get("do_lower_case", False))
     for key in ("model_args", "tokenizer_args", "config_args"):
         if isinstance(raw.get(key), dict) and raw[key]:
             config[key] = raw[key]
     return config
+
+
+# sentence-transformers 6's Transformer settings at the values that embed plain text as the classic module does
+_TEXT_MODALITY = {"text": {"method": "forward", "method_output_name": "last_hidden_state"}}
+_PLAIN_TEXT = {"transformer_task": "feature-extraction", "module_output_name": "token_embeddings"}
+_TOKEN_CHANGING = ("processing_kwargs", "query_length", "document_length", "query_expansion")
+
+
+def check_text_transformer(config: dict[str, Any], where: str) -> None:
+    """Raise ModelFolderError, naming the settings, when a Transformer's config (``sentence_bert_config.json``,
+    or a sentence-transformers module's ``get_config_dict()``) uses sentence-transformers 6 settings that change
+    which tokens it embeds: another task or output, a modality beyond text (a ``"message"`` entry renders every
+    text through the chat template), processing kwargs or per-task lengths. st-onnx tokenizes plain text as the
+    classic Transformer does; dropping them would give other embeddings without a word."""
+    problems = [f"{key}={config[key]!r}" for key, default in _PLAIN_TEXT.items()
+                if config.get(key) not in (None, default)]
+    if config.get("modality_config") not in (None, _TEXT_MODALITY):
+        problems.append(f"modality_config={config['modality_config']!r}")
+    problems += [f"{key}={config[key]!r}" for key in _TOKEN_CHANGING if config.get(key)]
+    if problems:
+        raise ModelFolderError(
+            f"{where} has {', '.join(problems)}; st-onnx embeds plain text as the classic Transformer module does "
+            f"(allowed: modality_config {_TEXT_MODALITY}, no {', '.join(_TOKEN_CHANGING)})"
+        )
+
+
+def check_no_chat_template(folder: str | os.PathLike) -> None:
+    """Refuse a plain transformers folder whose tokenizer has a chat template: sentence-transformers 6 builds
+    its Transformer with a ``"message"`` modality there and renders every text through the template."""
+    folder = Path(folder)
+    tok = read_json_if_exists(folder / TOKENIZER_CONFIG_JSON, {}) or {}
+    if (isinstance(tok, dict) and tok.get("chat_template")) or (folder / "chat_template.jinja").is_file():
+        raise ModelFolderError(
+            f"{folder} is a plain transformers folder whose tokenizer has a chat template: sentence-transformers 6 "
+            "would embed every text rendered through that template, which st-onnx does not do. Build the model "
+            "from modules to embed plain text: SentenceTransformer(modules=[models.Transformer(path), "
+            "models.Pooling(dim, ...)])"
+        )
 
 
 def transformer_folder(folder: str | os.PathLike) -> Path:
@@ -228,6 +270,24 @@ def copy_model_folder(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     shutil.copytree(src, dst, dirs_exist_ok=True, copy_function=shutil.copyfile,
                     ignore=shutil.ignore_patterns(*WORK_FOLDERS, "*.stat.json"))
     _make_writable(Path(dst))
+
+
+@contextmanager
+def locked(folder: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock on the folder itself (``flock`` on its directory: no lock file is left behind)
+    while a write there is assembled; other processes and threads taking it wait. Without ``fcntl`` (Windows),
+    no lock."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on POSIX
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 @contextmanager

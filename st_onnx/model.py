@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -484,10 +485,14 @@ class SentenceTransformer(ModuleMethods):
         """Write the model folder (sentence-transformers format) atomically: a temporary folder, then a rename.
 
         Weights are always written as safetensors; ``safe_serialization=False`` (pickled ``.bin`` files) is
-        refused rather than ignored.
+        refused rather than ignored. ``path=None`` writes nothing, as in sentence-transformers (with a warning).
         """
         from .saving import check_safe_serialization, save_model
 
+        if path is None:
+            warnings.warn("save(None) writes nothing (as sentence-transformers); pass a folder path to save",
+                          stacklevel=2)
+            return
         check_safe_serialization(safe_serialization)
         save_model(self, path, model_name=model_name, create_model_card=create_model_card,
                    train_datasets=train_datasets)
@@ -623,8 +628,8 @@ def _transformer_args(backend: str, model_kwargs: Any, tokenizer_kwargs: Any, co
     for name, value in given.items():
         if value is not None and not isinstance(value, dict):
             raise InvalidInputError(f"{name} must be a dict of keyword arguments; got {type(value).__name__}")
-    if not isinstance(trust_remote_code, bool):
-        raise InvalidInputError(f"trust_remote_code must be True or False; got {trust_remote_code!r}")
+    if not isinstance(trust_remote_code, bool) and trust_remote_code is not None:  # None: False, as transformers
+        raise InvalidInputError(f"trust_remote_code must be True, False or None; got {trust_remote_code!r}")
     if trust_remote_code:
         given["trust_remote_code"] = True
     if backend != "torch" and any(given.values()):

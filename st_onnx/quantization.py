@@ -34,8 +34,13 @@ def check_precision(precision: Any) -> str:
 
 def quantize_embeddings(embeddings: Any, precision: str, ranges: np.ndarray | None = None,
                         calibration_embeddings: np.ndarray | None = None) -> np.ndarray:
-    """``embeddings`` ((n, dim) floats: numpy, torch or lists) in ``precision``; see the module docstring."""
+    """``embeddings`` ((n, dim) floats: numpy, torch or lists) in ``precision``; see the module docstring.
+
+    A list of matrices (token embeddings: one (n_i, dim) matrix per text) gives a list, every matrix in the same
+    int8/uint8 buckets, as sentence-transformers 6; an empty list gives an empty list."""
     check_precision(precision)
+    if isinstance(embeddings, (list, tuple)) and (not embeddings or getattr(embeddings[0], "ndim", None) == 2):
+        return _quantize_matrices(embeddings, precision, ranges, calibration_embeddings)
     emb = _as_float_matrix(embeddings, "embeddings")
     single = emb.ndim == 1
     emb = emb.reshape(1, -1) if single else emb
@@ -54,6 +59,18 @@ def quantize_embeddings(embeddings: Any, precision: str, ranges: np.ndarray | No
         buckets = np.clip(np.floor((emb - low) / steps), 0, 255)
         out = buckets.astype(np.uint8) if precision == "uint8" else (buckets - 128).astype(np.int8)
     return out[0] if single else out
+
+
+def _quantize_matrices(matrices: list | tuple, precision: str, ranges: Any, calibration: Any) -> list[np.ndarray]:
+    matrices = [_as_float_matrix(m, "embeddings") for m in matrices]
+    if any(m.ndim != 2 or m.shape[1] != matrices[0].shape[1] for m in matrices):
+        raise InvalidInputError("a list of token embedding matrices must hold (n_i, dim) matrices of one dim; got "
+                                f"shapes {[m.shape for m in matrices]}")
+    if precision in ("int8", "uint8") and ranges is None and matrices:
+        whole = np.concatenate(matrices)
+        if len(whole) or calibration is not None:  # one set of buckets for every matrix
+            ranges = np.stack(_ranges(whole, precision, None, calibration))
+    return [quantize_embeddings(m, precision, ranges=ranges) for m in matrices]
 
 
 def _ranges(emb: np.ndarray, precision: str, ranges: Any, calibration: Any) -> tuple[np.ndarray, np.ndarray]:

@@ -67,6 +67,8 @@ def save_model(model, path: str | os.PathLike, model_name: str | None = None, cr
         })
         if create_model_card:
             kept = kept_model_card(model)
+            if kept and model_name and not Path(model_name).exists():  # as ST: the card's usage names the model
+                kept = kept.replace(f'SentenceTransformer("{_CARD_PLACEHOLDER}"', f'SentenceTransformer("{model_name}"')
             (tmp / "README.md").write_text(kept or model_card(model, model_name or path.name, train_datasets),
                                            encoding="utf-8")
         if source is not None and (Path(source) / layout.FUSED_DIR).is_dir():
@@ -225,6 +227,9 @@ def yaml_scalar(value: Any) -> str:
     text = str(value)
     plain = re.fullmatch(r"[A-Za-z][\w./-]*", text) and text.lower() not in _YAML_WORDS
     return text if plain else json.dumps(text)
+
+
+_CARD_PLACEHOLDER = "sentence_transformers_model_id"  # what sentence-transformers' cards name the model before it has one
 
 
 def kept_model_card(model) -> str | None:

@@ -363,6 +363,111 @@ def test_modules_routed_off_the_sentence_embedding_are_refused(tmp_path, kind, k
 
 
 
+def _with_chat_template(folder):
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config["chat_template"] = "{% for message in messages %}the {{ message['content'] }} fish{% endfor %}"
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.mark.parametrize("key, kwargs", [
+    ("processing_kwargs", {"processing_kwargs": {"text": {"max_length": 8}}}),
+    ("query_length", {"query_length": 6}),
+    ("document_length", {"document_length": 9}),
+    ("modality_config", None),  # a tokenizer with a chat template: texts are rendered through it
+])
+def test_sentence_transformers_6_settings_that_change_the_tokens_are_refused(tmp_path, key, kwargs):
+    """sentence-transformers 6's Transformer settings that change which tokens it embeds (maxdiff 0.49-1.44 from
+    what st-onnx embedded without a word, on both backends, and a save dropped them) are refused by name, from a
+    folder on both backends and from a handed-over module."""
+    from helpers import make_tiny_transformer
+    from st_onnx.errors import ModelFolderError
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from sentence_transformers import models
+    raw = make_tiny_transformer(tmp_path / "raw")
+    if kwargs is None:
+        _with_chat_template(raw)
+    transformer = models.Transformer(str(raw), **(kwargs or {}))
+    modules = [transformer, models.Pooling(transformer.get_embedding_dimension(), "mean")]
+    theirs = st.SentenceTransformer(modules=modules, device="cpu")
+    plain = st.SentenceTransformer(modules=[models.Transformer(str(make_tiny_transformer(tmp_path / "plain"))),
+                                            modules[1]], device="cpu")
+    texts = SENTENCES + ["the cat sat on the mat " * 3]
+    method = "encode_query" if key == "query_length" else "encode_document" if key == "document_length" else "encode"
+    assert not np.allclose(getattr(theirs, method)(texts), plain.encode(texts), atol=1e-4)  # the setting matters
+    theirs.save(str(tmp_path / "saved"))
+    for backend in ("torch", "onnx"):
+        with pytest.raises(ModelFolderError, match=f"sentence_bert_config.json has {key}=.*plain text"):
+            SentenceTransformer(str(tmp_path / "saved"), device="cpu", backend=backend)
+    with pytest.raises(ModelFolderError, match=f"the given sentence_transformers.*Transformer has {key}="):
+        SentenceTransformer(modules=modules, device="cpu")
+
+
+def test_a_plain_folder_with_a_chat_template_is_refused(tmp_path):
+    """sentence-transformers 6 renders every text of such a folder through the template (maxdiff 1.44 from what
+    st-onnx embedded); st-onnx names the template and how to embed plain text instead."""
+    from helpers import make_tiny_transformer
+    from st_onnx.errors import ModelFolderError
+
+    raw = _with_chat_template(make_tiny_transformer(tmp_path / "raw"))
+    with pytest.raises(ModelFolderError, match="chat template.*SentenceTransformer\\(modules="):
+        SentenceTransformer(str(raw), device="cpu")
+    from st_onnx import models
+
+    built = SentenceTransformer(modules=[models.Transformer(str(raw)), models.Pooling(32, "mean")], device="cpu")
+    built.save(str(tmp_path / "built"))  # saved without a modality: sentence-transformers 6 embeds plain text too
+    _assert_same(SentenceTransformer(str(tmp_path / "built"), device="cpu").encode(SENTENCES),
+                 _reference(tmp_path / "built").encode(SENTENCES))
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_the_tokenizers_limit_is_capped_at_the_positions_as_sentence_transformers_6(tmp_path, backend):
+    """A sentence-transformers 6 folder keeps its limit only in tokenizer_config.json; one above the model's
+    position embeddings (512 over 128) is capped when loaded. It crashed in torch with a shape error."""
+    from helpers import make_tiny_transformer
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from sentence_transformers import models
+    raw = make_tiny_transformer(tmp_path / "raw")
+    st.SentenceTransformer(modules=[models.Transformer(str(raw)), models.Pooling(32, "mean")],
+                           device="cpu").save(str(tmp_path / "m"))
+    assert "max_seq_length" not in json.loads((tmp_path / "m" / "sentence_bert_config.json").read_text())
+    config = json.loads((tmp_path / "m" / "tokenizer_config.json").read_text())
+    (tmp_path / "m" / "tokenizer_config.json").write_text(json.dumps({**config, "model_max_length": 512}))
+    theirs = _reference(tmp_path / "m")
+    ours = SentenceTransformer(str(tmp_path / "m"), device="cpu", backend=backend)
+    assert ours.max_seq_length == theirs.max_seq_length == 128
+    text = ["the cat " * 100]
+    np.testing.assert_allclose(ours.encode(text), theirs.encode(text), atol=1e-5)
+
+
+def test_none_where_sentence_transformers_takes_none(tiny_model_copy, tmp_path):
+    """prompts={'name': None} (the saved prompt of that name, else ''), trust_remote_code=None (False) and
+    save(None) (writes nothing, warned), as sentence-transformers 6; each was refused."""
+    (tiny_model_copy / "config_sentence_transformers.json").write_text(json.dumps({"prompts": {"query": "q: "}}))
+    for cls in (SentenceTransformer, st.SentenceTransformer):
+        model = cls(str(tiny_model_copy), device="cpu", prompts={"query": None, "a": None, "b": "b: "},
+                    trust_remote_code=None)
+        assert {k: model.prompts[k] for k in ("query", "a", "b")} == {"query": "q: ", "a": "", "b": "b: "}, cls
+    with pytest.warns(UserWarning, match=r"save\(None\) writes nothing"):
+        model = SentenceTransformer(str(tiny_model_copy), device="cpu")
+        model.save(None)
+    with pytest.raises(InvalidInputError, match="trust_remote_code must be True, False or None; got 'yes'"):
+        SentenceTransformer(str(tiny_model_copy), device="cpu", trust_remote_code="yes")
+
+
+def test_a_kept_model_card_names_the_model_as_sentence_transformers(tiny_model_copy, tmp_path):
+    """save(path, model_name=...) on a model whose card is kept puts the name in the card's usage line."""
+    card = '---\nlicense: apache-2.0\n---\n\nmodel = SentenceTransformer("sentence_transformers_model_id")\n'
+    (tiny_model_copy / "README.md").write_text(card)
+    for name, cls in (("ours", SentenceTransformer), ("theirs", st.SentenceTransformer)):
+        cls(str(tiny_model_copy), device="cpu").save(str(tmp_path / name), model_name="someone/tiny")
+        assert 'model = SentenceTransformer("someone/tiny")' in (tmp_path / name / "README.md").read_text(), name
+
+
 @pytest.mark.parametrize("backend", ["torch", "onnx"])
 def test_a_new_tokenizer_brings_its_model_max_length(tiny_model_copy, backend):
     """max_seq_length follows a tokenizer set on the model, on both backends, as it follows one set as the

@@ -320,6 +320,69 @@ def test_export_to_other_folder_makes_complete_copy(exported, tmp_path):
     assert (stranger / "notes.txt").read_text() == "mine"
 
 
+def test_exports_into_one_out_dir_at_once_keep_each_others_graphs(exported, tmp_path, monkeypatch):
+    """fp32 and int8 exported into one OUT_DIR in parallel: the export that swapped in last dropped the graph the
+    other wrote meanwhile (both said 'wrote'); each now assembles its copy under a lock, from what is there then."""
+    from st_onnx.export import exporter
+
+    out, real = tmp_path / "out", exporter.export_fused_graph
+
+    def meanwhile(stack, folder, precision, **kwargs):  # while fp32 is built, an int8 export runs start to end
+        graph = real(stack, folder, precision, **kwargs)
+        monkeypatch.setattr(exporter, "export_fused_graph", real)
+        export_model_folder(exported[0], "int8", out_dir=out)
+        return graph
+
+    monkeypatch.setattr(exporter, "export_fused_graph", meanwhile)
+    export_model_folder(exported[0], "fp32", out_dir=out)
+    for precision in ("fp32", "int8"):
+        graph = layout.fused_graph_path(out, precision)
+        assert graph.is_file() and graph_is_fresh(out, graph), precision
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no work folder left
+
+
+def test_locked_serializes_writers_across_processes(tmp_path):
+    """layout.locked: a second process waits while the first holds the folder's lock."""
+    code = ("import sys, time; from st_onnx import layout\n"
+            "with layout.locked(sys.argv[1]):\n    print(time.time(), flush=True)\n")
+    with layout.locked(tmp_path):
+        child = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+        time.sleep(1.5)
+        released = time.time()
+    assert float(child.communicate(timeout=60)[0]) >= released
+    assert list(tmp_path.iterdir()) == []  # no lock file
+
+
+def test_an_out_dir_holding_another_model_no_export_wrote_is_refused(exported, tmp_path):
+    """A mistyped OUT_DIR naming another model's folder (a fine-tuned one, say) was replaced by the copy and its
+    weights deleted, with exit code 0. Same weights, or an earlier export of other ones, are still replaced."""
+    from st_onnx.cli import main
+
+    other = make_tiny_model(tmp_path / "finetuned", seed=7)
+    weights = (other / "model.safetensors").read_bytes()
+    assert main(["export", str(exported[0]), str(other)]) == 1
+    assert (other / "model.safetensors").read_bytes() == weights and not (other / "onnx").exists()
+    assert main(["export", str(exported[0]), str(other), "--replace"]) == 0  # asked for: replaced
+    assert folder_fingerprint(other) == folder_fingerprint(exported[0])
+    same = tmp_path / "same"
+    shutil.copytree(exported[0], same, ignore=shutil.ignore_patterns("onnx"))
+    assert export_model_folder(exported[0], "fp32", out_dir=same).is_file()
+    deploy = tmp_path / "deploy"
+    export_model_folder(other, "fp32", out_dir=deploy)
+    assert read_manifest(layout.fused_graph_path(deploy, "fp32"))["export_copy"] is True
+    export_model_folder(exported[0], "fp32", out_dir=deploy)  # an export wrote it: refreshed with new weights
+    assert read_manifest(layout.fused_graph_path(deploy, "fp32"))["fingerprint"] == folder_fingerprint(exported[0])
+
+
+def test_export_fused_graph_names_what_it_takes(exported, tmp_path):
+    from st_onnx import SentenceTransformer
+
+    model = SentenceTransformer(str(exported[0]), device="cpu")  # was: AttributeError 'content_digest'
+    with pytest.raises(InvalidInputError, match=r"model.torch_modules, .*; got SentenceTransformer"):
+        export_fused_graph(model, tmp_path, fingerprint="sha256:x")
+    assert not (tmp_path / "onnx").exists()
+
+
 def test_bad_precision_is_refused(exported, tmp_path):
     with pytest.raises(InvalidInputError, match="allowed: fp32, fp16, int8"):
         export_model_folder(exported[0], "bf16", out_dir=tmp_path / "x")
@@ -364,15 +427,21 @@ def test_cli_export_prints_parity_and_reports_errors(exported, tmp_path, capsys)
     out = capsys.readouterr().out
     assert "parity PASSED" in out and "fp32.onnx" in out and "LayerNormalization" in out
     assert layout.fused_graph_path(tmp_path / "copy", "fp32").is_file()
+    assert "load: SentenceTransformer(" in out and "backend='onnx')" in out  # fp32: no onnx_options needed
+    assert main(["export", str(exported[0]), str(tmp_path / "copy"), "--precision", "int8", "-v"]) == 0  # -v here too
+    assert "onnx_options={'precision': 'int8'})" in capsys.readouterr().out
     assert main(["export", str(tmp_path / "missing"), str(tmp_path / "x")]) == 1
-    assert "missing" in capsys.readouterr().err
+    assert "missing does not exist" in capsys.readouterr().err
+    from unittest import mock
+
+    with mock.patch("st_onnx.export.export_model_folder", side_effect=KeyboardInterrupt):
+        assert main(["export", str(exported[0]), str(tmp_path / "x")]) == 130  # Ctrl-C: one line, no traceback
+    assert capsys.readouterr().err == "interrupted: nothing written\n"
     with pytest.raises(SystemExit):
         main(["export", str(exported[0]), str(tmp_path / "y"), "--precision", "bf16"])
     (tmp_path / "a_file").write_text("x")
     assert main(["export", str(exported[0]), str(tmp_path / "a_file")]) == 1
     assert "is a file" in capsys.readouterr().err and (tmp_path / "a_file").read_text() == "x"
-    from unittest import mock
-
     with mock.patch("st_onnx.export.export_model_folder", side_effect=PermissionError(13, "Permission denied", "x")):
         assert main(["export", str(exported[0]), str(exported[0])]) == 1  # a read-only model folder, say
     assert "give a writable OUT_DIR" in capsys.readouterr().err

@@ -101,6 +101,39 @@ def test_bundle_never_overwrites_what_is_not_a_bundle(bundle, tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == before and (precious / "data.txt").read_text() == "mine"
 
 
+def test_an_earlier_bundle_keeps_what_the_user_put_there(bundle, tmp_path):
+    """Made again over an earlier bundle, the bundle's files are new and the user's (a serve.py, a folder) stay;
+    they were deleted."""
+    import shutil
+
+    folder, first = bundle
+    again = tmp_path / "bundle"
+    shutil.copytree(first, again)
+    (again / "serve.py").write_text("print('serve')")
+    (again / "deploy").mkdir()
+    (again / "deploy" / "Dockerfile").write_text("FROM python")
+    (again / "model.onnx.data").write_text("weights of an older graph over 2 GB")
+    run([KIT / "make_bundle.py", folder, again])
+    assert (again / "serve.py").read_text() == "print('serve')"
+    assert (again / "deploy" / "Dockerfile").read_text() == "FROM python"
+    assert not (again / "model.onnx.data").exists()  # the bundle's own: this graph has none
+    assert (again / "model.onnx").read_bytes() != b"" and json.loads((again / "bundle.json").read_text())
+
+
+def test_the_example_warns_when_an_fp16_bundle_would_run_on_the_cpu(tmp_path):
+    """ONNX Runtime runs what CUDA cannot on the CPU without a word; an fp16 graph there is ~100x slower."""
+    folder = make_tiny_model(tmp_path / "model")
+    run([KIT / "make_bundle.py", folder, tmp_path / "fp16", "--precision", "fp16"])
+    sys.path.insert(0, str(KIT))
+    try:
+        from embed_example import BundleEncoder
+    finally:
+        sys.path.remove(str(KIT))
+    with pytest.warns(UserWarning, match="fp16 bundle runs on CPUExecutionProvider, about 100x slower"):
+        encoder = BundleEncoder(tmp_path / "fp16")
+    assert encoder.encode(["a text"]).shape == (1, 32)
+
+
 def test_bundle_carries_the_prompts_and_the_example_applies_them(tmp_path):
     from st_onnx import SentenceTransformer
 

@@ -70,10 +70,55 @@ def test_encode_precision_refusals(tiny_model_copy):
     model = SentenceTransformer(str(tiny_model_copy), device="cpu")
     with pytest.raises(InvalidInputError, match="precision 'int4' is not supported"):
         model.encode(SENTENCES, precision="int4")
-    with pytest.raises(InvalidInputError, match="quantizes sentence embeddings only.*'token_embeddings'"):
-        model.encode(SENTENCES, precision="binary", output_value="token_embeddings")
+    with pytest.raises(InvalidInputError, match="quantizes sentence or token embeddings; got output_value None"):
+        model.encode(SENTENCES, precision="binary", output_value=None)  # sentence-transformers fails on it too
     with pytest.raises(InvalidInputError, match="cannot be computed from 1 embedding"):
         model.encode("one text", precision="int8")
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("lengths", [(4, 4, 4), (3, 5, 0, 2)])
+def test_a_list_of_token_embedding_matrices_as_sentence_transformers(precision, lengths):
+    """sentence-transformers 6: one (n_i, dim) matrix per text gives a list, in one set of int8/uint8 buckets for
+    all of them. Before: ragged lengths raised numpy's error; equal lengths gave one 3-D array bucketed per token
+    position (156 of 192 int8 codes differed)."""
+    matrices = [EMB[:n] * (i + 1) for i, n in enumerate(lengths)]
+    got, want = quantize_embeddings(matrices, precision), reference_quantize(matrices, precision)
+    assert isinstance(got, list) and len(got) == len(want)
+    for g, w in zip(got, want):
+        assert g.dtype == w.dtype and g.shape == w.shape and np.array_equal(g, w)
+    assert quantize_embeddings([], precision) == [] == reference_quantize([], precision)
+    if precision.endswith("int8"):
+        given = quantize_embeddings(matrices, precision, calibration_embeddings=EMB)
+        assert all(np.array_equal(g, w) for g, w in
+                   zip(given, reference_quantize(matrices, precision, calibration_embeddings=EMB)))
+    with pytest.raises(InvalidInputError, match=r"matrices of one dim; got shapes \[\(2, 37\), \(2, 5\)\]"):
+        quantize_embeddings([EMB[:2], EMB[:2, :5]], precision)
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_encode_quantizes_token_embeddings_as_sentence_transformers(tiny_model_copy, backend):
+    """encode(output_value='token_embeddings', precision=...) gives one numpy array per text, every text in the
+    same buckets, as sentence-transformers 6 (it was refused)."""
+    ours = SentenceTransformer(str(tiny_model_copy), backend=backend, device="cpu")
+    theirs = st.SentenceTransformer(str(tiny_model_copy), device="cpu")
+    for precision in ("int8", "ubinary"):
+        for kwargs in ({}, {"convert_to_numpy": False}):
+            got = ours.encode(SENTENCES, output_value="token_embeddings", precision=precision, **kwargs)
+            want = theirs.encode(SENTENCES, output_value="token_embeddings", precision=precision, **kwargs)
+            assert isinstance(got, list) and len(got) == len(want)
+            assert all(isinstance(g, np.ndarray) and g.dtype == w.dtype and g.shape == w.shape
+                       for g, w in zip(got, want))
+            # the codes of our own float token embeddings in shared buckets (the onnx graph's floats differ ~1e-7)
+            floats = [np.asarray(t) for t in ours.encode(SENTENCES, output_value="token_embeddings",
+                                                         convert_to_numpy=True)]
+            assert all(np.array_equal(g, q) for g, q in zip(got, reference_quantize(floats, precision)))
+            if backend == "torch":
+                assert all(np.array_equal(g, w) for g, w in zip(got, want))
+    one = ours.encode(SENTENCES[0], output_value="token_embeddings", precision="binary")
+    assert isinstance(one, np.ndarray) and one.dtype == np.int8 and one.shape == (len(got[0]), 4)
+    tensors = ours.encode(SENTENCES, output_value="token_embeddings", precision="int8", convert_to_tensor=True)
+    assert all(isinstance(t, torch.Tensor) and t.dtype == torch.int8 for t in tensors)
 
 
 def test_encode_with_a_pool_is_encode_multi_process(tiny_model_copy):

@@ -357,7 +357,8 @@ def _export(folder: Path, precision: str, out_dir: Path | None) -> Path:
     """Export with the torch exporter (imported here only: exporting needs torch)."""
     from ..export import export_model_folder
 
-    return Path(export_model_folder(folder, precision=precision, out_dir=out_dir))
+    # out_dir, when given, is the graph cache's copy of a read-only folder: st-onnx's own, replaced at will
+    return Path(export_model_folder(folder, precision=precision, out_dir=out_dir, replace=out_dir is not None))
 
 
 def _pack(graph: Path, target: Path, folder: Path) -> Path:

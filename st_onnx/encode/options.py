@@ -48,9 +48,9 @@ class EncodeOptions:
             from ..quantization import check_precision
 
             check_precision(precision)
-            if output_value != "sentence_embedding":
-                raise InvalidInputError(f"precision {precision!r} quantizes sentence embeddings only; got "
-                                        f"output_value {output_value!r} (use precision='float32' with it)")
+            if output_value is None:  # as sentence-transformers, which fails on it
+                raise InvalidInputError(f"precision {precision!r} quantizes sentence or token embeddings; got "
+                                        "output_value None (use precision='float32' with it)")
         if show_progress_bar is None:
             import logging
 

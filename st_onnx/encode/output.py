@@ -4,6 +4,8 @@
   1-D tensors with ``convert_to_numpy=False``; an empty input gives an array of shape (0, dim).
 - ``token_embeddings`` and ``None``: per-text results; torch tensors when the backend returns tensors (torch
   backend, as sentence-transformers does) or when asked with ``convert_to_numpy=False``/``convert_to_tensor``.
+  Quantized token embeddings (``precision`` other than float32) share one set of buckets and are numpy arrays
+  unless ``convert_to_tensor`` asks for tensors.
 A single string input returns the first element. torch is imported only when a tensor must be produced.
 """
 
@@ -66,6 +68,11 @@ def format_sentence_embeddings(emb: Any, opts: EncodeOptions, single: bool) -> A
 def format_per_text(items: list, opts: EncodeOptions, single: bool) -> Any:
     """Per-text outputs (token embeddings, or dicts of every output) in input order."""
     want_tensor = opts.convert_to_tensor or not opts.convert_to_numpy or any(_is_tensor_item(i) for i in items[:1])
+    if opts.precision != "float32" and items:  # token embeddings, in one set of buckets: numpy, as in ST 6
+        from ..quantization import quantize_embeddings
+
+        items = quantize_embeddings([_to_numpy(x) for x in items], opts.precision)
+        want_tensor = opts.convert_to_tensor
 
     def convert(x: Any) -> Any:
         if isinstance(x, dict):  # output_value=None: truncate_dim applies to its sentence embedding, as in ST

@@ -45,6 +45,8 @@ class ModelSettings:
         STANDARD_PROMPTS."""
         saved = _read_saved(folder)
         merged = {**STANDARD_PROMPTS, **(saved.get("prompts") or {})}
+        if isinstance(prompts, dict):  # None for a name: the saved prompt of that name, else "" (as ST 6)
+            prompts = {k: merged.get(k, "") if v is None else v for k, v in prompts.items()}
         merged.update(check_prompts(prompts))
         saved_similarity = saved.get("similarity_fn_name")
         if saved_similarity is not None and saved_similarity not in SIMILARITY_FNS:

@@ -121,6 +121,7 @@ def adopt(module: Any) -> Any:
         return module
     kind = cls.__name__
     if kind == "Transformer":
+        layout.check_text_transformer(module.get_config_dict(), f"the given {cls.__module__}.{kind}")
         return Transformer.from_loaded(module.auto_model, module.tokenizer, module.max_seq_length,
                                        getattr(module, "do_lower_case", False))
     if kind == "Pooling":
@@ -163,6 +164,7 @@ def load_stack(folder: str | os.PathLike, device: str | torch.device = "cpu",
         logger.warning(
             "%s is a plain transformers folder (no modules.json): creating Transformer + mean pooling", folder
         )
+        layout.check_no_chat_template(folder)
         transformer = Transformer(str(folder), **transformer_args)
         modules = [transformer, Pooling(transformer.get_word_embedding_dimension(), "mean")]
     else:
