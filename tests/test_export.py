@@ -383,6 +383,28 @@ def test_export_fused_graph_names_what_it_takes(exported, tmp_path):
     assert not (tmp_path / "onnx").exists()
 
 
+@pytest.mark.parametrize("version, traceable", [("5.3.0", True), ("5.4.0", False), ("5.5.4", False),
+                                               ("5.8.1", False), ("5.9.0", True), ("5.24.0", True), ("4.57.1", True)])
+def test_transformers_that_cannot_be_traced_are_named_before_the_export(exported, tmp_path, monkeypatch, version,
+                                                                       traceable):
+    """transformers 5.4-5.8 fail inside torch.onnx.export with an IndexError in masking_utils.sdpa_mask (measured
+    on 5.4.0, 5.5.0, 5.5.4 and 5.8.1): the export says which versions work instead, and writes nothing."""
+    from st_onnx.errors import BackendError
+    from st_onnx.export.exporter import check_traceable_transformers
+
+    if traceable:
+        check_traceable_transformers(version)
+        return
+    with pytest.raises(BackendError, match=rf"transformers {version} cannot be exported.*transformers>=5.9"):
+        check_traceable_transformers(version)
+    import transformers
+
+    monkeypatch.setattr(transformers, "__version__", version)
+    with pytest.raises(BackendError, match="cannot be exported"):
+        export_model_folder(exported[0], "int8", out_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_bad_precision_is_refused(exported, tmp_path):
     with pytest.raises(InvalidInputError, match="allowed: fp32, fp16, int8"):
         export_model_folder(exported[0], "bf16", out_dir=tmp_path / "x")

@@ -19,12 +19,13 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
 from .. import layout
-from ..errors import InvalidInputError, ModelFolderError, ParityError
+from ..errors import BackendError, InvalidInputError, ModelFolderError, ParityError
 from ..runtime.encoder import PROMPT_LENGTH
 from . import manifest as manifest_mod
 from . import optimize as passes
@@ -58,6 +59,7 @@ def export_fused_graph(stack, out_dir: str | os.PathLike, precision: str = "fp32
     opset = DEFAULT_OPSET if opset is None else int(opset)
     if opset < 14:
         raise InvalidInputError(f"opset {opset} is too old; allowed: 14 or newer (default {DEFAULT_OPSET})")
+    check_traceable_transformers()
     was_training = stack.training
     digest = stack.content_digest()  # of the modules as given (fp16 ones too): what a save compares
     stack = _cpu_eval(stack)
@@ -68,6 +70,27 @@ def export_fused_graph(stack, out_dir: str | os.PathLike, precision: str = "fp32
     finally:
         stack.train(was_training)  # a model exported mid-training keeps training
     return target
+
+
+# transformers releases whose attention masks cannot be traced by torch.onnx.export: they take a traced size
+# (a 0-d tensor) for the cache_position argument they deprecated, and fail with an IndexError in sdpa_mask
+_UNTRACEABLE_TRANSFORMERS = ((5, 4), (5, 9))  # 5.4 up to, not including, 5.9 (measured: 5.3 and 5.9 trace)
+
+
+def check_traceable_transformers(version: str | None = None) -> None:
+    """Raise BackendError naming the fix when the installed transformers cannot be traced into a graph."""
+    if version is None:
+        import transformers
+
+        version = transformers.__version__
+    numbers = tuple(int(x) for x in re.findall(r"\d+", version)[:2])
+    low, high = _UNTRACEABLE_TRANSFORMERS
+    if low <= numbers < high:
+        raise BackendError(
+            f"transformers {version} cannot be exported: torch.onnx.export fails inside its attention masks "
+            "(fixed in 5.9); install transformers>=5.9 (or <=5.3) to export (graphs exported already run with any "
+            "version)"
+        )
 
 
 def _export_into(stack, tmp: Path, target: Path, precision: str, fingerprint: str, opset: int, optimize: bool,
