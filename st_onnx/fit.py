@@ -180,6 +180,10 @@ def _set_train(model, objectives: list[_Objective], mode: bool) -> None:
     model.torch_modules.train(mode)
     for obj in objectives:
         obj.loss.train(mode)
+    if mode:  # sentence-transformers: loss_model.zero_grad() at each epoch start and after each evaluation
+        model.torch_modules.zero_grad()
+        for obj in objectives:
+            obj.loss.zero_grad()
 
 
 def _evaluate(model, evaluator, output_path, save_best_model, epoch, steps, callback, state: TrainingState):
@@ -213,6 +217,8 @@ def _primary_score(evaluator, score: Any) -> float:
             raise InvalidInputError(f"the evaluator returned metrics {sorted(score)} and {named}: fit cannot tell "
                                     "which to keep the best model by")
         score = score[key]
+    if hasattr(score, "item") and getattr(score, "ndim", None) == 0:  # a 0-d tensor or array (a computed mean)
+        score = score.item()
     if isinstance(score, bool) or not isinstance(score, numbers.Real):
         raise InvalidInputError(f"the evaluator {type(evaluator).__name__} returned {score!r}; fit keeps the best "
                                 "model by a number (or a dict of them with a primary_metric)")
@@ -247,7 +253,8 @@ def _resume(model, objectives: list[_Objective], folder) -> TrainingState:
         obj.optimizer.load_state_dict(opt)
         obj.scheduler.load_state_dict(sched)
         obj.loss.load_state_dict(loss_sd)
-        if data["rng"] is not None and 0 < data["drawn"] < len(obj.dataloader):
+        length = _length(obj.dataloader)
+        if data["rng"] is not None and 0 < data["drawn"] and (length is None or data["drawn"] < length):
             obj.replay(data["rng"], data["drawn"], legacy=data.get("draw") != "lazy")
         else:  # used up: the next step begins a pass and draws from it at once, as after the last batch
             obj.iterator, obj.drawn, obj.pass_rng = None, 0, None
@@ -271,7 +278,7 @@ def _check_args(model, train_objectives, scheduler, **counts: Any) -> list:
         raise InvalidInputError("train_objectives is empty; give [(DataLoader, loss), ...]")
     for item in objectives:
         if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[1], torch.nn.Module)
-                and isinstance(item[0], torch.utils.data.DataLoader)):
+                and _is_data_loader(item[0])):
             raise InvalidInputError(f"each train objective must be a (DataLoader, loss) pair; got {item!r}")
         owner = getattr(item[1], "model", model)
         if owner is not model:
@@ -290,6 +297,14 @@ def _check_args(model, train_objectives, scheduler, **counts: Any) -> list:
     return objectives
 
 
+def _is_data_loader(obj: Any) -> bool:
+    """A torch DataLoader, or a loader like sentence-transformers' NoDuplicatesDataLoader: iterable, with a
+    settable ``collate_fn`` (which fit sets to smart_batching_collate, as sentence-transformers does)."""
+    if isinstance(obj, torch.utils.data.DataLoader):
+        return True
+    return hasattr(obj, "__iter__") and hasattr(obj, "collate_fn") and not isinstance(obj, (list, tuple, str, dict))
+
+
 def _length(dataloader: Any) -> int | None:
     try:
         return len(dataloader)
@@ -297,7 +312,8 @@ def _length(dataloader: Any) -> int | None:
         return None
 
 
-def _check_numbers(weight_decay: Any, max_grad_norm: Any, optimizer_class: Any, optimizer_params: Any) -> None:
+def _check_numbers(weight_decay: Any, max_grad_norm: Any, optimizer_class: Any, optimizer_params: Any,
+                   warmup_steps: Any) -> None:
     import math
     import numbers
 
@@ -306,6 +322,8 @@ def _check_numbers(weight_decay: Any, max_grad_norm: Any, optimizer_class: Any, 
 
     if not (finite(weight_decay) and weight_decay >= 0):
         raise InvalidInputError(f"weight_decay must be a finite number >= 0; got {weight_decay!r}")
+    if not (finite(warmup_steps) and warmup_steps >= 0):  # 2.x scripts compute it, e.g. 0.1 * len(loader) * epochs
+        raise InvalidInputError(f"warmup_steps must be a finite number >= 0; got {warmup_steps!r}")
     if optimizer_class is not None and not callable(optimizer_class):
         raise InvalidInputError(f"optimizer_class must be an optimizer class such as torch.optim.AdamW; got "
                                 f"{optimizer_class!r}")
@@ -334,10 +352,9 @@ def fit(model, train_objectives, evaluator=None, epochs: int = 1, steps_per_epoc
     its order from torch's global RNG, the default).
     """
     pairs = _check_args(model, train_objectives, scheduler, epochs=epochs, steps_per_epoch=steps_per_epoch,
-                        evaluation_steps=evaluation_steps, warmup_steps=warmup_steps,
-                        checkpoint_save_steps=checkpoint_save_steps,
+                        evaluation_steps=evaluation_steps, checkpoint_save_steps=checkpoint_save_steps,
                         checkpoint_save_total_limit=checkpoint_save_total_limit)
-    _check_numbers(weight_decay, max_grad_norm, optimizer_class, optimizer_params)
+    _check_numbers(weight_decay, max_grad_norm, optimizer_class, optimizer_params, warmup_steps)
     optimizer_class = optimizer_class or torch.optim.AdamW
     optimizer_params = dict(optimizer_params if optimizer_params is not None else {"lr": 2e-5})
     device = torch.device(model.device)

@@ -210,7 +210,8 @@ def test_a_sequential_evaluator_of_dict_evaluators_picks_the_best_model(tiny_mod
     ({"steps_per_epoch": 2.5}, "steps_per_epoch must be an int >= 0 or None; got 2.5"),
     ({"evaluation_steps": None}, "evaluation_steps must be an int >= 0; got None"),
     ({"evaluation_steps": 1.5}, "evaluation_steps must be an int >= 0; got 1.5"),
-    ({"warmup_steps": None}, "warmup_steps must be an int >= 0; got None"),
+    ({"warmup_steps": None}, "warmup_steps must be a finite number >= 0; got None"),
+    ({"warmup_steps": -0.5}, "warmup_steps must be a finite number >= 0; got -0.5"),
     ({"checkpoint_save_steps": -1}, "checkpoint_save_steps must be an int >= 0 or None; got -1"),
     ({"checkpoint_save_total_limit": 1.5}, "checkpoint_save_total_limit must be an int >= 0 or None; got 1.5"),
     ({"weight_decay": None}, "weight_decay must be a finite number >= 0; got None"),
@@ -429,3 +430,65 @@ def test_an_evaluator_score_that_is_no_number_is_named_and_nan_warns(tiny_model_
     model.fit([(DataLoader(EXAMPLES, batch_size=4), losses.CosineSimilarityLoss(model))],
               evaluator=lambda *a, **k: float("nan"), **args)
     assert "returned NaN: this evaluation cannot pick a best model" in caplog.text
+    model.fit([(DataLoader(EXAMPLES, batch_size=4), losses.CosineSimilarityLoss(model))],
+              evaluator=lambda *a, **k: torch.tensor(0.75), **args)  # a computed mean, as 2.x accepts
+    assert model.best_score == 0.75 and (tmp_path / "out" / "modules.json").is_file()
+
+
+# -- as sentence-transformers' fit, found by the training review ----------------------------------------------
+def _weights(model) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in model.torch_modules.parameters()]
+
+
+def test_sentence_transformers_no_duplicates_dataloader_trains(tiny_model_dir):
+    """The 2.x MultipleNegativesRankingLoss recipe: NoDuplicatesDataLoader is no torch DataLoader, and
+    sentence-transformers' fit takes it; it was refused (a plain DataLoader loses the no-duplicates guarantee)."""
+    import random
+
+    st_datasets = pytest.importorskip("sentence_transformers.sentence_transformer.datasets")
+    model = model_from(tiny_model_dir)
+    before = _weights(model)
+    random.seed(0)
+    loader = st_datasets.NoDuplicatesDataLoader(list(EXAMPLES), batch_size=4)
+    model.fit([(loader, losses.MultipleNegativesRankingLoss(model))], epochs=1, **FIT_QUIET)
+    assert any(not torch.equal(a, b) for a, b in zip(before, _weights(model)))
+
+
+def test_gradients_left_before_fit_do_not_leak_into_the_first_step(tiny_model_dir):
+    """sentence-transformers zeroes the loss model's gradients when training starts; a backward before fit
+    (a sanity check) was added to the first step (a whole step off at lr 1e-3)."""
+    def one_step(stale: bool) -> list[torch.Tensor]:
+        model = model_from(tiny_model_dir)
+        loss = losses.CosineSimilarityLoss(model)
+        if stale:
+            other = [InputExample(texts=e.texts, label=1 - e.label) for e in EXAMPLES]
+            loss(*model.smart_batching_collate(other)).backward()
+        torch.manual_seed(0)
+        model.fit([(DataLoader(EXAMPLES, batch_size=8), loss)], epochs=1, scheduler="ConstantLR", **FIT_QUIET)
+        return _weights(model)
+
+    for a, b in zip(one_step(False), one_step(True)):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+
+
+def test_resume_with_an_iterable_dataset_and_a_fractional_warmup(tiny_model_dir, tmp_path):
+    """fit takes an unsized DataLoader with steps_per_epoch; resuming it called len() on it (TypeError). A
+    computed warmup_steps (0.1 * steps, a float, as 2.x scripts write it) trains as there."""
+    from torch.utils.data import IterableDataset
+
+    class Stream(IterableDataset):
+        def __iter__(self):
+            return iter(EXAMPLES)
+
+    def run(model, **kwargs):
+        model.fit([(DataLoader(Stream(), batch_size=2), losses.CosineSimilarityLoss(model))], steps_per_epoch=3,
+                  epochs=2, checkpoint_path=str(tmp_path / "ckpt"), checkpoint_save_steps=1,
+                  **{**FIT_QUIET, "warmup_steps": 0.6}, **kwargs)
+
+    whole = model_from(tiny_model_dir)
+    run(whole)
+    shutil.rmtree(tmp_path / "ckpt" / "6")  # as if it had stopped after step 5
+    resumed = model_from(tiny_model_dir)
+    run(resumed, resume_from_checkpoint=True)
+    for a, b in zip(_weights(whole), _weights(resumed)):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
