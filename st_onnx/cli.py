@@ -6,7 +6,7 @@
 
 ``export`` into MODEL_DIR itself adds ``onnx/st_onnx/<precision>.onnx`` (+ manifest) to the folder; into another
 OUT_DIR it writes a complete, self-contained copy of the model folder with the graph added (atomically). An
-OUT_DIR holding a model of other weights that no export wrote is refused unless ``--replace``.
+OUT_DIR holding a model of other weights is refused unless ``--replace``.
 """
 
 from __future__ import annotations
@@ -47,8 +47,9 @@ def _export(args: argparse.Namespace) -> int:
         print(ParityReport.from_dict(parity))
     else:
         print(f"parity not checked: {parity.get('reason', 'unknown')}")
-    options = "" if args.precision == "fp32" else f", onnx_options={{'precision': '{args.precision}'}}"
-    print(f"load: SentenceTransformer({str(args.out_dir)!r}, backend='onnx'{options})")
+    device = "device='cuda', " if args.precision == "fp16" else ""  # fp16 runs on CUDA only
+    print(f"load: SentenceTransformer({str(args.out_dir)!r}, backend='onnx', {device}"
+          f"onnx_options={{'precision': '{args.precision}'}})")
     return 0
 
 
@@ -71,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--precision", choices=PRECISIONS, default="fp32",
                         help="fp32 (any device), int8 (CPU), fp16 (CUDA only)")
     export.add_argument("--replace", action="store_true",
-                        help="replace an OUT_DIR that holds a model of other weights no export wrote (its weights go)")
+                        help="replace an OUT_DIR that holds a model of other weights (its weights go)")
     export.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                         help="log progress (fusions, parity) to stderr")
     export.set_defaults(run=_export)

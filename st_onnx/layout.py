@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -29,6 +30,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .errors import InvalidInputError, ModelFolderError
+
+logger = logging.getLogger(__name__)
 
 MODULES_JSON = "modules.json"
 ST_CONFIG_JSON = "config_sentence_transformers.json"
@@ -193,8 +196,8 @@ def check_no_chat_template(folder: str | os.PathLike) -> None:
         raise ModelFolderError(
             f"{folder} is a plain transformers folder whose tokenizer has a chat template: sentence-transformers 6 "
             "would embed every text rendered through that template, which st-onnx does not do. Build the model "
-            "from modules to embed plain text: SentenceTransformer(modules=[models.Transformer(path), "
-            "models.Pooling(dim, ...)])"
+            "from st-onnx's modules to embed plain text: SentenceTransformer(modules=[st_onnx.models.Transformer(path), "
+            "st_onnx.models.Pooling(dim, ...)])"
         )
 
 
@@ -214,11 +217,12 @@ def is_st_folder(folder: str | os.PathLike) -> bool:
 
 
 # Work folders (an export's, a pack's, a graft's, an atomic write's) are hidden: ".export-*", ".pack-*" and
-# ".graft-*" beside the graphs, ".NAME.tmp-*" and ".NAME.old-*" beside a folder being replaced. A process killed
+# ".graft-*" beside the graphs, ".NAME.tmp-*", ".NAME.old-*" and ".NAME.export-*" (an export into a copy) beside
+# a folder being replaced. A process killed
 # mid-way (SIGKILL) leaves its own behind; one a day old cannot belong to a running process, and the next write
 # of the same kind there removes it; copies of a model folder leave them all out.
 ABANDONED_S = 24 * 3600
-WORK_FOLDERS = (".export-*", ".pack-*", ".graft-*", ".*.tmp-*", ".*.old-*")
+WORK_FOLDERS = (".export-*", ".pack-*", ".graft-*", ".*.tmp-*", ".*.old-*", ".*.export-*")
 
 
 def remove_abandoned(folder: Path, pattern: str) -> None:
@@ -275,16 +279,25 @@ def copy_model_folder(src: str | os.PathLike, dst: str | os.PathLike) -> None:
 @contextmanager
 def locked(folder: str | os.PathLike) -> Iterator[None]:
     """Hold an exclusive lock on the folder itself (``flock`` on its directory: no lock file is left behind)
-    while a write there is assembled; other processes and threads taking it wait. Without ``fcntl`` (Windows),
-    no lock."""
+    while a write there is assembled; other processes and threads taking it wait. Where no such lock can be
+    taken (Windows; NFS, which refuses an exclusive lock on a read-only descriptor; an unreadable folder), the
+    write goes ahead unlocked: the lock only orders writers that run at the same time."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not on POSIX
         yield
         return
-    fd = os.open(folder, os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError as e:
+        logger.debug("no lock on %s (%s): writing unlocked", folder, e)
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as e:
+            logger.debug("no lock on %s (%s): writing unlocked", folder, e)
         yield
     finally:
         os.close(fd)  # releases the lock

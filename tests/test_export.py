@@ -301,7 +301,7 @@ def test_export_to_other_folder_makes_complete_copy(exported, tmp_path):
     (out / "eval").mkdir()
     (out / "eval" / "results.csv").write_text("epoch,score\n")
     (out / "NOTES.md").write_text("deployed monday")
-    assert export_model_folder(other, "fp32", out_dir=out) == graph  # other weights: a fresh copy
+    assert export_model_folder(other, "fp32", out_dir=out, replace=True) == graph  # other weights: a fresh copy
     assert not layout.fused_graph_path(out, "int8").exists() and graph_is_fresh(out, graph)
     assert read_manifest(graph)["fingerprint"] == folder_fingerprint(other)
     assert (out / "NOTES.md").read_text() == "deployed monday" and (out / "eval" / "results.csv").is_file()
@@ -341,6 +341,29 @@ def test_exports_into_one_out_dir_at_once_keep_each_others_graphs(exported, tmp_
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no work folder left
 
 
+def test_an_export_into_a_copy_leaves_the_users_folders_and_survives_a_filesystem_without_flock(
+        exported, tmp_path, monkeypatch):
+    """Its work folder is named after OUT_DIR (a day-old '.export-keys' of the user's beside it was deleted), and
+    where the parent cannot be locked (NFS refuses an exclusive flock on a read-only descriptor: EBADF) the
+    export goes ahead unlocked (it failed)."""
+    import errno
+    import fcntl
+
+    home = tmp_path / "home"
+    (home / ".export-keys").mkdir(parents=True)
+    (home / ".export-keys" / "id").write_text("secret")
+    old = time.time() - 2 * 24 * 3600
+    os.utime(home / ".export-keys", (old, old))
+
+    def no_flock(fd, op):
+        raise OSError(errno.EBADF, "Bad file descriptor")
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    assert export_model_folder(exported[0], "fp32", out_dir=home / "model-onnx").is_file()
+    assert (home / ".export-keys" / "id").read_text() == "secret"
+    assert sorted(p.name for p in home.iterdir()) == [".export-keys", "model-onnx"]
+
+
 def test_locked_serializes_writers_across_processes(tmp_path):
     """layout.locked: a second process waits while the first holds the folder's lock."""
     code = ("import sys, time; from st_onnx import layout\n"
@@ -353,9 +376,9 @@ def test_locked_serializes_writers_across_processes(tmp_path):
     assert list(tmp_path.iterdir()) == []  # no lock file
 
 
-def test_an_out_dir_holding_another_model_no_export_wrote_is_refused(exported, tmp_path):
+def test_an_out_dir_holding_another_model_is_refused_unless_replaced(exported, tmp_path):
     """A mistyped OUT_DIR naming another model's folder (a fine-tuned one, say) was replaced by the copy and its
-    weights deleted, with exit code 0. Same weights, or an earlier export of other ones, are still replaced."""
+    weights deleted, with exit code 0. Same weights are still refreshed; other ones only with --replace."""
     from st_onnx.cli import main
 
     other = make_tiny_model(tmp_path / "finetuned", seed=7)
@@ -367,10 +390,11 @@ def test_an_out_dir_holding_another_model_no_export_wrote_is_refused(exported, t
     same = tmp_path / "same"
     shutil.copytree(exported[0], same, ignore=shutil.ignore_patterns("onnx"))
     assert export_model_folder(exported[0], "fp32", out_dir=same).is_file()
-    deploy = tmp_path / "deploy"
-    export_model_folder(other, "fp32", out_dir=deploy)
-    assert read_manifest(layout.fused_graph_path(deploy, "fp32"))["export_copy"] is True
-    export_model_folder(exported[0], "fp32", out_dir=deploy)  # an export wrote it: refreshed with new weights
+    deploy = tmp_path / "deploy"  # a deployment of older weights: replaced when asked
+    export_model_folder(make_tiny_model(tmp_path / "older", seed=8), "fp32", out_dir=deploy)
+    with pytest.raises(InvalidInputError, match="holds a model of other weights .*replace=True, or --replace"):
+        export_model_folder(exported[0], "fp32", out_dir=deploy)
+    export_model_folder(exported[0], "fp32", out_dir=deploy, replace=True)
     assert read_manifest(layout.fused_graph_path(deploy, "fp32"))["fingerprint"] == folder_fingerprint(exported[0])
 
 
@@ -449,9 +473,13 @@ def test_cli_export_prints_parity_and_reports_errors(exported, tmp_path, capsys)
     out = capsys.readouterr().out
     assert "parity PASSED" in out and "fp32.onnx" in out and "LayerNormalization" in out
     assert layout.fused_graph_path(tmp_path / "copy", "fp32").is_file()
-    assert "load: SentenceTransformer(" in out and "backend='onnx')" in out  # fp32: no onnx_options needed
+    # the line that loads this graph (fp32 named: on a CUDA machine the default would be fp16)
+    assert f"load: SentenceTransformer({str(tmp_path / 'copy')!r}, backend='onnx', " \
+           "onnx_options={'precision': 'fp32'})" in out
     assert main(["export", str(exported[0]), str(tmp_path / "copy"), "--precision", "int8", "-v"]) == 0  # -v here too
     assert "onnx_options={'precision': 'int8'})" in capsys.readouterr().out
+    assert main(["export", str(exported[0]), str(tmp_path / "copy"), "--precision", "fp16"]) == 0
+    assert "device='cuda', onnx_options={'precision': 'fp16'})" in capsys.readouterr().out  # CUDA only
     assert main(["export", str(tmp_path / "missing"), str(tmp_path / "x")]) == 1
     assert "missing does not exist" in capsys.readouterr().err
     from unittest import mock

@@ -126,8 +126,9 @@ def export_model_folder(model_folder: str | os.PathLike, precision: str = "fp32"
     earlier export: its model files are replaced by the model folder's as they are now (settings, prompts,
     tokenizer), its graphs of the same weights kept beside the new one, those of older weights dropped, and
     files the model does not own, such as an ``eval/`` folder or notes, kept. Anything else is refused: a folder
-    inside the model folder or one holding it, and, unless ``replace``, a model folder of other weights that no
-    export wrote (a mistyped OUT_DIR naming a fine-tuned model would lose its weights).
+    inside the model folder or one holding it, and, unless ``replace``, a model folder of other weights (a
+    mistyped OUT_DIR naming a fine-tuned model would lose its weights; a deployment of older weights is
+    replaced when asked).
 
     Exports into one ``out_dir`` at the same time (fp32 and int8 in parallel) keep each other's graphs: each
     builds its graph on its own, then assembles and swaps in the copy under a lock on ``out_dir``'s parent.
@@ -160,11 +161,11 @@ def export_model_folder(model_folder: str | os.PathLike, precision: str = "fp32"
     # again), never a graph of older weights stamped with the newer fingerprint
     fingerprint, sources = folder_fingerprint(model_folder), source_digests(model_folder)
     in_place = out_dir is None or out_dir.resolve() == model_folder.resolve()
-    if not (in_place or replace) and _is_model_folder(out_dir) and not _replaceable(out_dir, fingerprint):
+    if not (in_place or replace) and _is_model_folder(out_dir) and folder_fingerprint(out_dir) != fingerprint:
         raise InvalidInputError(
-            f"out_dir {out_dir} holds a model of other weights than {model_folder} that no st-onnx export wrote: "
-            "the copy would delete them; allowed: a new or empty folder, the model folder itself, or an earlier "
-            "export (replace=True, or --replace, replaces it anyway)"
+            f"out_dir {out_dir} holds a model of other weights than {model_folder}: the copy would delete them; "
+            "allowed: a new or empty folder, the model folder itself, or an earlier export of these weights "
+            "(replace=True, or --replace, replaces it)"
         )
     stack = load_stack(model_folder)
     check_tokenizer(model_folder, stack)  # before the export: a graph the runtime would feed other ids is no use
@@ -172,34 +173,16 @@ def export_model_folder(model_folder: str | os.PathLike, precision: str = "fp32"
         return export_fused_graph(stack, model_folder, precision, fingerprint=fingerprint, source_files=sources)
     from ..saving import keep_foreign_entries
 
-    parent = Path(os.path.realpath(out_dir)).parent
-    with layout.work_folder(parent, "export") as work:
+    real = Path(os.path.realpath(out_dir))
+    with layout.work_folder(real.parent, f"{real.name}.export") as work:  # named after out_dir, as its tmp folder
         graph = export_fused_graph(stack, work, precision, fingerprint=fingerprint, source_files=sources)
-        manifest_mod.write_manifest(graph, {**manifest_mod.read_manifest(graph), EXPORT_COPY: True})
-        with layout.locked(parent), layout.atomic_folder(out_dir) as tmp:
+        with layout.locked(real.parent), layout.atomic_folder(out_dir) as tmp:
             layout.copy_model_folder(model_folder, tmp)  # configs, prompts and tokenizer as they are now
             _move_graph(graph, layout.fused_graph_path(tmp, precision).parent)
             if out_dir.is_dir():  # what out_dir holds now, another export's graph of a moment ago included
                 _carry_graphs(out_dir, tmp, fingerprint)
                 keep_foreign_entries(out_dir, tmp)
     return layout.fused_graph_path(out_dir, precision)
-
-
-EXPORT_COPY = "export_copy"  # manifest key: the graph was written into a copy of its model folder by an export
-
-
-def _replaceable(folder: Path, fingerprint: str) -> bool:
-    """Whether an export into ``folder`` may replace its model files: they are the same weights, or an export
-    wrote the folder (a graph's manifest says so), so no weights of its own are lost."""
-    from ..fingerprint import folder_fingerprint
-
-    for manifest in sorted((folder / layout.FUSED_DIR).glob("*.json")):
-        try:
-            if (layout.read_json_if_exists(manifest, {}) or {}).get(EXPORT_COPY) is True:
-                return True
-        except (ModelFolderError, AttributeError):  # a broken or foreign file there vouches for nothing
-            continue
-    return folder_fingerprint(folder) == fingerprint
 
 
 def _move_graph(graph: Path, dest: Path) -> None:
