@@ -12,7 +12,10 @@ tokenizer. Rows, at each batch size:
     st-onnx fp16                 the fused fp16 graph, IO binding; token budget batch_size x max_seq_length, so
                                  batches hold exactly batch_size texts, as sentence-transformers' do
     st-onnx fp16 packed          the same graph in packing mode (onnx_options={'packing': True})
-    pool 1 session / 2 sessions  encode_multi_process over ['cuda:0'] / ['cuda:0', 'cuda:0'] (fp16, padded)
+    pool 1 session / 2 sessions  encode_multi_process over ['cuda:0'] / ['cuda:0', 'cuda:0'] (fp16, padded), both
+                                 in chunks of max(batch_size, texts / 16): at least 8 per session of the 2-session
+                                 row (chunks are cut longest first, so a few big chunks would leave one session
+                                 with most of the tokens); each pool row records its chunk_size and chunks
 
 Every row is warmed up on 1,000 texts first; rounds interleave the rows and medians are reported. Writes
 ``gpu_results.json`` into --out and prints a table with ratios to sentence-transformers fp16 and, for the
@@ -78,9 +81,20 @@ def mixed_corpus(data: Path, limit: int | None) -> list[str]:
     return texts[:limit] if limit else texts
 
 
+POOL_SESSIONS = {"pool 1 session": 1, "pool 2 sessions": 2}
+CHUNKS_PER_SESSION = 8
+
+
+def pool_chunk_size(n_texts: int, batch_size: int) -> int:
+    """The pool rows' chunk size, the same for both: at least CHUNKS_PER_SESSION chunks per session of the
+    2-session row (never under one batch)."""
+    return max(batch_size, n_texts // (CHUNKS_PER_SESSION * max(POOL_SESSIONS.values())))
+
+
 def build_rows(folder: Path, device: str, precision: str, batch_size: int, max_len: int) -> dict:
-    """row name -> encode(texts) callable (or an error string), plus what must be closed afterwards."""
-    rows, closers = {}, []
+    """row name -> encode(texts) callable (or an error string), plus what must be closed afterwards, the chunk
+    size each pool row last used, and the provider each onnx row's session bound."""
+    rows, closers, chunk_sizes, providers = {}, [], {}, {}
     try:
         import torch
         from sentence_transformers import SentenceTransformer as Reference
@@ -105,21 +119,26 @@ def build_rows(folder: Path, device: str, precision: str, batch_size: int, max_l
     for name, options in variants.items():
         try:
             m = SentenceTransformer(str(folder), backend="onnx", device=device, onnx_options=options)
+            providers[name] = m._backend._encoder.session.provider
             rows[name] = lambda texts, m=m: m.encode(texts, batch_size=batch_size)
         except Exception as e:  # noqa: BLE001
             rows[name] = f"{type(e).__name__}: {str(e)[:200]}"
     try:
         m = SentenceTransformer(str(folder), backend="onnx", device=device, onnx_options=base)
-        for name, n in ((ROWS[3], 1), (ROWS[4], 2)):
+        for name, n in POOL_SESSIONS.items():
             pool = m.start_multi_process_pool([device] * n)
             closers.append(pool)
-            chunk = max(batch_size, 1000)
-            rows[name] = lambda texts, m=m, pool=pool: m.encode_multi_process(texts, pool, batch_size=batch_size,
-                                                                              chunk_size=chunk)
+
+            def run_pool(texts, m=m, pool=pool, name=name):
+                chunk_sizes[name] = chunk = pool_chunk_size(len(texts), batch_size)
+                return m.encode_multi_process(texts, pool, batch_size=batch_size, chunk_size=chunk)
+
+            rows[name] = run_pool
+            providers[name] = m._backend._encoder.session.provider
     except Exception as e:  # noqa: BLE001
         for name in ROWS[3:]:
             rows.setdefault(name, f"{type(e).__name__}: {str(e)[:200]}")
-    return {"rows": rows, "closers": closers}
+    return {"rows": rows, "closers": closers, "chunk_sizes": chunk_sizes, "providers": providers}
 
 
 def measure(rows: dict, texts: list[str], warmup: list[str], repeat: int) -> dict[str, list[float]]:
@@ -165,9 +184,12 @@ def summarize(rows: dict, times: dict, n_texts: int, n_tokens: int) -> dict:
 
 def device_name(device: str) -> str:
     if device.startswith("cuda"):
-        import torch
+        try:
+            import torch
 
-        return torch.cuda.get_device_name(0)
+            return torch.cuda.get_device_name(0)
+        except Exception as e:  # noqa: BLE001 - no usable GPU: every row then says why it could not run
+            return f"no usable CUDA device ({type(e).__name__}: {str(e)[:100]})"
     return platform.processor() or platform.machine()
 
 
@@ -259,24 +281,38 @@ def main(argv: list[str] | None = None) -> int:
 
     report = {"device": device, "device_name": device_name(device), "precision": precision, "texts": len(texts),
               "repeat": args.repeat, "dry_run": args.dry_run, "runs": {}}
-    for label, folder in models.items():
-        if label == "minilm":  # its graphs go into a writable copy, not into the package's folder
-            import shutil
+    try:
+        for label, folder in models.items():
+            if label == "minilm":  # its graphs go into a writable copy, not into the package's folder
+                import shutil
 
-            folder = work / "all-MiniLM-L6-v2"
-            if not folder.is_dir():
-                shutil.copytree(minilm, folder)
-        tokenizer = TextTokenizer.from_folder(folder)
-        n_tokens = sum(len(e.ids) for e in tokenizer.encode(texts))
-        for bs in args.batch_sizes:
-            built = build_rows(folder, device, precision, bs, tokenizer.max_seq_length)
-            times = measure(built["rows"], texts, warmup, args.repeat)
-            for pool in built["closers"]:
-                pool.stop()
-            report["runs"][f"{label}, batch {bs}"] = {"model": label, "batch_size": bs, "tokens": n_tokens,
-                                                      "rows": summarize(built["rows"], times, len(texts), n_tokens)}
-            print(f"done: {label}, batch {bs}", file=sys.stderr, flush=True)
-            write_report(report, args.out)  # after every run: a run cut short by a time limit keeps what it measured
+                folder = work / "all-MiniLM-L6-v2"
+                if not folder.is_dir():
+                    shutil.copytree(minilm, folder)
+            tokenizer = TextTokenizer.from_folder(folder)
+            n_tokens = sum(len(e.ids) for e in tokenizer.encode(texts))
+            for bs in args.batch_sizes:
+                built = build_rows(folder, device, precision, bs, tokenizer.max_seq_length)
+                times = measure(built["rows"], texts, warmup, args.repeat)
+                for pool in built["closers"]:
+                    pool.stop()
+                rows = summarize(built["rows"], times, len(texts), n_tokens)
+                for name, r in rows.items():
+                    if name in built["providers"]:
+                        r["provider"] = built["providers"][name]
+                    if name in built["chunk_sizes"] and "texts_per_s" in r:  # the measured rounds' chunks
+                        chunk = built["chunk_sizes"][name]
+                        r.update(chunk_size=chunk, chunks=-(-len(texts) // chunk))
+                report["runs"][f"{label}, batch {bs}"] = {"model": label, "batch_size": bs, "tokens": n_tokens,
+                                                          "rows": rows}
+                print(f"done: {label}, batch {bs}", file=sys.stderr, flush=True)
+                write_report(report, args.out)  # after every run: a run cut short keeps what it measured
+    except KeyboardInterrupt:  # a time limit's SIGINT: the runs finished so far are kept, and said so
+        report["interrupted"] = "SIGINT: the run in progress was lost; the runs above are complete"
+        write_report(report, args.out)
+        print_table(report)
+        print(f"\ninterrupted; wrote {args.out / 'gpu_results.json'}")
+        return 130
     print_table(report)
     print(f"\nwrote {args.out / 'gpu_results.json'}")
     return 0

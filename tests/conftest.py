@@ -17,22 +17,45 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from helpers import make_tiny_model, minilm_path  # noqa: E402
 
 
-def _cuda_available() -> bool:
+def _cuda_status() -> tuple[bool, str]:
+    """(whether CUDA is usable by both ONNX Runtime and torch, and if not why: the check that failed, or the
+    exception it raised)."""
     try:
         import onnxruntime as ort
 
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            return False
+        providers = ort.get_available_providers()
+        if "CUDAExecutionProvider" not in providers:
+            return False, (f"onnxruntime {ort.__version__} ({ort.__file__}) has no CUDAExecutionProvider "
+                           f"(available: {providers}): is onnxruntime-gpu installed ahead of onnxruntime?")
+        from st_onnx.runtime.providers import cuda_device_count
+
+        if cuda_device_count() == 0:
+            return False, "the CUDA driver (libcuda) reports no GPU, or cannot be loaded"
         import torch
 
-        return torch.cuda.is_available()
-    except Exception:
-        return False
+        if not torch.cuda.is_available():
+            try:
+                torch.cuda.init()  # raises the reason is_available() keeps to itself
+                reason = "torch.cuda.is_available() is False"
+            except Exception as e:  # noqa: BLE001 - the reason is what is wanted
+                reason = f"{type(e).__name__}: {e}"
+            return False, f"torch {torch.__version__} (CUDA {torch.version.cuda}) cannot use the GPU: {reason}"
+        return True, ""
+    except Exception as e:  # noqa: BLE001 - any failure here means: no usable CUDA, and this is why
+        return False, f"{type(e).__name__}: {e}"
+
+
+def _cuda_available() -> bool:
+    return _cuda_status()[0]
 
 
 def pytest_collection_modifyitems(config, items):
-    if _cuda_available():
+    usable, why = _cuda_status()
+    if usable:
         return
+    if os.environ.get("ST_ONNX_REQUIRE_GPU", "") not in ("", "0"):
+        # on the lent GPU machine a missing CUDA must fail the run, not skip every GPU test and pass
+        raise pytest.UsageError(f"ST_ONNX_REQUIRE_GPU is set but CUDA is not usable here: {why}")
     skip = pytest.mark.skip(reason="needs a CUDA GPU (none on this machine; run on a lent GPU machine)")
     for item in items:
         if "gpu" in item.keywords:

@@ -1,9 +1,19 @@
-"""CUDA checks (run on a machine with a GPU; skipped elsewhere by the `gpu` marker rule in conftest)."""
+"""CUDA checks (run on a machine with a GPU; skipped elsewhere by the `gpu` marker rule in conftest, and a
+collection error there instead when ST_ONNX_REQUIRE_GPU=1).
+
+ONNX Runtime falls back to the CPU silently when a CUDA library is missing, and the CPU computes the same numbers:
+so every check here also asserts that the sessions bound CUDAExecutionProvider and, where IO binding is the point,
+that the bound run really ran. With ST_ONNX_GPU_REPORT set to a file, the correctness checks append their numbers
+to it, one JSON line each (written before they assert, so a failure's numbers are kept too).
+"""
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import warnings
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -13,6 +23,86 @@ from st_onnx import SentenceTransformer
 from st_onnx.errors import ProviderFallbackWarning
 
 pytestmark = pytest.mark.gpu
+
+CUDA = "CUDAExecutionProvider"
+
+
+def _as_rows(x) -> np.ndarray:
+    """(n, dim) float64 rows of an (n, dim) array, or of a list of per-text (tokens, dim) arrays (stacked)."""
+    if isinstance(x, (list, tuple)):
+        return np.concatenate([_as_rows(item).reshape(-1, np.shape(item)[-1]) for item in x])
+    x = x.detach().float().cpu().numpy() if hasattr(x, "detach") else x
+    return np.asarray(x, dtype=np.float64)
+
+
+def report(test: str, model: str, precision: str, output: str, got, ref, provider) -> dict:
+    """The numbers of one correctness check (per-row cosines of ``got`` against ``ref``, the largest absolute
+    difference), appended as one JSON line to the file named by ST_ONNX_GPU_REPORT when that is set. ``got`` and
+    ``ref``: (n, dim) arrays, or lists of per-text (tokens, dim) arrays (token embeddings)."""
+    record = {"test": test, "model": model, "precision": precision, "output": output,
+              "min_cos": None, "mean_cos": None, "max_abs_diff": None, "provider": provider}
+    shapes = ([np.shape(g) for g in got], [np.shape(r) for r in ref]) if isinstance(got, list) else (
+        np.shape(got), np.shape(ref))
+    if shapes[0] != shapes[1]:
+        record["shape_mismatch"] = [str(shapes[0]), str(shapes[1])]
+    else:
+        g, r = _as_rows(got), _as_rows(ref)
+        cos = _cosines(g, r)
+        record.update(min_cos=float(cos.min()), mean_cos=float(cos.mean()), max_abs_diff=float(np.abs(g - r).max()))
+    path = os.environ.get("ST_ONNX_GPU_REPORT")
+    if path:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+    return record
+
+
+def _model_name(folder) -> str:
+    return "all-MiniLM-L6-v2" if "minilm" in str(folder.parent.name).lower() else "tiny-bert"
+
+
+def _provider(model) -> str:
+    return model._backend._encoder.session.provider
+
+
+@contextmanager
+def no_cpu_fallback():
+    """A session that asked for CUDA and bound the CPU raises (ProviderFallbackWarning made an error)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ProviderFallbackWarning)
+        yield
+
+
+@pytest.fixture
+def bound_runs(monkeypatch):
+    """The provider of every run that went through OrtSession._run_bound (the CUDA IO-binding path)."""
+    from st_onnx.runtime.session import OrtSession
+
+    runs = []
+    original = OrtSession._run_bound
+
+    def counting(self, feed, outputs):
+        runs.append((id(self), self.provider))
+        return original(self, feed, outputs)
+
+    monkeypatch.setattr(OrtSession, "_run_bound", counting)
+    return runs
+
+
+@pytest.fixture
+def pool_providers(monkeypatch):
+    """The provider of every session the onnx backend makes (a model's own, then one per pool worker)."""
+    from st_onnx.backends.onnx_backend import OnnxBackend
+
+    providers = []
+    original = OnnxBackend.new_session
+
+    def recording(self, device, threads=None):
+        session = original(self, device, threads)
+        providers.append(session.provider)
+        return session
+
+    monkeypatch.setattr(OnnxBackend, "new_session", recording)
+    return providers
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +114,7 @@ def folder(tiny_model_dir, tmp_path_factory):
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_cuda_provider_really_binds(folder, precision):
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", ProviderFallbackWarning)
+    with no_cpu_fallback():
         model = SentenceTransformer(str(folder), backend="onnx", device="cuda",
                                     onnx_options={"precision": precision})
     session = model._backend._encoder.session
@@ -39,28 +128,41 @@ def test_device_none_picks_cuda(folder):
 
 
 @pytest.mark.parametrize("output_value", ["sentence_embedding", "token_embeddings"])
-def test_io_binding_path_matches_cpu(folder, output_value):
-    gpu = SentenceTransformer(str(folder), backend="onnx", device="cuda", onnx_options={"precision": "fp32"})
+def test_io_binding_path_matches_cpu(folder, output_value, bound_runs):
+    with no_cpu_fallback():
+        gpu = SentenceTransformer(str(folder), backend="onnx", device="cuda", onnx_options={"precision": "fp32"})
+    assert _provider(gpu) == CUDA
     cpu = SentenceTransformer(str(folder), backend="onnx", device="cpu")
     got = gpu.encode(SENTENCES, output_value=output_value)
+    assert bound_runs and all(p == CUDA for _, p in bound_runs), "the CUDA session never ran through IO binding"
     ref = cpu.encode(SENTENCES, output_value=output_value)
-    for g, r in zip(got, ref):
-        assert np.abs(np.asarray(g) - np.asarray(r)).max() < 1e-4
+    r = report("test_io_binding_path_matches_cpu", "tiny-bert", "fp32", output_value, list(got), list(ref),
+               _provider(gpu))
+    assert r["max_abs_diff"] is not None and r["max_abs_diff"] < 1e-4, r
 
 
 def test_fp16_close_to_fp32(folder):
     fp16 = SentenceTransformer(str(folder), backend="onnx", device="cuda")  # fp16 is the CUDA default
+    assert _provider(fp16) == CUDA
     fp32 = SentenceTransformer(str(folder), backend="onnx", device="cpu")
     a, b = fp16.encode(SENTENCES, normalize_embeddings=True), fp32.encode(SENTENCES, normalize_embeddings=True)
+    report("test_fp16_close_to_fp32", "tiny-bert", "fp16", "sentence_embedding", a, b, _provider(fp16))
     assert (a * b).sum(axis=1).min() > 0.999
 
 
-def test_pool_over_every_gpu(folder):
-    model = SentenceTransformer(str(folder), backend="onnx", device="cuda", onnx_options={"precision": "fp32"})
-    with model.start_multi_process_pool() as pool:
+def test_pool_over_every_gpu(folder, bound_runs, pool_providers):
+    with no_cpu_fallback():
+        model = SentenceTransformer(str(folder), backend="onnx", device="cuda", onnx_options={"precision": "fp32"})
+        pool_providers.clear()  # the model's own session; the pool's come next
+        pool = model.start_multi_process_pool()
+    with pool:
         assert all(d.startswith("cuda:") for d in pool.devices)
+        assert pool_providers == [CUDA] * len(pool.devices), pool_providers  # every worker's session
         got = model.encode_multi_process(SENTENCES * 50, pool, chunk_size=16)
-    assert np.abs(got - model.encode(SENTENCES * 50)).max() < 1e-4
+    assert bound_runs and all(p == CUDA for _, p in bound_runs)
+    r = report("test_pool_over_every_gpu", "tiny-bert", "fp32", "sentence_embedding", got,
+               model.encode(SENTENCES * 50), ",".join(pool_providers))
+    assert r["max_abs_diff"] < 1e-4, r
 
 
 def _cosines(a, b):
@@ -90,13 +192,17 @@ def test_onnx_on_cuda_matches_torch_on_cuda(gpu_model, precision):
     torch_model = SentenceTransformer(str(gpu_model), device="cuda")
     onnx_model = SentenceTransformer(str(gpu_model), backend="onnx", device="cuda",
                                      onnx_options={"precision": precision})
-    assert onnx_model._backend._encoder.session.provider == "CUDAExecutionProvider"
-    cos = _cosines(torch_model.encode(texts), onnx_model.encode(texts))
-    assert cos.min() > (0.99999 if precision == "fp32" else 0.999), cos
-    ref = torch_model.encode(texts, output_value="token_embeddings")
-    got = onnx_model.encode(texts, output_value="token_embeddings")
+    assert _provider(onnx_model) == CUDA and str(torch_model.device).startswith("cuda")
+    name, test = _model_name(gpu_model), "test_onnx_on_cuda_matches_torch_on_cuda"
+    got, ref = onnx_model.encode(texts), torch_model.encode(texts)
+    r = report(test, name, precision, "sentence_embedding", got, ref, _provider(onnx_model))
+    cos = _cosines(ref, got)
+    assert cos.min() > (0.99999 if precision == "fp32" else 0.999), (cos, r)
+    ref = [np.asarray(t.cpu() if hasattr(t, "cpu") else t) for t in
+           torch_model.encode(texts, output_value="token_embeddings")]
+    got = [np.asarray(g) for g in onnx_model.encode(texts, output_value="token_embeddings")]
+    report(test, name, precision, "token_embeddings", got, ref, _provider(onnx_model))
     for r, g in zip(ref, got):
-        r, g = np.asarray(r.cpu() if hasattr(r, "cpu") else r), np.asarray(g)
         assert r.shape == g.shape
         assert _cosines(r, g).min() > (0.9999 if precision == "fp32" else 0.995)
 
@@ -107,22 +213,32 @@ def test_packed_graph_matches_the_padded_graph(gpu_model):
     packed = SentenceTransformer(str(gpu_model), backend="onnx", device="cuda", onnx_options={"packing": True})
     assert packed._backend.graph_path.name == "fp16-packed.onnx"
     assert packed._backend.manifest["parity"]["checked"] is True
-    assert packed._backend._encoder.session.provider == "CUDAExecutionProvider"
+    assert _provider(packed) == CUDA and _provider(padded) == CUDA
+    name, test = _model_name(gpu_model), "test_packed_graph_matches_the_padded_graph"
     a, b = padded.encode(texts, batch_size=7), packed.encode(texts, batch_size=7)  # batches of mixed lengths
+    report(test, name, "fp16-packed", "sentence_embedding", b, a, _provider(packed))
     assert _cosines(a, b).min() > 0.9995
     ta = padded.encode(texts, output_value="token_embeddings", batch_size=7)
     tb = packed.encode(texts, output_value="token_embeddings", batch_size=7)
+    report(test, name, "fp16-packed", "token_embeddings", list(tb), list(ta), _provider(packed))
     for r, g in zip(ta, tb):
         assert r.shape == g.shape and _cosines(r, g).min() > 0.995
 
 
-def test_two_sessions_on_one_gpu(folder):
-    model = SentenceTransformer(str(folder), backend="onnx", device="cuda", onnx_options={"precision": "fp32"})
+def test_two_sessions_on_one_gpu(folder, bound_runs, pool_providers):
+    with no_cpu_fallback():
+        model = SentenceTransformer(str(folder), backend="onnx", device="cuda", onnx_options={"precision": "fp32"})
+        pool_providers.clear()  # the model's own session; the pool's come next
+        pool = model.start_multi_process_pool(["cuda:0", "cuda:0"])
     texts = SENTENCES * 40
-    with model.start_multi_process_pool(["cuda:0", "cuda:0"]) as pool:
+    with pool:
         assert pool.devices == ["cuda:0", "cuda:0"]
+        assert pool_providers == [CUDA, CUDA], pool_providers  # each worker's own session
         got = model.encode_multi_process(texts, pool, chunk_size=32)
-    assert np.abs(got - model.encode(texts)).max() < 1e-4
+    assert len(bound_runs) >= len(texts) // 32 and all(p == CUDA for _, p in bound_runs), bound_runs
+    r = report("test_two_sessions_on_one_gpu", "tiny-bert", "fp32", "sentence_embedding", got, model.encode(texts),
+               ",".join(pool_providers))
+    assert r["max_abs_diff"] < 1e-4, r
 
 
 def test_prompt_left_out_of_pooling_on_cuda(tiny_model_dir, tmp_path):
@@ -135,8 +251,11 @@ def test_prompt_left_out_of_pooling_on_cuda(tiny_model_dir, tmp_path):
     want = reference.encode(SENTENCES, prompt_name="query")
     for options in ({"precision": "fp32"}, {"precision": "fp16"}, {"packing": True}):
         model = SentenceTransformer(str(folder), backend="onnx", device="cuda", onnx_options=options)
-        assert model._backend._encoder.session.provider == "CUDAExecutionProvider"
+        assert _provider(model) == CUDA
         got = model.encode(SENTENCES, prompt_name="query", batch_size=4)
+        precision = "fp16-packed" if options.get("packing") else options["precision"]
+        report("test_prompt_left_out_of_pooling_on_cuda", "tiny-bert", precision, "sentence_embedding", got, want,
+               _provider(model))
         assert _cosines(want, got).min() > (0.99999 if options.get("precision") == "fp32" else 0.999), options
 
 
