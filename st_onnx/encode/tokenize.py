@@ -55,13 +55,18 @@ def model_max_seq_length(folder: Path) -> int:
 
 
 def uses_token_type_ids(folder: Path) -> bool:
-    """Whether transformers' tokenizer for this folder returns token_type_ids (read from tokenizer_config.json)."""
+    """Whether transformers' tokenizer for this folder returns token_type_ids: tokenizer_config.json's
+    ``model_input_names``, else its ``tokenizer_class``, else, as transformers picks the class then,
+    config.json's ``model_type`` (bert-base-uncased's tokenizer config names neither)."""
     config = layout.read_json_if_exists(folder / layout.TOKENIZER_CONFIG_JSON, {}) or {}
     names = config.get("model_input_names")
     if isinstance(names, list):
         return "token_type_ids" in names
-    cls = str(config.get("tokenizer_class") or "")
-    return cls.startswith(_TYPE_ID_CLASSES)
+    if config.get("tokenizer_class"):
+        return str(config["tokenizer_class"]).startswith(_TYPE_ID_CLASSES)
+    model_type = str((layout.read_json_if_exists(folder / layout.HF_CONFIG_JSON, {}) or {}).get("model_type") or "")
+    return model_type.replace("-", "").replace("_", "").lower().startswith(
+        tuple(c.lower() for c in _TYPE_ID_CLASSES))
 
 
 def configured_pad_token(folder: Path) -> str | None:
@@ -233,8 +238,11 @@ class TextTokenizer:
             if layout.is_length_limit(exported.get("max_seq_length")):
                 max_seq_length = int(exported["max_seq_length"])
             lower = bool(exported.get("do_lower_case", lower))
-        return cls(tokenizer, max_seq_length, lower, type_ids=uses_token_type_ids(folder),
-                   pad_token=configured_pad_token(folder), truncation_side=side)
+        type_ids = uses_token_type_ids(folder)
+        if exported and isinstance(exported.get("inputs"), list):  # what transformers' tokenizer gave at export
+            type_ids = "token_type_ids" in exported["inputs"]
+        return cls(tokenizer, max_seq_length, lower, type_ids=type_ids, pad_token=configured_pad_token(folder),
+                   truncation_side=side)
 
     # -- settings -------------------------------------------------------------------------------------
     @property
