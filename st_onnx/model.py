@@ -585,6 +585,11 @@ class SentenceTransformer(ModuleMethods):
         show_progress_bar: bool | None = None,
     ):
         """``encode`` over the pool's devices; prompts, truncate_dim and precision as in ``encode``."""
+        if isinstance(batch_size, str) or isinstance(chunk_size, str):
+            raise InvalidInputError(
+                f"encode_multi_process got {batch_size!r} as batch_size: st-onnx keeps the order (sentences, pool, "
+                "batch_size, chunk_size, ...), where sentence-transformers 5 and 6 put prompt_name and prompt third "
+                "and fourth; pass prompt_name=/prompt= by keyword")
         opts = EncodeOptions.from_args(batch_size, show_progress_bar, "sentence_embedding", True, False, None,
                                        normalize_embeddings,
                                        truncate_dim if truncate_dim is not None else self.truncate_dim, precision)

@@ -45,7 +45,11 @@ class _Call:
     is None), chunks left, and the first error of its chunks."""
 
     def __init__(self, n: int, dim: int | None, n_chunks: int) -> None:
-        self.out: Any = [None] * n if dim is None else np.zeros((n, dim), dtype=np.float32)
+        # the width comes from the first chunk's result (the reported dimension can be None or differ from what
+        # the modules compute); ``dim`` only shapes an empty result
+        self.n = n
+        self.per_text = dim is None
+        self.out: Any = [None] * n if dim is None else (np.zeros((0, dim), dtype=np.float32) if n == 0 else None)
         self.left = n_chunks
         self.error: BaseException | None = None
         self.done = threading.Event()
@@ -55,10 +59,12 @@ class _Call:
 
     def finish(self, idx: np.ndarray, emb: Any) -> None:
         with self._lock:
-            if isinstance(self.out, list):
+            if self.per_text:
                 for i, item in zip(idx, emb):
                     self.out[i] = item
             else:
+                if self.out is None:
+                    self.out = np.zeros((self.n, np.shape(emb)[1]), dtype=np.float32)
                 self.out[idx] = emb
             self.left -= 1
             if self.left == 0:
@@ -291,10 +297,15 @@ def _onnx_runners(backend: Any, devices: list[str]) -> list[Callable]:
     from .runtime.session import available_cores
 
     n_cpu = sum(d == "cpu" for d in devices)
-    cpu_threads = max(1, available_cores() // n_cpu) if n_cpu else None
+    budget = backend.options.intra_op_num_threads or available_cores()  # the user's cap, if set
+    cpu_threads = max(1, budget // n_cpu) if n_cpu else None
     runners = []
     for device in devices:  # one device at a time: each session is checked on its provider as it is made
         session = backend.new_session(device, cpu_threads if device == "cpu" else None)
+        if device != "cpu" and session.device == "cpu":
+            raise InvalidInputError(f"target device {device!r} is not usable here (its session runs on "
+                                    f"{session.provider}, see the warning above): fix the CUDA setup, or pass "
+                                    "'cpu' entries")
         encoder = backend.encoder_for(session)
         runners.append(lambda encodings, batch_size, prompt_length, output_value, check, enc=encoder:
                        enc.embed_encodings(encodings, batch_size, output_value, prompt_length=prompt_length,

@@ -339,3 +339,76 @@ def test_a_pool_left_running_at_exit_does_not_abort_the_process(minilm_dir, tmp_
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "leaving" in done.stdout and "terminate called" not in done.stderr
+
+
+# -- found by the pool review ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("extra", ["no_dimension", "reshaping"])
+def test_the_torch_pool_takes_the_width_of_what_the_modules_compute(folder, extra):
+    """A custom pooling module without get_sentence_embedding_dimension, or a last module that changes the width:
+    encode worked and the pool failed (an array of the reported width: 0, or the old one)."""
+    import torch
+
+    from st_onnx.models import Pooling, Transformer
+
+    class MeanPoolNoDimension(torch.nn.Module):
+        def forward(self, features):
+            mask = features["attention_mask"].unsqueeze(-1).float()
+            features["sentence_embedding"] = (features["token_embeddings"] * mask).sum(1) / mask.sum(1)
+            return features
+
+    class KeepEvenDimensions(torch.nn.Module):
+        def forward(self, features):
+            features["sentence_embedding"] = features["sentence_embedding"][:, ::2]
+            return features
+
+    transformer = Transformer(str(folder), max_seq_length=64)
+    modules = [transformer, MeanPoolNoDimension()] if extra == "no_dimension" else [
+        transformer, Pooling(32), KeepEvenDimensions()]
+    model = SentenceTransformer(modules=modules, device="cpu")
+    want = model.encode(SENTENCES * 3)
+    with model.start_multi_process_pool(["cpu", "cpu"]) as pool:
+        got = model.encode_multi_process(SENTENCES * 3, pool, chunk_size=3)
+        empty = model.encode_multi_process([], pool)
+    assert got.shape == want.shape and np.allclose(got, want, atol=ATOL)
+    assert empty.shape[0] == 0
+
+
+def _session_threads(monkeypatch, model) -> list:
+    """The intra-op threads of every session the onnx backend makes from now on."""
+    made = []
+    original = type(model._backend).new_session
+
+    def recording(self, device, threads=None):
+        session = original(self, device, threads)
+        made.append((session.device, session.threads))
+        return session
+
+    monkeypatch.setattr(type(model._backend), "new_session", recording)
+    return made
+
+
+def test_the_onnx_pool_keeps_the_users_thread_cap(folder, monkeypatch):
+    """onnx_options' intra_op_num_threads bounds the pool's CPU sessions too (they took every core)."""
+    model = SentenceTransformer(str(folder), backend="onnx", device="cpu", onnx_options={"intra_op_num_threads": 1})
+    made = _session_threads(monkeypatch, model)
+    with model.start_multi_process_pool(["cpu"]) as pool:
+        assert model.encode_multi_process(SENTENCES, pool).shape == (len(SENTENCES), 32)
+    assert made == [("cpu", 1)]
+
+
+def test_an_onnx_pool_on_devices_it_cannot_use_is_refused(folder):
+    """['cuda:0', 'cuda:1'] without usable CUDA ran two CPU sessions labelled cuda, each with every core."""
+    from st_onnx.runtime.providers import cuda_usable
+
+    if cuda_usable():
+        pytest.skip("CUDA is usable here: the pool's CUDA sessions are checked in tests/test_gpu.py")
+    model = SentenceTransformer(str(folder), backend="onnx", device="cpu")
+    with pytest.warns(Warning), pytest.raises(InvalidInputError, match="target device 'cuda:0' is not usable"):
+        model.start_multi_process_pool(["cuda:0", "cuda:1"])
+
+
+def test_encode_multi_process_says_where_sentence_transformers_6_puts_the_prompt(model):
+    """encode_multi_process(texts, pool, "query") as sentence-transformers 6 orders it named batch_size only."""
+    with model.start_multi_process_pool(["cpu"]) as pool:
+        with pytest.raises(InvalidInputError, match="prompt_name and prompt third and fourth"):
+            model.encode_multi_process(SENTENCES, pool, "query")
