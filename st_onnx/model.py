@@ -227,12 +227,8 @@ class SentenceTransformer(ModuleMethods):
         modules, ``task`` is accepted and has no effect (only a Router module reads it, which st-onnx does not load).
         """
         _check_module_kwargs(kwargs)
-        if isinstance(batch_size, str) or isinstance(show_progress_bar, str):
-            raise InvalidInputError(
-                f"encode got {batch_size!r} as batch_size and {show_progress_bar!r} as show_progress_bar: st-onnx "
-                "keeps sentence-transformers 2.x's order (sentences, batch_size, show_progress_bar, ...), where 5 "
-                "and 6 put prompt_name and prompt second and third; pass prompt_name=/prompt= by keyword"
-            )
+        _check_positional_order("encode", "sentences",
+                                {"batch_size": batch_size, "show_progress_bar": show_progress_bar}, "second and third")
         devices = None
         if isinstance(device, (list, tuple)):
             if pool is not None:
@@ -585,11 +581,8 @@ class SentenceTransformer(ModuleMethods):
         show_progress_bar: bool | None = None,
     ):
         """``encode`` over the pool's devices; prompts, truncate_dim and precision as in ``encode``."""
-        if isinstance(batch_size, str) or isinstance(chunk_size, str):
-            raise InvalidInputError(
-                f"encode_multi_process got {batch_size!r} as batch_size: st-onnx keeps the order (sentences, pool, "
-                "batch_size, chunk_size, ...), where sentence-transformers 5 and 6 put prompt_name and prompt third "
-                "and fourth; pass prompt_name=/prompt= by keyword")
+        _check_positional_order("encode_multi_process", "sentences, pool",
+                                {"batch_size": batch_size, "chunk_size": chunk_size}, "third and fourth")
         opts = EncodeOptions.from_args(batch_size, show_progress_bar, "sentence_embedding", True, False, None,
                                        normalize_embeddings,
                                        truncate_dim if truncate_dim is not None else self.truncate_dim, precision)
@@ -605,6 +598,17 @@ class SentenceTransformer(ModuleMethods):
         return encode_with_pool(self, inputs, pool, batch_size=opts.batch_size, chunk_size=chunk_size,
                                 show_progress_bar=opts.show_progress_bar, prompt_length=opts.prompt_length,
                                 output_value=opts.output_value)
+
+
+def _check_positional_order(method: str, before: str, given: dict[str, Any], where_newer: str) -> None:
+    """A string where sentence-transformers 2.x's order has these numbers or flags is a prompt passed in 5 and 6's
+    order, which put ``prompt_name`` and ``prompt`` ``where_newer``: refused with the order named."""
+    if any(isinstance(value, str) for value in given.values()):
+        got = " and ".join(f"{value!r} as {name}" for name, value in given.items())
+        raise InvalidInputError(
+            f"{method} got {got}: st-onnx keeps sentence-transformers 2.x's order ({before}, {', '.join(given)}, "
+            f"...), where 5 and 6 put prompt_name and prompt {where_newer}; pass prompt_name=/prompt= by keyword"
+        )
 
 
 def _check_module_kwargs(kwargs: dict[str, Any]) -> None:
