@@ -280,11 +280,13 @@ def main(argv: list[str] | None = None) -> int:
     failed = export_graphs(model, {ROWS[r]["precision"] for r in args.rows if "precision" in ROWS[r]})
     results = measure_throughput(args, model, args.rows, failed)
     cold = {} if args.no_cold else measure_cold_start(args, model, failed)
-    report = {"model": model, "limit": args.limit, "batch_size": args.batch_size, "repeat": args.repeat,
-              "cpu_count": os.cpu_count(), "loadavg": os.getloadavg(), "corpora": results, "cold_start": cold,
-              "targets": check_targets(results, cold), "time": time.strftime("%Y-%m-%d %H:%M:%S")}
     sys.path.insert(0, str(HERE))
     from bench_report import print_table, write_chart
+    from machine import describe
+
+    report = {"model": model, "limit": args.limit, "batch_size": args.batch_size, "repeat": args.repeat,
+              "machine": describe(), "loadavg": os.getloadavg(), "corpora": results, "cold_start": cold,
+              "targets": check_targets(results, cold), "time": time.strftime("%Y-%m-%d %H:%M:%S")}
 
     print_table(report)
     stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -122,7 +122,11 @@ def main(argv=None) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"rows": rows, "python": sys.version.split()[0]}, indent=2) + "\n")
+    from machine import describe, summary
+
+    machine = describe()
+    print(f"machine: {summary(machine)}")
+    args.json.write_text(json.dumps({"rows": rows, "machine": machine}, indent=2) + "\n")
     print(f"wrote {args.json}")
     return 0
 

@@ -279,8 +279,10 @@ def main(argv: list[str] | None = None) -> int:
             models[name] = minilm if name == "minilm" else random_model(minilm, BERT_BASE, work / "bert-base")
     from st_onnx.encode.tokenize import TextTokenizer
 
+    from machine import describe
+
     report = {"device": device, "device_name": device_name(device), "precision": precision, "texts": len(texts),
-              "repeat": args.repeat, "dry_run": args.dry_run, "runs": {}}
+              "repeat": args.repeat, "dry_run": args.dry_run, "machine": describe(), "runs": {}}
     try:
         for label, folder in models.items():
             if label == "minilm":  # its graphs go into a writable copy, not into the package's folder

@@ -6,7 +6,10 @@ from pathlib import Path
 
 
 def print_table(report: dict) -> None:
-    print(f"\nmodel {report['model']}, batch_size {report['batch_size']}, limit {report['limit']}, "
+    from machine import summary
+
+    print(f"\nmachine: {summary(report['machine'])}" if "machine" in report else "")
+    print(f"model {report['model']}, batch_size {report['batch_size']}, limit {report['limit']}, "
           f"repeat {report['repeat']}, load average {', '.join(f'{x:.1f}' for x in report['loadavg'])}")
     for corpus, res in report["corpora"].items():
         print(f"\n{corpus}: {res['texts']} texts, {res['tokens']} tokens (unpadded)")

@@ -69,7 +69,9 @@ def main() -> None:
               f"  {seconds:.1f} s")
     out = HERE / "out" / f"eval_scifact-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"model": str(model_path), "results": results}, indent=2))
+    from machine import describe
+
+    out.write_text(json.dumps({"model": str(model_path), "results": results, "machine": describe()}, indent=2) + "\n")
     print(f"wrote {out}")
 
 

@@ -100,8 +100,10 @@ def write_json(path: Path, source: Path, device: str, results: dict, **extra) ->
     """The numbers so far, replaced whole (written to a temporary file, then renamed: never half a file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
+    from machine import describe  # benchmarks/machine.py, beside this script
+
     tmp.write_text(json.dumps({"model": source.name, "device": device, "published": PUBLISHED, "rows": results,
-                               **extra}, indent=2) + "\n")
+                               "machine": describe(), **extra}, indent=2) + "\n")
     tmp.replace(path)
 
 

@@ -128,8 +128,12 @@ def main(argv=None) -> int:
         p = r.get("parity")
         parity = f"{p['min_cosine']:.6f} / {p['max_abs_diff']:.3g}" if p else "-"
         print(f"{r['graph']:45s} {r['spearman']:9.4f} {r['texts_per_s']:9.1f}  {parity}")
+    from machine import describe, summary
+
+    machine = describe()
+    print(f"machine: {summary(machine)}")
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+        args.json.write_text(json.dumps({"rows": results, "machine": machine}, indent=2) + "\n")
     return 0
 
 

@@ -15,11 +15,11 @@ import gzip
 import json
 import logging
 import math
-import platform
 import time
 from pathlib import Path
 
 import torch
+from machine import describe  # benchmarks/machine.py, beside this script
 from torch.utils.data import DataLoader
 
 from st_onnx import InputExample, SentenceTransformer, losses
@@ -93,7 +93,7 @@ def main() -> None:
         "dev_spearman_before": dev_before, "dev_spearman_published": REFERENCE_DEV,
         "dev_spearman_after": dev_after, "test_spearman_after": test_after, "train_minutes": train_min,
         "eval_seconds_dev": eval_s, "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "machine": platform.processor() or platform.machine(),
+        "machine": describe(),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out / f"finetune_stsb-{time.strftime('%Y%m%d-%H%M%S')}.json"

@@ -1,7 +1,7 @@
 """Every exception st-onnx raises.
 
 Each one subclasses the builtin it means, so code that already catches ``ValueError``,
-``FileNotFoundError``, ``ImportError`` or ``RuntimeError`` keeps working::
+``FileNotFoundError`` or ``RuntimeError`` keeps working::
 
     StOnnxError                      (mixin: catch every st-onnx error at once)
     ├── InvalidInputError            (ValueError)   a bad argument: names the value and what is allowed
@@ -12,9 +12,11 @@ Each one subclasses the builtin it means, so code that already catches ``ValueEr
     ├── ParityError                  (RuntimeError) an exported graph does not compute what PyTorch computes
     ├── BackendError                 (RuntimeError) the operation needs the other backend (e.g. ``fit`` on ONNX)
     ├── GraphRunError                (RuntimeError) ONNX Runtime failed running the graph on a batch
-    ├── ProviderFallbackWarning      (RuntimeWarning) CUDA was asked for, ONNX Runtime bound the CPU
     ├── PoolError                    (RuntimeError) the session pool is stopped or a worker died
     └── HubError                     (RuntimeError) a hub call failed: names the repo and the fix
+
+    ProviderFallbackWarning          (RuntimeWarning, not an StOnnxError) CUDA was asked for, ONNX Runtime bound
+                                     the CPU
 """
 
 from __future__ import annotations

@@ -32,8 +32,8 @@ class SentenceTransformer(ModuleMethods):
 
     The positional arguments are sentence-transformers 2.x's (the API this class mirrors): model_name_or_path,
     modules, device, cache_folder, use_auth_token; everything after them is keyword-only. sentence-transformers
-    2.4 and later put ``prompts`` and ``default_prompt_name`` fourth and fifth: a dict in cache_folder's place
-    is refused, naming the order.
+    2.4 to 5.x put ``prompts`` and ``default_prompt_name`` fourth and fifth (6 makes every argument after the path
+    keyword-only): a dict in cache_folder's place is refused, naming the order.
 
     Args:
         model_name_or_path: a local sentence-transformers folder, a plain transformers folder (Transformer +
@@ -175,6 +175,7 @@ class SentenceTransformer(ModuleMethods):
     # -- sentence-transformers API --------------------------------------------------------------------
     @property
     def device(self):
+        """Where the model runs: a ``torch.device`` on the torch backend, a string ('cpu', 'cuda:0') on onnx."""
         return self._backend.device
 
     def to(self, *args: Any, **kwargs: Any) -> "SentenceTransformer":
@@ -336,6 +337,8 @@ class SentenceTransformer(ModuleMethods):
         return similarity_functions(self.similarity_fn_name)[1](embeddings1, embeddings2)
 
     def tokenize(self, texts: list, prompt: str | None = None) -> dict[str, Any]:
+        """The model's input features for ``texts`` (or pairs): torch tensors on the torch backend, numpy int64
+        arrays on onnx; ``prompt`` as in ``preprocess``."""
         return self.preprocess(texts, prompt=prompt)
 
     def preprocess(self, inputs: list, prompt: str | None = None) -> dict[str, Any]:
@@ -354,6 +357,8 @@ class SentenceTransformer(ModuleMethods):
 
     @property
     def tokenizer(self):
+        """A transformers tokenizer on the torch backend; on onnx the ``tokenizers.Tokenizer`` read from
+        ``tokenizer.json`` (no transformers import), set up to tokenize as the exported model does."""
         return self._backend.tokenizer
 
     @tokenizer.setter
@@ -362,6 +367,7 @@ class SentenceTransformer(ModuleMethods):
 
     @property
     def max_seq_length(self) -> int:
+        """Tokens per text (longer texts are truncated); settable, a positive int."""
         return self._backend.max_seq_length
 
     @max_seq_length.setter
@@ -372,6 +378,7 @@ class SentenceTransformer(ModuleMethods):
         return self.max_seq_length
 
     def get_sentence_embedding_dimension(self) -> int | None:
+        """The width of ``encode``'s embeddings (``truncate_dim`` where set); None where no module says."""
         dim = self._backend.sentence_embedding_dimension()
         return min(dim, self.truncate_dim) if dim is not None and self.truncate_dim is not None else dim
 
@@ -418,6 +425,8 @@ class SentenceTransformer(ModuleMethods):
         return f"SentenceTransformer(backend='onnx', graph={self._backend!r})"
 
     def smart_batching_collate(self, batch: list) -> tuple[list[dict[str, Any]], Any]:
+        """A DataLoader's ``collate_fn`` for ``InputExample``s: one tokenized feature dict per text column, and
+        the labels as a tensor (torch backend)."""
         from .fit import smart_batching_collate
 
         return smart_batching_collate(self, batch)
@@ -466,6 +475,8 @@ class SentenceTransformer(ModuleMethods):
             resume_from_checkpoint=resume_from_checkpoint)
 
     def evaluate(self, evaluator, output_path: str | None = None):
+        """Run ``evaluator`` on this model (st-onnx's evaluators or sentence-transformers'), creating
+        ``output_path`` for its CSV files; returns what the evaluator returns (a float, or a dict of metrics)."""
         if output_path is not None:
             os.makedirs(output_path, exist_ok=True)
         return evaluator(self, output_path)
@@ -478,7 +489,10 @@ class SentenceTransformer(ModuleMethods):
         train_datasets: list[str] | None = None,
         safe_serialization: bool = True,
     ) -> None:
-        """Write the model folder (sentence-transformers format) atomically: a temporary folder, then a rename.
+        """Write the model folder (sentence-transformers format) atomically: the new folder is written beside
+        the old one, then the two are swapped by renames, so a crash leaves the old folder whole. The files of
+        the user's found there (a trainer's state, ``eval/``, notes) are kept; a fused graph is carried along
+        while the modules are the ones it was exported from, and left behind otherwise.
 
         Weights are always written as safetensors; ``safe_serialization=False`` (pickled ``.bin`` files) is
         refused rather than ignored. ``path=None`` writes nothing, as in sentence-transformers (with a warning).
@@ -511,10 +525,19 @@ class SentenceTransformer(ModuleMethods):
         safe_serialization: bool = True,
     ) -> str:
         """Upload the model to the Hub (sentence-transformers 2.x's arguments; ``repo_id``, ``token`` and
-        ``safe_serialization`` by keyword, as later releases name them)."""
+        ``safe_serialization`` by keyword, as later releases name them). Returns the commit's URL.
+
+        sentence-transformers 3 and later put ``token`` third, where 2.x has ``private``: a token given there is
+        refused, not sent as the repository's privacy flag (the push would run under the saved login)."""
         from .hub import save_to_hub
         from .saving import check_safe_serialization
 
+        if private is not None and not isinstance(private, bool):
+            raise InvalidInputError(
+                f"save_to_hub got {type(private).__name__} as private: st-onnx keeps sentence-transformers 2.x's "
+                "order (repo_name, organization, private, commit_message, ...), where 3 and later put token third; "
+                "pass token= (and repo_id=) by keyword"
+            )
         check_safe_serialization(safe_serialization)
         return save_to_hub(
             self, _one_of("repo_name", repo_name, "repo_id", repo_id, required=True), organization=organization,
@@ -563,6 +586,7 @@ class SentenceTransformer(ModuleMethods):
 
     @staticmethod
     def stop_multi_process_pool(pool) -> None:
+        """Stop a pool from ``start_multi_process_pool`` (its sessions and threads); stopping twice is harmless."""
         from .pool import stop_pool
 
         stop_pool(pool)

@@ -43,6 +43,7 @@ def test_bench_gpu_dry_run_writes_every_row(tmp_path):
     out = tmp_path / "out"
     report, printed = _bench_gpu_dry_run(data, out, tmp_path / "work", batch_size=16)
     assert report["dry_run"] and report["texts"] == 120 and report["device"] == "cpu"
+    assert report["machine"]["cpu_model"] and "onnx" in report["machine"]["versions"]
     rows = report["runs"]["tiny-bert (dry run), batch 16"]["rows"]
     for name in ("sentence-transformers", "st-onnx", "pool 1 session", "pool 2 sessions"):
         assert rows[name]["texts_per_s"] > 0 and len(rows[name]["seconds"]) == 1, name
@@ -81,13 +82,35 @@ def test_bench_export_reports_time_memory_files_and_parity(tmp_path, monkeypatch
     out, work = tmp_path / "export.json", tmp_path / "new" / "work"  # a work folder that does not exist yet
     assert bench_export.main(["--shapes", "broken", "tiny", "--precisions", "fp32", "int8", "--work", str(work),
                               "--json", str(out)]) == 0
-    rows = json.loads(out.read_text())["rows"]
+    report = json.loads(out.read_text())
+    rows = report["rows"]
     assert rows[0]["shape"] == "broken" and "building the broken model failed" in rows[0]["error"]
     assert [(r["shape"], r["precision"]) for r in rows[1:]] == [("tiny", "fp32"), ("tiny", "int8")]
     for row in rows[1:]:
         assert "error" not in row and row["seconds"] > 0 and 0.1 < row["peak_gb"] < 8
         assert row["graph_mb"] > 0 and row["data_mb"] == 0 and row["min_cosine"] > 0.999
-    assert "tiny         fp32" in capsys.readouterr().out and list(work.iterdir()) == []  # its work folder is gone
+    printed = capsys.readouterr().out
+    assert "tiny         fp32" in printed and list(work.iterdir()) == []  # its work folder is gone
+    machine = report["machine"]  # which CPU and versions the figures come from
+    assert machine["cpu_model"] and machine["cpus"] >= 1 and {"torch", "transformers"} <= set(machine["versions"])
+    assert f"machine: {machine['cpu_model']}" in printed
+
+
+def test_machine_names_the_cpu_its_kernel_flags_and_versions(monkeypatch):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import machine
+
+    monkeypatch.setattr(machine, "_cpuinfo", lambda: {"model name": "Test CPU 9000", "vendor_id": "GenuineTest",
+                                                      "cpu family": "6", "model": "207",
+                                                      "flags": "fpu sse avx2 fma avx512f avx512_vnni amx_tile"})
+    found = machine.describe()
+    assert found["cpu_model"] == "Test CPU 9000" and found["cpu_family_model"] == "6/207"
+    assert found["cpu_flags"] == ["avx2", "fma", "avx512f", "avx512_vnni", "amx_tile"]
+    assert any(name.startswith("onnxruntime") for name in found["versions"]) and "numpy" in found["versions"]
+    line = machine.summary(found)
+    assert line.startswith("Test CPU 9000, family/model 6/207 (avx2 fma avx512f avx512_vnni amx_tile), ")
+    monkeypatch.setattr(machine, "_cpuinfo", dict)  # no /proc/cpuinfo (macOS, Windows): unknown, not "no AVX2"
+    assert machine.describe()["cpu_flags"] is None and "(flags unknown)" in machine.summary(machine.describe())
 
 
 # -- the lent GPU machine's run (benchmarks/gpu/): what can be checked without a GPU ----------------------------

@@ -399,3 +399,13 @@ def test_a_token_that_is_no_string_is_refused_not_swapped_for_the_saved_login(se
     with pytest.raises(InvalidInputError, match="token must be a Hugging Face token string, or True/False; got int"):
         model.push_to_hub("acme/numbers", token=12345)
     assert not any(path.startswith("/api/repos") for _, path in server.requests)
+
+
+def test_save_to_hub_refuses_a_token_in_privates_place(server, tiny_model_dir, monkeypatch):
+    """sentence-transformers 3-6 put token third, where 2.x's save_to_hub has private: the token string would have
+    been sent as the privacy flag and the push made with HF_TOKEN's (another account's) login."""
+    monkeypatch.setenv("HF_TOKEN", BOB_TOKEN)
+    model = SentenceTransformer(str(tiny_model_dir), device="cpu")
+    with pytest.raises(InvalidInputError, match=r"got str as private.*token third; pass token="):
+        model.save_to_hub("alice/mine", None, TOKEN)
+    assert not any(path.startswith("/api/repos") for _, path in server.requests)
