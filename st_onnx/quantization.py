@@ -97,10 +97,16 @@ def _ranges(emb: np.ndarray, precision: str, ranges: Any, calibration: Any) -> t
 
 def _as_float_matrix(x: Any, name: str) -> np.ndarray:
     if hasattr(x, "detach"):  # a torch tensor: no torch import needed to read it
-        x = x.detach().float().cpu().numpy()
+        x = _tensor_to_numpy(x)
     elif isinstance(x, list) and x and hasattr(x[0], "detach"):
-        x = np.stack([t.detach().float().cpu().numpy() for t in x])
+        x = np.stack([_tensor_to_numpy(t) for t in x])
     x = np.asarray(x)
     if x.dtype.kind not in "f":
         raise InvalidInputError(f"{name} must be floats to quantize; got dtype {x.dtype}")
     return x
+
+
+def _tensor_to_numpy(t: Any) -> np.ndarray:
+    """A tensor's values in numpy, float64 kept (as for arrays and in sentence-transformers), other floats in float32."""
+    t = t.detach().cpu()
+    return t.numpy() if str(t.dtype) == "torch.float64" else t.float().numpy()

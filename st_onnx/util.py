@@ -23,24 +23,36 @@ __all__ = [
 ]
 
 
+def _to_tensor(x) -> Tensor:
+    """A tensor from a tensor, array or list (a list of arrays or tensors is stacked), its dtype kept."""
+    if isinstance(x, Tensor):
+        return x
+    if isinstance(x, list) and x and all(isinstance(v, Tensor) for v in x):
+        return torch.stack(x)
+    if isinstance(x, list) and x and all(isinstance(v, np.ndarray) for v in x):
+        return torch.from_numpy(np.stack(x))
+    if isinstance(x, np.ndarray):
+        return torch.from_numpy(x)
+    return torch.tensor(x)  # python floats become float32, as in sentence-transformers
+
+
 def _as_tensor(x) -> Tensor:
-    """A tensor from a tensor, array or list (a list of arrays or tensors is stacked), with float16/bfloat16
-    scores computed in float32 as sentence-transformers does (rounding them would tie nearby scores), and integer
-    ones (quantized embeddings) in float64, where sentence-transformers' int8 sums overflow silently."""
-    if not isinstance(x, Tensor):
-        if isinstance(x, list) and x and all(isinstance(v, Tensor) for v in x):
-            x = torch.stack(x)
-        elif isinstance(x, list) and x and all(isinstance(v, np.ndarray) for v in x):
-            x = torch.from_numpy(np.stack(x))
-        elif isinstance(x, np.ndarray):
-            x = torch.from_numpy(x)
-        else:
-            x = torch.tensor(x)  # python floats become float32, as in sentence-transformers
+    """``_to_tensor``, with float16/bfloat16 scores computed in float32 as sentence-transformers does (rounding them
+    would tie nearby scores), and integer ones (quantized embeddings) in float64, where sentence-transformers' int8
+    sums overflow silently."""
+    x = _to_tensor(x)
     if torch.is_floating_point(x) and torch.finfo(x.dtype).bits < 32:
         x = x.float()
     elif not torch.is_floating_point(x):  # quantized embeddings (int8, binary): int8 dot products wrap around
         x = x.double()
     return x
+
+
+def _as_batch(x) -> Tensor:
+    """``_to_tensor`` with a single vector as one row: what search and mining hand a user's score function (its
+    dtype as given, as sentence-transformers: a Hamming score on uint8 binary embeddings needs their bytes)."""
+    x = _to_tensor(x)
+    return x.unsqueeze(0) if x.dim() == 1 else x
 
 
 def _as_matrix(x) -> Tensor:
@@ -129,7 +141,7 @@ def semantic_search(
     """For each query, the ``top_k`` corpus entries by score: ``[[{'corpus_id': int, 'score': float}, ...], ...]``."""
     _check_search(query_chunk_size=query_chunk_size, corpus_chunk_size=corpus_chunk_size, top_k=top_k,
                   score_function=score_function)
-    queries, corpus = _as_matrix(query_embeddings), _as_matrix(corpus_embeddings)
+    queries, corpus = _as_batch(query_embeddings), _as_batch(corpus_embeddings)
     if corpus.device != queries.device:
         queries = queries.to(corpus.device)
     heaps: list[list[tuple[float, int]]] = [[] for _ in range(len(queries))]
@@ -183,7 +195,7 @@ def paraphrase_mining_embeddings(
 ) -> list[list[float | int]]:
     _check_search(query_chunk_size=query_chunk_size, corpus_chunk_size=corpus_chunk_size, top_k=top_k,
                   max_pairs=max_pairs, score_function=score_function)
-    embeddings = _as_matrix(embeddings)
+    embeddings = _as_batch(embeddings)
     best: dict[tuple[int, int], float] = {}
     for q0 in range(0, len(embeddings), query_chunk_size):
         queries = embeddings[q0 : q0 + query_chunk_size]

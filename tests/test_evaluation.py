@@ -160,6 +160,10 @@ def test_csv_files_as_sentence_transformers_2x_writes_them(pairs, tmp_path):
     header = next(csv.reader(open(tmp_path / "Information-Retrieval_evaluation_x_results.csv")))
     assert header[:4] == ["epoch", "steps", "cos_sim-Accuracy@1", "cos_sim-Accuracy@3"]
     assert header[-1] == "dot_score-MAP@100" and "cos_sim-Precision@1" in header and "cos_sim-NDCG@10" in header
+    ir(FakeModel(), str(tmp_path))  # sentence-transformers writes this file's lines by hand: "\n", not "\r\n"
+    data = (tmp_path / "Information-Retrieval_evaluation_x_results.csv").read_bytes()
+    assert b"\r" not in data and data.count(b"\n") == 3
+    assert (tmp_path / "triplet_evaluation_results.csv").read_bytes().endswith(b"\r\n")  # csv.writer's, as there
 
 
 def test_main_similarity_and_from_input_examples(pairs):
@@ -358,3 +362,71 @@ def test_information_retrieval_arguments_as_users_write_them():
                           ({"main_score_function": "euclidean"}, "default score functions are cosine")]:
         with pytest.raises(InvalidInputError, match=match):
             InformationRetrievalEvaluator(queries, corpus, {"q1": "d1"}, **kwargs)
+
+
+class RecordingModel(FakeModel):
+    """FakeModel that records encode's keyword arguments and truncates as encode does."""
+
+    def __init__(self):
+        self.calls = []
+
+    def encode(self, sentences, **kwargs):
+        self.calls.append(kwargs)
+        out = FakeModel.encode(self, sentences)
+        return out[:, :kwargs["truncate_dim"]] if kwargs.get("truncate_dim") else out
+
+
+@pytest.mark.parametrize("make", [
+    lambda: EmbeddingSimilarityEvaluator(["a", "b", "c"], ["d", "e", "f"], [0.1, 0.5, 0.9], truncate_dim=4),
+    lambda: BinaryClassificationEvaluator(["a", "b", "c"], ["d", "e", "f"], [0, 1, 1], truncate_dim=4),
+    lambda: TripletEvaluator(["a", "b"], ["c", "d"], ["e", "f"], truncate_dim=4),
+    lambda: InformationRetrievalEvaluator({"q": "a"}, {"d1": "x", "d2": "y"}, {"q": {"d1"}}, truncate_dim=4),
+], ids=["similarity", "binary", "triplet", "retrieval"])
+def test_evaluators_take_truncate_dim_as_sentence_transformers_2_7(make):
+    model = RecordingModel()
+    make()(model)
+    assert model.calls and all(call["truncate_dim"] == 4 for call in model.calls)
+    untruncated = RecordingModel()
+    EmbeddingSimilarityEvaluator(["a"], ["b"], [0.5])(untruncated)  # not set: not passed (any encode works)
+    assert all("truncate_dim" not in call for call in untruncated.calls)
+
+
+@pytest.mark.compat
+@pytest.mark.parametrize("precision", ["int8", "uint8", "binary", "ubinary"])
+def test_embedding_similarity_precision_as_sentence_transformers(minilm_dir, precision, tmp_path):
+    """all-MiniLM-L6-v2, not the tiny model: texts its small vocabulary embeds alike tie, and sentence-transformers'
+    float32 scores break ties by rounding, where st-onnx's float64 ones keep them."""
+    from st_onnx import SentenceTransformer
+
+    model = SentenceTransformer(str(minilm_dir), device="cpu")
+    s1, s2, scores = (list(column) for column in zip(*read_stsb("test")[:100]))
+    theirs = st_eval().EmbeddingSimilarityEvaluator(s1, s2, scores, precision=precision, truncate_dim=128,
+                                                    similarity_fn_names=ALL_SIMS)(model)
+    ours = EmbeddingSimilarityEvaluator(s1, s2, scores, name="sts", precision=precision, truncate_dim=128)
+    ours(model, str(tmp_path))
+    for sim in ALL_SIMS:
+        assert ours.last_metrics[f"{sim}_spearman"] == pytest.approx(theirs[f"spearman_{sim}"], abs=1e-6), sim
+    assert (tmp_path / f"similarity_evaluation_sts_{precision}_results.csv").is_file()
+    with pytest.raises(InvalidInputError, match="float16"):
+        EmbeddingSimilarityEvaluator(s1, s2, scores, precision="float16")
+
+
+def test_custom_retrieval_score_functions_get_tensors_as_in_sentence_transformers():
+    torch = pytest.importorskip("torch")
+
+    def cosine(a, b):  # typed Callable[[Tensor, Tensor], Tensor] there: .norm / torch.mm on numpy failed
+        return torch.mm(torch.nn.functional.normalize(a, dim=1), torch.nn.functional.normalize(b, dim=1).T)
+
+    queries, corpus = {"q1": "a", "q2": "b"}, {"d1": "x", "d2": "y", "d3": "z"}
+    relevant = {"q1": {"d1"}, "q2": {"d3"}}
+    custom = InformationRetrievalEvaluator(queries, corpus, relevant, score_functions={"c": cosine})
+    from st_onnx.evaluation.information_retrieval import cos_sim
+
+    builtin = InformationRetrievalEvaluator(queries, corpus, relevant, score_functions={"c": cos_sim})
+    assert custom(FakeModel()) == pytest.approx(builtin(FakeModel()))
+    assert custom.last_metrics["c"]["ndcg@k"][10] == pytest.approx(builtin.last_metrics["c"]["ndcg@k"][10])
+
+
+def test_binary_classification_without_pairs_is_refused():
+    with pytest.raises(InvalidInputError, match="at least one pair; got none"):
+        BinaryClassificationEvaluator([], [], [])

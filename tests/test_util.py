@@ -123,3 +123,29 @@ def test_search_arguments_are_named_when_wrong(kwargs, match):
                    lambda **kw: util.paraphrase_mining_embeddings(emb, **kw)):
         with pytest.raises(InvalidInputError, match=match):
             search(**kwargs)
+
+
+def test_a_users_score_function_gets_the_embeddings_dtype_as_given():
+    """A Hamming score on ubinary codes needs their bytes: they were handed over as float64 (bitwise_xor failed)."""
+    from st_onnx.quantization import quantize_embeddings
+
+    popcount = torch.tensor([bin(i).count("1") for i in range(256)])
+
+    def neg_hamming(a, b):
+        assert a.dtype == b.dtype == torch.uint8
+        return -popcount[torch.bitwise_xor(a[:, None, :], b[None, :, :]).long()].sum(-1).float()
+
+    rng = np.random.default_rng(0)
+    corpus = quantize_embeddings(rng.standard_normal((50, 64)).astype(np.float32), "ubinary")
+    queries = quantize_embeddings(rng.standard_normal((3, 64)).astype(np.float32), "ubinary")
+    ours = util.semantic_search(queries, corpus, top_k=3, score_function=neg_hamming)
+    theirs = st_util.semantic_search(queries, corpus, top_k=3, score_function=neg_hamming)
+    assert [[(h["corpus_id"], h["score"]) for h in q] for q in ours] == \
+        [[(h["corpus_id"], h["score"]) for h in q] for q in theirs]
+    assert ours[0][0]["score"] < 0
+    one = util.semantic_search(queries[0], corpus, top_k=1, score_function=neg_hamming)  # a single query: one row
+    assert one[0][0] == ours[0][0]
+    mined = util.paraphrase_mining_embeddings(torch.from_numpy(corpus), top_k=2, max_pairs=3, score_function=neg_hamming)
+    reference = st_util.paraphrase_mining_embeddings(torch.from_numpy(corpus), top_k=2, max_pairs=3,
+                                                     score_function=neg_hamming)
+    assert [pair[0] for pair in mined] == [pair[0] for pair in reference]  # which of tied pairs comes first: either

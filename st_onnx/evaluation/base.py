@@ -57,15 +57,21 @@ def paired_scores(a: np.ndarray, b: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
-def encode(model, sentences: list, batch_size: int, show_progress_bar: bool) -> np.ndarray:
+def encode(model, sentences: list, batch_size: int, show_progress_bar: bool, truncate_dim: int | None = None,
+           **kwargs) -> np.ndarray:
+    """``model.encode`` to numpy; ``truncate_dim`` (sentence-transformers 2.7+) only when set, so models whose encode
+    lacks it still run."""
+    if truncate_dim is not None:
+        kwargs["truncate_dim"] = truncate_dim
     return np.asarray(model.encode(list(sentences), batch_size=batch_size, show_progress_bar=show_progress_bar,
-                                   convert_to_numpy=True))
+                                   convert_to_numpy=True, **kwargs))
 
 
-def encode_unique(model, columns: list[list], batch_size: int, show_progress_bar: bool) -> list[np.ndarray]:
+def encode_unique(model, columns: list[list], batch_size: int, show_progress_bar: bool,
+                  truncate_dim: int | None = None) -> list[np.ndarray]:
     """Encode each distinct text of several columns once; return one embedding matrix per column."""
     unique = list(dict.fromkeys(text for column in columns for text in column))
-    embeddings = encode(model, unique, batch_size, show_progress_bar)
+    embeddings = encode(model, unique, batch_size, show_progress_bar, truncate_dim)
     index = {text: i for i, text in enumerate(unique)}
     return [embeddings[[index[t] for t in column]] for column in columns]
 
@@ -88,6 +94,7 @@ class SentenceEvaluator:
     csv_file: str = ""
     csv_headers: list[str] = []
     write_csv: bool = True
+    csv_lineterminator: str = "\r\n"  # csv.writer's, as sentence-transformers' evaluators that use it
 
     def __call__(self, model, output_path: str | None = None, epoch: int = -1, steps: int = -1) -> float:
         raise NotImplementedError
@@ -100,7 +107,7 @@ class SentenceEvaluator:
         path = os.path.join(output_path, self.csv_file)
         new = not os.path.isfile(path)
         with open(path, newline="", mode="w" if new else "a", encoding="utf-8") as f:
-            writer = csv.writer(f)
+            writer = csv.writer(f, lineterminator=self.csv_lineterminator)
             if new:
                 writer.writerow(self.csv_headers)
             writer.writerow(row)

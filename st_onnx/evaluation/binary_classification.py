@@ -84,8 +84,12 @@ class BinaryClassificationEvaluator(SentenceEvaluator):
     score is the best average precision (2.x)."""
 
     def __init__(self, sentences1: list[str], sentences2: list[str], labels: list[int], name: str = "",
-                 batch_size: int = 32, show_progress_bar: bool = False, write_csv: bool = True) -> None:
+                 batch_size: int = 32, show_progress_bar: bool = False, write_csv: bool = True,
+                 truncate_dim: int | None = None) -> None:
         check_same_length(sentences1=sentences1, sentences2=sentences2, labels=labels)
+        if not len(labels):
+            raise InvalidInputError("BinaryClassificationEvaluator needs at least one pair; got none")
+        self.truncate_dim = truncate_dim
         bad = sorted({lab for lab in labels if lab not in (0, 1)})
         if bad:
             raise InvalidInputError(f"BinaryClassificationEvaluator labels must be 0 or 1; got {bad[:5]}")
@@ -103,7 +107,7 @@ class BinaryClassificationEvaluator(SentenceEvaluator):
 
     def compute_metrices(self, model) -> dict[str, dict[str, float]]:
         emb1, emb2 = encode_unique(model, [self.sentences1, self.sentences2], self.batch_size,
-                                   self.show_progress_bar)
+                                   self.show_progress_bar, self.truncate_dim)
         all_scores = paired_scores(emb1, emb2)
         labels = np.asarray(self.labels)
         out = {}

@@ -22,8 +22,13 @@ class EmbeddingSimilarityEvaluator(SentenceEvaluator):
 
     def __init__(self, sentences1: list[str], sentences2: list[str], scores: list[float], batch_size: int = 16,
                  main_similarity=None, name: str = "", show_progress_bar: bool = False,
-                 write_csv: bool = True) -> None:
+                 write_csv: bool = True, precision: str | None = None, truncate_dim: int | None = None) -> None:
         check_same_length(sentences1=sentences1, sentences2=sentences2, scores=scores)
+        if precision is not None:
+            from ..quantization import check_precision
+
+            check_precision(precision)
+        self.precision, self.truncate_dim = precision, truncate_dim
         self.sentences1 = list(sentences1)
         self.sentences2 = list(sentences2)
         self.scores = list(scores)
@@ -32,7 +37,8 @@ class EmbeddingSimilarityEvaluator(SentenceEvaluator):
         self.name = name
         self.show_progress_bar = show_progress_bar
         self.write_csv = write_csv
-        self.csv_file = f"similarity_evaluation{'_' + name if name else ''}_results.csv"
+        self.csv_file = (f"similarity_evaluation{'_' + name if name else ''}{'_' + precision if precision else ''}"
+                         "_results.csv")
         self.csv_headers = ["epoch", "steps"] + [f"{s}_{c}" for s in ("cosine", "euclidean", "manhattan", "dot")
                                                  for c in ("pearson", "spearman")]
         self.last_metrics: dict[str, float] = {}
@@ -44,8 +50,18 @@ class EmbeddingSimilarityEvaluator(SentenceEvaluator):
 
     def compute_metrics(self, model) -> dict[str, float]:
         """``{"<similarity>_pearson": r, "<similarity>_spearman": rho}`` for the four similarities."""
-        emb1 = encode(model, self.sentences1, self.batch_size, self.show_progress_bar)
-        emb2 = encode(model, self.sentences2, self.batch_size, self.show_progress_bar)
+        kwargs = {"precision": self.precision, "normalize_embeddings": True} if self.precision else {}
+        if self.precision in ("int8", "uint8"):  # one set of buckets for both columns (sentence-transformers 6)
+            both = encode(model, self.sentences1 + self.sentences2, self.batch_size, self.show_progress_bar,
+                          self.truncate_dim, **kwargs)
+            emb1, emb2 = both[: len(self.sentences1)], both[len(self.sentences1):]
+        else:
+            emb1, emb2 = (encode(model, col, self.batch_size, self.show_progress_bar, self.truncate_dim, **kwargs)
+                          for col in (self.sentences1, self.sentences2))
+        if self.precision in ("binary", "ubinary"):  # packed bits: one 0/1 column per dimension
+            emb1, emb2 = (np.unpackbits((e.astype(np.int16) + (128 if self.precision == "binary" else 0))
+                                        .astype(np.uint8), axis=1) for e in (emb1, emb2))
+        emb1, emb2 = emb1.astype(np.float32), emb2.astype(np.float32)
         gold = np.asarray(self.scores, dtype=np.float64)
         metrics = {}
         for sim, values in paired_scores(emb1, emb2).items():

@@ -91,11 +91,13 @@ class InformationRetrievalEvaluator(SentenceEvaluator):
     """Queries {qid: text}, corpus {cid: text}, relevant_docs {qid: set(cid)}; queries without relevant docs
     are left out. The main score is the best MAP@max(map_at_k) over the score functions (2.x)."""
 
+    csv_lineterminator = "\n"  # sentence-transformers writes this file's lines by hand, not with csv.writer
+
     def __init__(self, queries: dict[str, str], corpus: dict[str, str], relevant_docs: dict[str, set],
                  corpus_chunk_size: int = 50000, mrr_at_k: list[int] = (10,), ndcg_at_k: list[int] = (10,),
                  accuracy_at_k: list[int] = (1, 3, 5, 10), precision_recall_at_k: list[int] = (1, 3, 5, 10),
                  map_at_k: list[int] = (100,), show_progress_bar: bool = False, batch_size: int = 32,
-                 name: str = "", write_csv: bool = True,
+                 name: str = "", write_csv: bool = True, truncate_dim: int | None = None,
                  score_functions: dict[str, Callable] | None = None, main_score_function: str | None = None) -> None:
         # a single id given as a string is that id (set("d1") would be {"d", "1"})
         relevant_docs = {q: ({ids} if isinstance(ids, (str, int)) else ids) for q, ids in relevant_docs.items()}
@@ -113,6 +115,7 @@ class InformationRetrievalEvaluator(SentenceEvaluator):
         self.batch_size = batch_size
         self.name = name
         self.write_csv = write_csv
+        self.truncate_dim = truncate_dim
         self.score_functions = dict(score_functions or {"cos_sim": cos_sim, "dot_score": dot_score})
         self.score_function_names = sorted(self.score_functions)
         if main_score_function is not None and score_functions is None:  # 'cosine', the enum... for the defaults
@@ -160,16 +163,17 @@ class InformationRetrievalEvaluator(SentenceEvaluator):
     def compute_metrices(self, model, corpus_model=None, corpus_embeddings: np.ndarray | None = None) -> dict:
         """``{score_function: {"ndcg@k": {10: v}, "map@k": {...}, ...}}`` (2.x's spelling of the name)."""
         max_k = max(max(v) for v in self.at.values())
-        q_emb = encode(model, self.queries, self.batch_size, self.show_progress_bar)
+        q_emb = encode(model, self.queries, self.batch_size, self.show_progress_bar, self.truncate_dim)
         ranked = {n: (None, None) for n in self.score_functions}
         for start in range(0, len(self.corpus), self.corpus_chunk_size):
             end = min(start + self.corpus_chunk_size, len(self.corpus))
             if corpus_embeddings is None:
-                c_emb = encode(corpus_model or model, self.corpus[start:end], self.batch_size, self.show_progress_bar)
+                c_emb = encode(corpus_model or model, self.corpus[start:end], self.batch_size, self.show_progress_bar,
+                               self.truncate_dim)
             else:
                 c_emb = np.asarray(corpus_embeddings[start:end])
             for n, fn in self.score_functions.items():
-                scores = np.asarray(fn(q_emb, c_emb), dtype=np.float64)
+                scores = _score(fn, q_emb, c_emb)
                 ranked[n] = top_k(scores, max_k, *ranked[n], offset=start, id_rank=self._id_rank)
         relevant = [set(self.relevant_docs[q]) for q in self.queries_ids]
         return {n: rank_metrics([[self.corpus_ids[i] for i in row] for row in idx], relevant, self.at)
@@ -192,6 +196,22 @@ class InformationRetrievalEvaluator(SentenceEvaluator):
         if self.main_score_function is None:
             return max(metrics[n]["map@k"][top] for n in self.score_function_names)
         return metrics[self.main_score_function]["map@k"][top]
+
+
+def _score(fn: Callable, queries: np.ndarray, corpus: np.ndarray) -> np.ndarray:
+    """``fn(queries, corpus)`` as float64 numpy. The numpy functions here get arrays; a user's function gets torch
+    tensors where torch is installed, as sentence-transformers gives it (``Callable[[Tensor, Tensor], Tensor]``)."""
+    if fn not in (cos_sim, dot_score):
+        try:
+            import torch
+        except ImportError:
+            torch = None
+        if torch is not None:
+            scores = fn(torch.from_numpy(np.ascontiguousarray(queries)), torch.from_numpy(np.ascontiguousarray(corpus)))
+            if isinstance(scores, torch.Tensor):
+                scores = scores.detach().cpu().double().numpy()
+            return np.asarray(scores, dtype=np.float64)
+    return np.asarray(fn(queries, corpus), dtype=np.float64)
 
 
 _DEFAULT_NAMES = {SimilarityFunction.COSINE: "cos_sim", SimilarityFunction.DOT_PRODUCT: "dot_score"}

@@ -22,7 +22,8 @@ class TripletEvaluator(SentenceEvaluator):
 
     def __init__(self, anchors: list[str], positives: list[str], negatives: list[str],
                  main_distance_function=None, name: str = "", batch_size: int = 16,
-                 show_progress_bar: bool = False, write_csv: bool = True) -> None:
+                 show_progress_bar: bool = False, write_csv: bool = True, truncate_dim: int | None = None) -> None:
+        self.truncate_dim = truncate_dim
         check_same_length(anchors=anchors, positives=positives, negatives=negatives)
         self.anchors, self.positives, self.negatives = list(anchors), list(positives), list(negatives)
         self.main_distance_function = (None if main_distance_function is None
@@ -38,7 +39,7 @@ class TripletEvaluator(SentenceEvaluator):
         return cls(*([e.texts[i] for e in examples] for i in range(3)), **kwargs)
 
     def compute_metrics(self, model) -> dict[str, float]:
-        a, p, n = (encode(model, col, self.batch_size, self.show_progress_bar)
+        a, p, n = (encode(model, col, self.batch_size, self.show_progress_bar, self.truncate_dim)
                    for col in (self.anchors, self.positives, self.negatives))
         pos, neg = paired_scores(a, p), paired_scores(a, n)  # similarities: higher is nearer
         metrics = {f"accuracy_{short}": float(np.mean(pos[key] > neg[key])) for short, key in _NAMES}
