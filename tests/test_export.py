@@ -216,6 +216,27 @@ def test_failed_parity_raises_and_writes_nothing(exported, tmp_path, monkeypatch
     assert sorted(p.name for p in graph.parent.iterdir()) == ["fp32.json", "fp32.onnx"]
 
 
+def test_parity_fails_embeddings_of_the_right_direction_and_another_length(tmp_path):
+    """Cosine alone passed a graph whose embeddings were scaled: here the graph of a model pooling with
+    mean_sqrt_len_tokens checked against the same weights pooling with mean (max|diff| 12.8, cosine 1.0)."""
+    from st_onnx.export.verify import check_parity, compare
+
+    ref = np.random.default_rng(0).normal(size=(4, 8))
+    assert compare(ref, ref * (1 + 1e-4), ["a"] * 4, "fp32").passed  # rounding noise passes
+    for precision in ("fp32", "fp16", "int8"):
+        report = compare(ref, 2 * ref, ["a"] * 4, precision)
+        assert not report.passed and report.max_norm_deviation == pytest.approx(1.0) and report.min_cosine > 0.9999
+    assert "length ratio off by at most 1" in str(compare(ref, 2 * ref, ["a"] * 4, "fp32"))
+    zero = np.zeros((2, 8))
+    assert compare(zero, zero, ["", ""], "fp32").passed and not compare(zero, ref[:2], ["", ""], "fp32").passed
+    mean = make_tiny_model(tmp_path / "mean", pooling="mean", normalize=False)
+    scaled = make_tiny_model(tmp_path / "sqrt", pooling="mean_sqrt_len_tokens", normalize=False)  # same weights
+    session = ort.InferenceSession(str(export_model_folder(scaled, "fp32")), providers=["CPUExecutionProvider"])
+    report = check_parity(load_stack(mean), session, ["input_ids", "attention_mask", "token_type_ids"], "fp32")
+    assert report.min_cosine > 0.99999 and report.max_abs_diff > 0.1  # the direction right, the length not
+    assert not report.passed and report.max_norm_deviation > 0.3, str(report)
+
+
 def test_int8_export_on_tiny_model(exported, tmp_path, caplog):
     folder = tmp_path / "model"
     shutil.copytree(exported[0], folder)

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from helpers import make_tiny_model
-from st_onnx.errors import GraphFileError
+from st_onnx import SentenceTransformer
+from st_onnx.errors import BackendError, GraphFileError, ParityError, StaleGraphError
 from st_onnx.export import check_graph, graft_pooling, graph_is_fresh
 from st_onnx.modules import load_stack
 
@@ -78,20 +79,61 @@ def test_graft_dense_and_normalize(tmp_path, activation):
     manifest = check_graph(out)
     assert manifest["embedding_dimension"] == 12 and manifest["exporter"].startswith("graft")
     assert manifest["inputs"] == ["input_ids", "attention_mask", "token_type_ids"]
+    assert manifest["parity"]["checked"] and manifest["parity"]["passed"]  # checked against torch: fresh
     assert graph_is_fresh(folder, out)
 
 
-def test_graft_uses_no_torch(tmp_path):
+def test_graft_uses_no_torch_and_vouches_for_nothing_unchecked(tmp_path):
     folder = make_tiny_model(tmp_path / "model", dense=8)
     source = transformer_only_graph(load_stack(folder), tmp_path / "model.onnx")
     code = (
         "import sys; from st_onnx.export import graft_pooling; "
-        f"graft_pooling({str(source)!r}, {str(folder)!r}, {str(tmp_path / 'g.onnx')!r}); "
+        f"graft_pooling({str(source)!r}, {str(folder)!r}, {str(tmp_path / 'g.onnx')!r}, verify=False); "
         "assert 'torch' not in sys.modules, 'torch was imported'"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     compare_with_torch(tmp_path / "g.onnx", load_stack(folder))
+    manifest = check_graph(tmp_path / "g.onnx")
+    assert "fingerprint" not in manifest and not manifest["parity"]["checked"]
+    assert not graph_is_fresh(folder, tmp_path / "g.onnx")  # not taken for a graph of these weights
+    with pytest.raises(BackendError, match="holds no Transformer weights; pass verify=False"):
+        graft_pooling(source, tmp_path / "nowhere", tmp_path / "h.onnx", verify=True)
+
+
+def test_a_graft_of_another_models_transformer_is_refused(tmp_path):
+    """A stale onnx/model.onnx (exported from other weights) was grafted, labelled fresh and, with
+    export='never', run as this model's (cosine -0.3 to PyTorch)."""
+    old = make_tiny_model(tmp_path / "old", seed=0)
+    new = make_tiny_model(tmp_path / "new", seed=1)
+    (new / "onnx").mkdir()
+    stale = transformer_only_graph(load_stack(old), new / "onnx" / "model.onnx")
+    target = new / "onnx" / "st_onnx" / "fp32.onnx"
+    with pytest.raises(ParityError, match="from other weights.*parity FAILED"):
+        graft_pooling(stale, new, target)
+    assert not target.exists() and not (target.parent / "fp32.json").exists()
+    graft_pooling(stale, new, target, verify=False)  # unchecked: never run in place of these weights' graph
+    with pytest.raises(StaleGraphError):
+        SentenceTransformer(str(new), backend="onnx", device="cpu", onnx_options={"export": "never"})
+
+
+def test_a_quantized_or_fp16_transformer_graph_is_refused(tmp_path):
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    folder = make_tiny_model(tmp_path / "model")
+    fp32 = transformer_only_graph(load_stack(folder), tmp_path / "model.onnx")
+    qint8 = tmp_path / "model_qint8_avx512.onnx"
+    quantize_dynamic(fp32, qint8, weight_type=QuantType.QInt8)
+    with pytest.raises(GraphFileError, match=r"quantized graph \(ops \[.*MatMulInteger"):
+        graft_pooling(qint8, folder, tmp_path / "q.onnx")
+    half = onnx.load(str(fp32))  # fp16 weights inside, fp32 at the edges (optimum's O4 with keep_io_types)
+    weight = next(t for t in half.graph.initializer if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 2)
+    weight.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(weight).astype(np.float16), weight.name))
+    onnx.save(half, str(tmp_path / "half.onnx"))
+    with pytest.raises(GraphFileError, match="keeps float16 weights"):
+        graft_pooling(tmp_path / "half.onnx", folder, tmp_path / "h.onnx")
+    assert not (tmp_path / "q.onnx").exists() and not (tmp_path / "h.onnx").exists()
 
 
 def test_graft_refuses_graph_without_token_output(tmp_path):

@@ -1,9 +1,15 @@
 """Graft: append a model's Pooling / Dense / Normalize to a transformer-only ONNX graph, with ``onnx`` alone.
 
 For folders that ship sentence-transformers' or optimum's ``onnx/model.onnx`` (output ``last_hidden_state`` or
-``token_embeddings``) but where torch is not at hand. No torch: the Pooling config is read from JSON, Dense
-weights with ``safetensors.numpy``, and the nodes are built with ``onnx.helper``. The maths mirrors
+``token_embeddings``). The graft itself needs no torch: the Pooling config is read from JSON, Dense weights with
+``safetensors.numpy``, and the nodes are built with ``onnx.helper``. The maths mirrors
 ``st_onnx.modules.pooling.pool`` term by term (same clamps, same first/last-token rules).
+
+Nothing vouches for the transformer graph it is given (``onnx/model.onnx`` may be from older weights), so the
+result is checked against the folder's torch modules where torch and the weights are at hand, and only a checked
+graft records the folder's fingerprint: an unchecked one runs where the folder has no weights to be stale against,
+or when named by ``onnx_options['file_name']``, never in place of a graph of these weights. Quantized or fp16
+transformer graphs are refused (the result is labelled fp32).
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import layout
-from ..errors import GraphFileError, ModelFolderError
+from ..errors import BackendError, GraphFileError, InvalidInputError, ModelFolderError, ParityError
 from . import manifest as manifest_mod
 from .graph_files import place_graph, save_graph
 
@@ -29,6 +35,11 @@ _LEGACY_KEYS = {
     "pooling_mode_weightedmean_tokens": "weightedmean", "pooling_mode_lasttoken": "lasttoken",
 }
 _ACTIVATIONS = ("Tanh", "Identity", "ReLU", "Sigmoid", "GELU", "SiLU", "LeakyReLU")
+# What quantized graphs are made of (ONNX Runtime's quantizer, optimum's O-levels, int4 weight-only): such a
+# transformer would come out labelled fp32.
+_QUANTIZED_OPS = {"DynamicQuantizeLinear", "QuantizeLinear", "DequantizeLinear", "MatMulInteger", "ConvInteger",
+                  "DynamicQuantizeMatMul", "DynamicQuantizeLSTM", "QAttention", "QEmbedLayerNormalization", "QGemm",
+                  "MatMulNBits", "MatMulBnb4", "GatherBlockQuantized"}
 
 
 class _Builder:
@@ -63,15 +74,19 @@ class _Builder:
 
 
 def graft_pooling(transformer_graph_path: str | os.PathLike, model_folder: str | os.PathLike,
-                  out_path: str | os.PathLike) -> Path:
+                  out_path: str | os.PathLike, *, verify: bool | None = None) -> Path:
     """Write ``out_path``: the transformer graph plus the folder's pooling/dense/normalize, and its manifest.
 
     The result has the fused graph's contract (outputs ``sentence_embedding`` and ``token_embeddings``); its
-    manifest records ``exporter: graft`` and no parity report (checking parity needs torch; tests do it).
+    manifest records ``exporter: graft``. ``verify``: check it against the folder's torch modules (as an export
+    is; ParityError and nothing written when it differs) and then record the folder's fingerprint; None (the
+    default) verifies where torch is installed and the folder has its weights; False never imports torch, and the
+    manifest then has no fingerprint (see the module docstring for where such a graft runs).
     """
     import onnx
 
     model_folder, out_path = Path(model_folder), Path(out_path)
+    verify = _should_verify(verify, model_folder)
     try:
         model = onnx.load(str(transformer_graph_path))
     except Exception as e:
@@ -85,6 +100,7 @@ def graft_pooling(transformer_graph_path: str | os.PathLike, model_folder: str |
             f"{transformer_graph_path} has inputs {inputs} and outputs {list(outputs)}; a graft needs an "
             f"'attention_mask' input and one of the outputs {list(TOKEN_OUTPUTS)}"
         )
+    _check_plain_fp32(model, transformer_graph_path)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset < 13:
         raise GraphFileError(f"{transformer_graph_path} uses opset {opset}; allowed: 13 or newer")
@@ -105,10 +121,62 @@ def graft_pooling(transformer_graph_path: str | os.PathLike, model_folder: str |
         # a source over 2 GB (onnx/model.onnx with model.onnx_data): the checker and the writer take it by path
         staged = save_graph(model, work / out_path.name)
         onnx.checker.check_model(str(staged))
+        parity = _verify(staged, model_folder, inputs, transformer_graph_path) if verify else None
         layout.manifest_path(out_path).unlink(missing_ok=True)
         place_graph(staged, out_path)
-    _write_manifest(out_path, model_folder, inputs, dim, opset, transformer_graph_path)
+    _write_manifest(out_path, model_folder, inputs, dim, opset, transformer_graph_path, parity)
     return out_path
+
+
+def _should_verify(verify: bool | None, folder: Path) -> bool:
+    import importlib.util
+
+    from ..fingerprint import weight_files
+
+    if verify not in (None, True, False):
+        raise InvalidInputError(f"verify must be True, False or None (check where torch and the weights are); "
+                                f"got {verify!r}")
+    has_torch = importlib.util.find_spec("torch") is not None
+    has_weights = bool(weight_files(layout.transformer_folder(folder)))
+    if verify and not (has_torch and has_weights):
+        missing = "torch is not installed" if not has_torch else f"{folder} holds no Transformer weights"
+        raise BackendError(f"graft_pooling(verify=True) checks against the torch modules, but {missing}; pass "
+                           "verify=False for an unchecked graft")
+    return has_torch and has_weights if verify is None else verify
+
+
+def _check_plain_fp32(model, path) -> None:
+    """A quantized or fp16 transformer graph (optimum's O4, ``model_qint8_*.onnx``) must not pass as fp32."""
+    import onnx
+
+    quantized = sorted({node.op_type for node in model.graph.node
+                        if node.op_type in _QUANTIZED_OPS or node.op_type.startswith(("QLinear", "QOrdered"))})
+    if quantized:
+        raise GraphFileError(f"{path} is a quantized graph (ops {quantized}); a graft needs the fp32 transformer "
+                             "graph (onnx/model.onnx), and st-onnx quantizes the fused graph itself "
+                             "(`st-onnx export MODEL_DIR MODEL_DIR --precision int8`)")
+    low = {onnx.TensorProto.FLOAT16: "float16", onnx.TensorProto.BFLOAT16: "bfloat16"}
+    found = sorted({low[t.data_type] for t in model.graph.initializer if t.data_type in low})
+    if found:
+        raise GraphFileError(f"{path} keeps {'/'.join(found)} weights; a graft needs an fp32 transformer graph "
+                             "(the fp16 graph for CUDA comes from `st-onnx export ... --precision fp16`)")
+
+
+def _verify(graph: Path, folder: Path, inputs: list[str], source) -> dict:
+    """The graft's parity report against the folder's torch modules; ParityError when it fails."""
+    import onnxruntime as ort
+
+    from ..modules import load_stack
+    from .verify import check_parity
+
+    stack = load_stack(folder)
+    session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+    names = [name for name in inputs if name in ("input_ids", "attention_mask", "token_type_ids")]
+    report = check_parity(stack, session, names, "fp32")
+    if not report.passed:
+        raise ParityError(f"the graft of {Path(source).name} onto {folder}'s modules does not compute what "
+                          f"PyTorch computes (is the transformer graph from other weights?): {report}")
+    return {"checked": True, **report.to_dict()}
 
 
 def _append_modules(b: _Builder, folder: Path, tokens: str) -> tuple[str, int]:
@@ -210,19 +278,21 @@ def _activation(b: _Builder, x: str, name: str) -> str:
     return b.op(op, x, alpha=0.01) if kind == "LeakyReLU" else b.op(op, x)
 
 
-def _write_manifest(out_path: Path, folder: Path, inputs, dim: int, opset: int, source) -> None:
+def _write_manifest(out_path: Path, folder: Path, inputs, dim: int, opset: int, source, parity: dict | None) -> None:
     import onnx
 
     import st_onnx
     from ..fingerprint import folder_fingerprint
 
     sbert = layout.read_json_if_exists(folder / layout.SBERT_CONFIG_JSON, {}) or {}
+    checked = {"fingerprint": folder_fingerprint(folder)} if parity is not None else {}  # vouched for: these weights
     manifest_mod.write_manifest(out_path, {
-        "format": manifest_mod.FORMAT, "fingerprint": folder_fingerprint(folder), "precision": "fp32",
+        "format": manifest_mod.FORMAT, "layout": layout.GRAPH_LAYOUT, **checked, "precision": "fp32",
         "opset": opset, "inputs": list(inputs), "outputs": list(manifest_mod.OUTPUT_NAMES),
         "embedding_dimension": dim, "max_seq_length": sbert.get("max_seq_length"),
         "do_lower_case": bool(sbert.get("do_lower_case", False)),
         "exporter": f"graft({Path(source).name})", "versions": {"onnx": onnx.__version__, "st_onnx": st_onnx.__version__},
-        "fusions": {}, "parity": {"checked": False, "reason": "grafted with onnx alone; no torch reference"},
+        "fusions": {},
+        "parity": parity or {"checked": False, "reason": "grafted without torch: not checked against these weights"},
         **manifest_mod.file_fields(out_path),
     })
