@@ -80,8 +80,9 @@ def make_bundle(model_dir: Path, bundle_dir: Path, precision: str = "fp32") -> P
     check_bundle_dir(model_dir, bundle_dir)
     stack = load_stack(model_dir)
     transformer = stack.transformer
-    if not (model_dir / TOKENIZER).is_file():
-        raise SystemExit(f"{model_dir} has no {TOKENIZER}; save the model with a fast tokenizer first")
+    tokenizer_dir = layout.transformer_folder(model_dir)  # 0_Transformer/ in older sentence-transformers folders
+    if not (tokenizer_dir / TOKENIZER).is_file():
+        raise SystemExit(f"{tokenizer_dir} has no {TOKENIZER}; save the model with a fast tokenizer first")
     check_tokenizer(model_dir, stack)  # the bundle's tokenizer.json must feed the ids transformers feeds
     with layout.atomic_folder(bundle_dir) as tmp:
         graph = export_fused_graph(stack, tmp / "export", precision, fingerprint=folder_fingerprint(model_dir))
@@ -89,7 +90,7 @@ def make_bundle(model_dir: Path, bundle_dir: Path, precision: str = "fp32") -> P
         manifest = with_file_fields(read_manifest(graph), tmp / GRAPH)  # the files as named here
         layout.write_json(tmp / MANIFEST, manifest)
         shutil.rmtree(tmp / "export")
-        tok, pad_id = bundle_tokenizer(model_dir, transformer.max_seq_length, transformer.do_lower_case)
+        tok, pad_id = bundle_tokenizer(tokenizer_dir, transformer.max_seq_length, transformer.do_lower_case)
         tok.save(str(tmp / TOKENIZER))
         info = {
             "graph": GRAPH, "tokenizer": TOKENIZER, "precision": precision,

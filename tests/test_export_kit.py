@@ -212,3 +212,25 @@ def test_do_lower_case_lowers_inside_the_tokenizer_as_sentence_transformers_6(tm
     assert again.tokenize(texts)["input_ids"].tolist() == ref_ids.tolist()
     assert again.tokenizer.normalizer.__getstate__() == SentenceTransformer(
         str(tmp_path / "saved"), device="cpu").tokenizer.backend_tokenizer.normalizer.__getstate__()
+
+
+def test_bundle_of_an_older_folder_with_its_transformer_in_0_transformer(tmp_path):
+    """sentence-transformers' older folders keep the Transformer in 0_Transformer/: make_bundle refused them
+    ("has no tokenizer.json"), where st-onnx loads them."""
+    import shutil
+
+    folder = make_tiny_model(tmp_path / "model", dense=16)
+    (folder / "0_Transformer").mkdir()
+    for name in ("config.json", "model.safetensors", "sentence_bert_config.json", "tokenizer.json",
+                 "tokenizer_config.json"):
+        shutil.move(str(folder / name), str(folder / "0_Transformer" / name))
+    modules = json.loads((folder / "modules.json").read_text())
+    modules[0]["path"] = "0_Transformer"
+    (folder / "modules.json").write_text(json.dumps(modules))
+    run([KIT / "make_bundle.py", folder, tmp_path / "bundle"])
+    npy = tmp_path / "emb.npy"
+    run([KIT / "embed_example.py", tmp_path / "bundle", *TEXTS, "--out", npy])
+    stack = load_stack(folder)
+    with torch.no_grad():
+        ref = stack(dict(stack.transformer.tokenize(TEXTS)))["sentence_embedding"].numpy()
+    np.testing.assert_allclose(np.load(npy), ref, atol=1e-5)

@@ -150,3 +150,17 @@ def test_graft_refuses_graph_without_token_output(tmp_path):
     with pytest.raises(GraphFileError, match="last_hidden_state"):
         graft_pooling(tmp_path / "bad.onnx", folder, tmp_path / "out.onnx")
     assert not (tmp_path / "out.onnx").exists()
+
+
+def test_a_transformer_only_graph_named_by_file_name_is_refused_at_load(tmp_path):
+    """sentence-transformers' model_kwargs={'file_name': 'onnx/model.onnx'} habit: the graph loaded, and the first
+    encode failed deep in ONNX Runtime ('Invalid output name: sentence_embedding')."""
+    folder = make_tiny_model(tmp_path / "model")
+    (folder / "onnx").mkdir()
+    transformer_only_graph(load_stack(folder), folder / "onnx" / "model.onnx")
+    with pytest.raises(GraphFileError, match=r"outputs \['last_hidden_state'\]: not a fused graph.*graft_pooling"):
+        SentenceTransformer(str(folder), backend="onnx", device="cpu", onnx_options={"file_name": "onnx/model.onnx"})
+    grafted = graft_pooling(folder / "onnx" / "model.onnx", folder, folder / "onnx" / "grafted.onnx")
+    model = SentenceTransformer(str(folder), backend="onnx", device="cpu", onnx_options={"file_name": str(grafted)})
+    compare_with_torch(grafted, load_stack(folder))
+    assert model.encode(TEXTS).shape == (len(TEXTS), 32)

@@ -132,6 +132,14 @@ class OrtSession:
         self.optional_input_names = [i.name for i in self._session.get_overridable_initializers()]
         self.input_types = {i.name: _ORT_INT_TYPES.get(i.type, np.int64) for i in self._session.get_inputs()}
         self.output_names = [o.name for o in self._session.get_outputs()]
+        if "sentence_embedding" not in self.output_names or "attention_mask" not in self.input_names:
+            raise GraphFileError(
+                f"{self.graph_path} has inputs {self.input_names} and outputs {self.output_names}: not a fused "
+                "graph, which takes token ids and an attention_mask and gives 'sentence_embedding' (a "
+                "transformer-only graph, such as sentence-transformers' onnx/model.onnx, lacks the pooling); "
+                "export one (`st-onnx export MODEL_DIR MODEL_DIR`) or graft the pooling onto it "
+                "(st_onnx.export.graft_pooling)"
+            )
         logger.debug("session on %s (%s, %d threads) over %s", self.device, self.provider, self.threads,
                      self.graph_path)
 
