@@ -43,6 +43,41 @@ FUSED_FILES = ("onnx/st_onnx/*",)
 
 OFFLINE_HINT = "HF_HUB_OFFLINE=1 is set"
 
+# The Hub's original checkpoints, from before repos had owners: a bare name among them is that repo; any other bare
+# name is sentence-transformers' ("all-MiniLM-L6-v2" -> "sentence-transformers/all-MiniLM-L6-v2"), the rule
+# sentence-transformers applies (its util.misc.ORIGINAL_TRANSFORMER_MODELS).
+_UNOWNED_CHECKPOINTS = frozenset(
+    [f"albert-{size}-v{v}" for size in ("base", "large", "xlarge", "xxlarge") for v in (1, 2)]
+    + [f"bert-{name}" for name in (
+        "base-uncased", "base-cased", "large-uncased", "large-cased", "base-chinese", "base-german-cased",
+        "base-german-dbmdz-cased", "base-german-dbmdz-uncased", "base-multilingual-cased",
+        "base-multilingual-uncased", "base-cased-finetuned-mrpc", "large-cased-whole-word-masking",
+        "large-uncased-whole-word-masking", "large-cased-whole-word-masking-finetuned-squad",
+        "large-uncased-whole-word-masking-finetuned-squad")]
+    + [f"distilbert-{name}" for name in (
+        "base-uncased", "base-cased", "base-german-cased", "base-multilingual-cased",
+        "base-cased-distilled-squad", "base-uncased-distilled-squad", "base-uncased-finetuned-sst-2-english")]
+    + ["roberta-base", "roberta-large", "roberta-large-mnli", "roberta-base-openai-detector",
+       "roberta-large-openai-detector", "distilroberta-base", "camembert-base", "xlm-roberta-base",
+       "xlm-roberta-large"]
+    + [f"xlm-roberta-large-finetuned-{name}" for name in (
+        "conll02-dutch", "conll02-spanish", "conll03-english", "conll03-german")]
+    + [f"xlm-{name}" for name in (
+        "clm-ende-1024", "clm-enfr-1024", "mlm-100-1280", "mlm-17-1280", "mlm-en-2048", "mlm-ende-1024",
+        "mlm-enfr-1024", "mlm-enro-1024", "mlm-tlm-xnli15-1024", "mlm-xnli15-1024")]
+    + ["gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2", "openai-gpt", "ctrl", "transfo-xl-wt103",
+       "xlnet-base-cased", "xlnet-large-cased"]
+    + [f"t5-{size}" for size in ("small", "base", "large", "3b", "11b")]
+)
+
+
+def hub_model_id(name: str) -> str:
+    """The Hub repo a model name means, as sentence-transformers reads it: an owner-less name other than the
+    original transformers checkpoints is one of sentence-transformers' own models."""
+    if "/" not in name and name.lower() not in _UNOWNED_CHECKPOINTS:
+        return f"sentence-transformers/{name}"
+    return name
+
 
 # -- loading ------------------------------------------------------------------------------------------------------
 def select_files(paths: Iterable[str], include: Iterable[str] = ()) -> list[str]:
@@ -87,7 +122,10 @@ def resolve_model_path(model_id: str, cache_folder: str | os.PathLike | None = N
         return _cached_snapshot(model_id, cache_dir, revision, include, failure=None,
                                 local_files_only=local_files_only)
     try:
-        info = HfApi(token=token, **_library()).model_info(model_id, revision=revision)
+        # a bounded wait (huggingface_hub's for metadata, HF_HUB_ETAG_TIMEOUT): a proxy or endpoint that accepts
+        # and never answers would otherwise hold the constructor forever, short of the cache fallback below
+        info = HfApi(token=token, **_library()).model_info(model_id, revision=revision,
+                                                           timeout=constants.HF_HUB_ETAG_TIMEOUT)
     except HFValidationError as e:
         raise ModelNotFoundError(
             f"{model_id!r} is neither a local folder nor a valid Hub id ({e}); pass the path of a model folder or "
@@ -97,7 +135,7 @@ def resolve_model_path(model_id: str, cache_folder: str | os.PathLike | None = N
         # as huggingface_hub does: a snapshot already cached still loads (a warning says why the Hub was not used)
         return _cached_snapshot(model_id, cache_dir, revision, include, failure=e)
     files = select_files([s.rfilename for s in info.siblings or []], include)
-    if not files:
+    if not [f for f in files if posixpath.basename(f) not in (".gitattributes", "README.md")]:
         raise ModelNotFoundError(f"Hub repo {model_id!r} holds no model files; check the id or push a model to it")
     return _download(model_id, cache_dir, revision, token, files)
 
@@ -175,19 +213,19 @@ def _load_error(model_id: str, e: BaseException) -> ModelNotFoundError:
     local = "or pass the path of a local model folder"
     if isinstance(e, GatedRepoError):
         msg = (f"model {model_id!r} is gated on {where} ({status}): request access on its page, then pass "
-               f"use_auth_token='hf_...' (a token of the account granted access), {local}")
+               f"token='hf_...' (a token of the account granted access), {local}")
     elif isinstance(e, RevisionNotFoundError):
         msg = f"model {model_id!r} has no such revision on {where}: check the branch, tag or commit, {local}"
     elif status == 401:
         msg = (f"{where} refused access to model {model_id!r} (401 Unauthorized): no valid token was sent, and the "
-               f"repo is private, gated or does not exist. Check the id; if it is private pass use_auth_token='hf_...' "
+               f"repo is private, gated or does not exist. Check the id; if it is private pass token='hf_...' "
                f"(a token with read access to {model_id!r}), set HF_TOKEN or run `hf auth login`, {local}")
     elif status == 403:
         msg = (f"{where} forbids this token to read model {model_id!r} (403 Forbidden): use a token with read "
                f"access to {model_id!r}, {local}")
     elif status == 404:
         msg = (f"model {model_id!r} is not a local folder and was not found on {where} (404 Not Found): check the "
-               f"id (namespace/name); if the repo is private pass use_auth_token='hf_...', {local}")
+               f"id (namespace/name); if the repo is private pass token='hf_...', {local}")
     else:
         msg = (f"could not download model {model_id!r} from {where} ({_reason(e)}): check the network connection "
                f"and HF_ENDPOINT and retry, {local}")
@@ -298,7 +336,7 @@ def _require_token(token: bool | str | None, repo_id: str) -> str:
     if not found:
         raise HubError(
             f"pushing to {repo_id!r} needs a Hugging Face token with write access, and none was found: pass "
-            "use_auth_token='hf_...' to SentenceTransformer(...), set the HF_TOKEN environment variable, or run "
+            "token='hf_...' to SentenceTransformer(...), set the HF_TOKEN environment variable, or run "
             "`hf auth login` (tokens: https://huggingface.co/settings/tokens)"
         )
     return found
@@ -340,7 +378,7 @@ def _push_error(repo_id: str, e: BaseException) -> HubError | None:
     if status == 401:
         msg = (f"{where} rejected the token while pushing to {repo_id!r} (401 Unauthorized): the token is invalid "
                "or expired. Create a token with write access at https://huggingface.co/settings/tokens and pass "
-               "use_auth_token='hf_...', set HF_TOKEN or run `hf auth login`")
+               "token='hf_...', set HF_TOKEN or run `hf auth login`")
     elif status == 403:
         msg = (f"{where} forbids this token to write to {repo_id!r} (403 Forbidden): use a write token of a member "
                f"of {namespace!r}, or push to your own namespace (organization=None)")

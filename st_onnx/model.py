@@ -101,9 +101,12 @@ class SentenceTransformer(ModuleMethods):
                 "positional order is sentence-transformers 2.x's (model_name_or_path, modules, device, "
                 "cache_folder, use_auth_token); pass prompts=..., default_prompt_name=... by name"
             )
-        if use_auth_token is not None and not isinstance(use_auth_token, (bool, str)):
-            raise InvalidInputError(f"use_auth_token must be a token string or True/False; got "
-                                    f"{type(use_auth_token).__name__} {use_auth_token!r}")
+        for name, value in (("use_auth_token", use_auth_token), ("token", token)):  # else the saved login is used
+            if value is not None and not isinstance(value, (bool, str)):
+                raise InvalidInputError(f"{name} must be a token string or True/False; got {type(value).__name__}")
+        if revision is not None and not isinstance(revision, str):
+            raise InvalidInputError(f"revision must be a branch, tag or commit id string; got "
+                                    f"{type(revision).__name__} {revision!r}")
         self.backend = backend
         self.cache_folder = None if cache_folder is None else str(cache_folder)
         if token is not None and use_auth_token is not None:
@@ -145,9 +148,9 @@ class SentenceTransformer(ModuleMethods):
             raise ModelNotFoundError(f"{name!r} is a file; model_name_or_path must be a model folder (or a Hub id)")
         if name.startswith((".", "/", "~")) or os.sep in name.strip("/").replace("/", "", 1):
             raise ModelNotFoundError(f"model folder {name!r} does not exist")
-        from .hub import resolve_model_path
+        from .hub import hub_model_id, resolve_model_path
 
-        return Path(resolve_model_path(name, cache_folder=self.cache_folder, token=self._token, revision=revision,
+        return Path(resolve_model_path(hub_model_id(name), cache_folder=self.cache_folder, token=self._token, revision=revision,
                                        local_files_only=local_files_only))
 
     def _load_stack(self, modules: Iterable[Any] | None = None):

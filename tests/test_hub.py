@@ -272,7 +272,7 @@ def test_push_to_an_existing_repo_needs_exist_ok(server, tiny_model_dir):
 
 def test_push_without_a_token(server, tiny_model_dir):
     model = SentenceTransformer(str(tiny_model_dir), device="cpu")
-    with pytest.raises(HubError, match=r"'acme/tokenless' needs a Hugging Face token.*use_auth_token.*HF_TOKEN"):
+    with pytest.raises(HubError, match=r"'acme/tokenless' needs a Hugging Face token.*token='hf_.*HF_TOKEN"):
         model.save_to_hub("tokenless", organization="acme")
     assert not any(path.startswith("/api/repos") for _, path in server.requests)
 
@@ -337,7 +337,7 @@ def test_load_missing_repo_404(server, tmp_path):
 
 def test_load_private_repo_needs_a_token_401(server, tmp_path):
     server.add_repo("acme/private", _hub_files(["config.json"]), private=True)
-    with pytest.raises(ModelNotFoundError, match=r"refused access to model 'acme/private' \(401.*use_auth_token"):
+    with pytest.raises(ModelNotFoundError, match=r"refused access to model 'acme/private' \(401.*pass token='hf_"):
         hub.resolve_model_path("acme/private", cache_folder=tmp_path / "cache")
     folder = hub.resolve_model_path("acme/private", cache_folder=tmp_path / "cache", token=TOKEN)
     assert (folder / "config.json").read_bytes() == b"content of config.json"
@@ -409,3 +409,83 @@ def test_save_to_hub_refuses_a_token_in_privates_place(server, tiny_model_dir, m
     with pytest.raises(InvalidInputError, match=r"got str as private.*token third; pass token="):
         model.save_to_hub("alice/mine", None, TOKEN)
     assert not any(path.startswith("/api/repos") for _, path in server.requests)
+
+
+def _push_folder(server, repo_id: str, folder: Path) -> str:
+    files = {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*")
+             if p.is_file() and "st_onnx" not in p.parts}
+    return server.add_repo(repo_id, files)
+
+
+def test_a_bare_name_is_a_sentence_transformers_model_as_there(server, tiny_model_dir, tmp_path, monkeypatch):
+    """SentenceTransformer('all-MiniLM-L6-v2') means sentence-transformers/all-MiniLM-L6-v2 (online, and offline
+    from the cache sentence-transformers fills); it was asked of the Hub as 'all-MiniLM-L6-v2' and not found."""
+    from huggingface_hub import constants
+
+    sha = _push_folder(server, "sentence-transformers/tiny-st", tiny_model_dir)
+    cache = tmp_path / "cache"
+    model = SentenceTransformer("tiny-st", cache_folder=cache, device="cpu")
+    assert model.model_path == cache / "models--sentence-transformers--tiny-st" / "snapshots" / sha
+    with pytest.raises(ModelNotFoundError, match="'bert-base-uncased'"):  # an original checkpoint: its own repo
+        SentenceTransformer("bert-base-uncased", cache_folder=cache, device="cpu")
+    assert "/api/models/bert-base-uncased" in server.paths_requested("GET")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert SentenceTransformer("tiny-st", cache_folder=cache, device="cpu").model_path == model.model_path
+
+
+def test_a_hub_that_accepts_and_never_answers_times_out(server, tmp_path, monkeypatch):
+    """A stalled proxy or endpoint held the constructor forever (no timeout on the metadata call)."""
+    import socket
+    import threading
+
+    from huggingface_hub import constants
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    held = []  # accepted, never answered
+    threading.Thread(target=lambda: [held.append(listener.accept()) for _ in range(8)], daemon=True).start()
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{listener.getsockname()[1]}")
+    monkeypatch.setattr(constants, "HF_HUB_ETAG_TIMEOUT", 1)
+    outcome = []
+
+    def load():
+        try:
+            hub.resolve_model_path("acme/stalled", cache_folder=tmp_path / "cache")
+        except Exception as e:  # noqa: BLE001 - the test looks at it below
+            outcome.append(e)
+
+    worker = threading.Thread(target=load, daemon=True)
+    worker.start()
+    worker.join(timeout=60)
+    listener.close()
+    assert not worker.is_alive(), "still waiting on a Hub that never answers after 60 s"
+    assert isinstance(outcome[0], ModelNotFoundError) and "cannot be reached" in str(outcome[0])
+
+
+def test_a_repo_without_model_files_is_named(server, tmp_path):
+    server.add_repo("acme/empty", _hub_files([".gitattributes", "README.md"]))
+    with pytest.raises(ModelNotFoundError, match="Hub repo 'acme/empty' holds no model files"):
+        hub.resolve_model_path("acme/empty", cache_folder=tmp_path / "cache")
+
+
+def test_token_and_revision_of_the_wrong_type_are_refused(tiny_model_dir, monkeypatch):
+    """token=12345 was dropped for HF_TOKEN's login; revision=3 failed inside huggingface_hub's URL quoting."""
+    monkeypatch.setenv("HF_TOKEN", "hf_someone_else")
+    with pytest.raises(InvalidInputError, match="token must be a token string or True/False; got int"):
+        SentenceTransformer(str(tiny_model_dir), device="cpu", token=12345)
+    with pytest.raises(InvalidInputError, match="revision must be a branch, tag or commit id string; got int 3"):
+        SentenceTransformer("acme/x", device="cpu", revision=3)
+
+
+def test_cache_folder_with_a_tilde_is_the_home_folder_for_graphs_too(tiny_model_dir, tmp_path, monkeypatch):
+    """Downloads expand '~' in cache_folder; the graph cache (read-only folders, modules=[...]) made a folder
+    named '~' in the working directory."""
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    home.mkdir()
+    cwd.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(cwd)
+    modules = list(SentenceTransformer(str(tiny_model_dir), device="cpu").torch_modules)
+    SentenceTransformer(modules=modules, backend="onnx", device="cpu", cache_folder="~/models")
+    assert not (cwd / "~").exists() and (home / "models" / "st_onnx_graphs").is_dir()

@@ -120,7 +120,7 @@ def default_cache_root() -> Path:
 def cache_dir_for(folder: Path, cache_folder: str | os.PathLike | None) -> Path:
     """Where graphs of a read-only folder go: one sub-folder per model folder path."""
     key = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:16]
-    root = Path(cache_folder) if cache_folder else default_cache_root()
+    root = Path(cache_folder).expanduser() if cache_folder else default_cache_root()
     return root / "st_onnx_graphs" / f"{folder.name}-{key}"
 
 
