@@ -37,7 +37,8 @@ class SentenceTransformer(ModuleMethods):
 
     Args:
         model_name_or_path: a local sentence-transformers folder, a plain transformers folder (Transformer +
-            mean pooling), or a Hugging Face Hub id (downloaded into ``cache_folder``).
+            mean pooling), or a Hugging Face Hub id (downloaded into ``cache_folder``; a bare name such as
+            'all-MiniLM-L6-v2' is sentence-transformers', as there).
         modules: torch modules to build the model from, instead of a path.
         device: 'cpu', 'cuda', 'cuda:N'; None picks CUDA when available.
         cache_folder: where Hub downloads (and exported graphs of hub models) are kept.
@@ -150,8 +151,8 @@ class SentenceTransformer(ModuleMethods):
             raise ModelNotFoundError(f"model folder {name!r} does not exist")
         from .hub import hub_model_id, resolve_model_path
 
-        return Path(resolve_model_path(hub_model_id(name), cache_folder=self.cache_folder, token=self._token, revision=revision,
-                                       local_files_only=local_files_only))
+        return Path(resolve_model_path(hub_model_id(name), cache_folder=self.cache_folder, token=self._token,
+                                       revision=revision, local_files_only=local_files_only))
 
     def _load_stack(self, modules: Iterable[Any] | None = None):
         """The torch modules: given, already loaded, or read from the model folder."""

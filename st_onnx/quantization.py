@@ -107,6 +107,6 @@ def _as_float_matrix(x: Any, name: str) -> np.ndarray:
 
 
 def _tensor_to_numpy(t: Any) -> np.ndarray:
-    """A tensor's values in numpy, float64 kept (as for arrays and in sentence-transformers), other floats in float32."""
+    """A tensor's values in numpy: float64 kept (as for arrays, and as sentence-transformers), other floats float32."""
     t = t.detach().cpu()
     return t.numpy() if str(t.dtype) == "torch.float64" else t.float().numpy()

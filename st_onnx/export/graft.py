@@ -85,8 +85,11 @@ def graft_pooling(transformer_graph_path: str | os.PathLike, model_folder: str |
     """
     import onnx
 
+    from ..fingerprint import folder_fingerprint
+
     model_folder, out_path = Path(model_folder), Path(out_path)
-    verify = _should_verify(verify, model_folder)
+    # taken before the check: weights saved meanwhile make the graft stale, not vouched for
+    fingerprint = folder_fingerprint(model_folder) if _should_verify(verify, model_folder) else None
     try:
         model = onnx.load(str(transformer_graph_path))
     except Exception as e:
@@ -121,10 +124,10 @@ def graft_pooling(transformer_graph_path: str | os.PathLike, model_folder: str |
         # a source over 2 GB (onnx/model.onnx with model.onnx_data): the checker and the writer take it by path
         staged = save_graph(model, work / out_path.name)
         onnx.checker.check_model(str(staged))
-        parity = _verify(staged, model_folder, inputs, transformer_graph_path) if verify else None
+        parity = _verify(staged, model_folder, inputs, transformer_graph_path) if fingerprint else None
         layout.manifest_path(out_path).unlink(missing_ok=True)
         place_graph(staged, out_path)
-    _write_manifest(out_path, model_folder, inputs, dim, opset, transformer_graph_path, parity)
+    _write_manifest(out_path, model_folder, inputs, dim, opset, transformer_graph_path, fingerprint, parity)
     return out_path
 
 
@@ -142,7 +145,7 @@ def _should_verify(verify: bool | None, folder: Path) -> bool:
         missing = "torch is not installed" if not has_torch else f"{folder} holds no Transformer weights"
         raise BackendError(f"graft_pooling(verify=True) checks against the torch modules, but {missing}; pass "
                            "verify=False for an unchecked graft")
-    return has_torch and has_weights if verify is None else verify
+    return (has_torch and has_weights) if verify is None else verify
 
 
 def _check_plain_fp32(model, path) -> None:
@@ -278,14 +281,14 @@ def _activation(b: _Builder, x: str, name: str) -> str:
     return b.op(op, x, alpha=0.01) if kind == "LeakyReLU" else b.op(op, x)
 
 
-def _write_manifest(out_path: Path, folder: Path, inputs, dim: int, opset: int, source, parity: dict | None) -> None:
+def _write_manifest(out_path: Path, folder: Path, inputs, dim: int, opset: int, source, fingerprint: str | None,
+                    parity: dict | None) -> None:
     import onnx
 
     import st_onnx
-    from ..fingerprint import folder_fingerprint
 
     sbert = layout.read_json_if_exists(folder / layout.SBERT_CONFIG_JSON, {}) or {}
-    checked = {"fingerprint": folder_fingerprint(folder)} if parity is not None else {}  # vouched for: these weights
+    checked = {"fingerprint": fingerprint} if fingerprint else {}  # vouched for: these weights
     manifest_mod.write_manifest(out_path, {
         "format": manifest_mod.FORMAT, "layout": layout.GRAPH_LAYOUT, **checked, "precision": "fp32",
         "opset": opset, "inputs": list(inputs), "outputs": list(manifest_mod.OUTPUT_NAMES),
