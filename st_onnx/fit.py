@@ -48,7 +48,11 @@ def smart_batching_collate(model, batch: list) -> tuple[list[dict[str, Any]], to
         return features, torch.from_numpy(np.stack(labels))
     if isinstance(labels[0], torch.Tensor):
         return features, torch.stack(labels)
-    return features, torch.tensor(labels)
+    try:
+        return features, torch.tensor(labels)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise InvalidInputError(f"InputExample labels must be numbers (or arrays of them); got {labels[:5]!r}: "
+                                f"{error}") from error
 
 
 def batch_to_device(features: dict[str, Any], device) -> dict[str, Any]:

@@ -124,6 +124,41 @@ def test_label_count_is_checked():
         losses.CosineSimilarityLoss(Stub()).compute_loss_from_embeddings(embeddings(2), torch.zeros(5))
 
 
+@pytest.mark.parametrize("make", [
+    lambda m: losses.ContrastiveLoss(m), lambda m: losses.OnlineContrastiveLoss(m),
+    lambda m: losses.CosineSimilarityLoss(m), lambda m: losses.CoSENTLoss(m), lambda m: losses.SoftmaxLoss(m, 16, 2),
+], ids=["contrastive", "online_contrastive", "cosine", "cosent", "softmax"])
+@pytest.mark.parametrize("n_columns", [1, 3])
+def test_pair_losses_refuse_another_number_of_text_columns(make, n_columns):
+    """Triplet data fed to ContrastiveLoss trained on the first two columns with label 0 (pushing each anchor
+    from its positive), silently; one column failed with an IndexError."""
+    from st_onnx.errors import InvalidInputError
+
+    features = [{"emb": e} for e in embeddings(n_columns, batch=6)]
+    with pytest.raises(InvalidInputError, match=rf"2 text columns per InputExample; got {n_columns}"):
+        make(Stub())(features, torch.tensor([1, 0, 1, 0, 1, 0]))
+
+
+@pytest.mark.parametrize("make", [
+    lambda m: losses.ContrastiveLoss(m, distance_metric="euclidean"),
+    lambda m: losses.OnlineContrastiveLoss(m, distance_metric="euclidean"),
+    lambda m: losses.TripletLoss(m, distance_metric="euclidean"),
+], ids=["contrastive", "online_contrastive", "triplet"])
+def test_a_distance_metric_by_name_is_refused_when_the_loss_is_built(make):
+    """It failed at the first training step with "'str' object is not callable"."""
+    with pytest.raises(ValueError, match=r"distance_metric must be a \w+DistanceMetric member.*got 'euclidean'"):
+        make(Stub())
+
+
+def test_collate_names_a_label_torch_cannot_hold(tiny_model_dir):
+    from st_onnx import SentenceTransformer
+    from st_onnx.errors import InvalidInputError
+
+    model = SentenceTransformer(str(tiny_model_dir), device="cpu")
+    with pytest.raises(InvalidInputError, match=r"labels must be numbers.*\['0.5', '0.5'\]"):
+        model.smart_batching_collate([InputExample(texts=["a cat", "a dog"], label="0.5")] * 2)
+
+
 def test_forward_runs_the_torch_modules_and_gradients_reach_them(tiny_model_dir):
     from st_onnx import SentenceTransformer
 

@@ -7,6 +7,8 @@ from typing import Any, Iterable
 import torch
 from torch import Tensor, nn
 
+from ..errors import InvalidInputError
+
 
 def embed_columns(model: Any, sentence_features: Iterable[dict[str, Any]]) -> list[Tensor]:
     """One ``sentence_embedding`` tensor per text column: ``model(features)`` runs the torch modules."""
@@ -16,10 +18,26 @@ def embed_columns(model: Any, sentence_features: Iterable[dict[str, Any]]) -> li
 def check_label_count(loss: nn.Module, embeddings: list[Tensor], labels: Tensor) -> None:
     batch_size = embeddings[0].shape[0]
     if labels.numel() != batch_size:
-        raise ValueError(
+        raise InvalidInputError(
             f"{type(loss).__name__} expects {batch_size} labels (one per example); got {labels.numel()} with "
             f"shape {tuple(labels.shape)}: give each InputExample one float label"
         )
+
+
+def check_column_count(loss: nn.Module, embeddings: list[Tensor], expected: int = 2) -> None:
+    """Pair losses read two columns: a third (triplet data fed to ContrastiveLoss) was silently dropped."""
+    if len(embeddings) != expected:
+        raise InvalidInputError(
+            f"{type(loss).__name__} needs {expected} text columns per InputExample; got {len(embeddings)}"
+        )
+
+
+def check_metric(metric: Any, enum_name: str) -> Any:
+    """A distance metric is one of the enum's functions or a callable; a name failed at the first step."""
+    if not callable(metric):
+        raise InvalidInputError(f"distance_metric must be a {enum_name} member (e.g. {enum_name}.EUCLIDEAN) or a "
+                                f"callable (x, y) -> distances; got {metric!r}")
+    return metric
 
 
 def pairwise_cos_sim(a: Tensor, b: Tensor) -> Tensor:

@@ -9,7 +9,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._base import EmbeddingLoss, check_label_count
+from ._base import EmbeddingLoss, check_column_count, check_label_count, check_metric
 
 
 class SiameseDistanceMetric(Enum):
@@ -33,12 +33,13 @@ class ContrastiveLoss(EmbeddingLoss):
     def __init__(self, model: Any, distance_metric=SiameseDistanceMetric.COSINE_DISTANCE, margin: float = 0.5,
                  size_average: bool = True) -> None:
         super().__init__(model)
-        self.distance_metric = distance_metric
+        self.distance_metric = check_metric(distance_metric, "SiameseDistanceMetric")
         self.margin = margin
         self.size_average = size_average
         self._labels_checked = False
 
     def compute_loss_from_embeddings(self, embeddings: list[Tensor], labels: Tensor) -> Tensor:
+        check_column_count(self, embeddings)
         check_label_count(self, embeddings, labels)
         self._labels_checked = self._labels_checked or warn_if_not_binary(
             self, labels, "a label y between them weights the positive term by y and the negative one by 1 - y")
@@ -59,11 +60,12 @@ class OnlineContrastiveLoss(EmbeddingLoss):
     def __init__(self, model: Any, distance_metric=SiameseDistanceMetric.COSINE_DISTANCE,
                  margin: float = 0.5) -> None:
         super().__init__(model)
-        self.distance_metric = distance_metric
+        self.distance_metric = check_metric(distance_metric, "SiameseDistanceMetric")
         self.margin = margin
         self._labels_checked = False
 
     def compute_loss_from_embeddings(self, embeddings: list[Tensor], labels: Tensor) -> Tensor:
+        check_column_count(self, embeddings)
         check_label_count(self, embeddings, labels)
         self._labels_checked = self._labels_checked or warn_if_not_binary(
             self, labels, "pairs with any other label are left out of the loss")

@@ -7,7 +7,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from ._base import EmbeddingLoss, check_label_count, pairwise_cos_sim
+from ._base import EmbeddingLoss, check_column_count, check_label_count, pairwise_cos_sim
 
 
 class CoSENTLoss(EmbeddingLoss):
@@ -19,6 +19,7 @@ class CoSENTLoss(EmbeddingLoss):
         self.similarity_fct = similarity_fct
 
     def compute_loss_from_embeddings(self, embeddings: list[Tensor], labels: Tensor) -> Tensor:
+        check_column_count(self, embeddings)
         check_label_count(self, embeddings, labels)
         scores = self.similarity_fct(embeddings[0], embeddings[1]).float() * self.scale
         labels = labels.view(-1).float()

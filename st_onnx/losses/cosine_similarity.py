@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._base import EmbeddingLoss, check_label_count
+from ._base import EmbeddingLoss, check_column_count, check_label_count
 
 
 class CosineSimilarityLoss(EmbeddingLoss):
@@ -20,6 +20,7 @@ class CosineSimilarityLoss(EmbeddingLoss):
         self.cos_score_transformation = cos_score_transformation or nn.Identity()
 
     def compute_loss_from_embeddings(self, embeddings: list[Tensor], labels: Tensor) -> Tensor:
+        check_column_count(self, embeddings)
         check_label_count(self, embeddings, labels)
         output = self.cos_score_transformation(torch.cosine_similarity(embeddings[0], embeddings[1]))
         return self.loss_fct(output, labels.float().view(-1))

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..errors import InvalidInputError
 from ._base import EmbeddingLoss
 
 
@@ -29,7 +30,7 @@ class MSELoss(EmbeddingLoss):
         elif labels.dim() == 3 and labels.size(1) == len(embeddings):
             targets = list(labels.unbind(1))
         else:
-            raise ValueError(
+            raise InvalidInputError(
                 f"MSELoss labels must be teacher embeddings of shape (batch, dim) or (batch, {len(embeddings)}, "
                 f"dim); got shape {tuple(labels.shape)}"
             )

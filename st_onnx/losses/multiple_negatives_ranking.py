@@ -7,6 +7,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
+from ..errors import InvalidInputError
 from ._base import EmbeddingLoss, cos_sim_matrix
 
 
@@ -19,14 +20,14 @@ class MultipleNegativesRankingLoss(EmbeddingLoss):
     def __init__(self, model: Any, scale: float = 20.0, similarity_fct: Callable = cos_sim_matrix) -> None:
         super().__init__(model)
         if not scale > 0:
-            raise ValueError(f"scale must be positive; got {scale!r}")
+            raise InvalidInputError(f"scale must be positive; got {scale!r}")
         self.scale = scale
         self.similarity_fct = similarity_fct
         self.cross_entropy_loss = nn.CrossEntropyLoss()
 
     def compute_loss_from_embeddings(self, embeddings: list[Tensor], labels: Tensor | None = None) -> Tensor:
         if len(embeddings) < 2:
-            raise ValueError(
+            raise InvalidInputError(
                 f"MultipleNegativesRankingLoss needs at least 2 text columns (anchor, positive); got {len(embeddings)}"
             )
         anchors = embeddings[0]

@@ -8,7 +8,8 @@ from typing import Any, Iterable
 import torch
 from torch import Tensor, nn
 
-from ._base import EmbeddingLoss, embed_columns
+from ..errors import InvalidInputError
+from ._base import EmbeddingLoss, check_column_count, embed_columns
 
 logger = logging.getLogger(__name__)
 
@@ -23,7 +24,7 @@ class SoftmaxLoss(EmbeddingLoss):
         super().__init__(model)
         dim = sentence_embedding_dimension if sentence_embedding_dimension is not None else embedding_dimension
         if dim is None or num_labels <= 0:
-            raise ValueError(
+            raise InvalidInputError(
                 f"SoftmaxLoss needs sentence_embedding_dimension and num_labels > 0; got {dim!r} and {num_labels!r}"
             )
         self.num_labels = num_labels
@@ -32,7 +33,7 @@ class SoftmaxLoss(EmbeddingLoss):
         self.concatenation_sent_multiplication = concatenation_sent_multiplication
         n = 2 * concatenation_sent_rep + concatenation_sent_difference + concatenation_sent_multiplication
         if n == 0:
-            raise ValueError("set at least one of concatenation_sent_rep, concatenation_sent_difference, "
+            raise InvalidInputError("set at least one of concatenation_sent_rep, concatenation_sent_difference, "
                              "concatenation_sent_multiplication to True")
         logger.info("Softmax loss: %d vectors concatenated", n)
         self.classifier = nn.Linear(n * dim, num_labels)
@@ -51,11 +52,13 @@ class SoftmaxLoss(EmbeddingLoss):
 
     def forward(self, sentence_features: Iterable[dict[str, Any]], labels: Tensor | None):
         reps = embed_columns(self.model, sentence_features)
+        check_column_count(self, reps)
         if labels is None:
             return reps, self.logits(*reps)
         return self.compute_loss_from_embeddings(reps, labels)
 
     def compute_loss_from_embeddings(self, embeddings: list[Tensor], labels: Tensor) -> Tensor:
+        check_column_count(self, embeddings)
         output = self.logits(embeddings[0], embeddings[1])
         if self.num_labels == 1 or labels.shape != output.shape:
             labels = labels.view(-1)

@@ -8,7 +8,8 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._base import EmbeddingLoss
+from ..errors import InvalidInputError
+from ._base import EmbeddingLoss, check_metric
 
 
 class TripletDistanceMetric(Enum):
@@ -25,12 +26,12 @@ class TripletLoss(EmbeddingLoss):
     def __init__(self, model: Any, distance_metric=TripletDistanceMetric.EUCLIDEAN,
                  triplet_margin: float = 5) -> None:
         super().__init__(model)
-        self.distance_metric = distance_metric
+        self.distance_metric = check_metric(distance_metric, "TripletDistanceMetric")
         self.triplet_margin = triplet_margin
 
     def compute_loss_from_embeddings(self, embeddings: list[Tensor], labels: Tensor | None = None) -> Tensor:
         if len(embeddings) != 3:
-            raise ValueError(f"TripletLoss needs 3 text columns (anchor, positive, negative); got {len(embeddings)}")
+            raise InvalidInputError(f"TripletLoss needs 3 text columns (anchor, positive, negative); got {len(embeddings)}")
         anchor, positive, negative = embeddings
         losses = F.relu(self.distance_metric(anchor, positive) - self.distance_metric(anchor, negative)
                         + self.triplet_margin)
