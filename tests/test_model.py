@@ -377,8 +377,28 @@ def test_tokenize_checks_its_items_and_dense_its_activation(tiny_model_dir):
         model.tokenize([["a", "b", "c"]])  # the third text was dropped silently
     with pytest.raises(InvalidInputError, match=r"sentences\[1\] is None"):
         model.tokenize(["a", None])
-    with pytest.raises(InvalidInputError, match="activation_function must be a torch module or function"):
+    with pytest.raises(InvalidInputError, match="activation_function must be a torch.nn activation module"):
         Dense(32, 16, activation_function="tanh")  # encode failed later, and its save could not be loaded
+    for function in (torch.tanh, torch.nn.functional.relu):  # saved as 'builtins.*', which no load takes
+        with pytest.raises(InvalidInputError, match=r"activation module .*got (builtin_function_or_method|function) "):
+            Dense(32, 16, activation_function=function)
+    assert isinstance(Dense(32, 16, activation_function=None).activation_function, torch.nn.Identity)
+
+
+def test_a_pooling_mode_given_twice_survives_save(tmp_path):
+    """Pooling(dim, pooling_mode=("mean", "mean")) (64-d, as in sentence-transformers 6) was saved as the classic
+    booleans, which hold each mode once: the saved folder embedded in 32 dimensions, silently."""
+    from helpers import make_tiny_transformer
+
+    from st_onnx.models import Pooling, Transformer
+
+    transformer = Transformer(str(make_tiny_transformer(tmp_path / "hf")), max_seq_length=64)
+    model = SentenceTransformer(modules=[transformer, Pooling(32, pooling_mode=("mean", "mean"))], device="cpu")
+    before = model.encode(["a cat sleeps"])
+    model.save(tmp_path / "saved")
+    after = SentenceTransformer(str(tmp_path / "saved"), device="cpu").encode(["a cat sleeps"])
+    assert before.shape == after.shape == (1, 64)
+    np.testing.assert_allclose(after, before, atol=1e-6)
 
 
 def test_a_file_given_as_the_model_is_named_a_file(tiny_model_dir):

@@ -53,9 +53,14 @@ class Dense(nn.Module):
         self.in_features = in_features
         self.out_features = out_features
         self.bias = bias
-        if activation_function is not None and not callable(activation_function):
-            raise InvalidInputError(f"activation_function must be a torch module or function such as "
-                                    f"torch.nn.Tanh(); got {activation_function!r}")
+        # only what the folder format can name and load back: a function (torch.tanh) or a module from outside
+        # torch was saved under a name no load takes, so a trained model's folder could not be read
+        if activation_function is not None and not (isinstance(activation_function, nn.Module)
+                                                    and activation_name(activation_function).startswith("torch.")):
+            raise InvalidInputError(
+                f"activation_function must be a torch.nn activation module such as torch.nn.Tanh() (what a saved "
+                f"model can name and load back); got {type(activation_function).__name__} {activation_function!r}"
+            )
         self.activation_function = nn.Identity() if activation_function is None else activation_function
         self.linear = nn.Linear(in_features, out_features, bias=bias)
         if init_weight is not None:

@@ -103,8 +103,8 @@ class Pooling(nn.Module):
     def get_config_dict(self) -> dict[str, Any]:
         """The classic config (boolean flags), which every sentence-transformers release reads."""
         config: dict[str, Any] = {"word_embedding_dimension": self.word_embedding_dimension}
-        if list(self.modes) != sorted(self.modes, key=POOLING_MODES.index):
-            # The booleans cannot express a custom concatenation order: write the newer spelling.
+        if list(self.modes) != sorted(set(self.modes), key=POOLING_MODES.index):
+            # The booleans cannot express a custom concatenation order or a mode given twice: the newer spelling.
             return {"embedding_dimension": self.word_embedding_dimension, "pooling_mode": list(self.modes),
                     "include_prompt": self.include_prompt}
         for key, mode in _LEGACY_KEYS.items():
