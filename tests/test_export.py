@@ -237,6 +237,19 @@ def test_parity_fails_embeddings_of_the_right_direction_and_another_length(tmp_p
     assert not report.passed and report.max_norm_deviation > 0.3, str(report)
 
 
+def test_a_max_seq_length_beyond_the_position_embeddings_is_named_at_export(tmp_path):
+    """The parity check's long text failed inside torch with a bare size mismatch (178 vs 128)."""
+    from st_onnx.errors import ModelFolderError
+
+    folder = make_tiny_model(tmp_path / "model")
+    config = json.loads((folder / "sentence_bert_config.json").read_text())
+    config["max_seq_length"] = 178  # the tiny model has 128 position embeddings
+    (folder / "sentence_bert_config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelFolderError, match="max_seq_length is 178 and the model has 128 position embeddings"):
+        export_model_folder(folder, "fp32")
+    assert not (folder / "onnx" / "st_onnx" / "fp32.onnx").exists()
+
+
 def test_int8_export_on_tiny_model(exported, tmp_path, caplog):
     folder = tmp_path / "model"
     shutil.copytree(exported[0], folder)

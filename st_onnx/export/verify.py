@@ -140,7 +140,11 @@ def check_parity(stack, session, input_names: Sequence[str], precision: str,
             features["prompt_length"] = prompt_length
             feed["prompt_length"] = np.array([prompt_length], dtype=np.int64)
         with torch.no_grad():
-            ref = stack({k: (v.to(_device(stack)) if isinstance(v, torch.Tensor) else v) for k, v in features.items()})
+            try:
+                ref = stack({k: (v.to(_device(stack)) if isinstance(v, torch.Tensor) else v)
+                             for k, v in features.items()})
+            except (RuntimeError, IndexError) as e:  # torch's own message does not say which setting is wrong
+                raise _reference_failed(stack, feed["input_ids"].shape[1], e) from e
         sentence, tokens = session.run(["sentence_embedding", "token_embeddings"], feed)
         mask = feed["attention_mask"].astype(bool)
         ref_tokens = ref["token_embeddings"].float().cpu().numpy()
@@ -156,6 +160,20 @@ def check_parity(stack, session, input_names: Sequence[str], precision: str,
 
 def _device(stack):
     return next(stack.parameters()).device
+
+
+def _reference_failed(stack, width: int, error: BaseException) -> Exception:
+    """The torch modules failed on a parity batch: most often a max_seq_length beyond the position embeddings."""
+    from ..errors import ModelFolderError
+
+    transformer = stack.transformer
+    positions = getattr(getattr(transformer.auto_model, "config", None), "max_position_embeddings", None)
+    hint = ""
+    if isinstance(positions, int) and transformer.max_seq_length >= positions:
+        hint = (f" max_seq_length is {transformer.max_seq_length} and the model has {positions} position embeddings: "
+                f"set a max_seq_length within them (sentence_bert_config.json, or model.max_seq_length);")
+    return ModelFolderError(f"the torch modules failed on a parity batch {width} tokens wide, so no graph can be "
+                            f"checked against them:{hint} {type(error).__name__}: {str(error)[:300]}")
 
 
 # Texts where tokenizers built from other settings part ways: case, accents, CJK characters, a special token
