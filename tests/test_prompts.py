@@ -65,6 +65,14 @@ def test_every_prompted_dict_reports_its_prompt_length_as_sentence_transformers(
     assert "prompt_length" not in ours.encode(SENTENCES[:1], output_value=None, prompt="")[0]
 
 
+def test_output_dicts_carry_the_keys_sentence_transformers_gives(ours, reference):
+    """sentence-transformers 6 labels every output_value=None dict with its modality ('text')."""
+    got = ours.encode(SENTENCES[:2], output_value=None)
+    want = reference.encode(SENTENCES[:2], output_value=None)
+    assert [sorted(g) for g in got] == [sorted(w) for w in want]
+    assert [g["modality"] for g in got] == [w["modality"] for w in want] == ["text", "text"]
+
+
 def test_prompts_given_in_sentence_transformers_6s_positions_get_a_pointed_error(ours):
     with pytest.raises(InvalidInputError, match="2.x's order .*pass prompt_name=/prompt= by keyword"):
         ours.encode(SENTENCES, "query")  # 6: prompt_name second

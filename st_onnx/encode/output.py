@@ -83,9 +83,10 @@ def format_per_text(items: list, opts: EncodeOptions, single: bool) -> Any:
         return x
 
     out = [convert(x) for x in items]
-    if opts.prompt_tokens is not None:  # every dict of a prompted call says how long its prompt was
-        for item in out:
-            if isinstance(item, dict):
+    for item in out:
+        if isinstance(item, dict):
+            item.setdefault("modality", "text")  # as sentence-transformers 6 labels every output dict
+            if opts.prompt_tokens is not None:  # every dict of a prompted call says how long its prompt was
                 item.setdefault("prompt_length", opts.prompt_tokens)
     return out[0] if single else out
 
