@@ -16,6 +16,7 @@ file is rewritten after every row, so a run cut short (a time limit's SIGINT) ke
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shutil
 import sys
@@ -96,15 +97,20 @@ def _score_rows(args: argparse.Namespace, folder: Path, rows: list, evaluator_cl
     return results
 
 
-def write_json(path: Path, source: Path, device: str, results: dict, **extra) -> None:
-    """The numbers so far, replaced whole (written to a temporary file, then renamed: never half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+@functools.cache
+def _machine() -> dict:
     from machine import describe  # benchmarks/machine.py, beside this script
 
-    tmp.write_text(json.dumps({"model": source.name, "device": device, "published": PUBLISHED, "rows": results,
-                               "machine": describe(), **extra}, indent=2) + "\n")
-    tmp.replace(path)
+    return describe()  # once: write_json runs after every row
+
+
+def write_json(path: Path, source: Path, device: str, results: dict, **extra) -> None:
+    """The numbers so far, replaced whole (written to a temporary file, then renamed: never half a file)."""
+    from st_onnx import layout
+
+    with layout.atomic_file(path, "w") as f:
+        f.write(json.dumps({"model": source.name, "device": device, "published": PUBLISHED, "rows": results,
+                            "machine": _machine(), **extra}, indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:

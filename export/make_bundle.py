@@ -38,6 +38,7 @@ from st_onnx.export.manifest import with_file_fields
 from st_onnx.export.verify import check_tokenizer
 from st_onnx.fingerprint import folder_fingerprint
 from st_onnx.modules import load_stack
+from st_onnx.saving import keep_foreign_entries
 
 GRAPH, MANIFEST, TOKENIZER, BUNDLE = "model.onnx", "manifest.json", "tokenizer.json", "bundle.json"
 
@@ -104,22 +105,11 @@ def make_bundle(model_dir: Path, bundle_dir: Path, precision: str = "fp32") -> P
             "pooling_include_prompt": manifest.get("pooling_include_prompt", True),
         }
         (tmp / BUNDLE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-        if bundle_dir.is_dir():
-            keep_user_files(bundle_dir, tmp)
+        if bundle_dir.is_dir():  # what the user put in an earlier bundle (a Dockerfile, serve.py) stays; the
+            # bundle's own files, an older graph's weights file among them, are the new bundle's
+            owned = {GRAPH, GRAPH + ".data", MANIFEST, TOKENIZER, BUNDLE}
+            keep_foreign_entries(bundle_dir, tmp, owned=owned.__contains__)
     return bundle_dir
-
-
-def keep_user_files(old: Path, new: Path) -> None:
-    """Carry what the user put in an earlier bundle (a Dockerfile, serve.py) into the new one; the bundle's own
-    files, an older graph's weights file among them, are the new bundle's."""
-    owned = {GRAPH, GRAPH + ".data", MANIFEST, TOKENIZER, BUNDLE}
-    for entry in old.iterdir():
-        if entry.name in owned or (new / entry.name).exists():
-            continue
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.copytree(entry, new / entry.name, symlinks=True)
-        else:
-            shutil.copy2(entry, new / entry.name, follow_symlinks=False)
 
 
 def main(argv=None) -> int:

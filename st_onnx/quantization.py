@@ -66,11 +66,10 @@ def _quantize_matrices(matrices: list | tuple, precision: str, ranges: Any, cali
     if any(m.ndim != 2 or m.shape[1] != matrices[0].shape[1] for m in matrices):
         raise InvalidInputError("a list of token embedding matrices must hold (n_i, dim) matrices of one dim; got "
                                 f"shapes {[m.shape for m in matrices]}")
-    if precision in ("int8", "uint8") and ranges is None and matrices:
-        whole = np.concatenate(matrices)
-        if len(whole) or calibration is not None:  # one set of buckets for every matrix
-            ranges = np.stack(_ranges(whole, precision, None, calibration))
-    return [quantize_embeddings(m, precision, ranges=ranges) for m in matrices]
+    if not matrices:
+        return []
+    whole = quantize_embeddings(np.concatenate(matrices), precision, ranges, calibration)  # one set of buckets
+    return np.split(whole, np.cumsum([len(m) for m in matrices])[:-1])
 
 
 def _ranges(emb: np.ndarray, precision: str, ranges: Any, calibration: Any) -> tuple[np.ndarray, np.ndarray]:

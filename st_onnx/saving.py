@@ -11,7 +11,7 @@ import shutil
 import warnings
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from . import layout
 from .errors import InvalidInputError, ModelFolderError
@@ -100,24 +100,27 @@ def _old_module_folders(folder: Path) -> set[str]:
     return {Path(e["path"]).parts[0] for e in entries if Path(e["path"]).parts}
 
 
-def keep_foreign_entries(old: Path, new: Path) -> None:
+def keep_foreign_entries(old: Path, new: Path, owned: Callable[[str], bool] | None = None) -> None:
     """Carry entries the model does not own (an ``eval/`` folder of CSVs, notes) from the folder being replaced.
 
-    sentence-transformers writes into the folder and leaves such files alone; the atomic swap (of a save, or of
-    an export into a folder of other weights) must too. They are
-    hard-linked where possible (no copy of large files), copied otherwise.
+    sentence-transformers writes into the folder and leaves such files alone; the atomic swap (of a save, of an
+    export into a folder of other weights, of a deployment bundle) must too. ``owned``: which names the new folder
+    owns (default: a model folder's, with the old modules.json's module folders). Files are hard-linked where
+    possible (no copy of large files), copied otherwise; symbolic links are carried as links.
     """
     def link_or_copy(src: str, dst: str) -> None:
         try:
-            os.link(src, dst)
+            os.link(src, dst, follow_symlinks=False)
         except OSError:
-            shutil.copy2(src, dst)
+            shutil.copy2(src, dst, follow_symlinks=False)
 
-    modules = _old_module_folders(old)
+    if owned is None:
+        modules = _old_module_folders(old)
+        owned = lambda name: bool(_OWNED.match(name)) or name in modules  # noqa: E731
     for entry in old.iterdir():
-        if _OWNED.match(entry.name) or entry.name in modules or (new / entry.name).exists():
+        if owned(entry.name) or (new / entry.name).exists():
             continue
-        if entry.is_dir():
+        if entry.is_dir() and not entry.is_symlink():
             shutil.copytree(entry, new / entry.name, copy_function=link_or_copy, symlinks=True)
         else:
             link_or_copy(str(entry), str(new / entry.name))

@@ -43,15 +43,13 @@ def text_columns(texts: Sequence[Any]) -> list[list[str]]:
 
 
 def model_max_seq_length(folder: Path) -> int:
-    """``max_seq_length`` as the Transformer module resolves it: its config, else the model's limits, else 512."""
+    """``max_seq_length`` as the Transformer module resolves it: its config (which already takes the tokenizer's
+    limit, capped at the position embeddings), else the position embeddings, else 512."""
     config = layout.read_transformer_config(folder)
     if "max_seq_length" in config:
         return int(config["max_seq_length"])
-    hf = layout.read_json_if_exists(folder / layout.HF_CONFIG_JSON, {}) or {}
-    tok = layout.read_json_if_exists(folder / layout.TOKENIZER_CONFIG_JSON, {}) or {}
-    limits = [hf.get("max_position_embeddings"), tok.get("model_max_length")]
-    limits = [x for x in limits if layout.is_length_limit(x)]
-    return min(limits) if limits else 512
+    positions = (layout.read_json_if_exists(folder / layout.HF_CONFIG_JSON, {}) or {}).get("max_position_embeddings")
+    return int(positions) if layout.is_length_limit(positions) else 512
 
 
 def uses_token_type_ids(folder: Path) -> bool:
@@ -238,9 +236,8 @@ class TextTokenizer:
             if layout.is_length_limit(exported.get("max_seq_length")):
                 max_seq_length = int(exported["max_seq_length"])
             lower = bool(exported.get("do_lower_case", lower))
-        type_ids = uses_token_type_ids(folder)
-        if exported and isinstance(exported.get("inputs"), list):  # what transformers' tokenizer gave at export
-            type_ids = "token_type_ids" in exported["inputs"]
+        inputs = exported.get("inputs") if exported else None  # what transformers' tokenizer gave at export
+        type_ids = "token_type_ids" in inputs if isinstance(inputs, list) else uses_token_type_ids(folder)
         return cls(tokenizer, max_seq_length, lower, type_ids=type_ids, pad_token=configured_pad_token(folder),
                    truncation_side=side)
 

@@ -134,18 +134,18 @@ def graft_pooling(transformer_graph_path: str | os.PathLike, model_folder: str |
 def _should_verify(verify: bool | None, folder: Path) -> bool:
     import importlib.util
 
-    from ..fingerprint import weight_files
+    from ..runtime.graphs import has_weights
 
     if verify not in (None, True, False):
         raise InvalidInputError(f"verify must be True, False or None (check where torch and the weights are); "
                                 f"got {verify!r}")
     has_torch = importlib.util.find_spec("torch") is not None
-    has_weights = bool(weight_files(layout.transformer_folder(folder)))
-    if verify and not (has_torch and has_weights):
+    weights = has_weights(folder)
+    if verify and not (has_torch and weights):
         missing = "torch is not installed" if not has_torch else f"{folder} holds no Transformer weights"
         raise BackendError(f"graft_pooling(verify=True) checks against the torch modules, but {missing}; pass "
                            "verify=False for an unchecked graft")
-    return (has_torch and has_weights) if verify is None else verify
+    return (has_torch and weights) if verify is None else verify
 
 
 def _check_plain_fp32(model, path) -> None:
