@@ -97,6 +97,11 @@ def test_contrastive_losses(metric):
     compare(losses.OnlineContrastiveLoss(Stub(), ours_metric, margin=4.0),
             t.OnlineContrastiveLoss(Stub(), their_metric, margin=4.0), embeddings(2), BINARY_LABELS)
     compare(losses.OnlineContrastiveLoss(Stub()), t.OnlineContrastiveLoss(Stub()), embeddings(2), BINARY_LABELS)
+    features = [{"emb": e} for e in embeddings(2)]  # 2.x's and 6's forward take an unused size_average
+    ours, theirs = losses.OnlineContrastiveLoss(Stub()), t.OnlineContrastiveLoss(Stub())
+    for size_average in (False, True):
+        assert ours(features, BINARY_LABELS, size_average=size_average).item() == pytest.approx(
+            theirs(features, BINARY_LABELS, size_average=size_average).item(), rel=1e-5)
 
 
 @pytest.mark.parametrize("metric", ["EUCLIDEAN", "MANHATTAN", "COSINE"])

@@ -213,6 +213,17 @@ def test_unknown_pooling_mode_is_refused():
         Pooling(8, pooling_mode="median")
 
 
+@pytest.mark.parametrize("empty", [[], ()])
+def test_an_empty_pooling_mode_is_refused_not_read_as_mean(empty):
+    """sentence-transformers 6 builds a 0-dimensional pooling from it; it was read as "mean" here, silently."""
+    with pytest.raises(InvalidInputError, match="at least one mode"):
+        Pooling(8, pooling_mode=empty)
+    pooling = Pooling(8)
+    with pytest.raises(InvalidInputError, match="at least one mode"):
+        pooling.pooling_mode = empty
+    assert pooling.pooling_mode == "mean" and Pooling(8, pooling_mode=None).get_sentence_embedding_dimension() == 8
+
+
 def test_save_over_a_folder_keeps_foreign_files_but_drops_derived_ones(tmp_path, tiny_model_dir):
     """As sentence-transformers, a save leaves the user's files (a trainer's state, eval results, notes); it drops
     what derives from older weights: graphs, weights, another tokenizer's files, old module folders."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from enum import Enum
-from typing import Any
+from typing import Any, Iterable
 
 import torch.nn.functional as F
 from torch import Tensor
@@ -63,6 +63,12 @@ class OnlineContrastiveLoss(EmbeddingLoss):
         self.distance_metric = check_metric(distance_metric, "SiameseDistanceMetric")
         self.margin = margin
         self._labels_checked = False
+
+    def forward(self, sentence_features: Iterable[dict[str, Any]], labels: Tensor,
+                size_average: bool = False) -> Tensor:
+        """``size_average`` is taken, as sentence-transformers' signature has it, and, as there, changes nothing:
+        this loss is always a sum."""
+        return super().forward(sentence_features, labels)
 
     def compute_loss_from_embeddings(self, embeddings: list[Tensor], labels: Tensor) -> Tensor:
         check_column_count(self, embeddings)

@@ -25,7 +25,9 @@ _LEGACY_KEYS = {
 
 
 def normalize_modes(pooling_mode: str | Sequence[str] | None) -> tuple[str, ...]:
-    modes = (pooling_mode,) if isinstance(pooling_mode, str) else tuple(pooling_mode or ("mean",))
+    if pooling_mode is None:
+        return ("mean",)
+    modes = (pooling_mode,) if isinstance(pooling_mode, str) else tuple(pooling_mode)
     if not modes:
         raise InvalidInputError(f"pooling_mode must name at least one mode; allowed: {', '.join(POOLING_MODES)}")
     for mode in modes:
