@@ -242,7 +242,7 @@ def check_targets(results: dict, cold: dict) -> list[str]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog=os.environ.get("ST_ONNX_BENCH_PROG"), description=__doc__.split("\n\n")[0])
     p.add_argument("--model", help="model folder (default: a copy of all-MiniLM-L6-v2 in benchmarks/out)")
     p.add_argument("--data", default=str(DEFAULT_DATA), help="folder with short.json.gz and long.json.gz")
     p.add_argument("--limit", type=int, default=None, help="first N texts of each corpus (quick runs)")

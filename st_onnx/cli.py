@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -59,7 +60,8 @@ def _bench(args: argparse.Namespace) -> int:
         print(f"error: the benchmark script {script} is absent; `st-onnx bench` needs a source checkout of st-onnx "
               "(benchmarks/ is not installed with the package)", file=sys.stderr)
         return 2
-    return subprocess.call([sys.executable, str(script), *args.bench_args])
+    env = {**os.environ, "ST_ONNX_BENCH_PROG": "st-onnx bench"}  # the script's usage lines name this command
+    return subprocess.call([sys.executable, str(script), *args.bench_args], env=env)
 
 
 def build_parser() -> argparse.ArgumentParser:

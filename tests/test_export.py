@@ -548,6 +548,14 @@ def test_cli_bench_passes_arguments_or_says_script_is_absent(tmp_path, monkeypat
     assert cli.main(["bench", "--x", "1"]) == 3  # script name + the two arguments, passed through
 
 
+def test_cli_bench_help_names_the_command(capfd):
+    from st_onnx import cli
+
+    assert cli.main(["bench", "--help"]) == 0
+    out = capfd.readouterr().out
+    assert out.startswith("usage: st-onnx bench ") and "--limit" in out
+
+
 def test_fp16_export_keeps_fp32_io_and_is_checked(exported, tmp_path):
     import onnx
 
