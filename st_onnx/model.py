@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from . import layout
 from .devices import check_device
 from .encode.options import EncodeOptions, as_input_list, check_item, check_truncate_dim
 from .encode.prompts import ModelSettings, check_prompt, check_prompts, check_similarity_fn_name, prepend
@@ -124,8 +125,12 @@ class SentenceTransformer(ModuleMethods):
         self.model_card_data = ModelCardData.from_any(model_card_data)  # evaluators record metrics here for save()
         # the folder's own card, which save() keeps until the model is trained (as sentence-transformers)
         self._model_card_text = None
-        if model_card_data is None and self.model_path is not None and (self.model_path / "README.md").is_file():
+        # (only a sentence-transformers folder's, as there: a transformers checkpoint's card describes another model)
+        if model_card_data is None and self.model_path is not None and layout.is_st_folder(self.model_path) \
+                and (self.model_path / "README.md").is_file():
             self._model_card_text = (self.model_path / "README.md").read_text(encoding="utf-8", errors="replace")
+            # a card st-onnx wrote is written again on save (under the new name), with the fields it recorded
+            self.model_card_data = ModelCardData.from_card(self._model_card_text) or self.model_card_data
         self._stack = None
         if backend == "torch":
             from .backends.torch_backend import TorchBackend
@@ -259,17 +264,21 @@ class SentenceTransformer(ModuleMethods):
 
     # encode_query/encode_document (sentence-transformers 5+) take prompt_name and prompt second and third, as there
     def encode_query(self, sentences: str | list[str] | None = None, prompt_name: str | None = None,
-                     prompt: str | None = None, **kwargs: Any) -> Any:
-        """``encode`` with the model's "query" prompt unless a prompt or prompt_name is given."""
+                     prompt: str | None = None, *args: Any, **kwargs: Any) -> Any:
+        """``encode`` with the model's "query" prompt unless a prompt or prompt_name is given. Further positional
+        arguments follow sentence-transformers 6's order (``batch_size``, ``show_progress_bar``, ``output_value``,
+        ``precision``, ...), as this method has no 2.x order to keep."""
+        kwargs = _newer_positional("encode_query", args, kwargs)
         if prompt is None and prompt_name is None and "query" in self.prompts:
             prompt_name = "query"
         return self.encode(sentences, prompt_name=prompt_name, prompt=prompt, **kwargs)
 
     def encode_document(self, sentences: str | list[str] | None = None, prompt_name: str | None = None,
-                        prompt: str | None = None, **kwargs: Any) -> Any:
+                        prompt: str | None = None, *args: Any, **kwargs: Any) -> Any:
         """``encode`` with the model's "document" prompt unless a prompt or prompt_name is given. Every model has
         one, empty unless set (as in sentence-transformers 6), so a "passage" or "corpus" prompt is picked only where
-        "document" was taken out of ``prompts``."""
+        "document" was taken out of ``prompts``. Positional arguments as ``encode_query``'s."""
+        kwargs = _newer_positional("encode_document", args, kwargs)
         if prompt is None and prompt_name is None:
             prompt_name = next((n for n in ("document", "passage", "corpus") if n in self.prompts), None)
         return self.encode(sentences, prompt_name=prompt_name, prompt=prompt, **kwargs)
@@ -680,3 +689,18 @@ def _transformer_args(backend: str, model_kwargs: Any, tokenizer_kwargs: Any, co
     return {"model_args": {**remote, **(model_kwargs or {})} or None,
             "tokenizer_args": {**remote, **(tokenizer_kwargs or {})} or None,
             "config_args": {**remote, **(config_kwargs or {})} or None}
+
+
+# sentence-transformers 6's encode_query/encode_document arguments after (inputs, prompt_name, prompt), in order
+_NEWER_ENCODE_ORDER = ("batch_size", "show_progress_bar", "output_value", "precision", "convert_to_numpy",
+                       "convert_to_tensor", "device", "normalize_embeddings", "truncate_dim", "pool", "chunk_size")
+
+
+def _newer_positional(method: str, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
+    if len(args) > len(_NEWER_ENCODE_ORDER):
+        raise TypeError(f"{method}() takes at most {3 + len(_NEWER_ENCODE_ORDER)} positional arguments after self "
+                        f"(inputs, prompt_name, prompt, {', '.join(_NEWER_ENCODE_ORDER)}); got {3 + len(args)}")
+    named = dict(zip(_NEWER_ENCODE_ORDER, args))
+    if twice := sorted(named.keys() & kwargs.keys()):
+        raise TypeError(f"{method}() got multiple values for argument {twice[0]!r}")
+    return {**named, **kwargs}

@@ -209,6 +209,32 @@ class ModelCardData:
         self.eval_results[name] = {"evaluator": type(evaluator).__name__, "metrics": values, "epoch": epoch,
                                    "step": step}
 
+    def card_comment(self, train_datasets: list[str]) -> str:
+        """These fields and metrics as a comment at the foot of the card st-onnx writes, so that a model loaded
+        from that folder writes them again (``from_card``) when its card is written again under a new name.
+        ``train_datasets``: the names the card lists (``save``'s own, else these fields')."""
+        fields = {name: getattr(self, name) for name in self.FIELDS if getattr(self, name)}
+        fields["train_datasets"] = train_datasets
+        fields["eval_results"] = self.eval_results
+        text = json.dumps(fields, ensure_ascii=False, default=str).replace(">", "\\u003e")  # no "-->" inside
+        return f"{_CARD_DATA_MARK}{text} -->\n"
+
+    @classmethod
+    def from_card(cls, text: str) -> "ModelCardData | None":
+        """The fields a card st-onnx wrote records (``card_comment``); None for any other card, or one that
+        records none."""
+        _, mark, rest = text.rpartition(_CARD_DATA_MARK)
+        try:
+            fields = json.loads(rest.partition(" -->")[0]) if mark and is_own_card(text) else None
+            if not isinstance(fields, dict):
+                return None
+            data = cls(**{name: fields[name] for name in cls.FIELDS if name in fields})
+        except (ValueError, TypeError):  # edited by hand: written afresh, as a card that recorded nothing
+            return None
+        results = fields.get("eval_results")
+        data.eval_results = dict(results) if isinstance(results, dict) else {}
+        return data
+
     def markdown(self) -> str:
         if not self.eval_results:
             return ""
@@ -232,6 +258,7 @@ def yaml_scalar(value: Any) -> str:
     return text if plain else json.dumps(text)
 
 
+_CARD_DATA_MARK = "<!-- st-onnx card data: "
 _CARD_PLACEHOLDER = "sentence_transformers_model_id"  # what sentence-transformers' cards name the model before it has one
 
 
@@ -243,13 +270,18 @@ def kept_model_card(model) -> str | None:
     card_data = getattr(model, "model_card_data", None)
     if not text or (card_data is not None and card_data.eval_results):
         return None
+    return None if is_own_card(text) else text
+
+
+def is_own_card(text: str) -> bool:
+    """Whether ``text`` is a card st-onnx wrote (its front matter's tags hold st-onnx)."""
     front = text.split("\n---", 1)[0] if text.startswith("---\n") else ""
-    return None if "\n- st-onnx\n" in front + "\n" else text
+    return "\n- st-onnx\n" in front + "\n"
 
 
 def model_card(model, model_name: str, train_datasets: list[str] | None) -> str:
     stack = model.torch_modules
-    dim = stack.sentence_embedding_dimension()
+    dim = model.get_sentence_embedding_dimension()  # truncate_dim's when set: what the saved model encodes to
     card_data = getattr(model, "model_card_data", None) or ModelCardData()
     given = train_datasets or card_data.train_datasets or []
     names = [str(d.get("id") or d.get("name")) if isinstance(d, dict) else str(d)  # card data holds dicts
@@ -286,4 +318,4 @@ SentenceTransformer(
 {modules}
 )
 ```
-""" + ("\n" + card_data.markdown() if card_data.eval_results else "")
+""" + ("\n" + card_data.markdown() if card_data.eval_results else "") + "\n" + card_data.card_comment(names)

@@ -340,6 +340,48 @@ def test_save_keeps_the_card_the_model_came_with_until_it_changes(tiny_model_cop
         SentenceTransformer(str(tiny_model_copy), device="cpu", model_card_data={"license": "mit"})
 
 
+def test_a_card_written_again_keeps_what_it_recorded(tiny_model_copy, tmp_path):
+    """A card st-onnx wrote is written again on save (the new name), and, as sentence-transformers keeps a loaded
+    model's card, its license, language, datasets, tags and metrics stay: they were lost on load -> save."""
+    from st_onnx.saving import ModelCardData
+
+    data = ModelCardData(language="de", license="mit", tags=["legal"])
+    model = SentenceTransformer(str(tiny_model_copy), device="cpu", model_card_data=data)
+    model.model_card_data.set_evaluation_metrics(type("Eval", (), {"name": "sts-dev"})(), {"spearman": 0.8})
+    model.save(str(tmp_path / "a"), train_datasets=["acme/pairs"])
+    first = (tmp_path / "a" / "README.md").read_text()
+    SentenceTransformer(str(tmp_path / "a"), device="cpu").save(str(tmp_path / "b"), model_name="acme/b")
+    again = (tmp_path / "b" / "README.md").read_text()
+    assert "# acme/b" in again and again.replace("acme/b", "a") == first
+    for kept in ("language:\n- de\n", "license: mit", "- legal\n", "- acme/pairs\n", "| spearman | 0.8000 |"):
+        assert kept in again, kept
+    # an edited record is not trusted: the card is written afresh
+    (tmp_path / "a" / "README.md").write_text(first.replace('"license": "mit"', '"license": '))
+    SentenceTransformer(str(tmp_path / "a"), device="cpu").save(str(tmp_path / "c"))
+    assert "license" not in (tmp_path / "c" / "README.md").read_text().split("\n---\n")[0]
+
+
+def test_a_transformers_checkpoint_card_is_not_kept(tmp_path):
+    """As sentence-transformers 6: a plain transformers folder's README (a fill-mask card) describes another
+    model; the saved sentence-transformers folder gets its own card."""
+    from helpers import make_tiny_transformer
+
+    raw = make_tiny_transformer(tmp_path / "raw")
+    (raw / "README.md").write_text("---\nlibrary_name: transformers\npipeline_tag: fill-mask\n---\n# tiny-bert\n")
+    SentenceTransformer(str(raw), device="cpu").save(str(tmp_path / "out"))
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "library_name: sentence-transformers" in card and "fill-mask" not in card
+
+
+def test_the_card_states_the_truncated_dimension(tmp_path):
+    from helpers import make_tiny_model
+
+    model = SentenceTransformer(str(make_tiny_model(tmp_path / "tiny", dense=16)), device="cpu", truncate_dim=8)
+    model.save(str(tmp_path / "out"))
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert " 8-dimensional" in card and "16-dimensional" not in card
+
+
 def test_prompts_in_the_newer_positional_place_are_refused_naming_the_order(tiny_model_dir):
     """sentence-transformers 2.4+ take prompts fourth: here that is cache_folder (2.x's order), and a dict
     there would silently drop the prompts and name a cache folder after them."""

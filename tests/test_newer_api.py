@@ -186,6 +186,23 @@ def test_encode_query_takes_prompt_name_second(pair):
             del model.prompts["q2"]
 
 
+@pytest.mark.parametrize("method", ["encode_query", "encode_document"])
+def test_encode_query_and_document_take_the_rest_in_the_newer_order(pair, onnx_model, method):
+    """After (inputs, prompt_name, prompt) come batch_size, show_progress_bar, output_value, precision, ... as in
+    sentence-transformers 5/6 (these methods have no 2.x order); they were refused as too many arguments."""
+    ours, theirs = pair
+    want = getattr(theirs, method)(SENTENCES, None, None, 2, False, "sentence_embedding", "int8")
+    for model in (ours, onnx_model):
+        got = getattr(model, method)(SENTENCES, None, None, 2, False, "sentence_embedding", "int8")
+        assert got.dtype == want.dtype == np.int8 and got.shape == want.shape
+        tokens = getattr(model, method)(SENTENCES[:2], None, None, 1, False, "token_embeddings")
+        assert isinstance(tokens, list) and len(tokens) == 2
+        with pytest.raises(TypeError, match="multiple values for argument 'batch_size'"):
+            getattr(model, method)(SENTENCES, None, None, 2, batch_size=4)
+        with pytest.raises(TypeError, match="at most 14 positional arguments"):
+            getattr(model, method)(SENTENCES, None, None, *range(12))
+
+
 def test_device_index_means_that_cuda_device():
     from st_onnx.devices import check_device
 
