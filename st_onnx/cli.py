@@ -34,8 +34,9 @@ def _export(args: argparse.Namespace) -> int:
     try:
         graph = export_model_folder(args.model_dir, args.precision, out_dir=args.out_dir, replace=args.replace)
     except PermissionError as e:
-        raise PermissionError(e.errno, f"{e.strerror} (OUT_DIR cannot be written there: give a writable "
-                                       "OUT_DIR, which gets a complete copy of the model folder)", e.filename) from e
+        raise PermissionError(e.errno, f"{e.strerror} (OUT_DIR must be writable, or, where it does not exist "
+                                       "yet, the folder it is to be made in: it gets a complete copy of the model "
+                                       "folder)", e.filename) from e
     manifest = read_manifest(graph)
     print(f"wrote {graph}")
     data = manifest.get("external_data")

@@ -239,13 +239,14 @@ def remove_abandoned(folder: Path, pattern: str) -> None:
 
 
 @contextmanager
-def work_folder(parent: str | os.PathLike, kind: str) -> Iterator[Path]:
+def work_folder(parent: str | os.PathLike, kind: str, fallback: Path | None = None) -> Iterator[Path]:
     """A hidden temporary folder ``.<kind>-*`` in ``parent`` (made if missing) for one export, pack or graft,
-    removed afterwards; those left a day ago by killed processes go first."""
+    removed afterwards; those left a day ago by killed processes go first. In ``fallback`` (an existing folder
+    that ``atomic_folder`` will fill in place) where ``parent`` cannot be written."""
     parent = Path(parent)
     parent.mkdir(parents=True, exist_ok=True)
     remove_abandoned(parent, f".{kind}-*")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{kind}-", dir=parent))
+    tmp = _mkdtemp(f".{kind}-", parent, fallback)
     try:
         yield tmp
     finally:
@@ -312,6 +313,11 @@ def atomic_folder(target: str | os.PathLike) -> Iterator[Path]:
     crash never leaves a half-written model folder (one between the renames leaves the old folder whole,
     aside). A ``target`` that is a symbolic link is written through:
     the folder it points to is replaced, the link stays.
+
+    An existing ``target`` that cannot be swapped is filled in place, entry by entry, as sentence-transformers
+    writes every folder: a mount point (a container's volume: renaming it fails), or a writable folder in a
+    parent this process cannot write (the temporary folder is then made inside ``target``). A crash during that
+    fill can leave a mix of old and new files; an exception before it leaves ``target`` as it was.
     """
     target = Path(target).absolute()
     if target.is_symlink():
@@ -327,24 +333,85 @@ def atomic_folder(target: str | os.PathLike) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     for work in (f".{target.name}.tmp-*", f".{target.name}.old-*"):
         remove_abandoned(target.parent, work)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    tmp = _mkdtemp(f".{target.name}.tmp-", target.parent, fallback=target)
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700: the folder must read like any other the user makes
+    old = None
     try:
         yield tmp
+        if tmp.parent == target:
+            _fill_in_place(tmp, target)
+            return
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            shutil.rmtree(old, ignore_errors=True)
+            try:
+                os.replace(target, old)
+            except OSError as e:
+                if e.errno not in _CANNOT_MOVE:
+                    raise
+                old = None
+                logger.info("%s cannot be moved aside (%s): writing into it in place", target, e.strerror)
+                _fill_in_place(tmp, target)
+                return
+        os.replace(tmp, target)
     except BaseException:
-        _make_writable(tmp)
-        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and old.exists() and not target.exists():
+            os.replace(old, target)  # the new folder did not take its place: the old one goes back
+        if tmp.exists():
+            _make_writable(tmp)
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(target, old)
-    os.replace(tmp, target)
     if here:  # save("."): the process stays in the folder by that name, not in the one moved aside
         os.chdir(target)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+# Why a folder cannot be renamed while it can still be written into: a mount point (EBUSY), another file system
+# (EXDEV), a sticky or unwritable parent (EACCES, EPERM), a read-only parent file system (EROFS).
+_CANNOT_MOVE = (errno.EBUSY, errno.EXDEV, errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def _mkdtemp(prefix: str, folder: Path, fallback: Path | None = None) -> Path:
+    """A temporary folder in ``folder``; in ``fallback`` (an existing folder, which the write then fills in
+    place) where ``folder`` cannot be written."""
+    try:
+        return Path(tempfile.mkdtemp(prefix=prefix, dir=folder))
+    except OSError as e:
+        if fallback is None or e.errno not in _CANNOT_MOVE or not fallback.is_dir():
+            raise
+        logger.info("cannot write in %s (%s): working inside %s", folder, e.strerror, fallback)
+        return Path(tempfile.mkdtemp(prefix=prefix, dir=fallback))
+
+
+def is_work_entry(name: str) -> bool:
+    """Whether ``name`` is a work folder's (``WORK_FOLDERS``): never a model's file, never the user's."""
+    import fnmatch
+
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in WORK_FOLDERS)
+
+
+def _fill_in_place(tmp: Path, target: Path) -> None:
+    """Make ``target`` hold what ``tmp`` holds (``tmp`` beside or inside it), entry by entry, then remove
+    ``tmp``. Work folders in ``target`` (another write's, under way) are left alone."""
+    new = {entry.name for entry in tmp.iterdir()}
+    for entry in target.iterdir():
+        if entry.name not in new and not is_work_entry(entry.name):
+            _remove_entry(entry)
+    for entry in tmp.iterdir():
+        dest = target / entry.name
+        if dest.is_symlink() or dest.exists():
+            _remove_entry(dest)
+        shutil.move(str(entry), str(dest))  # a rename, or (tmp on another file system) a copy, then a delete
+    tmp.rmdir()
+
+
+def _remove_entry(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        _make_writable(path)
+        shutil.rmtree(path)
+    else:
+        path.unlink()
 
 
 def _working_dir() -> Path | None:

@@ -117,8 +117,8 @@ def keep_foreign_entries(old: Path, new: Path, owned: Callable[[str], bool] | No
     if owned is None:
         modules = _old_module_folders(old)
         owned = lambda name: bool(_OWNED.match(name)) or name in modules  # noqa: E731
-    for entry in old.iterdir():
-        if owned(entry.name) or (new / entry.name).exists():
+    for entry in old.iterdir():  # not a work folder: another write's, or this one's own (made inside ``old``)
+        if owned(entry.name) or layout.is_work_entry(entry.name) or (new / entry.name).exists():
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.copytree(entry, new / entry.name, copy_function=link_or_copy, symlinks=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -231,3 +232,29 @@ SENTENCES = [
     "A woman drives a fast red car over the old bridge to the house.",
     "hi",
 ]
+
+
+def cannot_swap(how: str, target: Path, monkeypatch) -> None:
+    """Make ``target`` a folder that cannot be swapped: a mount point (renaming it fails with EBUSY), or a
+    writable folder in a parent this user cannot write (root passes permission checks, so they are faked)."""
+    import errno
+    import tempfile
+
+    if how == "mount point":
+        real_replace = os.replace
+
+        def replace(src, dst, *args, **kwargs):
+            if Path(src) == target:
+                raise OSError(errno.EBUSY, "Device or resource busy", str(src))
+            return real_replace(src, dst, *args, **kwargs)
+
+        monkeypatch.setattr(os, "replace", replace)
+    else:
+        real_mkdtemp = tempfile.mkdtemp
+
+        def mkdtemp(suffix=None, prefix=None, dir=None):
+            if dir is not None and Path(dir) == target.parent:
+                raise PermissionError(errno.EACCES, "Permission denied", str(dir))
+            return real_mkdtemp(suffix, prefix, dir)
+
+        monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp)

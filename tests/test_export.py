@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import SENTENCES, make_tiny_model, stsb_sentences
+from helpers import SENTENCES, cannot_swap, make_tiny_model, stsb_sentences
 from st_onnx import layout
 from st_onnx.errors import GraphFileError, InvalidInputError, ParityError, StaleGraphError
 from st_onnx.export import (
@@ -398,6 +398,26 @@ def test_an_export_into_a_copy_leaves_the_users_folders_and_survives_a_filesyste
     assert sorted(p.name for p in home.iterdir()) == [".export-keys", "model-onnx"]
 
 
+@pytest.mark.parametrize("how", ["mount point", "unwritable parent"])
+def test_an_export_into_an_out_dir_that_cannot_be_swapped_fills_it_in_place(exported, tmp_path, monkeypatch, how):
+    """A container's volume, or a writable OUT_DIR in a parent this user cannot write: the export failed (EBUSY,
+    EACCES) and left a whole model copy beside it."""
+    out = tmp_path / "out"
+    out.mkdir()  # empty, as a fresh volume
+    cannot_swap(how, out, monkeypatch)
+    graph = export_model_folder(exported[0], "fp32", out_dir=out)
+    assert graph == layout.fused_graph_path(out, "fp32") and graph.is_file() and (out / "modules.json").is_file()
+    (out / "notes.txt").write_text("mine")
+    assert export_model_folder(exported[0], "int8", out_dir=out).is_file()  # an earlier export: refreshed
+    assert graph.is_file() and (out / "notes.txt").read_text() == "mine"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+    from st_onnx import SentenceTransformer
+
+    np.testing.assert_allclose(SentenceTransformer(str(out), backend="onnx", device="cpu").encode(SENTENCES),
+                               SentenceTransformer(str(exported[0]), device="cpu").encode(SENTENCES), atol=1e-5)
+
+
 def test_locked_serializes_writers_across_processes(tmp_path):
     """layout.locked: a second process waits while the first holds the folder's lock."""
     code = ("import sys, time; from st_onnx import layout\n"
@@ -528,7 +548,7 @@ def test_cli_export_prints_parity_and_reports_errors(exported, tmp_path, capsys)
     assert "is a file" in capsys.readouterr().err and (tmp_path / "a_file").read_text() == "x"
     with mock.patch("st_onnx.export.export_model_folder", side_effect=PermissionError(13, "Permission denied", "x")):
         assert main(["export", str(exported[0]), str(exported[0])]) == 1  # a read-only model folder, say
-    assert "give a writable OUT_DIR" in capsys.readouterr().err
+    assert "OUT_DIR must be writable" in capsys.readouterr().err
     broken = tmp_path / "broken"  # weights cut short: transformers' error, in one line that names the folder
     shutil.copytree(exported[0], broken)
     weights = (broken / "model.safetensors").read_bytes()

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import SENTENCES
+from helpers import SENTENCES, cannot_swap
 from st_onnx import SentenceTransformer
 from st_onnx.errors import InvalidInputError, ModelFolderError, ModelNotFoundError
 from st_onnx.models import Dense, Normalize, Pooling, Transformer
@@ -244,6 +244,48 @@ def test_save_over_a_folder_keeps_foreign_files_but_drops_derived_ones(tmp_path,
     m.save(target)
     assert {name: (target / name).read_text() for name in mine} == mine
     assert [name for name in stale if (target / Path(name).parts[0]).exists()] == []
+
+
+@pytest.mark.parametrize("how", ["mount point", "unwritable parent"])
+def test_a_folder_that_cannot_be_swapped_is_saved_into_in_place(tmp_path, tiny_model_dir, monkeypatch, how):
+    """A container's volume or a folder in a parent this user cannot write: sentence-transformers writes into it;
+    the swap failed (EBUSY, EACCES) and left a whole model copy beside it."""
+    m = SentenceTransformer(str(tiny_model_dir), device="cpu")
+    target = tmp_path / "target"
+    m.save(target)
+    (target / "notes.txt").write_text("mine")
+    (target / "eval").mkdir()
+    (target / "eval" / "scores.csv").write_text("x")
+    (target / "pytorch_model.bin").write_text("older")  # derived from older weights: goes
+    cannot_swap(how, target, monkeypatch)
+    m.save(target)
+    assert (target / "notes.txt").read_text() == "mine" and (target / "eval" / "scores.csv").read_text() == "x"
+    assert not (target / "pytorch_model.bin").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["target"]  # no copy, no work folder left beside it
+    assert not [p.name for p in target.iterdir() if p.name.startswith(".")]
+    np.testing.assert_allclose(SentenceTransformer(str(target), device="cpu").encode(["a cat"]),
+                               m.encode(["a cat"]), atol=1e-6)
+
+
+def test_a_failed_rename_puts_the_old_folder_back(tmp_path, tiny_model_dir, monkeypatch):
+    import os
+
+    m = SentenceTransformer(str(tiny_model_dir), device="cpu")
+    target = tmp_path / "target"
+    m.save(target)
+    before = sorted(str(p.relative_to(target)) for p in target.rglob("*"))
+    real_replace = os.replace
+
+    def replace(src, dst, *args, **kwargs):
+        if Path(dst) == target and Path(src).name.startswith(".target.tmp-"):  # the new folder, not the old one
+            raise OSError(28, "No space left on device", str(dst))
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OSError, match="No space left"):
+        m.save(target)
+    assert sorted(str(p.relative_to(target)) for p in target.rglob("*")) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["target"]
 
 
 def test_save_refuses_a_file_writes_through_a_link_and_removes_abandoned_work_folders(tmp_path, tiny_model_dir):

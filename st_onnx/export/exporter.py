@@ -174,7 +174,8 @@ def export_model_folder(model_folder: str | os.PathLike, precision: str = "fp32"
     from ..saving import keep_foreign_entries
 
     real = Path(os.path.realpath(out_dir))
-    with layout.work_folder(real.parent, f"{real.name}.export") as work:  # named after out_dir, as its tmp folder
+    # named after out_dir, as its tmp folder; inside an existing out_dir whose parent cannot be written
+    with layout.work_folder(real.parent, f"{real.name}.export", fallback=real) as work:
         graph = export_fused_graph(stack, work, precision, fingerprint=fingerprint, source_files=sources)
         with layout.locked(real.parent), layout.atomic_folder(out_dir) as tmp:
             layout.copy_model_folder(model_folder, tmp)  # configs, prompts and tokenizer as they are now
