@@ -127,6 +127,10 @@ def read_modules_json(folder: str | os.PathLike) -> list[dict]:
             raise ModelFolderError(
                 f"{path}: entry {i} must be an object with 'type' and 'path' keys; got {entry!r}"
             )
+        if not isinstance(entry["type"], str) or not isinstance(entry["path"], str) or (
+                isinstance(entry.get("idx", 0), bool) or not isinstance(entry.get("idx", 0), int)):
+            raise ModelFolderError(f"{path}: entry {i} must have a string 'type' and 'path' and a whole-number "
+                                   f"'idx'; got {entry!r}")
         module_kind(entry["type"])
     return sorted(entries, key=lambda e: e.get("idx", 0))
 
@@ -145,8 +149,15 @@ def read_transformer_config(folder: str | os.PathLike) -> dict[str, Any]:
     folder = Path(folder)
     raw = read_json_if_exists(folder / SBERT_CONFIG_JSON, {}) or {}
     config: dict[str, Any] = {}
+    if not isinstance(raw, dict):
+        raise ModelFolderError(f"{folder / SBERT_CONFIG_JSON} holds a JSON {type(raw).__name__}; allowed: an object "
+                               "(max_seq_length, do_lower_case, ...)")
     if "max_seq_length" in raw and raw["max_seq_length"] is not None:
-        config["max_seq_length"] = int(raw["max_seq_length"])
+        value = raw["max_seq_length"]
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ModelFolderError(f"{folder / SBERT_CONFIG_JSON} has max_seq_length {value!r}; allowed: a positive "
+                                   "whole number of tokens, or null (the tokenizer's limit)")
+        config["max_seq_length"] = value
     else:
         # sentence-transformers 6 keeps the limit in the tokenizer's config, capped at the position embeddings
         # when it loads (a tokenizer saying 512 over 128 positions gets 128)

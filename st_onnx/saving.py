@@ -141,7 +141,13 @@ def _carry_fused_graphs(source: Path, target: Path, stack: Any) -> None:
     current = folder_fingerprint(target)
     digest = None
     for graph in sorted((source / layout.FUSED_DIR).glob("*.onnx")):
-        manifest = layout.read_json_if_exists(layout.manifest_path(graph), {}) or {}
+        try:
+            manifest = layout.read_json_if_exists(layout.manifest_path(graph), {})
+        except ModelFolderError:  # cut short or edited by hand
+            manifest = None
+        if not isinstance(manifest, dict) or not manifest:  # a derived file: left behind, the next load exports
+            logger.warning("not carrying %s: its manifest is missing or unreadable", graph.name)
+            continue
         restamp = manifest.get("fingerprint") != current
         if restamp:
             digest = digest or stack.content_digest()

@@ -173,3 +173,35 @@ def test_a_folder_without_weights_checks_the_graph_against_the_configs_it_still_
     pooling.write_text(json.dumps({**config, "pooling_mode_mean_tokens": False, "pooling_mode_cls_token": True}))
     with pytest.raises(StaleGraphError, match=r"exported from another 1_Pooling/config\.json"):
         _onnx(tiny_model_copy, export="never")
+
+
+def test_an_edited_manifest_is_checked_again_and_the_graph_decides_its_inputs_and_width(tiny_model_copy, settled):
+    """The stat record covered the graph, not its manifest: a manifest edited after a load went unchecked. And
+    the manifest's inputs and width were trusted over the graph's own: pairs lost their token types (0.27 from
+    torch), a wrong width broke every encode."""
+    _onnx(tiny_model_copy)
+    _onnx(tiny_model_copy, export="never")  # a stat record now vouches for the files
+    path = layout.manifest_path(layout.fused_graph_path(tiny_model_copy, "fp32"))
+    intact = json.loads(path.read_text())
+    path.write_text(json.dumps({**intact, "graph_sha256": "0" * 64}))
+    with pytest.raises(GraphFileError, match="sha256"):
+        _onnx(tiny_model_copy, export="never")
+    path.write_text(json.dumps({**intact, "inputs": ["input_ids", "attention_mask"], "embedding_dimension": 16}))
+    model = _onnx(tiny_model_copy, export="never")
+    reference = SentenceTransformer(str(tiny_model_copy), device="cpu")
+    pairs = [("the cat sleeps", "a dog runs"), ("hi", "fish swims")]
+    np.testing.assert_allclose(model.encode(pairs), reference.encode(pairs), atol=1e-5)
+    assert model.get_sentence_embedding_dimension() == 32 and model.encode(SENTENCES).shape == (len(SENTENCES), 32)
+
+
+@pytest.mark.parametrize("broken", ['{"format": ', "[1, 2]", "{}"])
+def test_a_save_leaves_behind_a_graph_whose_manifest_is_unreadable(tiny_model_copy, tmp_path, broken):
+    """A derived file: the save failed on it ("not valid JSON; ... re-save the model", or an AttributeError)."""
+    _onnx(tiny_model_copy)
+    layout.manifest_path(layout.fused_graph_path(tiny_model_copy, "fp32")).write_text(broken)
+    model = SentenceTransformer(str(tiny_model_copy), device="cpu")
+    model.save(tmp_path / "out")
+    assert not layout.fused_graph_path(tmp_path / "out", "fp32").exists()
+    model.save(tiny_model_copy)  # in place too
+    assert not layout.fused_graph_path(tiny_model_copy, "fp32").exists()
+    np.testing.assert_allclose(_onnx(tmp_path / "out").encode(SENTENCES), model.encode(SENTENCES), atol=1e-5)

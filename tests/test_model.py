@@ -208,6 +208,44 @@ def test_token_and_use_auth_token_together_are_refused(tiny_model_dir):
         SentenceTransformer(str(tiny_model_dir), device="cpu", token="hf_a", use_auth_token="hf_b")
 
 
+def _edit_json(path, change):
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("case, error, match", [
+    ("max_seq_length 'abc'", ModelFolderError, r"sentence_bert_config\.json has max_seq_length 'abc'; allowed"),
+    ("max_seq_length 0", ModelFolderError, r"sentence_bert_config\.json has max_seq_length 0"),
+    ("max_seq_length 12.7", ModelFolderError, r"sentence_bert_config\.json has max_seq_length 12\.7"),
+    ("max_seq_length true", ModelFolderError, r"sentence_bert_config\.json has max_seq_length True"),
+    ("module path 5", ModelFolderError, r"modules\.json: entry 1 must have a string 'type' and 'path'"),
+    ("module idx 'x'", ModelFolderError, r"modules\.json: entry 1 .* whole-number 'idx'"),
+    ("pooling config a list", ModelFolderError, r"1_Pooling/config\.json holds a JSON list; allowed: an object"),
+    ("pooling_mode 3", InvalidInputError, r"pooling_mode must be a mode or a list of modes; got 3"),
+])
+def test_config_values_of_the_wrong_type_are_named(tiny_model_copy, case, error, match):
+    """They gave bare int()/TypeError tracebacks (a float length was cut to 12 silently), and the CLI printed
+    them whole."""
+    folder = tiny_model_copy
+    edits = {
+        "max_seq_length": lambda v: _edit_json(folder / "sentence_bert_config.json",
+                                               lambda c: c.update(max_seq_length=v)),
+        "module path 5": lambda: _edit_json(folder / "modules.json", lambda m: m[1].update(path=5)),
+        "module idx 'x'": lambda: _edit_json(folder / "modules.json", lambda m: m[1].update(idx="x")),
+        "pooling config a list": lambda: (folder / "1_Pooling" / "config.json").write_text("[1]"),
+        "pooling_mode 3": lambda: (folder / "1_Pooling" / "config.json").write_text(
+            json.dumps({"embedding_dimension": 32, "pooling_mode": 3})),
+    }
+    if case.startswith("max_seq_length"):
+        edits["max_seq_length"]({"'abc'": "abc", "0": 0, "12.7": 12.7, "true": True}[case.split(" ", 1)[1]])
+    else:
+        edits[case]()
+    for backend in ("torch", "onnx"):
+        with pytest.raises(error, match=match):
+            SentenceTransformer(str(folder), device="cpu", backend=backend)
+
+
 def test_unknown_pooling_mode_is_refused():
     with pytest.raises(InvalidInputError, match="'median'"):
         Pooling(8, pooling_mode="median")

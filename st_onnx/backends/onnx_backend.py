@@ -119,6 +119,8 @@ class OnnxBackend:
         self._linked_transformer: Any = None  # the torch Transformer module, once the facade loads it
         self._linked_pooling: Any = None  # and its Pooling module
         self._encoder = self._make_encoder(device)
+        # the graph's own inputs decide whether pairs carry token types (its manifest says so too, unless edited)
+        self._text_tokenizer.type_ids = "token_type_ids" in self._encoder.session.input_names
 
     # -- construction ---------------------------------------------------------------------------------
     @classmethod
@@ -159,7 +161,8 @@ class OnnxBackend:
     def encoder_for(self, session: OrtSession, parallel: int = 1) -> OrtEncoder:
         budget = self.options.token_budget or (
             GPU_TOKEN_BUDGET if session.device.startswith("cuda") else DEFAULT_TOKEN_BUDGET)
-        return OrtEncoder(session, self._text_tokenizer, self.sentence_embedding_dimension(), budget, parallel)
+        dim = session.output_dim() or self.sentence_embedding_dimension()
+        return OrtEncoder(session, self._text_tokenizer, dim, budget, parallel)
 
     def _make_encoder(self, device: str) -> OrtEncoder:
         if device == "cpu" and self.manifest.get("packing"):
@@ -194,11 +197,11 @@ class OnnxBackend:
             self._encoder = self._make_encoder(device)
 
     def sentence_embedding_dimension(self) -> int | None:
-        dim = self.manifest.get("embedding_dimension")
-        if isinstance(dim, int):
-            return dim
+        """The graph's output width where its shape says it, else the manifest's."""
         encoder = getattr(self, "_encoder", None)
-        return encoder.session.output_dim() if encoder is not None else None
+        dim = encoder.session.output_dim() if encoder is not None else None
+        recorded = self.manifest.get("embedding_dimension")
+        return dim if dim is not None else recorded if isinstance(recorded, int) else None
 
     @property
     def tokenizer(self):

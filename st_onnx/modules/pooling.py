@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .. import layout
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, ModelFolderError
 
 POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
 # Classic boolean config keys, in the order sentence-transformers concatenates their outputs.
@@ -27,6 +27,9 @@ _LEGACY_KEYS = {
 def normalize_modes(pooling_mode: str | Sequence[str] | None) -> tuple[str, ...]:
     if pooling_mode is None:
         return ("mean",)
+    if not isinstance(pooling_mode, (str, list, tuple)):
+        raise InvalidInputError(f"pooling_mode must be a mode or a list of modes; got {pooling_mode!r}; allowed: "
+                                f"{', '.join(POOLING_MODES)}")
     modes = (pooling_mode,) if isinstance(pooling_mode, str) else tuple(pooling_mode)
     if not modes:
         raise InvalidInputError(f"pooling_mode must name at least one mode; allowed: {', '.join(POOLING_MODES)}")
@@ -119,7 +122,12 @@ class Pooling(nn.Module):
 
     @classmethod
     def load(cls, input_path: str | os.PathLike) -> "Pooling":
-        config = dict(layout.read_json(Path(input_path) / "config.json", "Pooling config.json"))
+        path = Path(input_path) / "config.json"
+        config = layout.read_json(path, "Pooling config.json")
+        if not isinstance(config, dict):
+            raise ModelFolderError(f"{path} holds a JSON {type(config).__name__}; allowed: an object "
+                                   "(embedding_dimension, pooling_mode, ...)")
+        config = dict(config)
         if "pooling_mode" in config:
             for key in _LEGACY_KEYS:
                 config.pop(key, None)

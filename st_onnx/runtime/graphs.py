@@ -287,9 +287,10 @@ def _source_signature(folder: Path) -> list:
 
 
 def _graph_signature(folder: Path, graph: Path) -> list:
-    """The same of the graph itself, and of its weights file if it has one."""
-    data = layout.graph_data_path(graph)
-    return _entries(folder, [graph, *([data] if data.is_file() else [])])
+    """The same of the graph itself, its manifest (an edited manifest is checked again), and its weights file if
+    it has one."""
+    files = [graph, layout.manifest_path(graph), layout.graph_data_path(graph)]
+    return _entries(folder, [f for f in files if f == graph or f.is_file()])
 
 
 def _stat_signature(folder: Path, graph: Path) -> list:
