@@ -274,6 +274,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if "sentence-transformers" not in args.rows:
         args.rows.insert(0, "sentence-transformers")  # the reference of every ratio
+    if args.model and not any((Path(args.model) / name).is_file() for name in ("modules.json", "config.json")):
+        print(f"--model {args.model} is not a model folder (no modules.json or config.json)", file=sys.stderr)
+        return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model = prepare_model(args.model, out)
@@ -299,4 +302,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -12,6 +12,7 @@ OUT_DIR holding a model of other weights is refused unless ``--replace``.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import subprocess
@@ -33,10 +34,12 @@ def _export(args: argparse.Namespace) -> int:
 
     try:
         graph = export_model_folder(args.model_dir, args.precision, out_dir=args.out_dir, replace=args.replace)
-    except PermissionError as e:
-        raise PermissionError(e.errno, f"{e.strerror} (OUT_DIR must be writable, or, where it does not exist "
-                                       "yet, the folder it is to be made in: it gets a complete copy of the model "
-                                       "folder)", e.filename) from e
+    except OSError as e:
+        if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        raise OSError(e.errno, f"{e.strerror} (OUT_DIR must be writable, or, where it does not exist yet, the "
+                               "folder it is to be made in: it gets a complete copy of the model folder)",
+                      e.filename) from e
     manifest = read_manifest(graph)
     print(f"wrote {graph}")
     data = manifest.get("external_data")
@@ -62,7 +65,10 @@ def _bench(args: argparse.Namespace) -> int:
               "(benchmarks/ is not installed with the package)", file=sys.stderr)
         return 2
     env = {**os.environ, "ST_ONNX_BENCH_PROG": "st-onnx bench"}  # the script's usage lines name this command
-    return subprocess.call([sys.executable, str(script), *args.bench_args], env=env)
+    try:
+        return subprocess.call([sys.executable, str(script), *args.bench_args], env=env)
+    except KeyboardInterrupt:  # the script, in the same process group, got the Ctrl-C too and says so
+        return 130
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,8 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["bench"]:  # everything after 'bench' belongs to the script, options included
-        return _bench(argparse.Namespace(bench_args=argv[1:]))
+    start = next((i for i, arg in enumerate(argv) if arg not in ("-v", "--verbose")), len(argv))
+    if argv[start:start + 1] == ["bench"]:  # everything after 'bench' belongs to the script, options included
+        return _bench(argparse.Namespace(bench_args=argv[start + 1:]))
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")

@@ -17,7 +17,7 @@ import torch
 
 from helpers import SENTENCES, cannot_swap, make_tiny_model, stsb_sentences
 from st_onnx import layout
-from st_onnx.errors import GraphFileError, InvalidInputError, ParityError, StaleGraphError
+from st_onnx.errors import GraphFileError, InvalidInputError, ModelFolderError, ParityError, StaleGraphError
 from st_onnx.export import (
     FORMAT, ParityReport, check_fresh, check_graph, export_fused_graph, export_model_folder, graph_is_fresh,
     read_manifest,
@@ -239,8 +239,6 @@ def test_parity_fails_embeddings_of_the_right_direction_and_another_length(tmp_p
 
 def test_a_max_seq_length_beyond_the_position_embeddings_is_named_at_export(tmp_path):
     """The parity check's long text failed inside torch with a bare size mismatch (178 vs 128)."""
-    from st_onnx.errors import ModelFolderError
-
     folder = make_tiny_model(tmp_path / "model")
     config = json.loads((folder / "sentence_bert_config.json").read_text())
     config["max_seq_length"] = 178  # the tiny model has 128 position embeddings
@@ -549,6 +547,11 @@ def test_cli_export_prints_parity_and_reports_errors(exported, tmp_path, capsys)
     with mock.patch("st_onnx.export.export_model_folder", side_effect=PermissionError(13, "Permission denied", "x")):
         assert main(["export", str(exported[0]), str(exported[0])]) == 1  # a read-only model folder, say
     assert "OUT_DIR must be writable" in capsys.readouterr().err
+    with mock.patch("st_onnx.export.export_model_folder", side_effect=OSError(30, "Read-only file system", "x")):
+        assert main(["export", str(exported[0]), str(exported[0])]) == 1  # a read-only mount: the same hint
+    assert "OUT_DIR must be writable" in capsys.readouterr().err
+    with pytest.raises(ModelFolderError, match="nope does not exist or is not a folder"):  # make_bundle's message
+        load_stack(tmp_path / "nope")
     broken = tmp_path / "broken"  # weights cut short: transformers' error, in one line that names the folder
     shutil.copytree(exported[0], broken)
     weights = (broken / "model.safetensors").read_bytes()
@@ -568,12 +571,22 @@ def test_cli_bench_passes_arguments_or_says_script_is_absent(tmp_path, monkeypat
     assert cli.main(["bench", "--x", "1"]) == 3  # script name + the two arguments, passed through
 
 
-def test_cli_bench_help_names_the_command(capfd):
+def test_cli_bench_help_names_the_command_and_bad_arguments_get_one_line(capfd, tmp_path):
     from st_onnx import cli
 
     assert cli.main(["bench", "--help"]) == 0
     out = capfd.readouterr().out
     assert out.startswith("usage: st-onnx bench ") and "--limit" in out
+    # after -v, bench's own options were refused ("unrecognized arguments")
+    assert cli.main(["-v", "bench", "--data", str(tmp_path / "none")]) == 2
+    assert "benchmark corpora not found" in capfd.readouterr().err
+    for corpus in ("short", "long"):
+        (tmp_path / f"{corpus}.json.gz").write_bytes(b"")
+    # a missing model folder ended in a traceback blaming a missing tokenizer.json
+    assert cli.main(["bench", "--data", str(tmp_path), "--model", str(tmp_path / "nope"),
+                     "--out", str(tmp_path / "out")]) == 2
+    err = capfd.readouterr().err
+    assert "nope is not a model folder" in err and "Traceback" not in err and not (tmp_path / "out").exists()
 
 
 def test_fp16_export_keeps_fp32_io_and_is_checked(exported, tmp_path):

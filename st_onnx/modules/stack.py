@@ -167,6 +167,9 @@ def load_stack(folder: str | os.PathLike, device: str | torch.device = "cpu",
         layout.check_no_chat_template(folder)
         transformer = Transformer(str(folder), **transformer_args)
         modules = [transformer, Pooling(transformer.get_word_embedding_dimension(), "mean")]
+    elif not folder.is_dir():
+        raise ModelFolderError(f"{folder} does not exist or is not a folder; give a model folder (modules.json or "
+                               "config.json)")
     else:
         raise ModelFolderError(
             f"{folder} is neither a sentence-transformers folder (modules.json) nor a transformers folder (config.json)"
