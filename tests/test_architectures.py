@@ -34,6 +34,7 @@ def test_the_graph_matches_the_torch_modules(encoder):
     onnx_model = SentenceTransformer(str(folder), backend="onnx", device="cpu")
     manifest = onnx_model._backend.manifest
     assert manifest["inputs"] == ["input_ids", "attention_mask"]  # none of them takes token_type_ids
+    assert "left_padding_shift" not in manifest  # Qwen pads on the left, but its rotary positions do not shift
     import onnx  # no control flow (If, Loop), whose subgraphs cost ORT's shape inference a copy of every weight
 
     graph = onnx.load(str(layout.fused_graph_path(folder, "fp32")), load_external_data=False).graph

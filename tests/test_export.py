@@ -416,6 +416,23 @@ def test_an_export_into_an_out_dir_that_cannot_be_swapped_fills_it_in_place(expo
                                SentenceTransformer(str(exported[0]), device="cpu").encode(SENTENCES), atol=1e-5)
 
 
+def test_an_encoder_told_to_pad_on_the_left_is_named_at_export_and_load(tmp_path, caplog):
+    """An absolute-position encoder whose tokenizer_config.json says padding_side 'left': torch (and
+    sentence-transformers) embed a text differently beside a longer one; the runtime pads on the right. The
+    export passed and the two backends differed by 0.2-0.27, silently."""
+    from st_onnx import SentenceTransformer
+
+    folder = make_tiny_model(tmp_path / "model")
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**config, "padding_side": "left"}))
+    with pytest.warns(UserWarning, match="pads on the left while its positions shift"):
+        model = SentenceTransformer(str(folder), backend="onnx", device="cpu")
+    assert "padding_side 'left'" in caplog.text
+    assert model._backend.manifest["left_padding_shift"] > 0.01
+    reference = SentenceTransformer(str(folder), device="cpu")  # alone, no padding: the two agree
+    np.testing.assert_allclose(model.encode(["hi"]), reference.encode(["hi"]), atol=1e-5)
+
+
 def test_locked_serializes_writers_across_processes(tmp_path):
     """layout.locked: a second process waits while the first holds the folder's lock."""
     code = ("import sys, time; from st_onnx import layout\n"

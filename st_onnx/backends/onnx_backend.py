@@ -177,6 +177,7 @@ class OnnxBackend:
             )
         if device == "cpu":
             _warn_if_quantized_for_vnni(self.graph_path, self.manifest)
+        _warn_if_left_padding_shifts(self.graph_path, self.manifest)
         self._requested_device = device
         # the old encoder is not closed: a call running on it in another thread finishes there; its executor's
         # threads exit once the last call lets go of it (ThreadPoolExecutor's weakref callback)
@@ -301,6 +302,19 @@ def _warn_if_quantized_for_vnni(graph: Path, manifest: dict[str, Any]) -> None:
             "where ONNX Runtime's int8 kernels can saturate and lose accuracy. Re-export the int8 graph on this "
             "machine (st-onnx export MODEL_DIR MODEL_DIR --precision int8), which uses 7-bit weights here",
             RuntimeWarning, stacklevel=4,
+        )
+
+
+def _warn_if_left_padding_shifts(graph: Path, manifest: dict[str, Any]) -> None:
+    """The export measured that the torch modules' embeddings move with left padding (export/verify.py)."""
+    shift = manifest.get("left_padding_shift")
+    if isinstance(shift, (int, float)) and shift > 0:
+        warnings.warn(
+            f"{graph} was exported from a model whose tokenizer pads on the left while its positions shift with "
+            f"padding: its torch embeddings depend on the batch (cosine distance {shift:.3g} measured at export), "
+            "where this backend pads on the right and embeds each text as if alone, so the two backends (and "
+            "sentence-transformers) differ; set padding_side to 'right' in tokenizer_config.json and re-export",
+            UserWarning, stacklevel=4,
         )
 
 

@@ -31,7 +31,7 @@ from . import manifest as manifest_mod
 from . import optimize as passes
 from .graph_files import place_graph, save_graph
 from .graph_module import FusedModule, eager_attention, excludes_prompt, graph_input_names
-from .verify import ParityReport, check_parity, check_tokenizer
+from .verify import LEFT_PADDING_TOLERANCE, ParityReport, check_parity, check_tokenizer, left_padding_shift
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +108,14 @@ def _export_into(stack, tmp: Path, target: Path, precision: str, fingerprint: st
             raise ParityError(f"the exported {precision} graph does not compute what PyTorch computes: {checked}")
     if prompt_report is not None:
         extra["parity_prompt_length"] = prompt_report.to_dict()
+    shift = left_padding_shift(stack)
+    if shift > LEFT_PADDING_TOLERANCE:
+        extra["left_padding_shift"] = shift
+        logger.warning("this model's tokenizer pads on the left (padding_side 'left') and its positions shift with it: "
+                       "in torch (and sentence-transformers) a text's embedding depends on its batch (cosine "
+                       "distance %.3g alone vs beside a long text). The graph's runtime pads on the right and "
+                       "embeds each text as if alone; set padding_side to 'right' in tokenizer_config.json for "
+                       "both backends to agree", shift)
     if source_files is not None:
         extra["source_files"] = source_files
     inputs = names + ((PROMPT_LENGTH,) if prompt else ())

@@ -29,6 +29,8 @@ MEAN_COSINE_THRESHOLDS = {"fp32": 0.99999, "fp16": 0.9995, "int8": 0.985}
 # Normalize that should not be there) keeps cosine 1. So each text's |graph| / |torch| must also stay within
 # 1 +- this. Measured on all-MiniLM-L6-v2 without Normalize, 313 texts: fp32 within 4e-7, int8 0.955-1.049.
 NORM_TOLERANCES = {"fp32": 1e-3, "fp16": 2e-2, "int8": 0.2}
+# left_padding_shift above this: the torch embeddings depend on the batch (fp32 batching noise is ~1e-7)
+LEFT_PADDING_TOLERANCE = 1e-5
 
 DEFAULT_SENTENCES = (
     "A man is playing a guitar.",
@@ -156,6 +158,27 @@ def check_parity(stack, session, input_names: Sequence[str], precision: str,
     n = len(texts)
     return compare(np.stack([ref_rows[i] for i in range(n)]), np.stack([out_rows[i] for i in range(n)]), texts,
                    precision, provider, token_diff)
+
+
+def left_padding_shift(stack) -> float:
+    """1 - cosine between a short text's torch embedding alone and in a batch beside a long one, padded as the
+    model's tokenizer pads (0 unless it pads on the left). Rotary, ALiBi or mask-derived positions (left-padded
+    decoders) do not move; an encoder with absolute positions told to pad left does: its torch embeddings
+    then depend on the batch, where the runtime, which pads on the right, embeds each text as if alone."""
+    import torch
+
+    transformer = stack.transformer
+    if getattr(transformer.tokenizer, "padding_side", "right") != "left":
+        return 0.0
+    short, long = DEFAULT_SENTENCES[1], DEFAULT_SENTENCES[5]
+    device = _device(stack)
+    rows = []
+    with torch.no_grad():
+        for texts in ([short], [short, long]):
+            features = {k: v.to(device) if isinstance(v, torch.Tensor) else v
+                        for k, v in transformer.tokenize(texts).items()}
+            rows.append(stack(features)["sentence_embedding"][0].double())
+    return float(1 - torch.nn.functional.cosine_similarity(rows[0], rows[1], dim=0))
 
 
 def _device(stack):
