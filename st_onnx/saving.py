@@ -238,7 +238,11 @@ class ModelCardData:
         except (ValueError, TypeError):  # edited by hand: written afresh, as a card that recorded nothing
             return None
         results = fields.get("eval_results")
-        data.eval_results = dict(results) if isinstance(results, dict) else {}
+        for name, result in (results.items() if isinstance(results, dict) else []):
+            metrics = result.get("metrics") if isinstance(result, dict) else None
+            if isinstance(metrics, dict) and isinstance(result.get("evaluator"), str):  # else dropped, as edited
+                data.eval_results[str(name)] = {**result, "metrics": {
+                    str(k): float(v) for k, v in metrics.items() if isinstance(v, numbers.Real)}}
         return data
 
     def markdown(self) -> str:

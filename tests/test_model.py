@@ -435,10 +435,15 @@ def test_a_card_written_again_keeps_what_it_recorded(tiny_model_copy, tmp_path):
     assert "# acme/b" in again and again.replace("acme/b", "a") == first
     for kept in ("language:\n- de\n", "license: mit", "- legal\n", "- acme/pairs\n", "| spearman | 0.8000 |"):
         assert kept in again, kept
-    # an edited record is not trusted: the card is written afresh
+    # an edited record is not trusted: the card is written afresh, or without the metrics it cannot read
     (tmp_path / "a" / "README.md").write_text(first.replace('"license": "mit"', '"license": '))
     SentenceTransformer(str(tmp_path / "a"), device="cpu").save(str(tmp_path / "c"))
     assert "license" not in (tmp_path / "c" / "README.md").read_text().split("\n---\n")[0]
+    (tmp_path / "a" / "README.md").write_text(first.replace('"metrics": {', '"metrics": {"note": "x", ', 1)
+                                              .replace('"evaluator": "Eval"', '"evaluator": 5'))
+    SentenceTransformer(str(tmp_path / "a"), device="cpu").save(str(tmp_path / "d"))
+    card = (tmp_path / "d" / "README.md").read_text()
+    assert "license: mit" in card and "spearman" not in card
 
 
 def test_a_transformers_checkpoint_card_is_not_kept(tmp_path):
