@@ -86,7 +86,8 @@ def peak_rss_mb() -> float:
         pass
     import resource
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS, KiB elsewhere
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
 def run_worker(args: argparse.Namespace) -> None:
@@ -189,6 +190,9 @@ def _brief(sample: dict, tokens: int) -> str:
 
 
 def _summarize(samples: dict[str, list[dict]], tokens: int) -> dict:
+    """Medians over rounds. A row's ratio is the median over rounds of its speed over sentence-transformers' in
+    the same round (a slow phase of the machine slows both), over the rounds where both ran; the ratio of two
+    medians could pair different rounds."""
     out = {}
     for row, runs in samples.items():
         ok = [s for s in runs if "error" not in s]
@@ -198,11 +202,14 @@ def _summarize(samples: dict[str, list[dict]], tokens: int) -> dict:
         seconds = statistics.median(s["seconds"] for s in ok)
         out[row] = {"texts_per_s": ok[0]["texts"] / seconds, "tokens_per_s": tokens / seconds,
                     "seconds": seconds, "peak_rss_mb": max(s["peak_rss_mb"] for s in ok),
-                    "load_s": statistics.median(s["load_s"] for s in ok), "runs": len(ok)}
-    ref = out.get("sentence-transformers", {}).get("texts_per_s")
-    for row in out.values():
-        if ref and "texts_per_s" in row:
-            row["ratio"] = row["texts_per_s"] / ref
+                    "load_s": statistics.median(s["load_s"] for s in ok), "runs": len(ok),
+                    "rounds_s": [s.get("seconds") for s in runs]}  # per round; None where it failed
+    reference = samples.get("sentence-transformers", [])
+    for row, runs in samples.items():
+        paired = [ref["seconds"] / s["seconds"] for s, ref in zip(runs, reference)
+                  if "error" not in s and "error" not in ref]
+        if paired and "texts_per_s" in out[row]:
+            out[row]["ratio"] = statistics.median(paired)
     return out
 
 
@@ -225,19 +232,30 @@ def measure_cold_start(args, model: str, failed: dict) -> dict:
     return results
 
 
-def check_targets(results: dict, cold: dict) -> list[str]:
+def check_targets(results: dict, cold: dict, limit: int | None = None) -> list[str]:
+    """One line per target: ok or MISSED on the full corpora, n/a on a --limit slice (the targets are for the full
+    corpora), 'not measured' where the row failed or did not run: a target never drops out of the list."""
+    def line(name: str, value: float | None, shown: str, target: str, passed: bool, why: str = "row not run") -> str:
+        if value is None:
+            return f"{name}: not measured ({why}) (target {target})"
+        verdict = f"n/a (a --limit {limit} slice)" if limit else "ok" if passed else "MISSED"
+        return f"{name}: {shown} (target {target}) {verdict}"
+
     lines = []
     for (row, corpus), target in TARGETS.items():
-        ratio = results[corpus]["rows"].get(row, {}).get("ratio")
-        if ratio is not None:
-            lines.append(f"{row} {corpus}: {ratio:.2f}x (target >= {target}x) {'ok' if ratio >= target else 'MISSED'}")
-    for corpus, limit in RSS_MB.items():
-        rss = results[corpus]["rows"].get("st-onnx onnx fp32", {}).get("peak_rss_mb")
-        if rss is not None:
-            lines.append(f"onnx fp32 peak RSS {corpus}: {rss:.0f} MB (target <= {limit}) {'ok' if rss <= limit else 'MISSED'}")
-    if "seconds" in cold.get("onnx", {}):
-        s = cold["onnx"]["seconds"]
-        lines.append(f"onnx cold start: {s:.2f} s (target <= {COLD_START_S}) {'ok' if s <= COLD_START_S else 'MISSED'}")
+        r = results[corpus]["rows"].get(row, {})
+        ratio = r.get("ratio")
+        lines.append(line(f"{row} {corpus}", ratio, f"{ratio or 0:.2f}x", f">= {target}x",
+                          ratio is not None and ratio >= target, r.get("error", "row not run")))
+    for corpus, limit_mb in RSS_MB.items():
+        r = results[corpus]["rows"].get("st-onnx onnx fp32", {})
+        rss = r.get("peak_rss_mb")
+        lines.append(line(f"onnx fp32 peak RSS {corpus}", rss, f"{rss or 0:.0f} MB", f"<= {limit_mb}",
+                          rss is not None and rss <= limit_mb, r.get("error", "row not run")))
+    onnx = cold.get("onnx", {})
+    s = onnx.get("seconds")
+    lines.append(line("onnx cold start", s, f"{s or 0:.2f} s", f"<= {COLD_START_S}",
+                      s is not None and s <= COLD_START_S, onnx.get("error", "--no-cold")))
     return lines
 
 
@@ -279,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    load_before = os.getloadavg()  # other work on the machine (the one after the run counts this run's own)
     model = prepare_model(args.model, out)
     failed = export_graphs(model, {ROWS[r]["precision"] for r in args.rows if "precision" in ROWS[r]})
     results = measure_throughput(args, model, args.rows, failed)
@@ -288,8 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     from machine import describe
 
     report = {"model": model, "limit": args.limit, "batch_size": args.batch_size, "repeat": args.repeat,
-              "machine": describe(), "loadavg": os.getloadavg(), "corpora": results, "cold_start": cold,
-              "targets": check_targets(results, cold), "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+              "machine": describe(), "loadavg_before": load_before, "loadavg": os.getloadavg(), "corpora": results, "cold_start": cold,
+              "targets": check_targets(results, cold, args.limit), "time": time.strftime("%Y-%m-%d %H:%M:%S")}
 
     print_table(report)
     stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -86,7 +86,7 @@ def _timed_export(folder: Path, precision: str) -> dict:
         proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait for it again
         log.seek(0)
         err = log.read().decode(errors="replace").strip()
-    row = {"seconds": round(seconds, 1), "peak_gb": round(usage.ru_maxrss / 1e6, 2)}
+    row = {"seconds": round(seconds, 1), "peak_gb": round(usage.ru_maxrss * 1024 / 1e9, 2)}  # ru_maxrss: KiB
     if proc.returncode != 0:
         row["error"] = (err.splitlines()[-1] if err else f"exit status {proc.returncode}")[-300:]
     return row

@@ -160,6 +160,7 @@ def measure(rows: dict, texts: list[str], warmup: list[str], repeat: int) -> dic
 
 
 def summarize(rows: dict, times: dict, n_texts: int, n_tokens: int) -> dict:
+    """Medians over the timed rounds; ratios pair each round with the reference's same round (bench_encode.py)."""
     out = {}
     for name in ROWS:
         fn = rows.get(name)
@@ -170,15 +171,17 @@ def summarize(rows: dict, times: dict, n_texts: int, n_tokens: int) -> dict:
             continue
         median = statistics.median(times[name])
         out[name] = {"seconds": times[name], "texts_per_s": n_texts / median, "tokens_per_s": n_tokens / median}
-    ref = out.get(ROWS[0], {}).get("texts_per_s")
+    def paired(name: str, reference: str) -> float | None:
+        """The median over rounds of the two rows' speed ratio in the same round (rows run interleaved)."""
+        if "seconds" not in out.get(name, {}) or "seconds" not in out.get(reference, {}):
+            return None
+        return statistics.median(r / s for s, r in zip(out[name]["seconds"], out[reference]["seconds"]))
+
     for name, r in out.items():
-        if "texts_per_s" not in r:
-            continue
-        if ref:
-            r["ratio"] = r["texts_per_s"] / ref
-        base = out.get(BASELINES.get(name, ""), {}).get("texts_per_s")
-        if base:
-            r["ratio_to_" + BASELINES[name]] = r["texts_per_s"] / base
+        for key, reference in (("ratio", ROWS[0]), ("ratio_to_" + BASELINES.get(name, ""), BASELINES.get(name))):
+            ratio = paired(name, reference) if reference else None
+            if ratio is not None:
+                r[key] = ratio
     return out
 
 

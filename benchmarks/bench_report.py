@@ -5,12 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def _load(averages) -> str:
+    return ", ".join(f"{x:.1f}" for x in averages) if averages else "not recorded"
+
+
 def print_table(report: dict) -> None:
     from machine import summary
 
     print(f"\nmachine: {summary(report['machine'])}" if "machine" in report else "")
     print(f"model {report['model']}, batch_size {report['batch_size']}, limit {report['limit']}, "
-          f"repeat {report['repeat']}, load average {', '.join(f'{x:.1f}' for x in report['loadavg'])}")
+          f"repeat {report['repeat']}, load average before {_load(report.get('loadavg_before'))}, after "
+          f"{_load(report['loadavg'])} (this run's own work counts in the second)")
     for corpus, res in report["corpora"].items():
         print(f"\n{corpus}: {res['texts']} texts, {res['tokens']} tokens (unpadded)")
         print(f"  {'row':28s} {'texts/s':>9s} {'tokens/s':>10s} {'ratio':>7s} {'peak RSS':>9s} {'load':>6s}")
