@@ -360,8 +360,10 @@ class SentenceTransformer(ModuleMethods):
         texts = list(inputs)  # a bare string is its characters, as in sentence-transformers
         if not texts:
             return {}  # sentence-transformers' answer for no texts
-        for i, item in enumerate(texts):  # a list of three is no pair (its third text would be dropped)
-            check_item(item, i)
+        kinds = {check_item(item, i) for i, item in enumerate(texts)}  # a list of three is no pair
+        if len(kinds) > 1:  # the first item decides how all are read: a text after a pair became 2 characters
+            raise InvalidInputError(f"the inputs mix {' and '.join(sorted(kinds))}; allowed: one kind per call "
+                                    "(texts, pairs or one-text dicts)")
         if prompt is None:
             return self._backend.tokenize(texts)
         features = self._backend.tokenize(prepend(check_prompt(prompt), texts))

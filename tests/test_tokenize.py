@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from helpers import SENTENCES, copy_minilm, minilm_path, stsb_sentences
+from helpers import (SENTENCES, WORDS, _save_encoder, copy_minilm, make_tiny_encoder, make_tiny_model, minilm_path,
+                     stsb_sentences)
 from st_onnx.encode.batching import budget_batches, longest_first
 from st_onnx.encode.tokenize import TextTokenizer
-from st_onnx.errors import InvalidInputError
+from st_onnx import SentenceTransformer
+from st_onnx.errors import InvalidInputError, ParityError
 
 
 def hf_features(folder, columns, max_length):
@@ -224,3 +227,92 @@ def test_pairs_get_token_type_ids_where_the_model_type_names_the_tokenizer(untyp
     assert "token_type_ids" in features and features["token_type_ids"].max() == 1
     np.testing.assert_allclose(onnx_model.encode(pairs), torch_model.encode(pairs), atol=1e-5)
     assert TextTokenizer.from_folder(untyped_folder)(pairs[:1])["token_type_ids"].max() == 1  # no manifest too
+
+
+def _ids(features):
+    return [[i for i, m in zip(row, mask) if m] for row, mask in
+            zip(features["input_ids"].tolist(), features["attention_mask"].tolist())]
+
+
+def _edit_tokenizer_json(folder: Path, fn) -> None:
+    path = folder / "tokenizer.json"
+    spec = json.loads(path.read_text())
+    fn(spec)
+    path.write_text(json.dumps(spec))
+
+
+def _legacy_xlmr(folder: Path) -> Path:
+    """A tiny XLM-R whose tokenizer.json is in the format transformers 4 wrote for XLM-RoBERTa (bare Metaspace
+    pre-tokenizer); transformers 5's XLMRobertaTokenizer rebuilds it with WhitespaceSplit in front."""
+    import transformers as tf
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+    raw = folder.parent / (folder.name + "-hf")
+    vocab = [("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    vocab += [("▁" + w, -5.0) for w in WORDS] + [(c, -8.0) for c in "abcdefghijklmnopqrstuvwxyz.,!?"]
+    vocab += [("<mask>", 0.0)]
+    tok = Tokenizer(models.Unigram(vocab, unk_id=3, byte_fallback=False))
+    tok.normalizer = normalizers.Sequence([normalizers.Replace(Regex(" {2,}"), " ")])
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
+                                                       special_tokens=[("<s>", 0), ("</s>", 2)])
+    tok.add_special_tokens(["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    tf.XLMRobertaTokenizer(tokenizer_object=tok, model_max_length=128).save_pretrained(raw)
+    legacy = tok.to_str()
+    config = tf.XLMRobertaConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                 intermediate_size=64, max_position_embeddings=130, pad_token_id=1,
+                                 type_vocab_size=1)
+    _save_encoder(folder, raw, config, "mean", 0)
+    (folder / "tokenizer.json").write_text(legacy)  # the file as a Hub model written by transformers 4 carries it
+    return folder
+
+
+def _distilbert_no_clean_text(folder: Path) -> Path:
+    make_tiny_encoder(folder, "distilbert")
+    _edit_tokenizer_json(folder, lambda s: s["normalizer"].update(clean_text=False))
+    return folder
+
+
+def _roberta_nfc(folder: Path) -> Path:
+    make_tiny_encoder(folder, "roberta")
+    _edit_tokenizer_json(folder, lambda s: s.__setitem__("normalizer", {"type": "NFC"}))
+    return folder
+
+
+# texts the export probes do not exercise: trailing whitespace, control/zero-width chars, NFD accents
+PROBES = ["the cat ", "the cat\n", "\x00the cat", "a\u200b dog", "cafe\u0301", "the dog  "]
+
+
+@pytest.mark.parametrize("build", [_legacy_xlmr, _distilbert_no_clean_text, _roberta_nfc])
+def test_a_tokenizer_json_transformers_rebuilds_otherwise_is_refused_at_export(tmp_path, build):
+    """transformers 5 rebuilds the normalizer, pre-tokenizer and model options of its tokenizer classes from
+    tokenizer_config.json; where tokenizer.json says otherwise, the onnx backend fed other ids than the torch backend
+    (cosine 0.24-0.97) for texts the export's probes did not hold. Found by a fuzz of 8,800 strings."""
+    folder = build(tmp_path / "m")
+    torch_model = SentenceTransformer(str(folder), device="cpu")
+    assert [e.ids.tolist() for e in TextTokenizer.from_folder(folder).encode(PROBES)] != _ids(torch_model.tokenize(PROBES))
+    with pytest.raises(ParityError, match="gives other token ids than transformers'"):
+        SentenceTransformer(str(folder), backend="onnx", device="cpu")
+
+
+def test_prompt_length_excludes_a_trailing_special_token_typed_in_the_prompt(tmp_path):
+    """Torch (and sentence-transformers 6.2) drop a prompt's last token from prompt_length when it is a special id,
+    whether the post-processor added it or the prompt spells it."""
+    folder = make_tiny_encoder(tmp_path / "q", "qwen3")
+    _edit_tokenizer_json(folder, lambda s: s.__setitem__(
+        "post_processor", {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}))
+    torch_model = SentenceTransformer(str(folder), device="cpu")
+    runtime = TextTokenizer.from_folder(folder)
+    for prompt in ("query <|endoftext|>", "<|endoftext|>", "query: "):
+        assert runtime.prompt_length(prompt) == torch_model[0].prompt_length(prompt), prompt
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_tokenize_a_mixed_batch_does_not_split_a_string_into_characters(tmp_path, backend):
+    """[pair, str]: the str was read as (str[0], str[1]), i.e. ('a', ' ') for 'a cat', silently."""
+    model = SentenceTransformer(str(make_tiny_model(tmp_path / "t")), backend=backend, device="cpu")
+    with pytest.raises(InvalidInputError, match="the inputs mix pair and str; allowed: one kind per call"):
+        model.tokenize([("the dog", "a cat"), "a cat"])
+    with pytest.raises(InvalidInputError, match="mix dict and str"):
+        model.tokenize([{"text": "a cat"}, "a dog"])

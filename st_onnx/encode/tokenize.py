@@ -311,8 +311,16 @@ class TextTokenizer:
     def prompt_length(self, prompt: str) -> int:
         """Tokens ``prompt`` contributes at the start of every text: its ids without a trailing special token."""
         encoding = self._tokenizer.encode(prompt, add_special_tokens=True)
-        special = encoding.special_tokens_mask
-        return len(encoding.ids) - 1 if special and special[-1] else len(encoding.ids)
+        ids = encoding.ids
+        if not ids:
+            return 0
+        # as sentence-transformers: a last token with a special id, added by the post-processor or spelled in
+        # the prompt itself (a decoder's tokenizer adds none, and "query <|endoftext|>" ends in one)
+        special = encoding.special_tokens_mask[-1] or self._tokenizer.id_to_token(ids[-1]) in self._special_tokens()
+        return len(ids) - 1 if special else len(ids)
+
+    def _special_tokens(self) -> set[str]:
+        return {t.content for t in self._tokenizer.get_added_tokens_decoder().values() if t.special}
 
     def pad(self, encodings: Sequence[TokenIds], names: Sequence[str] = FEATURE_NAMES,
             dtype: Any = np.int64) -> dict[str, np.ndarray]:

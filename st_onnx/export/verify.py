@@ -204,6 +204,14 @@ def _reference_failed(stack, width: int, error: BaseException) -> Exception:
 TOKENIZER_PROBES = DEFAULT_SENTENCES[:-1] + (
     "THE Café NAÏVE Ünïcödé résumé Ångström", "北京欢迎你 and 東京", "a [MASK] in the text",
     " ".join(DEFAULT_SENTENCES[:-1]) * 12,
+    # what a tokenizer.json can do otherwise than the pipeline transformers 5 rebuilds from tokenizer_config.json
+    # (its normalizer, pre-tokenizer and model options), each of which a fuzz of 8,800 strings found on some
+    # folder: trailing space or newline (a transformers 4 XLM-R file's bare Metaspace), control and zero-width
+    # characters (clean_text), punctuation runs (another pre-tokenizer), decomposed accents (an NFC normalizer),
+    # words over WordPiece's max_input_chars_per_word, emoji sequences
+    "the cat ", "the cat\n", "\ttabs\tand  double  spaces ", "\x00the dog\x7f and a\u200b cat",
+    "what?! </b> (x) «y» ... --", "cafe\u0301 e\u0301te\u0301", "ﬁne ＦＵＬＬ width İstanbul straße ΣΊΣΥΦΟΣ",
+    "a" * 60, "b" * 150, "👍🏽 👨‍👩‍👧 🇫🇷",
 )
 
 
