@@ -307,8 +307,9 @@ def main(argv: list[str] | None = None) -> int:
     from machine import describe
 
     report = {"model": model, "limit": args.limit, "batch_size": args.batch_size, "repeat": args.repeat,
-              "machine": describe(), "loadavg_before": load_before, "loadavg": os.getloadavg(), "corpora": results, "cold_start": cold,
-              "targets": check_targets(results, cold, args.limit), "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+              "machine": describe(), "loadavg_before": load_before, "loadavg": os.getloadavg(), "corpora": results,
+              "cold_start": cold, "targets": check_targets(results, cold, args.limit),
+              "time": time.strftime("%Y-%m-%d %H:%M:%S")}
 
     print_table(report)
     stamp = time.strftime("%Y%m%d-%H%M%S")
