@@ -178,8 +178,11 @@ def summarize(rows: dict, times: dict, n_texts: int, n_tokens: int) -> dict:
         return statistics.median(r / s for s, r in zip(out[name]["seconds"], out[reference]["seconds"]))
 
     for name, r in out.items():
-        for key, reference in (("ratio", ROWS[0]), ("ratio_to_" + BASELINES.get(name, ""), BASELINES.get(name))):
-            ratio = paired(name, reference) if reference else None
+        references = {"ratio": ROWS[0]}
+        if name in BASELINES:
+            references[f"ratio_to_{BASELINES[name]}"] = BASELINES[name]
+        for key, reference in references.items():
+            ratio = paired(name, reference)
             if ratio is not None:
                 r[key] = ratio
     return out

@@ -17,7 +17,7 @@ from typing import Any, Iterable, Iterator
 
 from . import layout
 from .devices import check_device
-from .encode.options import EncodeOptions, as_input_list, check_item, check_truncate_dim
+from .encode.options import EncodeOptions, as_input_list, check_one_kind, check_truncate_dim
 from .encode.prompts import ModelSettings, check_prompt, check_prompts, check_similarity_fn_name, prepend
 from .encode.output import format_per_text, format_sentence_embeddings
 from .errors import BackendError, InvalidInputError, ModelNotFoundError, allowed, positive_int
@@ -360,10 +360,7 @@ class SentenceTransformer(ModuleMethods):
         texts = list(inputs)  # a bare string is its characters, as in sentence-transformers
         if not texts:
             return {}  # sentence-transformers' answer for no texts
-        kinds = {check_item(item, i) for i, item in enumerate(texts)}  # a list of three is no pair
-        if len(kinds) > 1:  # the first item decides how all are read: a text after a pair became 2 characters
-            raise InvalidInputError(f"the inputs mix {' and '.join(sorted(kinds))}; allowed: one kind per call "
-                                    "(texts, pairs or one-text dicts)")
+        check_one_kind(texts, "inputs")  # a list of three is no pair; a text after a pair is no pair either
         if prompt is None:
             return self._backend.tokenize(texts)
         features = self._backend.tokenize(prepend(check_prompt(prompt), texts))

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import layout
-from .errors import InvalidInputError, ModelFolderError
+from .errors import GraphFileError, InvalidInputError, ModelFolderError
 
 logger = logging.getLogger(__name__)
 
@@ -137,15 +137,16 @@ def _carry_fused_graphs(source: Path, target: Path, stack: Any) -> None:
     """
     from .export.manifest import write_manifest
     from .fingerprint import folder_fingerprint, source_digests
+    from .runtime.graphs import read_manifest
 
     current = folder_fingerprint(target)
     digest = None
     for graph in sorted((source / layout.FUSED_DIR).glob("*.onnx")):
         try:
-            manifest = layout.read_json_if_exists(layout.manifest_path(graph), {})
-        except ModelFolderError:  # cut short or edited by hand
+            manifest = read_manifest(graph)
+        except GraphFileError:  # cut short or edited by hand
             manifest = None
-        if not isinstance(manifest, dict) or not manifest:  # a derived file: left behind, the next load exports
+        if not manifest:  # a derived file: left behind, the next load exports
             logger.warning("not carrying %s: its manifest is missing or unreadable", graph.name)
             continue
         restamp = manifest.get("fingerprint") != current

@@ -99,13 +99,20 @@ def as_input_list(sentences: Any) -> tuple[list, bool]:
         raise InvalidInputError(
             f"sentences must be a string or a list of strings; got {type(sentences).__name__}"
         ) from e
+    check_one_kind(items, "sentences")
+    return items, False
+
+
+def check_one_kind(items: list, name: str) -> None:
+    """InvalidInputError unless every item is valid (``check_item``) and of one kind: the first item decides how
+    all are read (a text after a pair would be read as a pair of characters)."""
     first: dict[str, int] = {}  # kind -> index of its first item
     for i, item in enumerate(items):
         first.setdefault(check_item(item, i), i)
     if len(first) > 1:
-        where = ", ".join(f"sentences[{i}] is a {kind}" for kind, i in first.items())
-        raise InvalidInputError(f"sentences mixes kinds of input ({where}); encode each kind in its own call")
-    return items, False
+        where = ", ".join(f"{name}[{i}] is a {kind}" for kind, i in first.items())
+        raise InvalidInputError(f"the inputs mix {' and '.join(sorted(first))}; allowed: one kind per call: texts, "
+                                f"pairs or one-text dicts ({where})")
 
 
 def check_item(item: Any, index: int | None) -> str:

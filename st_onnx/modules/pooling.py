@@ -127,7 +127,6 @@ class Pooling(nn.Module):
         if not isinstance(config, dict):
             raise ModelFolderError(f"{path} holds a JSON {type(config).__name__}; allowed: an object "
                                    "(embedding_dimension, pooling_mode, ...)")
-        config = dict(config)
         if "pooling_mode" in config:
             for key in _LEGACY_KEYS:
                 config.pop(key, None)
