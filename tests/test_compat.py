@@ -115,6 +115,33 @@ def test_plain_transformers_folder_gets_mean_pooling_like_sentence_transformers(
     _assert_same(ours.encode(SENTENCES), _reference(plain).encode(SENTENCES))
 
 
+@pytest.mark.parametrize("is_causal", [None, False])
+def test_a_plain_causal_lm_folder_gets_last_token_pooling_like_sentence_transformers(tmp_path, caplog, is_causal):
+    """sentence-transformers 6 pools a plain ``*ForCausalLM`` folder on its last token (the only one that has
+    seen the whole text), unless its config says ``is_causal: false``; mean pooling differed by cosine 0.3-0.6."""
+    from helpers import make_tiny_encoder
+
+    plain = make_tiny_encoder(tmp_path / "decoder", "qwen3")
+    for name in ("modules.json", "config_sentence_transformers.json", "sentence_bert_config.json", "README.md"):
+        (plain / name).unlink(missing_ok=True)
+    for module in ("1_Pooling", "2_Normalize"):
+        shutil.rmtree(plain / module, ignore_errors=True)
+    config = json.loads((plain / "config.json").read_text())
+    config["architectures"] = ["Qwen3ForCausalLM"]
+    if is_causal is not None:
+        config["is_causal"] = is_causal
+    (plain / "config.json").write_text(json.dumps(config))
+    mode = "lasttoken" if is_causal is None else "mean"
+    theirs = _reference(plain)
+    assert theirs[1].pooling_mode == mode
+    for backend in ("torch", "onnx"):
+        with caplog.at_level("WARNING"):
+            ours = SentenceTransformer(str(plain), device="cpu", backend=backend)
+        assert f"{mode} pooling" in caplog.text
+        assert ours.encode(SENTENCES).shape == theirs.encode(SENTENCES).shape
+        np.testing.assert_allclose(ours.encode(SENTENCES), theirs.encode(SENTENCES), atol=1e-5)
+
+
 @pytest.mark.slow
 def test_stsb_test_spearman_matches_published(minilm_pair):
     from scipy.stats import spearmanr

@@ -143,9 +143,18 @@ def adopt(module: Any) -> Any:
                            f"allowed: {', '.join(_KINDS)} (from sentence_transformers.models or st_onnx.models)")
 
 
+def _is_causal_lm(config: Any) -> bool:
+    """Whether a transformers config is a causal language model's, whose last token has seen the whole text."""
+    architectures = getattr(config, "architectures", None) or []
+    causal = bool(getattr(config, "is_causal", True))  # is_causal: false marks a bidirectional one
+    return causal and bool(architectures) and str(architectures[0]).endswith("ForCausalLM")
+
+
 def load_stack(folder: str | os.PathLike, device: str | torch.device = "cpu",
                transformer_args: dict[str, Any] | None = None) -> ModuleStack:
-    """Load a sentence-transformers folder's modules, or a plain transformers folder as Transformer + mean pooling.
+    """Load a sentence-transformers folder's modules, or a plain transformers folder as Transformer + Pooling:
+    last-token pooling for a causal language model (``*ForCausalLM`` whose config does not say ``is_causal:
+    false``), mean pooling otherwise, as sentence-transformers 6 chooses.
 
     ``transformer_args``: ``model_args``/``tokenizer_args``/``config_args`` for the Transformer, as given at load.
     """
@@ -161,12 +170,12 @@ def load_stack(folder: str | os.PathLike, device: str | torch.device = "cpu",
             extra = transformer_args if kind == "Transformer" else {}
             modules.append(_KINDS[kind].load(module_path, **extra))
     elif (folder / layout.HF_CONFIG_JSON).is_file():
-        logger.warning(
-            "%s is a plain transformers folder (no modules.json): creating Transformer + mean pooling", folder
-        )
         layout.check_no_chat_template(folder)
         transformer = Transformer(str(folder), **transformer_args)
-        modules = [transformer, Pooling(transformer.get_word_embedding_dimension(), "mean")]
+        mode = "lasttoken" if _is_causal_lm(transformer.auto_model.config) else "mean"
+        logger.warning("%s is a plain transformers folder (no modules.json): creating Transformer + %s pooling",
+                       folder, mode)
+        modules = [transformer, Pooling(transformer.get_word_embedding_dimension(), mode)]
     elif not folder.is_dir():
         raise ModelFolderError(f"{folder} does not exist or is not a folder; give a model folder (modules.json or "
                                "config.json)")
