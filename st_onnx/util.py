@@ -24,9 +24,10 @@ __all__ = [
 
 
 def _to_tensor(x) -> Tensor:
-    """A tensor from a tensor, array or list (a list of arrays or tensors is stacked), its dtype kept."""
+    """A tensor from a tensor, array or list (a list of arrays or tensors is stacked), its dtype kept; a sparse
+    tensor (sentence-transformers' SparseEncoder gives them) made dense, as the scores are."""
     if isinstance(x, Tensor):
-        return x
+        return x if x.layout == torch.strided else x.to_dense()
     if isinstance(x, list) and x and all(isinstance(v, Tensor) for v in x):
         return torch.stack(x)
     if isinstance(x, list) and x and all(isinstance(v, np.ndarray) for v in x):
@@ -119,12 +120,13 @@ def similarity_functions(name: str) -> tuple[Callable, Callable]:
     return table[name]
 
 
-def _check_search(score_function: Callable, **sizes: object) -> None:
-    """Chunk sizes, top_k and max_pairs are positive ints; the score function is callable."""
-    from .errors import InvalidInputError, positive_int
+def _check_search(score_function: Callable, max_pairs: object = 1, **sizes: object) -> None:
+    """Chunk sizes and top_k are positive ints, max_pairs an int >= 0; the score function is callable."""
+    from .errors import InvalidInputError, non_negative_int, positive_int
 
     for name, value in sizes.items():
         positive_int(value, name)
+    non_negative_int(max_pairs, "max_pairs")
     if not callable(score_function):
         raise InvalidInputError(f"score_function must be a function of two embedding matrices such as "
                                 f"util.cos_sim; got {score_function!r}")
@@ -142,6 +144,8 @@ def semantic_search(
     _check_search(query_chunk_size=query_chunk_size, corpus_chunk_size=corpus_chunk_size, top_k=top_k,
                   score_function=score_function)
     queries, corpus = _as_batch(query_embeddings), _as_batch(corpus_embeddings)
+    if corpus.numel() == 0:  # encode([]) of sentence-transformers is shape (0,): no corpus, no hits
+        return [[] for _ in range(len(queries))]
     if corpus.device != queries.device:
         queries = queries.to(corpus.device)
     heaps: list[list[tuple[float, int]]] = [[] for _ in range(len(queries))]

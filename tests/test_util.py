@@ -149,3 +149,32 @@ def test_a_users_score_function_gets_the_embeddings_dtype_as_given():
     reference = st_util.paraphrase_mining_embeddings(torch.from_numpy(corpus), top_k=2, max_pairs=3,
                                                      score_function=neg_hamming)
     assert [pair[0] for pair in mined] == [pair[0] for pair in reference]  # which of tied pairs comes first: either
+
+
+def test_empty_inputs_and_no_pairs_as_sentence_transformers():
+    """encode([]) of sentence-transformers is shape (0,): searching it crashed in a matrix product; max_pairs=0
+    was refused where sentence-transformers mines no pair; a negative max_pairs stays refused, by name."""
+    from st_onnx.errors import InvalidInputError
+
+    queries = torch.ones(2, 16)
+    for corpus in (torch.empty(0), np.array([], dtype=np.float32), torch.empty(0, 16)):
+        assert util.semantic_search(queries, corpus) == st_util.semantic_search(queries, corpus) == [[], []]
+    emb = torch.randn(3, 2)
+    mined = util.paraphrase_mining_embeddings(emb, max_pairs=0)
+    assert mined == st_util.paraphrase_mining_embeddings(emb, max_pairs=0) == []
+    with pytest.raises(InvalidInputError, match="max_pairs must be an int >= 0; got -1"):
+        util.paraphrase_mining_embeddings(emb, max_pairs=-1)
+
+
+@pytest.mark.parametrize("name", ["cos_sim", "dot_score", "euclidean_sim", "manhattan_sim", "pairwise_cos_sim",
+                                  "pairwise_dot_score", "pairwise_euclidean_sim", "pairwise_manhattan_sim"])
+def test_sparse_embeddings_score_as_dense_ones(name):
+    """sentence-transformers 6's SparseEncoder gives sparse tensors, which its util scores (densely); cos_sim and
+    the distances raised on them (norm and cdist have no sparse kernels)."""
+    rng = np.random.default_rng(0)
+    a = torch.from_numpy(rng.normal(size=(4, 30)).astype(np.float32) * (rng.random((4, 30)) < 0.2))
+    b = torch.from_numpy(rng.normal(size=(4, 30)).astype(np.float32) * (rng.random((4, 30)) < 0.2))
+    ours = getattr(util, name)(a.to_sparse(), b.to_sparse())
+    assert ours.layout == torch.strided
+    torch.testing.assert_close(ours, getattr(util, name)(a, b))
+    torch.testing.assert_close(ours, getattr(st_util, name)(a.to_sparse(), b.to_sparse()), atol=1e-5, rtol=1e-5)
