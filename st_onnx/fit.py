@@ -198,10 +198,9 @@ def _evaluate(model, evaluator, output_path, save_best_model, epoch, steps, call
     if output_path is not None:
         eval_path = os.path.join(output_path, "eval")
         os.makedirs(eval_path, exist_ok=True)
-    score = evaluator(model, output_path=eval_path, epoch=epoch, steps=steps)
-    if callback is not None:
-        callback(score, epoch, steps)
-    value = _primary_score(evaluator, score)
+    value = _primary_score(evaluator, evaluator(model, output_path=eval_path, epoch=epoch, steps=steps))
+    if callback is not None:  # a number, as 2.x documented it and sentence-transformers 6 passes it
+        callback(value, epoch, steps)
     if value > state.best_score:
         state.best_score = value
         model.best_score = value
