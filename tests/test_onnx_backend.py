@@ -127,6 +127,22 @@ def test_a_single_dict_is_checked_as_a_list_item_is(model, single):
         model.encode(single)
 
 
+@pytest.mark.parametrize("backend", ["onnx", "torch"])
+def test_a_text_that_is_not_valid_unicode_is_named(tiny_model_copy, backend):
+    """A lone surrogate (bytes decoded with errors='surrogateescape') failed the whole call with the tokenizer's
+    TypeError, naming no text: among millions, the user had to bisect for it."""
+    from st_onnx import SentenceTransformer
+
+    model = SentenceTransformer(str(tiny_model_copy), device="cpu", backend=backend)
+    texts = ["the cat sleeps"] * 50
+    texts[32] = "caf\udce9 au lait"
+    for given, where in ((texts, r"sentences\[32\]"), ([("a", "b"), ("a", "\ud800")], r"sentences\[1\]"),
+                         ({"text": "\udfff"}, r"sentences holds")):
+        with pytest.raises(InvalidInputError, match=where + r".*not valid Unicode.*errors='replace'"):
+            model.encode(given)
+    assert model.encode(["café au lait", "emoji 🐈"]).shape[0] == 2  # valid non-ASCII text passes
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({"batch_size": 0}, "batch_size"),
     ({"batch_size": -3}, "batch_size"),
