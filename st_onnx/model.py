@@ -38,8 +38,8 @@ class SentenceTransformer(ModuleMethods):
 
     Args:
         model_name_or_path: a local sentence-transformers folder, a plain transformers folder (Transformer +
-            mean pooling; last-token pooling for a ``*ForCausalLM``), or a Hugging Face Hub id (downloaded into ``cache_folder``; a bare name such as
-            'all-MiniLM-L6-v2' is sentence-transformers', as there).
+            mean pooling; last-token pooling for a ``*ForCausalLM``), or a Hugging Face Hub id (downloaded into
+            ``cache_folder``; a bare name such as 'all-MiniLM-L6-v2' is sentence-transformers', as there).
         modules: torch modules to build the model from, instead of a path.
         device: 'cpu', 'cuda', 'cuda:N'; None picks CUDA when available.
         cache_folder: where Hub downloads (and exported graphs of hub models) are kept.
