@@ -118,24 +118,27 @@ def check_one_kind(items: list, name: str) -> None:
 def check_item(item: Any, index: int | None) -> str:
     """The kind of one input ('str', 'pair' or 'dict'), or InvalidInputError naming it (``index`` None: the single
     input)."""
-    where = "sentences" if index is None else f"sentences[{index}]"
     if isinstance(item, str):
-        _check_encodable(item, where)
+        _check_encodable(item, index)
         return "str"
     if isinstance(item, (tuple, list)) and len(item) == 2 and all(isinstance(s, str) for s in item):
         for text in item:
-            _check_encodable(text, where)
+            _check_encodable(text, index)
         return "pair"
     if isinstance(item, dict) and len(item) == 1 and isinstance(next(iter(item.values())), str):
-        _check_encodable(next(iter(item.values())), where)
+        _check_encodable(next(iter(item.values())), index)
         return "dict"
     raise InvalidInputError(
-        f"{where} is {item!r} ({type(item).__name__}); allowed: a str, a (str, str) pair, "
+        f"{_where(index)} is {item!r} ({type(item).__name__}); allowed: a str, a (str, str) pair, "
         "or a dict with one str value"
     )
 
 
-def _check_encodable(text: str, where: str) -> None:
+def _where(index: int | None) -> str:
+    return "sentences" if index is None else f"sentences[{index}]"
+
+
+def _check_encodable(text: str, index: int | None) -> None:
     """A text the tokenizer can read: one with a lone surrogate (what bytes decoded with
     errors='surrogateescape' leave) failed the whole call with a message naming no text."""
     if text.isascii():
@@ -144,9 +147,9 @@ def _check_encodable(text: str, where: str) -> None:
         text.encode("utf-8")
     except UnicodeEncodeError as e:
         raise InvalidInputError(
-            f"{where} holds {text[e.start:e.end]!r} at character {e.start}, which is not valid Unicode (a lone "
-            "surrogate, as bytes decoded with errors='surrogateescape' leave); allowed: text that encodes as "
-            "UTF-8. Decode the bytes again, e.g. with errors='replace'"
+            f"{_where(index)} holds {text[e.start:e.end]!r} at character {e.start}, which is not valid Unicode "
+            "(a lone surrogate, as bytes decoded with errors='surrogateescape' leave); allowed: text that encodes "
+            "as UTF-8. Decode the bytes again, e.g. with errors='replace'"
         ) from None
 
 
