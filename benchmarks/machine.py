@@ -69,17 +69,27 @@ def _commit() -> str | None:
     return head + ("+dirty" if dirty else "")
 
 
+def _cpu_quota() -> float | None:
+    try:
+        from st_onnx.runtime.session import cgroup_cpu_quota
+    except ImportError:  # a benchmark run against another checkout
+        return None
+    return cgroup_cpu_quota()
+
+
 def describe() -> dict:
     """The machine and software a result comes from, as JSON-ready values."""
     info = _cpuinfo()
     flags = set(info.get("flags", "").split())
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    quota = _cpu_quota()
     return {
         "cpu_model": info.get("model name") or platform.processor() or platform.machine(),
         "cpu_vendor": info.get("vendor_id"),
         "cpu_family_model": f"{info['cpu family']}/{info['model']}" if "cpu family" in info and "model" in info else None,
         "cpu_flags": [flag for flag in KERNEL_FLAGS if flag in flags] if flags else None,  # None: not readable
         "cpus": cpus,
+        "cpu_quota": quota,  # a container's CFS quota in CPUs (st-onnx sizes its runs by the smaller); None: none
         "memory_gib": _memory_gib(),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
@@ -96,5 +106,6 @@ def summary(machine: dict) -> str:
     ort = machine.get("versions", {})
     runtime = next((f"{name} {ort[name]}" for name in ("onnxruntime-gpu", "onnxruntime") if name in ort), "no ORT")
     family = f", family/model {machine['cpu_family_model']}" if machine.get("cpu_family_model") else ""
-    return (f"{machine['cpu_model']}{family} ({flags}), {machine['cpus']} cpus, {machine['memory_gib']} GiB, "
+    quota = f" (a quota of {machine['cpu_quota']:g})" if machine.get("cpu_quota") is not None else ""
+    return (f"{machine['cpu_model']}{family} ({flags}), {machine['cpus']} cpus{quota}, {machine['memory_gib']} GiB, "
             f"{runtime}, commit {machine.get('commit')}")

@@ -115,3 +115,45 @@ def test_a_device_change_does_not_break_a_call_running_in_another_thread(folder,
     t.join(30)
     assert "error" not in result, repr(result.get("error"))
     np.testing.assert_allclose(result["out"], want, atol=1e-6)
+
+
+def _cgroups(root, membership, files):
+    for relative, text in files.items():
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        (root / relative).write_text(text)
+    (root / "membership").write_text(membership)
+    return root / "membership"
+
+
+@pytest.mark.parametrize("membership, files, cpus", [
+    # cgroup v2: the tightest quota on the path binds, wherever it is set
+    ("0::/kubepods/pod1/c1\n", {"kubepods/pod1/cpu.max": "250000 100000\n",
+                                "kubepods/pod1/c1/cpu.max": "max 100000\n"}, 2.5),
+    ("0::/\n", {"cpu.max": "max 100000\n"}, None),
+    # cgroup v1, a container whose cgroup path is its own mount (no cgroup namespace): the path is not there
+    ("4:cpu,cpuacct:/docker/abc\n2:memory:/docker/abc\n",
+     {"cpu,cpuacct/cpu.cfs_quota_us": "150000\n", "cpu,cpuacct/cpu.cfs_period_us": "100000\n"}, 1.5),
+    ("1:cpu:/\n", {"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+    ("0::/\n", {"cpu.max": "garbage\n"}, None),
+])
+def test_the_cpu_quota_of_a_container_is_read_from_its_cgroups(tmp_path, membership, files, cpus):
+    from st_onnx.runtime.session import cgroup_cpu_quota
+
+    assert cgroup_cpu_quota(tmp_path, _cgroups(tmp_path, membership, files)) == cpus
+    assert cgroup_cpu_quota(tmp_path, tmp_path / "no such file") is None
+
+
+def test_a_container_cpu_quota_caps_the_onnx_backends_parallel_runs_and_threads(folder, monkeypatch):
+    """A 1-CPU container on a many-core host sees every host core in its affinity mask: runs and threads sized
+    by that oversubscribe the quota (throttled threads, a run's buffers each)."""
+    import st_onnx.runtime.session as session
+    from st_onnx import SentenceTransformer
+
+    monkeypatch.setattr(session.os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    monkeypatch.setattr(session, "cgroup_cpu_quota", lambda: 1.0)
+    assert session.available_cores() == 1
+    assert session.default_session_options().intra_op_num_threads == 1
+    model = SentenceTransformer(str(folder), backend="onnx", device="cpu")
+    assert model._backend._encoder.parallel == 1
+    monkeypatch.setattr(session, "cgroup_cpu_quota", lambda: None)
+    assert session.available_cores() == 64

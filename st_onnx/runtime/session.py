@@ -72,11 +72,67 @@ def cpu_has_vnni() -> bool | None:
 
 
 def available_cores() -> int:
-    """Cores this process may run on (its affinity mask where the OS has one)."""
+    """Cores this process may use: its affinity mask where the OS has one, capped by a container's CPU quota.
+
+    A container limited to 2 CPUs (``docker run --cpus=2``, a Kubernetes CPU limit) on a 64-core host still sees
+    64 cores in its affinity mask; sizing thread pools or parallel runs by that oversubscribes the quota (threads
+    wait throttled, each run holds its own buffers). ONNX Runtime's own default reads the host too.
+    """
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+        cores = os.cpu_count() or 1
+    quota = cgroup_cpu_quota()
+    return max(1, min(cores, int(quota)) if quota is not None else cores)  # 1.5 CPUs: 1 thread, never throttled
+
+
+def cgroup_cpu_quota(root: str | os.PathLike = "/sys/fs/cgroup", membership: str = "/proc/self/cgroup") -> float | None:
+    """CPUs this process's cgroups allow it (the smallest CFS quota on its cgroup path); None when unlimited.
+
+    Reads cgroup v2 ``cpu.max`` ("max 100000" or "200000 100000") and cgroup v1 ``cpu.cfs_quota_us`` over
+    ``cpu.cfs_period_us`` (a quota of -1 is unlimited) in the process's cgroup (``membership`` lines are
+    "id:controllers:path") and each parent up to the mount point: a parent's quota binds its children.
+    """
+    root = Path(root)
+    try:
+        lines = Path(membership).read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        lines = []
+    limits = []
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        controllers, path = parts[1], parts[2]
+        if controllers == "":  # cgroup v2's one hierarchy
+            mount, v2 = root, True
+        elif "cpu" in controllers.split(","):
+            mount, v2 = next((m for m in (root / controllers, root / "cpu") if m.is_dir()), root / "cpu"), False
+        else:
+            continue
+        folder = mount.joinpath(*[part for part in path.split("/") if part not in ("", ".", "..")])
+        while True:
+            limit = _read_quota(folder, v2)
+            if limit is not None:
+                limits.append(limit)
+            if folder == mount:
+                break
+            folder = folder.parent
+    return min(limits) if limits else None
+
+
+def _read_quota(folder: Path, v2: bool) -> float | None:
+    try:
+        if v2:
+            quota, _, period = (folder / "cpu.max").read_text(encoding="ascii").strip().partition(" ")
+        else:
+            quota = (folder / "cpu.cfs_quota_us").read_text(encoding="ascii").strip()
+            period = (folder / "cpu.cfs_period_us").read_text(encoding="ascii").strip()
+        if quota in ("max", "-1"):
+            return None
+        return int(quota) / int(period) if int(quota) > 0 and int(period) > 0 else None
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
 
 
 def default_session_options(threads: int | None = None, prepack: bool = False) -> Any:
