@@ -24,9 +24,20 @@ from .layout import PRECISIONS
 
 
 def bench_script() -> Path:
+    """benchmarks/bench_encode.py of the checkout st-onnx runs from (an editable install), else of the st-onnx
+    checkout the command runs in (installed from it with ``pip install .``: the package is in site-packages)."""
     import st_onnx
 
-    return Path(st_onnx.__file__).resolve().parents[1] / "benchmarks" / "bench_encode.py"
+    beside = Path(st_onnx.__file__).resolve().parents[1] / "benchmarks" / "bench_encode.py"
+    here = Path.cwd() / "benchmarks" / "bench_encode.py"
+    return here if not beside.is_file() and here.is_file() and _is_st_onnx_checkout(Path.cwd()) else beside
+
+
+def _is_st_onnx_checkout(folder: Path) -> bool:
+    try:
+        return 'name = "st-onnx"' in (folder / "pyproject.toml").read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -61,8 +72,9 @@ def _export(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     script = bench_script()
     if not script.is_file():
-        print(f"error: the benchmark script {script} is absent; `st-onnx bench` needs a source checkout of st-onnx "
-              "(benchmarks/ is not installed with the package)", file=sys.stderr)
+        print(f"error: the benchmark script {script} is absent; `st-onnx bench` runs the benchmarks/ folder of a "
+              "clone of st-onnx, which the package does not install: run it in the clone's top folder",
+              file=sys.stderr)
         return 2
     env = {**os.environ, "ST_ONNX_BENCH_PROG": "st-onnx bench"}  # the script's usage lines name this command
     try:
