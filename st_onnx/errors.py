@@ -89,6 +89,15 @@ def non_negative_int(value: object, name: str, or_none: bool = False) -> int | N
     return _int_from(value, name, 0, "an int >= 0", or_none)
 
 
+def int_between(value: object, name: str, least: int, most: int, why: str = "") -> int:
+    """``value`` as an int from ``least`` to ``most`` (numpy integers too, never a bool); else InvalidInputError."""
+    import numbers
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not least <= int(value) <= most:
+        raise InvalidInputError(f"{name} must be an int from {least} to {most}{why}; got {value!r}")
+    return int(value)
+
+
 def _int_from(value: object, name: str, least: int, wanted: str, or_none: bool) -> int:
     import numbers
 

@@ -13,7 +13,7 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Mapping
 
 from . import layout
 from .devices import check_device
@@ -91,6 +91,15 @@ class SentenceTransformer(ModuleMethods):
                                     "backend='onnx' (or drop onnx_options)")
         if model_name_or_path is None and modules is None:
             raise InvalidInputError("give model_name_or_path (a folder or a Hub id) or modules=[...]")
+        if model_name_or_path is not None and not isinstance(model_name_or_path, (str, os.PathLike)):
+            raise InvalidInputError(f"model_name_or_path must be a folder path or a Hub id string; got "
+                                    f"{type(model_name_or_path).__name__} {model_name_or_path!r:.80}")
+        if model_name_or_path is not None and modules is not None:  # as sentence-transformers: the path wins
+            warnings.warn(f"both model_name_or_path ({str(model_name_or_path)!r}) and modules were given: the "
+                          "model is loaded from the path and modules is ignored", UserWarning, stacklevel=2)
+            modules = None
+        if isinstance(modules, Mapping):  # sentence-transformers takes an OrderedDict of name -> module too
+            modules = list(modules.values())
         if device is not None:
             device = check_device(device)
         tokenizer_kwargs = _one_of("tokenizer_kwargs", tokenizer_kwargs, "processor_kwargs", processor_kwargs)

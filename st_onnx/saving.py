@@ -53,6 +53,9 @@ def save_model(model, path: str | os.PathLike, model_name: str | None = None, cr
     """Save ``model``'s torch modules (and its still-valid fused graphs) to ``path``, swapped in atomically."""
     if not isinstance(path, (str, os.PathLike)) or not str(path):
         raise InvalidInputError(f"path must be a folder path (a non-empty string or path); got {path!r}")
+    if model_name is not None and not isinstance(model_name, str):  # the model card's title and usage line
+        raise InvalidInputError(f"model_name must be a string (the name the model card gives) or None; got "
+                                f"{type(model_name).__name__} {model_name!r:.80}")
     path = Path(path)
     stack = model.torch_modules
     source = model.model_path

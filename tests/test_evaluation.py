@@ -387,7 +387,7 @@ def test_evaluators_take_truncate_dim_as_sentence_transformers_2_7(make):
     make()(model)
     assert model.calls and all(call["truncate_dim"] == 4 for call in model.calls)
     untruncated = RecordingModel()
-    EmbeddingSimilarityEvaluator(["a"], ["b"], [0.5])(untruncated)  # not set: not passed (any encode works)
+    EmbeddingSimilarityEvaluator(["a", "c"], ["b", "d"], [0.5, 0.7])(untruncated)  # not set: not passed
     assert all("truncate_dim" not in call for call in untruncated.calls)
 
 

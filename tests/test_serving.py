@@ -1,9 +1,14 @@
 """The onnx backend as servers use it: a model encoded once and then forked (gunicorn --preload, Celery
-prefork), long documents by the thousand, the model moved while another thread encodes."""
+prefork), long documents by the thousand, the model moved while another thread encodes, models built by several
+threads at once, a container's CPU quota."""
 
 import multiprocessing as mp
 import os
+import subprocess
+import sys
+import textwrap
 import threading
+import time
 import warnings
 
 import numpy as np
@@ -157,3 +162,135 @@ def test_a_container_cpu_quota_caps_the_onnx_backends_parallel_runs_and_threads(
     assert model._backend._encoder.parallel == 1
     monkeypatch.setattr(session, "cgroup_cpu_quota", lambda: None)
     assert session.available_cores() == 64
+
+
+# -- many threads on one model, as a server's threadpool runs it --------------------------------------------------
+MIXED = ["the cat runs", "a dog sleeps over the lazy fox", "one"] * 4
+
+
+def _run_fresh(code: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """A fresh interpreter: transformers not imported yet, as in a server's first requests."""
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+_CONSTRUCT = """
+    import threading, warnings
+    warnings.simplefilter("ignore")
+    from st_onnx import SentenceTransformer
+    errors = []
+    def build():
+        try:
+            SentenceTransformer({path!r}, device="cpu", {extra}).encode(["a cat"], show_progress_bar=False)
+        except Exception as e:
+            errors.append(f"{{type(e).__name__}}: {{e}}")
+    threads = [threading.Thread(target=build) for _ in range(4)]
+    [t.start() for t in threads]; [t.join() for t in threads]
+    print("ERRORS", errors)
+    assert not errors, errors
+"""
+
+
+def test_threads_constructing_models_at_once_in_a_fresh_process(tiny_model_dir):
+    """transformers 5's lazy __init__ hands a half-built module to a second thread importing it at the same time:
+    3 of 4 threads failed with "cannot import name 'AutoConfig' from 'transformers'" (sentence-transformers,
+    which imports transformers at its own import, does not)."""
+    done = _run_fresh(_CONSTRUCT.format(path=str(tiny_model_dir), extra=""))
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+
+def test_threads_loading_one_folder_without_a_graph_with_the_onnx_backend(tiny_model_copy):
+    """Each thread exported the graph; torch.onnx.export is not reentrant ('GLOBALS.in_onnx_export must be
+    False'), so all but one failed (even with transformers imported first)."""
+    code = "import transformers\n" + textwrap.dedent(_CONSTRUCT.format(path=str(tiny_model_copy),
+                                                                      extra="backend='onnx'"))
+    done = _run_fresh(code)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+
+def test_a_tokenizer_swap_never_reaches_a_concurrent_call_half_configured(tiny_model_copy):
+    """model.tokenizer = X published X before its padding was switched off and its truncation set: a call in
+    another thread tokenized with tokenizer.json's fixed padding (mask 1 over the pads) and got other embeddings."""
+    from tokenizers import Tokenizer
+
+    from st_onnx import SentenceTransformer
+
+    model = SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu")
+    want = model.encode(MIXED, show_progress_bar=False)
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    stop, wrong = threading.Event(), []
+
+    def encode():
+        while not stop.is_set():
+            if not np.allclose(model.encode(MIXED, show_progress_bar=False), want, atol=1e-5):
+                wrong.append(1)
+
+    threads = [threading.Thread(target=encode) for _ in range(3)]
+    try:
+        [t.start() for t in threads]
+        for _ in range(300):
+            model.tokenizer = Tokenizer.from_file(str(tiny_model_copy / "tokenizer.json"))  # pads to 32
+    finally:
+        stop.set()
+        [t.join() for t in threads]
+        sys.setswitchinterval(old)
+    assert not wrong, f"{len(wrong)} calls got other embeddings while the tokenizer was being replaced"
+
+
+class _SlowTruncation:
+    """Wraps a tokenizers.Tokenizer; setting truncation at 16 tokens takes a while (a thread switch mid-setter)."""
+
+    def __init__(self, inner):
+        self._inner = inner
+
+    def enable_truncation(self, max_length, **kwargs):
+        if max_length == 16:
+            time.sleep(0.3)
+        return self._inner.enable_truncation(max_length, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+
+def test_concurrent_max_seq_length_setters_leave_one_consistent_limit(tiny_model_copy):
+    """Two threads setting max_seq_length at once left max_seq_length at one value and the tokenizer truncating
+    at the other, for good."""
+    from st_onnx import SentenceTransformer
+
+    model = SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu")
+    text_tokenizer = model._backend._text_tokenizer
+    text_tokenizer._tokenizer = _SlowTruncation(text_tokenizer._tokenizer)
+    first = threading.Thread(target=setattr, args=(model, "max_seq_length", 16))
+    first.start()
+    time.sleep(0.1)  # the first setter is inside the tokenizer's truncation call
+    model.max_seq_length = 32
+    first.join()
+    assert text_tokenizer.tokenizer.truncation["max_length"] == model.max_seq_length
+
+
+def test_a_device_change_racing_another_leaves_the_device_it_reports(tiny_model_copy):
+    """to('cuda:0') in one thread (a slow session build) and encode(device='cpu') in another: the recorded
+    device said 'cpu' while the session built for 'cuda:0' stayed in use, and model.to('cpu') was then a no-op."""
+    from st_onnx import SentenceTransformer
+
+    model = SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu")
+    backend, built, real = model._backend, {}, model._backend.new_session
+
+    def slow(device, threads=None):
+        if device.startswith("cuda"):
+            time.sleep(1.0)
+        session = real(device, threads)
+        built[id(session)] = device
+        return session
+
+    backend.new_session = slow
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # no GPU here: CUDA falls back to the CPU with a warning
+        mover = threading.Thread(target=lambda: model.to("cuda:0"))
+        mover.start()
+        time.sleep(0.3)
+        model.encode(["a cat"], device="cpu", show_progress_bar=False)
+        mover.join()
+        model.to("cpu")
+    assert built[id(backend._encoder.session)] == "cpu"

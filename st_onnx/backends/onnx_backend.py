@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import os
 import tempfile
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from ..errors import BackendError, InvalidInputError, ModelFolderError, positive
 from ..runtime.encoder import PROMPT_LENGTH, OrtEncoder
 from ..runtime.graphs import GraphChoice, cache_dir_for, find_graph, find_packed
 from ..runtime.providers import CUDA, check_providers, cuda_usable, provider_name, resolve_device
-from ..runtime.session import OrtSession, available_cores, default_session_options
+from ..runtime.session import OrtSession, available_cores, check_thread_count, default_session_options
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ class OnnxOptions:
         if opts.token_budget is not None:  # numpy integers become ints, as ONNX Runtime takes them
             opts = dataclasses.replace(opts, token_budget=check_token_budget(opts.token_budget))
         if opts.intra_op_num_threads is not None:
-            threads = positive_int(opts.intra_op_num_threads, "onnx_options['intra_op_num_threads']")
+            threads = check_thread_count(opts.intra_op_num_threads, "onnx_options['intra_op_num_threads']")
             opts = dataclasses.replace(opts, intra_op_num_threads=threads)
         if opts.file_name is not None and (not isinstance(opts.file_name, (str, os.PathLike)) or not str(opts.file_name)):
             raise InvalidInputError(f"onnx_options['file_name'] must be a path to a graph file (relative to the model "
@@ -118,6 +119,7 @@ class OnnxBackend:
         self._include_prompt = bool(self.manifest.get("pooling_include_prompt", True))
         self._linked_transformer: Any = None  # the torch Transformer module, once the facade loads it
         self._linked_pooling: Any = None  # and its Pooling module
+        self._device_lock = threading.Lock()  # device changes from several threads: one at a time
         self._encoder = self._make_encoder(device)
         # the graph's own inputs decide whether pairs carry token types (its manifest says so too, unless edited)
         self._text_tokenizer.type_ids = "token_type_ids" in self._encoder.session.input_names
@@ -134,8 +136,9 @@ class OnnxBackend:
             folder = _save_modules(model, modules, cache_folder)
         else:
             folder = Path(model.model_path)
-        choice = find_graph(folder, precision, file_name=opts.file_name, export=opts.export,
-                            cache_folder=cache_folder, exporter=_export)
+        with _folder_lock(folder):  # threads loading one folder at once: one exports, the others find its graph
+            choice = find_graph(folder, precision, file_name=opts.file_name, export=opts.export,
+                                cache_folder=cache_folder, exporter=_export)
         if opts.packing:
             choice = find_packed(folder, choice, export=opts.export, cache_folder=cache_folder, packer=_pack)
         return cls(folder, choice, device, opts, TextTokenizer.from_folder(folder, choice.manifest))
@@ -178,14 +181,16 @@ class OnnxBackend:
         if device == "cpu":
             _warn_if_quantized_for_vnni(self.graph_path, self.manifest)
         _warn_if_left_padding_shifts(self.graph_path, self.manifest)
-        self._requested_device = device
         # the old encoder is not closed: a call running on it in another thread finishes there; its executor's
         # threads exit once the last call lets go of it (ThreadPoolExecutor's weakref callback)
         if device == "cpu" and self.options.intra_op_num_threads is None and not _fixed_threads(self.options):
             # batch-level parallelism: one thread per run, as many runs at once as cores (see runtime/encoder.py)
             cores = available_cores()
-            return self.encoder_for(self.new_session(device, threads=1), parallel=cores)
-        return self.encoder_for(self.new_session(device))
+            encoder = self.encoder_for(self.new_session(device, threads=1), parallel=cores)
+        else:
+            encoder = self.encoder_for(self.new_session(device))
+        self._requested_device = device  # recorded once its encoder exists (the caller publishes both)
+        return encoder
 
     # -- TorchBackend's interface ---------------------------------------------------------------------
     @property
@@ -194,8 +199,9 @@ class OnnxBackend:
 
     def to(self, device: str) -> None:
         device = resolve_device(device)
-        if device != self._requested_device:
-            self._encoder = self._make_encoder(device)
+        with self._device_lock:  # two changes at once: the last one wins, encoder and recorded device alike
+            if device != self._requested_device:
+                self._encoder = self._make_encoder(device)
 
     def sentence_embedding_dimension(self) -> int | None:
         """The graph's output width where its shape says it, else the manifest's."""
@@ -280,6 +286,15 @@ class OnnxBackend:
         return f"OnnxBackend({str(self.graph_path)!r}, device={self.device!r})"
 
 
+_FOLDER_LOCKS: dict[str, threading.Lock] = {}
+_FOLDER_LOCKS_GUARD = threading.Lock()
+
+
+def _folder_lock(folder: Path) -> threading.Lock:
+    with _FOLDER_LOCKS_GUARD:
+        return _FOLDER_LOCKS.setdefault(os.path.realpath(folder), threading.Lock())
+
+
 def cuda_defaults(precision: str | None) -> dict[str, Any]:
     """CUDA provider options under the caller's: ``use_tf32=0`` for fp32 graphs.
 
@@ -339,6 +354,8 @@ def _session_options(value: Any, threads: int | None, prepack: bool = False) -> 
                 for entry, setting in item.items():
                     so.add_session_config_entry(str(entry), str(setting))
             elif isinstance(key, str) and not key.startswith("_") and hasattr(so, key):
+                if key in ("intra_op_num_threads", "inter_op_num_threads"):  # 0: ONNX Runtime's default
+                    item = check_thread_count(item, f"onnx_options['session_options'][{key!r}]", least=0)
                 try:
                     setattr(so, key, item)
                 except TypeError as e:  # pybind11 names the expected type

@@ -17,6 +17,7 @@ builds a BERT-style tokenizer's normalizer from ``tokenizer_config.json`` (and t
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -171,6 +172,32 @@ def char_chunks(sizes: Sequence[int], max_chars: int) -> list[tuple[int, int]]:
     return out
 
 
+def _set_truncation(tokenizer: Tokenizer, max_length: int, side: str) -> None:
+    check_room_for_text(max_length, tokenizer.num_special_tokens_to_add(False))
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length=max_length, strategy="longest_first", direction=side)
+
+
+def _find_pad_id(tokenizer: Tokenizer, pad_token: str | None) -> int:
+    padding = tokenizer.padding
+    if padding and padding.get("pad_id") is not None:
+        return int(padding["pad_id"])
+    for token in (pad_token, "[PAD]", "<pad>", "<|pad|>"):
+        if not isinstance(token, str):
+            continue
+        idx = tokenizer.token_to_id(token)
+        if idx is not None:
+            return idx
+    return 0
+
+
+def check_room_for_text(max_seq_length: int, special_tokens: int) -> None:
+    """Refuse a limit the special tokens fill: tokenizers then leave the text untruncated, without a word."""
+    if max_seq_length <= special_tokens:
+        raise InvalidInputError(f"max_seq_length {max_seq_length} leaves no room for text: the tokenizer adds "
+                                f"{special_tokens} special tokens to each; allowed: {special_tokens + 1} or more")
+
+
 class TokenIds:
     """One text's token ids (and segment ids for pairs), compact: a tokenizers Encoding also keeps its tokens,
     offsets and masks, several times the memory, for the whole chunk being encoded."""
@@ -193,6 +220,7 @@ class TextTokenizer:
                  truncation_side: str = "right") -> None:
         if truncation_side not in TRUNCATION_SIDES:
             raise InvalidInputError(f"truncation_side is {truncation_side!r}; allowed: 'right' or 'left'")
+        self._settings_lock = threading.RLock()  # setters from several threads: one consistent tokenizer state
         self.truncation_side = truncation_side
         self.do_lower_case = bool(do_lower_case)
         if self.do_lower_case:  # a copy: the caller's tokenizer keeps its normalizer
@@ -257,13 +285,17 @@ class TextTokenizer:
             raise InvalidInputError(
                 f"tokenizer must be a tokenizers.Tokenizer or a transformers fast tokenizer; got {type(value).__name__}"
             )
-        self._tokenizer = backend
-        self._pad_token = getattr(value, "pad_token", None) or self._pad_token
-        side = getattr(value, "truncation_side", None)
-        self.truncation_side = side if side in TRUNCATION_SIDES else self.truncation_side
-        self.pad_id = self._find_pad_id()
-        limit = getattr(value, "model_max_length", None)
-        self.max_seq_length = limit if layout.is_length_limit(limit) else self._max_seq_length
+        with self._settings_lock:
+            pad_token = getattr(value, "pad_token", None) or self._pad_token
+            side = getattr(value, "truncation_side", None)
+            side = side if side in TRUNCATION_SIDES else self.truncation_side
+            pad_id = _find_pad_id(backend, pad_token)  # before no_padding() drops the padding's pad_id
+            limit = getattr(value, "model_max_length", None)
+            limit = positive_int(limit if layout.is_length_limit(limit) else self._max_seq_length, "max_seq_length")
+            # set up before it is published: a call in another thread never sees tokenizer.json's padding
+            _set_truncation(backend, limit, side)
+            self._pad_token, self.truncation_side, self.pad_id = pad_token, side, pad_id
+            self._max_seq_length, self._tokenizer = limit, backend
 
     @property
     def max_seq_length(self) -> int:
@@ -272,22 +304,12 @@ class TextTokenizer:
     @max_seq_length.setter
     def max_seq_length(self, value: int) -> None:
         value = positive_int(value, "max_seq_length")
-        self._max_seq_length = value
-        self._tokenizer.no_padding()
-        self._tokenizer.enable_truncation(max_length=value, strategy="longest_first",
-                                          direction=self.truncation_side)
+        with self._settings_lock:  # the recorded limit and the tokenizer's truncation change together
+            _set_truncation(self._tokenizer, value, self.truncation_side)
+            self._max_seq_length = value
 
     def _find_pad_id(self) -> int:
-        padding = self._tokenizer.padding
-        if padding and padding.get("pad_id") is not None:
-            return int(padding["pad_id"])
-        for token in (self._pad_token, "[PAD]", "<pad>", "<|pad|>"):
-            if not isinstance(token, str):
-                continue
-            idx = self._tokenizer.token_to_id(token)
-            if idx is not None:
-                return idx
-        return 0
+        return _find_pad_id(self._tokenizer, self._pad_token)
 
     # -- encoding -------------------------------------------------------------------------------------
     def encode(self, texts: Sequence[Any]) -> list[TokenIds]:

@@ -76,10 +76,33 @@ def encode_unique(model, columns: list[list], batch_size: int, show_progress_bar
     return [embeddings[[index[t] for t in column]] for column in columns]
 
 
-def check_same_length(**columns: list) -> None:
+def check_same_length(*, at_least: int = 0, **columns: list) -> None:
     lengths = {name: len(col) for name, col in columns.items()}
     if len(set(lengths.values())) > 1:
         raise InvalidInputError(f"the evaluator's columns must have the same length; got {lengths}")
+    if min(lengths.values()) < at_least:  # a correlation of one pair, an accuracy of none: NaN, not a score
+        raise InvalidInputError(f"the evaluator needs at least {at_least} row{'s' * (at_least != 1)} to score; got "
+                                f"{lengths}")
+
+
+def finite_numbers(name: str, values: list) -> np.ndarray:
+    """``values`` as float64, refusing what is not a finite number (None became NaN, and NaN every correlation)."""
+    try:
+        array = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        array = None
+    if array is None or array.ndim != 1 or not np.isfinite(array).all():
+        bad = next((i for i, v in enumerate(values) if not _is_finite_number(v)), None)
+        where = f"{name}[{bad}] is {values[bad]!r:.40}" if bad is not None else f"got shape {np.shape(values)}"
+        raise InvalidInputError(f"{name} must be one finite number per pair; {where}")
+    return array
+
+
+def _is_finite_number(value: Any) -> bool:
+    try:
+        return bool(np.isfinite(float(value))) and not isinstance(value, (str, bytes))
+    except (TypeError, ValueError):
+        return False
 
 
 def describe(epoch: int, steps: int) -> str:

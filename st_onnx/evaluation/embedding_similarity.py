@@ -6,7 +6,8 @@ import logging
 
 import numpy as np
 
-from .base import (SentenceEvaluator, SimilarityFunction, check_same_length, describe, encode, paired_scores)
+from .base import (SentenceEvaluator, SimilarityFunction, check_same_length, describe, encode, finite_numbers,
+                   paired_scores)
 
 logger = logging.getLogger(__name__)
 
@@ -23,7 +24,8 @@ class EmbeddingSimilarityEvaluator(SentenceEvaluator):
     def __init__(self, sentences1: list[str], sentences2: list[str], scores: list[float], batch_size: int = 16,
                  main_similarity=None, name: str = "", show_progress_bar: bool = False,
                  write_csv: bool = True, precision: str | None = None, truncate_dim: int | None = None) -> None:
-        check_same_length(sentences1=sentences1, sentences2=sentences2, scores=scores)
+        check_same_length(sentences1=sentences1, sentences2=sentences2, scores=scores, at_least=2)  # a correlation
+        gold = finite_numbers("scores", list(scores))
         if precision is not None:
             from ..quantization import check_precision
 
@@ -31,7 +33,7 @@ class EmbeddingSimilarityEvaluator(SentenceEvaluator):
         self.precision, self.truncate_dim = precision, truncate_dim
         self.sentences1 = list(sentences1)
         self.sentences2 = list(sentences2)
-        self.scores = list(scores)
+        self.scores = gold.tolist()
         self.batch_size = batch_size
         self.main_similarity = None if main_similarity is None else SimilarityFunction.from_name(main_similarity)
         self.name = name

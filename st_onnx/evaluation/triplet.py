@@ -24,7 +24,7 @@ class TripletEvaluator(SentenceEvaluator):
                  main_distance_function=None, name: str = "", batch_size: int = 16,
                  show_progress_bar: bool = False, write_csv: bool = True, truncate_dim: int | None = None) -> None:
         self.truncate_dim = truncate_dim
-        check_same_length(anchors=anchors, positives=positives, negatives=negatives)
+        check_same_length(anchors=anchors, positives=positives, negatives=negatives, at_least=1)
         self.anchors, self.positives, self.negatives = list(anchors), list(positives), list(negatives)
         self.main_distance_function = (None if main_distance_function is None
                                        else SimilarityFunction.from_name(main_distance_function))

@@ -20,12 +20,13 @@ import copy
 import logging
 import os
 import re
+import threading
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
 from .. import layout
-from ..errors import BackendError, InvalidInputError, ModelFolderError, ParityError
+from ..errors import BackendError, InvalidInputError, ModelFolderError, ParityError, int_between
 from ..runtime.encoder import PROMPT_LENGTH
 from . import manifest as manifest_mod
 from . import optimize as passes
@@ -56,9 +57,11 @@ def export_fused_graph(stack, out_dir: str | os.PathLike, precision: str = "fp32
                                 f"; got {type(stack).__name__}")
     if not isinstance(fingerprint, str) or not fingerprint:
         raise InvalidInputError(f"fingerprint must be a non-empty string (folder_fingerprint(folder)); got {fingerprint!r}")
-    opset = DEFAULT_OPSET if opset is None else int(opset)
-    if opset < 14:
-        raise InvalidInputError(f"opset {opset} is too old; allowed: 14 or newer (default {DEFAULT_OPSET})")
+    opset = DEFAULT_OPSET if opset is None else int_between(opset, "opset", 14, _max_opset(),  # before the trace
+                                                            f" (default {DEFAULT_OPSET})")
+    if sentences is not None and (isinstance(sentences, str) or not all(isinstance(t, str) and t for t in sentences)):
+        raise InvalidInputError(f"sentences (the texts parity is checked on) must be a list of non-empty strings; "
+                                f"got {sentences!r:.80}")
     check_traceable_transformers()
     was_training = stack.training
     digest = stack.content_digest()  # of the modules as given (fp16 ones too): what a save compares
@@ -71,6 +74,19 @@ def export_fused_graph(stack, out_dir: str | os.PathLike, precision: str = "fp32
         stack.train(was_training)  # a model exported mid-training keeps training
     return target
 
+
+def _max_opset() -> int:
+    """The newest opset the installed torch exports (23 for torch 2.13: 24 it refuses after tracing)."""
+    try:
+        from torch.onnx._constants import ONNX_MAX_OPSET
+
+        return int(ONNX_MAX_OPSET)
+    except (ImportError, AttributeError, TypeError, ValueError):
+        return 23
+
+
+# torch.onnx.export keeps process-wide state (GLOBALS.in_onnx_export): one trace at a time per process
+_TRACE_LOCK = threading.Lock()
 
 # transformers releases whose attention masks cannot be traced by torch.onnx.export: they take a traced size
 # (a 0-d tensor) for the cache_position argument they deprecated, and fail with an IndexError in sdpa_mask
@@ -247,7 +263,7 @@ def _trace(stack, names: tuple[str, ...], path: Path, opset: int, prompt: bool =
     module = FusedModule(stack, names).eval()
     axes["sentence_embedding"] = {0: "batch"}
     axes["token_embeddings"] = {0: "batch", 1: "sequence"}
-    with eager_attention(stack.transformer.auto_model), torch.no_grad(), warnings.catch_warnings():
+    with _TRACE_LOCK, eager_attention(stack.transformer.auto_model), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TracerWarnings on shape checks in transformers' code
         dim = int(module(*args)[0].shape[-1])
         torch.onnx.export(

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .. import layout
-from ..errors import ModelFolderError
+from ..errors import InvalidInputError, ModelFolderError
 from .dense import Dense
 from .normalize import Normalize
 from .pooling import Pooling
@@ -35,9 +35,10 @@ class ModuleStack(nn.Sequential):
         modules = [adopt(m) for m in modules]
         if not modules:
             raise ModelFolderError("a model needs at least one module")
-        for m in modules:
+        for i, m in enumerate(modules):
             if not isinstance(m, nn.Module):
-                raise ModelFolderError(f"modules must be torch.nn.Module instances; got {type(m).__name__}")
+                raise InvalidInputError(f"modules must be torch.nn.Module instances; modules[{i}] is "
+                                        f"{type(m).__name__} {m!r:.80}")
         super().__init__(*modules)
         first = next(modules[0].parameters(), None)
         if first is not None:  # as sentence-transformers: a Transformer loaded in fp16/bf16 takes its Dense along

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -11,12 +12,14 @@ import torch
 from torch import nn
 
 from .. import layout
-from ..encode.tokenize import lowercase_first, text_columns
+from ..encode.tokenize import check_room_for_text, lowercase_first, text_columns
 from ..encode.prompts import check_prompt, prepend
 from ..layout import read_transformer_config
 from ..errors import ModelFolderError
 
 logger = logging.getLogger(__name__)
+# threads constructing models at once in a fresh process: 'cannot import name AutoConfig from transformers'
+_FIRST_IMPORT = threading.Lock()
 
 
 class Transformer(nn.Module):
@@ -40,7 +43,8 @@ class Transformer(nn.Module):
         tokenizer_name_or_path: str | None = None,
     ) -> None:
         super().__init__()
-        from transformers import AutoConfig, AutoModel, AutoTokenizer
+        with _FIRST_IMPORT:  # transformers 5's lazy __init__ hands a half-built module to a second importing thread
+            from transformers import AutoConfig, AutoModel, AutoTokenizer
 
         self.do_lower_case = do_lower_case
         local = os.path.isdir(model_name_or_path)
@@ -97,6 +101,7 @@ class Transformer(nn.Module):
 
     @max_seq_length.setter
     def max_seq_length(self, value: int) -> None:
+        check_room_for_text(value, self.tokenizer.num_special_tokens_to_add(pair=False))
         self.tokenizer.model_max_length = value
 
     def __repr__(self) -> str:

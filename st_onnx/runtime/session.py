@@ -33,7 +33,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import GraphFileError, GraphRunError, InvalidInputError
+from ..errors import GraphFileError, GraphRunError, InvalidInputError, int_between
 from .providers import CUDA, check_bound, providers_for
 
 logger = logging.getLogger(__name__)
@@ -133,6 +133,13 @@ def _read_quota(folder: Path, v2: bool) -> float | None:
         return int(quota) / int(period) if int(quota) > 0 and int(period) > 0 else None
     except (OSError, ValueError, UnicodeDecodeError):
         return None
+
+
+def check_thread_count(value: object, name: str, least: int = 1) -> int:
+    """A thread count ONNX Runtime may start: ``least`` (0 is ORT's "pick for me") up to 4 threads a core (a count
+    such as 10**6 made ORT start threads until memory ran out)."""
+    return int_between(value, name, least, 4 * (os.cpu_count() or 1),
+                       " (4 threads a core here: ONNX Runtime starts each one, and threads beyond the cores wait)")
 
 
 def default_session_options(threads: int | None = None, prepack: bool = False) -> Any:

@@ -1,0 +1,128 @@
+"""Bad input at the public entry points: refused with the value named and what is allowed, never a silent other
+result; and what sentence-transformers accepts, accepted (found by a review that called each entry point with
+wrong types, out-of-range numbers and unknown names on both backends, beside sentence-transformers 6.2)."""
+
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+
+from helpers import make_tiny_model
+from st_onnx import SentenceTransformer
+from st_onnx.errors import InvalidInputError
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_a_path_and_modules_together_load_the_path_and_warn_as_sentence_transformers(tiny_model_copy, tmp_path,
+                                                                                     backend):
+    """st-onnx ran the modules under the path's settings and card, saying nothing."""
+    from st_onnx.modules import load_stack
+
+    other = make_tiny_model(tmp_path / "other", seed=1)
+    want = SentenceTransformer(str(tiny_model_copy), device="cpu", backend=backend).encode(["a cat"])
+    with pytest.warns(UserWarning, match="modules is ignored"):
+        model = SentenceTransformer(str(tiny_model_copy), modules=list(load_stack(other)), device="cpu",
+                                    backend=backend)
+    np.testing.assert_allclose(model.encode(["a cat"]), want, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_modules_as_an_ordered_dict_are_taken_as_sentence_transformers_takes_them(tiny_model_dir, backend):
+    """The dict's keys were iterated: 'modules must be torch.nn.Module instances; got str'."""
+    from st_onnx.modules import load_stack
+
+    modules = list(load_stack(tiny_model_dir))
+    want = SentenceTransformer(modules=modules, device="cpu", backend=backend).encode(["a cat"])
+    named = OrderedDict((str(i), m) for i, m in enumerate(modules))
+    got = SentenceTransformer(modules=named, device="cpu", backend=backend).encode(["a cat"])
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    with pytest.raises(InvalidInputError, match=r"modules\[1\] is str 'pooling'"):
+        SentenceTransformer(modules=[modules[0], "pooling"], device="cpu")
+
+
+@pytest.mark.parametrize("bad", [b"/tmp", ["/tmp"], 5])
+def test_a_model_name_or_path_of_another_type_is_named(bad):
+    """bytes read as a missing folder named "b'/tmp'", 5 was looked up on the Hub as sentence-transformers/5."""
+    with pytest.raises(InvalidInputError, match=f"model_name_or_path must be .*; got {type(bad).__name__}"):
+        SentenceTransformer(bad, device="cpu")
+
+
+@pytest.mark.parametrize("columns, named", [
+    (([], [], []), "at least 2 rows"),
+    ((["a cat"], ["a dog"], [0.5]), "at least 2 rows"),  # a correlation of one pair is NaN
+    ((["a cat", "a dog", "the bird"], ["a dog", "the cat", "a fish"], [0.1, None, 0.9]), r"scores\[1\] is None"),
+    ((["a cat", "a dog"], ["a dog", "the cat"], [float("nan"), 1.0]), r"scores\[0\] is nan"),
+])
+def test_the_similarity_evaluator_refuses_what_it_cannot_score(columns, named):
+    """It returned NaN (None became NaN in the gold scores), which fit logs and then cannot pick a best model by."""
+    from st_onnx.evaluation import EmbeddingSimilarityEvaluator
+
+    with pytest.raises(InvalidInputError, match=named):
+        EmbeddingSimilarityEvaluator(*columns)
+
+
+def test_the_triplet_evaluator_refuses_no_triplets():
+    from st_onnx.evaluation import TripletEvaluator
+
+    with pytest.raises(InvalidInputError, match="at least 1 row to score"):
+        TripletEvaluator([], [], [])
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_a_max_seq_length_the_special_tokens_fill_is_refused(tiny_model_copy, backend):
+    """[CLS] and [SEP] did not fit in 1 token: the tokenizer then truncated nothing, silently."""
+    model = SentenceTransformer(str(tiny_model_copy), device="cpu", backend=backend)
+    for value in (1, 2):
+        with pytest.raises(InvalidInputError, match=f"max_seq_length {value} leaves no room .* allowed: 3 or more"):
+            model.max_seq_length = value
+    assert model.max_seq_length == 64  # unchanged by the refusals
+    model.max_seq_length = 3
+    assert model.tokenize(["a cat dog bird fish"])["input_ids"].shape[1] == 3
+
+
+def test_thread_counts_onnx_runtime_would_start_are_bounded(monkeypatch):
+    """intra_op_num_threads=10**6 was passed on: ONNX Runtime started threads until 23 GB of memory were gone."""
+    import st_onnx.runtime.session as session
+    from st_onnx.backends.onnx_backend import OnnxOptions, _session_options
+
+    monkeypatch.setattr(session.os, "cpu_count", lambda: 2)
+    assert OnnxOptions.from_dict({"intra_op_num_threads": 8}).intra_op_num_threads == 8
+    with pytest.raises(InvalidInputError, match=r"intra_op_num_threads'\] must be an int from 1 to 8 .*got 1000000"):
+        OnnxOptions.from_dict({"intra_op_num_threads": 10**6})
+    assert _session_options({"intra_op_num_threads": 0}, None).intra_op_num_threads == 0  # ORT's own default
+    with pytest.raises(InvalidInputError, match=r"\['intra_op_num_threads'\] must be an int from 0 to 8 .*got -5"):
+        _session_options({"intra_op_num_threads": -5}, None)
+
+
+def test_save_refuses_a_model_name_that_is_not_a_string(tiny_model_dir, tmp_path):
+    """model_name=5 wrote '# 5' and 'SentenceTransformer(5)' into the card."""
+    model = SentenceTransformer(str(tiny_model_dir), device="cpu")
+    with pytest.raises(InvalidInputError, match="model_name must be a string .* got int 5"):
+        model.save(str(tmp_path / "out"), model_name=5)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("kwargs, named", [
+    ({"opset": "x"}, "opset must be an int from 14 to"),
+    ({"opset": 99}, "opset must be an int from 14 to"),
+    ({"opset": 17.9}, "opset must be an int from 14 to"),  # was 17, silently
+    ({"sentences": [None]}, "sentences .* must be a list of non-empty strings"),
+    ({"sentences": "abc"}, "sentences .* must be a list of non-empty strings"),  # was checked on 'a', 'b', 'c'
+])
+def test_export_fused_graph_checks_its_arguments_before_the_trace(tiny_model_dir, tmp_path, kwargs, named):
+    """They failed after the trace with torch's or numpy's errors (opset 99 after printing the TorchScript graph),
+    leaving the output folder behind."""
+    from st_onnx.export import export_fused_graph
+    from st_onnx.modules import load_stack
+
+    with pytest.raises(InvalidInputError, match=named):
+        export_fused_graph(load_stack(tiny_model_dir), tmp_path / "out", fingerprint="x", **kwargs)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("devices", [5, {"cpu": 1}, [None], "cpu"])
+def test_a_pool_of_other_than_a_list_of_devices_is_refused(tiny_model_dir, devices):
+    """5 raised a bare TypeError from len(); a dict's keys were taken as the devices."""
+    model = SentenceTransformer(str(tiny_model_dir), device="cpu")
+    with pytest.raises(InvalidInputError, match="target_devices must be a non-empty list"):
+        model.start_multi_process_pool(devices)
