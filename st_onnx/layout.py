@@ -341,6 +341,10 @@ def atomic_folder(target: str | os.PathLike) -> Iterator[Path]:
     if target.exists() and not target.is_dir():  # as os.makedirs says it (sentence-transformers' save)
         raise FileExistsError(errno.EEXIST, "a file is in the way of the folder to write (allowed: a folder, "
                               "new or existing)", str(target))
+    blocked = next((p for p in target.parents if p.exists() and not p.is_dir()), None)
+    if blocked is not None:
+        raise NotADirectoryError(errno.ENOTDIR, f"a file is in the way of the folder {target} (allowed: a path "
+                                 "whose existing parents are folders)", str(blocked))
     target.parent.mkdir(parents=True, exist_ok=True)
     for work in (f".{target.name}.tmp-*", f".{target.name}.old-*"):
         remove_abandoned(target.parent, work)

@@ -648,11 +648,13 @@ class SentenceTransformer(ModuleMethods):
 def _check_positional_order(method: str, before: str, given: dict[str, Any], where_newer: str) -> None:
     """A string where sentence-transformers 2.x's order has these numbers or flags is a prompt passed in 5 and 6's
     order, which put ``prompt_name`` and ``prompt`` ``where_newer``: refused with the order named."""
-    if any(isinstance(value, str) for value in given.values()):
-        got = " and ".join(f"{value!r} as {name}" for name, value in given.items())
+    strings = [name for name, value in given.items() if isinstance(value, str)]
+    if strings:
+        got = " and ".join(f"{value!r} as {name}" for name, value in given.items() if name in strings)
         raise InvalidInputError(
-            f"{method} got {got}: st-onnx keeps sentence-transformers 2.x's order ({before}, {', '.join(given)}, "
-            f"...), where 5 and 6 put prompt_name and prompt {where_newer}; pass prompt_name=/prompt= by keyword"
+            f"{method} got {got}, which takes no string. Passed by position? st-onnx keeps sentence-transformers "
+            f"2.x's order ({before}, {', '.join(given)}, ...), where 5 and 6 put prompt_name and prompt "
+            f"{where_newer}; pass prompt_name=/prompt= by keyword"
         )
 
 

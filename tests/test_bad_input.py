@@ -126,3 +126,47 @@ def test_a_pool_of_other_than_a_list_of_devices_is_refused(tiny_model_dir, devic
     model = SentenceTransformer(str(tiny_model_dir), device="cpu")
     with pytest.raises(InvalidInputError, match="target_devices must be a non-empty list"):
         model.start_multi_process_pool(devices)
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_a_max_seq_length_past_the_position_embeddings_is_named_when_a_text_reaches_it(tiny_model_copy, backend):
+    """The torch backend failed with torch's 'The size of tensor a (300) must match the size of tensor b (128)'."""
+    from st_onnx.errors import StOnnxError
+
+    model = SentenceTransformer(str(tiny_model_copy), device="cpu", backend=backend)
+    model.max_seq_length = 300  # as sentence-transformers, a setting past the model's 128 positions is taken
+    assert model.encode(["a cat"]).shape == (1, 32)  # short texts still fit
+    with pytest.raises(StOnnxError, match="300 tokens are more than the model's 128 position embeddings"):
+        model.encode(["cat dog " * 200])
+
+
+@pytest.mark.parametrize("value, expected", [(32, 32), ("32", 32), ("x", None), (0, None)])
+def test_a_tokenizer_model_max_length_is_read_as_a_token_count_or_named(tiny_model_dir, value, expected):
+    """'x' failed with int()'s bare "invalid literal for int() with base 10: 'x'"."""
+    if expected is None:
+        with pytest.raises(InvalidInputError, match=r"tokenizer_kwargs\['model_max_length'\] must be a positive int"):
+            SentenceTransformer(str(tiny_model_dir), device="cpu", tokenizer_kwargs={"model_max_length": value})
+    else:
+        model = SentenceTransformer(str(tiny_model_dir), device="cpu", tokenizer_kwargs={"model_max_length": value})
+        assert model.max_seq_length == expected
+
+
+def test_a_flag_given_a_string_by_keyword_is_named_alone(tiny_model_dir):
+    model = SentenceTransformer(str(tiny_model_dir), device="cpu")
+    with pytest.raises(InvalidInputError, match="got 'yes' as show_progress_bar, which takes no string") as caught:
+        model.encode(["a cat"], show_progress_bar="yes")
+    assert "batch_size" not in str(caught.value).split("Passed by position?")[0]  # 32 was named as if it were wrong
+
+
+def test_a_file_in_the_way_of_a_save_is_named_and_a_folder_given_as_the_graph_file_is_called_a_folder(
+        tiny_model_copy, tmp_path):
+    """'File exists: afile' for a save under a file, 'which does not exist' for a file_name naming a folder."""
+    from st_onnx.errors import GraphFileError
+
+    (tmp_path / "afile").write_text("x")
+    model = SentenceTransformer(str(tiny_model_copy), device="cpu")
+    with pytest.raises(NotADirectoryError, match="a file is in the way of the folder .*afile"):
+        model.save(str(tmp_path / "afile" / "sub"))
+    (tiny_model_copy / "onnx").mkdir()
+    with pytest.raises(GraphFileError, match="onnx, which is a folder; allowed: a fused graph file"):
+        SentenceTransformer(str(tiny_model_copy), backend="onnx", onnx_options={"file_name": "onnx"})

@@ -196,7 +196,7 @@ def test_fp16_on_cpu_is_refused(tiny_folder):
     ({"precision": "int4"}, "precision"),
     ({"token_budget": 0}, "token_budget"),
     ({"export": "sometimes"}, "export"),
-    ({"file_name": "onnx/missing.onnx"}, "does not exist"),
+    ({"file_name": "onnx/missing.onnx"}, "missing.onnx, which is absent; allowed: a fused graph file"),
     ({"file_name": ""}, r"file_name'\] must be a path.*got ''"),
     ({"file_name": 5}, r"file_name'\] must be a path.*got 5"),
     ({"intra_op_num_threads": "2"}, r"intra_op_num_threads'\] must be an int from 1 to .*; got '2'"),

@@ -8,6 +8,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..encode.options import EncodeOptions, length_order, restore_order, text_length
+from ..errors import InvalidInputError
 from ..modules import ModuleStack
 
 
@@ -80,7 +81,13 @@ class TorchBackend:
             features = batch_to_device(self.tokenize(batch), device)
             if opts.prompt_length is not None:
                 features["prompt_length"] = opts.prompt_length
-            out = self.stack(features)
+            try:
+                out = self.stack(features)
+            except (RuntimeError, IndexError) as e:
+                named = _too_long_error(e, features, self.stack.transformer)
+                if named is None:
+                    raise
+                raise named from e
             results.extend(split_outputs(out, len(batch), opts.output_value, to_cpu=opts.convert_to_numpy))
         results = restore_order(results, order)
         if opts.output_value == "sentence_embedding":
@@ -89,6 +96,19 @@ class TorchBackend:
                 return torch.zeros((0, dim), dtype=torch.float32)
             return torch.stack(results)
         return results
+
+
+def _too_long_error(error: Exception, features: dict[str, Any], transformer: Any) -> InvalidInputError | None:
+    """A batch wider than the model's position embeddings (max_seq_length raised past them) fails deep in torch
+    ('The size of tensor a (302) must match the size of tensor b (128)'): the error that names the cause."""
+    width = features["input_ids"].shape[-1] if "input_ids" in features else None
+    limit = getattr(getattr(transformer.auto_model, "config", None), "max_position_embeddings", None)
+    # RoBERTa-style models number positions from padding_idx + 1: two fewer than the table holds
+    if not isinstance(width, int) or not isinstance(limit, int) or width <= limit - 2:
+        return None
+    return InvalidInputError(f"texts of {width} tokens are more than the model's {limit} position embeddings take "
+                             f"(max_seq_length is {transformer.max_seq_length}): lower max_seq_length to the "
+                             f"model's limit ({type(error).__name__}: {str(error).strip()[:200]})")
 
 
 def split_outputs(out: dict[str, Any], n: int, output_value: str | None, to_cpu: bool) -> list:

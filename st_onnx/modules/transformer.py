@@ -15,7 +15,7 @@ from .. import layout
 from ..encode.tokenize import check_room_for_text, lowercase_first, text_columns
 from ..encode.prompts import check_prompt, prepend
 from ..layout import read_transformer_config
-from ..errors import ModelFolderError
+from ..errors import ModelFolderError, positive_int
 
 logger = logging.getLogger(__name__)
 # threads constructing models at once in a fresh process: 'cannot import name AutoConfig from transformers'
@@ -189,6 +189,8 @@ class Transformer(nn.Module):
             if given:
                 config[key] = {**config.get(key, {}), **given}
         if tokenizer_args and "model_max_length" in tokenizer_args:  # asked for explicitly: it is the limit, as in ST 6
-            config["max_seq_length"] = int(tokenizer_args["model_max_length"])
+            limit = tokenizer_args["model_max_length"]
+            limit = int(limit) if isinstance(limit, str) and limit.strip().isdigit() else limit  # '256' from a CLI
+            config["max_seq_length"] = positive_int(limit, "tokenizer_kwargs['model_max_length']")
         return cls(model_name_or_path=str(input_path), **config)
 

@@ -352,7 +352,9 @@ def _named_graph(folder: Path, file_name: str) -> GraphChoice:
     if not graph.is_absolute():
         graph = folder / graph
     if not graph.is_file():
-        raise GraphFileError(f"onnx_options['file_name'] names {graph}, which does not exist")
+        what = "a folder" if graph.is_dir() else "something other than a file" if graph.exists() else "absent"
+        raise GraphFileError(f"onnx_options['file_name'] names {graph}, which is {what}; allowed: a fused graph "
+                             "file (such as 'onnx/st_onnx/int8.onnx'), relative to the model folder or absolute")
     manifest = read_manifest(graph)
     if manifest.get("fingerprint") and has_weights(folder):
         from ..fingerprint import folder_fingerprint
