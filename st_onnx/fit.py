@@ -276,7 +276,16 @@ def _checkpoint(model, checkpoint_path, total_limit, objectives, state: Training
 
 
 def _check_args(model, train_objectives, scheduler, **counts: Any) -> list:
-    objectives = list(train_objectives)
+    pair = (isinstance(train_objectives, (tuple, list)) and len(train_objectives) == 2
+            and _is_data_loader(train_objectives[0]) and isinstance(train_objectives[1], torch.nn.Module))
+    if pair:
+        raise InvalidInputError("train_objectives is one (DataLoader, loss) pair; allowed: a list of pairs, "
+                                "[(DataLoader, loss), ...]: wrap it in a list")
+    try:
+        objectives = list(train_objectives)
+    except TypeError:
+        raise InvalidInputError(f"train_objectives must be a list of (DataLoader, loss) pairs; got "
+                                f"{type(train_objectives).__name__} {train_objectives!r:.80}") from None
     if not objectives:
         raise InvalidInputError("train_objectives is empty; give [(DataLoader, loss), ...]")
     for item in objectives:

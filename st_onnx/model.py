@@ -366,7 +366,11 @@ class SentenceTransformer(ModuleMethods):
     def preprocess(self, inputs: list, prompt: str | None = None) -> dict[str, Any]:
         """The model's input features for ``inputs`` (sentence-transformers 6's name for ``tokenize``), with
         ``prompt`` prepended to each text and its token count as ``prompt_length``."""
-        texts = list(inputs)  # a bare string is its characters, as in sentence-transformers
+        try:
+            texts = list(inputs)  # a bare string is its characters, as in sentence-transformers
+        except TypeError:
+            raise InvalidInputError(f"inputs must be a list of texts, (text, text) pairs or one-text dicts; got "
+                                    f"{type(inputs).__name__} {inputs!r:.80}") from None
         if not texts:
             return {}  # sentence-transformers' answer for no texts
         check_one_kind(texts, "inputs")  # a list of three is no pair; a text after a pair is no pair either

@@ -170,3 +170,28 @@ def test_a_file_in_the_way_of_a_save_is_named_and_a_folder_given_as_the_graph_fi
     (tiny_model_copy / "onnx").mkdir()
     with pytest.raises(GraphFileError, match="onnx, which is a folder; allowed: a fused graph file"):
         SentenceTransformer(str(tiny_model_copy), backend="onnx", onnx_options={"file_name": "onnx"})
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+@pytest.mark.parametrize("bad", [None, 5])
+def test_tokenize_of_no_list_is_named(tiny_model_copy, backend, bad):
+    """TypeError: 'NoneType' object is not iterable, from the facade's own list()."""
+    model = SentenceTransformer(str(tiny_model_copy), device="cpu", backend=backend)
+    with pytest.raises(InvalidInputError, match=f"inputs must be a list of texts.*; got {type(bad).__name__}"):
+        model.tokenize(bad)
+
+
+def test_fit_names_train_objectives_that_are_no_list_of_pairs(tiny_model_copy):
+    """None failed with list()'s TypeError; one bare pair was read as two objectives, the DataLoader named as
+    'not a (DataLoader, loss) pair'."""
+    from torch.utils.data import DataLoader
+
+    from st_onnx import InputExample, losses
+
+    model = SentenceTransformer(str(tiny_model_copy), device="cpu")
+    loader = DataLoader([InputExample(texts=["a cat", "a dog"], label=0.5)] * 2, batch_size=2)
+    loss = losses.CosineSimilarityLoss(model)
+    with pytest.raises(InvalidInputError, match="train_objectives must be a list of .* got NoneType"):
+        model.fit(train_objectives=None)
+    with pytest.raises(InvalidInputError, match="train_objectives is one .* pair; .* wrap it in a list"):
+        model.fit(train_objectives=(loader, loss))
