@@ -195,3 +195,12 @@ def test_fit_names_train_objectives_that_are_no_list_of_pairs(tiny_model_copy):
         model.fit(train_objectives=None)
     with pytest.raises(InvalidInputError, match="train_objectives is one .* pair; .* wrap it in a list"):
         model.fit(train_objectives=(loader, loss))
+
+
+def test_smart_batching_collate_names_what_is_not_an_input_example(tiny_model_dir):
+    """AttributeError: 'int' object has no attribute 'texts'."""
+    from st_onnx import InputExample
+
+    model = SentenceTransformer(str(tiny_model_dir), device="cpu")
+    with pytest.raises(InvalidInputError, match=r"takes InputExamples .*; batch\[1\] is str 'a dog'"):
+        model.smart_batching_collate([InputExample(texts=["a cat"], label=1.0), "a dog"])
