@@ -94,6 +94,8 @@ class SentenceTransformer(ModuleMethods):
         if model_name_or_path is not None and not isinstance(model_name_or_path, (str, os.PathLike)):
             raise InvalidInputError(f"model_name_or_path must be a folder path or a Hub id string; got "
                                     f"{type(model_name_or_path).__name__} {model_name_or_path!r:.80}")
+        if model_name_or_path == "" and modules is not None:  # as sentence-transformers: '' is no path
+            model_name_or_path = None
         if model_name_or_path is not None and modules is not None:  # as sentence-transformers: the path wins
             warnings.warn(f"both model_name_or_path ({str(model_name_or_path)!r}) and modules were given: the "
                           "model is loaded from the path and modules is ignored", UserWarning, stacklevel=2)

@@ -26,6 +26,19 @@ def test_a_path_and_modules_together_load_the_path_and_warn_as_sentence_transfor
     np.testing.assert_allclose(model.encode(["a cat"]), want, atol=1e-6)
 
 
+def test_an_empty_path_with_modules_builds_the_model_from_the_modules(tiny_model_dir):
+    """sentence-transformers reads '' as no path (`if model_name_or_path and modules is not None`)."""
+    import warnings
+
+    from st_onnx.modules import load_stack
+
+    modules = list(load_stack(tiny_model_dir))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no "both were given" either
+        model = SentenceTransformer("", modules=modules, device="cpu")
+    assert model.encode(["a cat"]).shape == (1, 32)
+
+
 @pytest.mark.parametrize("backend", ["torch", "onnx"])
 def test_modules_as_an_ordered_dict_are_taken_as_sentence_transformers_takes_them(tiny_model_dir, backend):
     """The dict's keys were iterated: 'modules must be torch.nn.Module instances; got str'."""
@@ -69,28 +82,37 @@ def test_the_triplet_evaluator_refuses_no_triplets():
 
 
 @pytest.mark.parametrize("backend", ["torch", "onnx"])
-def test_a_max_seq_length_the_special_tokens_fill_is_refused(tiny_model_copy, backend):
-    """[CLS] and [SEP] did not fit in 1 token: the tokenizer then truncated nothing, silently."""
+def test_a_max_seq_length_below_the_special_tokens_is_refused(tiny_model_copy, backend):
+    """[CLS] and [SEP] did not fit in 1 token: the tokenizer then truncated nothing, silently. 2 keeps the two
+    (the text truncated away), as sentence-transformers does, also from a saved folder's settings."""
+    import json
+
     model = SentenceTransformer(str(tiny_model_copy), device="cpu", backend=backend)
-    for value in (1, 2):
-        with pytest.raises(InvalidInputError, match=f"max_seq_length {value} leaves no room .* allowed: 3 or more"):
-            model.max_seq_length = value
-    assert model.max_seq_length == 64  # unchanged by the refusals
+    with pytest.raises(InvalidInputError, match="max_seq_length 1 leaves no room .* allowed: 2 or more"):
+        model.max_seq_length = 1
+    assert model.max_seq_length == 64  # unchanged by the refusal
     model.max_seq_length = 3
     assert model.tokenize(["a cat dog bird fish"])["input_ids"].shape[1] == 3
+    config = json.loads((tiny_model_copy / "sentence_bert_config.json").read_text())
+    (tiny_model_copy / "sentence_bert_config.json").write_text(json.dumps({**config, "max_seq_length": 2}))
+    model = SentenceTransformer(str(tiny_model_copy), device="cpu", backend=backend)
+    assert model.tokenize(["a cat dog bird fish"])["input_ids"].shape == (1, 2)
 
 
 def test_thread_counts_onnx_runtime_would_start_are_bounded(monkeypatch):
-    """intra_op_num_threads=10**6 was passed on: ONNX Runtime started threads until 23 GB of memory were gone."""
+    """intra_op_num_threads=10**6 was passed on: ONNX Runtime started threads until 23 GB of memory were gone.
+    More than 4 a core is lowered to that, with a warning (a setting tuned on a large machine still loads)."""
     import st_onnx.runtime.session as session
     from st_onnx.backends.onnx_backend import OnnxOptions, _session_options
 
     monkeypatch.setattr(session.os, "cpu_count", lambda: 2)
     assert OnnxOptions.from_dict({"intra_op_num_threads": 8}).intra_op_num_threads == 8
-    with pytest.raises(InvalidInputError, match=r"intra_op_num_threads'\] must be an int from 1 to 8 .*got 1000000"):
-        OnnxOptions.from_dict({"intra_op_num_threads": 10**6})
+    with pytest.warns(UserWarning, match=r"intra_op_num_threads'\] is 1000000, more than 4 threads .* using 8"):
+        assert OnnxOptions.from_dict({"intra_op_num_threads": 10**6}).intra_op_num_threads == 8
     assert _session_options({"intra_op_num_threads": 0}, None).intra_op_num_threads == 0  # ORT's own default
-    with pytest.raises(InvalidInputError, match=r"\['intra_op_num_threads'\] must be an int from 0 to 8 .*got -5"):
+    with pytest.warns(UserWarning, match="using 8"):
+        assert _session_options({"inter_op_num_threads": 64}, None).inter_op_num_threads == 8
+    with pytest.raises(InvalidInputError, match=r"\['intra_op_num_threads'\] must be an int >= 0; got -5"):
         _session_options({"intra_op_num_threads": -5}, None)
 
 

@@ -294,3 +294,83 @@ def test_a_device_change_racing_another_leaves_the_device_it_reports(tiny_model_
         mover.join()
         model.to("cpu")
     assert built[id(backend._encoder.session)] == "cpu"
+
+
+@pytest.fixture()
+def exported_copy(tiny_model_copy):
+    from st_onnx import SentenceTransformer
+
+    SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu")  # its fp32 graph, exported
+    return tiny_model_copy
+
+
+def _held_int8_export(monkeypatch):
+    """An int8 export of the folder that waits (inside the load's lock) until released, then fails."""
+    import st_onnx.backends.onnx_backend as ob
+
+    started, release = threading.Event(), threading.Event()
+
+    def export(folder, precision, out_dir):
+        started.set()
+        release.wait(60)
+        raise RuntimeError("export abandoned by the test")
+
+    monkeypatch.setattr(ob, "_export", export)
+    return started, release
+
+
+def _load_int8(folder):
+    from st_onnx import SentenceTransformer
+
+    with pytest.raises(RuntimeError, match="abandoned by the test"):
+        SentenceTransformer(str(folder), backend="onnx", device="cpu", onnx_options={"precision": "int8"})
+
+
+def test_a_present_graph_loads_while_another_precision_of_the_folder_exports(exported_copy, monkeypatch):
+    """The load lock was the folder's: a load of its fp32 graph, there on disk, waited out the int8 export."""
+    from st_onnx import SentenceTransformer
+
+    started, release = _held_int8_export(monkeypatch)
+    exporting = threading.Thread(target=_load_int8, args=(exported_copy,))
+    exporting.start()
+    try:
+        assert started.wait(60)
+        done = threading.Event()
+        threading.Thread(target=lambda: (SentenceTransformer(str(exported_copy), backend="onnx", device="cpu"),
+                                         done.set()), daemon=True).start()
+        assert done.wait(30), "the fp32 load waited for the int8 export's lock"
+    finally:
+        release.set()
+        exporting.join()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork only")
+def test_a_child_forked_while_a_thread_exports_loads_the_folder(exported_copy, monkeypatch):
+    """A lock a parent's thread held at fork() stays held in the child, for good: its load of the folder hung."""
+    from st_onnx import SentenceTransformer
+    import st_onnx.backends.onnx_backend as ob
+
+    monkeypatch.setattr(ob, "_folder_lock", lambda folder, *precision: ob._FOLDER_LOCKS.setdefault(
+        (os.path.realpath(folder), "any"), threading.Lock()))  # one lock for both precisions: held at the fork
+    started, release = _held_int8_export(monkeypatch)
+    exporting = threading.Thread(target=_load_int8, args=(exported_copy,))
+    exporting.start()
+    try:
+        assert started.wait(60)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: fork() with threads running
+            pid = os.fork()
+        if pid == 0:
+            import signal
+
+            signal.alarm(30)
+            try:
+                SentenceTransformer(str(exported_copy), backend="onnx", device="cpu")
+                os._exit(0)
+            except BaseException:
+                os._exit(3)
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"the forked child's load failed ({status})"
+    finally:
+        release.set()
+        exporting.join()

@@ -136,7 +136,7 @@ class OnnxBackend:
             folder = _save_modules(model, modules, cache_folder)
         else:
             folder = Path(model.model_path)
-        with _folder_lock(folder):  # threads loading one folder at once: one exports, the others find its graph
+        with _folder_lock(folder, precision):  # threads loading one graph at once: one exports, the others load it
             choice = find_graph(folder, precision, file_name=opts.file_name, export=opts.export,
                                 cache_folder=cache_folder, exporter=_export)
         if opts.packing:
@@ -286,13 +286,23 @@ class OnnxBackend:
         return f"OnnxBackend({str(self.graph_path)!r}, device={self.device!r})"
 
 
-_FOLDER_LOCKS: dict[str, threading.Lock] = {}
+_FOLDER_LOCKS: dict[tuple[str, str], threading.Lock] = {}
 _FOLDER_LOCKS_GUARD = threading.Lock()
 
 
-def _folder_lock(folder: Path) -> threading.Lock:
+def _folder_lock(folder: Path, precision: str) -> threading.Lock:
     with _FOLDER_LOCKS_GUARD:
-        return _FOLDER_LOCKS.setdefault(os.path.realpath(folder), threading.Lock())
+        return _FOLDER_LOCKS.setdefault((os.path.realpath(folder), precision), threading.Lock())
+
+
+def _reset_folder_locks() -> None:  # a lock a parent's thread held at fork() stays held in the child: new ones
+    global _FOLDER_LOCKS_GUARD
+    _FOLDER_LOCKS.clear()
+    _FOLDER_LOCKS_GUARD = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_folder_locks)
 
 
 def cuda_defaults(precision: str | None) -> dict[str, Any]:

@@ -193,9 +193,9 @@ def _find_pad_id(tokenizer: Tokenizer, pad_token: str | None) -> int:
 
 def check_room_for_text(max_seq_length: int, special_tokens: int) -> None:
     """Refuse a limit the special tokens fill: tokenizers then leave the text untruncated, without a word."""
-    if max_seq_length <= special_tokens:
+    if max_seq_length < special_tokens:
         raise InvalidInputError(f"max_seq_length {max_seq_length} leaves no room for text: the tokenizer adds "
-                                f"{special_tokens} special tokens to each; allowed: {special_tokens + 1} or more")
+                                f"{special_tokens} special tokens to each; allowed: {special_tokens} or more")
 
 
 class TokenIds:

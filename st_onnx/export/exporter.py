@@ -88,6 +88,15 @@ def _max_opset() -> int:
 # torch.onnx.export keeps process-wide state (GLOBALS.in_onnx_export): one trace at a time per process
 _TRACE_LOCK = threading.Lock()
 
+
+def _reset_trace_lock() -> None:
+    global _TRACE_LOCK
+    _TRACE_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_trace_lock)
+
 # transformers releases whose attention masks cannot be traced by torch.onnx.export: they take a traced size
 # (a 0-d tensor) for the cache_position argument they deprecated, and fail with an IndexError in sdpa_mask
 _UNTRACEABLE_TRANSFORMERS = ((5, 4), (5, 9))  # 5.4 up to, not including, 5.9 (measured: 5.3 and 5.9 trace)

@@ -28,12 +28,13 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import GraphFileError, GraphRunError, InvalidInputError, int_between
+from ..errors import GraphFileError, GraphRunError, InvalidInputError, non_negative_int, positive_int
 from .providers import CUDA, check_bound, providers_for
 
 logger = logging.getLogger(__name__)
@@ -136,10 +137,17 @@ def _read_quota(folder: Path, v2: bool) -> float | None:
 
 
 def check_thread_count(value: object, name: str, least: int = 1) -> int:
-    """A thread count ONNX Runtime may start: ``least`` (0 is ORT's "pick for me") up to 4 threads a core (a count
-    such as 10**6 made ORT start threads until memory ran out)."""
-    return int_between(value, name, least, 4 * (os.cpu_count() or 1),
-                       " (4 threads a core here: ONNX Runtime starts each one, and threads beyond the cores wait)")
+    """A thread count ONNX Runtime may start: an int from ``least`` (0 is ORT's "pick for me"), at most 4 threads
+    a core: more (a count such as 10**6 made ORT start threads until memory ran out; a setting tuned on a large
+    machine, loaded on a small one) is lowered to that, with a warning."""
+    count = non_negative_int(value, name) if least == 0 else positive_int(value, name)
+    most = 4 * (os.cpu_count() or 1)
+    if count > most:
+        warnings.warn(f"{name} is {count}, more than 4 threads for each of the {most // 4} cores here (ONNX Runtime "
+                      f"starts every one, and threads beyond the cores only wait): using {most}", UserWarning,
+                      stacklevel=3)
+        return most
+    return count
 
 
 def default_session_options(threads: int | None = None, prepack: bool = False) -> Any:
