@@ -15,8 +15,10 @@ import argparse
 import errno
 import logging
 import os
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from .errors import StOnnxError
@@ -103,6 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Terminated(BaseException):
+    """SIGTERM, raised like KeyboardInterrupt so that the work folders' cleanup runs (`timeout`, `kill`)."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     start = next((i for i, arg in enumerate(argv) if arg not in ("-v", "--verbose")), len(argv))
@@ -111,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    # SIGTERM (`timeout`, `kill`, a cancelled CI job) unwinds as Ctrl-C does, so the work folders are removed
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if threading.current_thread() is threading.main_thread() \
+        else None
     try:
         return args.run(args)
     except (StOnnxError, OSError) as e:  # a bad folder, a read-only or missing parent: one line, no traceback
@@ -119,6 +132,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # the writes are atomic: nothing half-written is left
         print("interrupted: nothing written", file=sys.stderr)
         return 130
+    except _Terminated:
+        print("terminated: nothing written", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    finally:
+        if previous is not None:  # main() called from Python (tests, a script) gives the caller's handler back
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -288,6 +288,11 @@ def copy_model_folder(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     _make_writable(Path(dst))
 
 
+# flock() errors that mean "no lock here": no lock support (ENOLCK, EOPNOTSUPP, EINVAL), NFS refusing an exclusive
+# lock on a read-only descriptor (EBADF)
+_NO_LOCK = (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL, errno.EBADF)
+
+
 @contextmanager
 def locked(folder: str | os.PathLike) -> Iterator[None]:
     """Hold an exclusive lock on the folder itself (``flock`` on its directory: no lock file is left behind)
@@ -309,6 +314,8 @@ def locked(folder: str | os.PathLike) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
         except OSError as e:
+            if e.errno not in _NO_LOCK:  # a signal handler's TimeoutError (no errno): the caller's deadline
+                raise
             logger.debug("no lock on %s (%s): writing unlocked", folder, e)
         yield
     finally:

@@ -420,16 +420,21 @@ def _save_modules(model: Any, modules: Any, cache_folder: Any) -> Path:
     model._load_stack(modules)
     root = cache_dir_for(Path(tempfile.gettempdir()), cache_folder).parent / "modules"
     root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix="modules-", dir=root))
-    save_model(model, staging / "model", create_model_card=False)
-    key = folder_fingerprint(staging / "model").split(":")[-1][:16]
-    target = root / key
-    if target.is_dir():
+    layout.remove_abandoned(root, ".modules-*")  # a killed process's (a day old)
+    staging = Path(tempfile.mkdtemp(prefix=".modules-", dir=root))
+    try:
+        save_model(model, staging / "model", create_model_card=False)
+        key = folder_fingerprint(staging / "model").split(":")[-1][:16]
+        target = root / key
+        if not target.is_dir():
+            try:
+                (staging / "model").rename(target)
+            except OSError:
+                if not target.is_dir():  # another process put the same modules there first
+                    raise
+    finally:  # interrupted or failed: no copy of the model stays behind
         import shutil
 
         shutil.rmtree(staging, ignore_errors=True)
-    else:
-        (staging / "model").rename(target)
-        staging.rmdir()
     logger.info("saved the given modules to %s to export their graph", target)
     return target

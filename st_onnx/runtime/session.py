@@ -168,6 +168,12 @@ def default_session_options(threads: int | None = None, prepack: bool = False) -
     return so
 
 
+def is_ort_error(error: BaseException) -> bool:
+    """An error ONNX Runtime raised (its pybind11 types, or a C++ exception pybind11 translated), as opposed to
+    one raised into the call from outside: a signal handler's TimeoutError, Celery's SoftTimeLimitExceeded."""
+    return type(error).__module__.startswith("onnxruntime") or type(error) in (RuntimeError, ValueError, TypeError)
+
+
 class OrtSession:
     """Run the fused graph: numpy features in, numpy outputs out, on the device it was created for."""
 
@@ -193,6 +199,8 @@ class OrtSession:
             self._session = ort.InferenceSession(str(self.graph_path), sess_options=so, providers=names,
                                                  provider_options=opts, disabled_optimizers=disabled)
         except Exception as e:  # ORT raises its own Fail/InvalidGraph/NoSuchFile types
+            if not is_ort_error(e):
+                raise
             raise GraphFileError(f"ONNX Runtime cannot load {self.graph_path}: {e}") from e
         self.provider = check_bound(self._session, names)
         self.max_positions = max_positions
@@ -235,6 +243,8 @@ class OrtSession:
                 return self._run_bound(feed, outputs)
             return self._session.run(list(outputs), feed)
         except Exception as e:  # ORT's own Fail/InvalidArgument/RuntimeException types subclass no builtin error
+            if not is_ort_error(e):  # a signal handler's TimeoutError, a task's time limit: the caller's own
+                raise
             shape = tuple(feed["input_ids"].shape) if "input_ids" in feed else None
             width, limit = (shape[-1] if shape else None), self.max_positions
             # RoBERTa-style models number positions from padding_idx + 1: two fewer than the table holds

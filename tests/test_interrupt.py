@@ -1,0 +1,101 @@
+"""Interrupted and timed-out work: Ctrl-C, SIGTERM (`timeout`, `kill`, a cancelled job) and a signal handler's
+TimeoutError (a request deadline, Celery's soft time limit) reach the caller as themselves and leave no work
+folders or model copies behind. A child signalled waits for a marker line it prints first, not for a time."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from helpers import make_tiny_model
+
+
+def test_interrupted_modules_load_leaves_no_model_copy_in_the_cache(tiny_model_dir, tmp_path, monkeypatch):
+    """SentenceTransformer(modules=[...], backend='onnx') saves the modules to <cache>/st_onnx_graphs/modules/
+    through a staging folder; interrupted (or failing) after the save, that staging copy must not stay behind."""
+    from st_onnx import SentenceTransformer
+    import st_onnx.fingerprint as fingerprint
+
+    modules = list(SentenceTransformer(str(tiny_model_dir), device="cpu").torch_modules)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fingerprint, "folder_fingerprint", interrupted)  # hashing the saved copy: Ctrl-C
+    with pytest.raises(KeyboardInterrupt):
+        SentenceTransformer(modules=modules, backend="onnx", cache_folder=str(tmp_path / "cache"))
+    root = tmp_path / "cache" / "st_onnx_graphs" / "modules"
+    assert sorted(p.name for p in root.iterdir()) == []  # was ['modules-XXXX'], a full model folder, for good
+
+
+CHILD = textwrap.dedent("""
+    import sys, time
+    import st_onnx.layout as layout
+    from st_onnx import cli
+    real = layout.copy_model_folder
+    def slow_copy(src, dst):  # the export's graph is built; its copy is being assembled when the signal comes
+        real(src, dst)
+        print("MARK", flush=True)
+        time.sleep(60)
+    layout.copy_model_folder = slow_copy
+    sys.exit(cli.main(["export", sys.argv[1], sys.argv[2]]))
+""")
+
+
+def test_cli_export_terminated_leaves_no_work_folders(tiny_model_dir, tmp_path):
+    """`timeout`, `kill`, `docker stop` and CI cancellation send SIGTERM: the CLI cleans up as on Ctrl-C (it was
+    killed, leaving '.out.export-*' and '.out.tmp-*', the graph and a copy of the model, for a day)."""
+    src = tiny_model_dir
+    out = tmp_path / "out"
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    p = subprocess.Popen([sys.executable, str(script), str(src), str(out)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    for line in p.stdout:
+        if line.startswith("MARK"):
+            p.send_signal(signal.SIGTERM)
+            break
+    _, err = p.communicate(timeout=60)
+    left = sorted(x.name for x in tmp_path.iterdir() if x.name.startswith("."))
+    assert left == []
+    assert not out.exists()
+    assert p.returncode == 128 + signal.SIGTERM, err
+    assert "terminated: nothing written" in err
+
+
+def test_a_timeout_raised_during_a_run_reaches_the_caller_as_itself(tiny_model_copy, monkeypatch):
+    """A SIGALRM handler (or Celery's soft time limit) raises its exception inside InferenceSession.run when a run
+    is in the main thread: the onnx backend's serial path (intra_op_num_threads set, a 1-core container, CUDA).
+    The caller's `except TimeoutError` must see it, not a GraphRunError saying ONNX Runtime failed on the batch."""
+    from st_onnx import SentenceTransformer
+
+    model = SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu",
+                                onnx_options={"intra_op_num_threads": 1})
+    session = model._backend._encoder.session
+
+    def run(*args, **kwargs):
+        raise TimeoutError("request deadline")  # what the handler raises from inside the run
+
+    monkeypatch.setattr(session._session, "run", run)
+    with pytest.raises(TimeoutError):  # was GraphRunError('ONNX Runtime failed on a batch ... (TimeoutError: ...)')
+        model.encode(["a text", "another text"])
+
+
+def test_a_timeout_while_waiting_for_the_folder_lock_is_not_swallowed(tmp_path, monkeypatch):
+    """layout.locked waits in flock(); a signal handler's TimeoutError raised there must propagate, not be taken
+    for 'this file system has no locks' (the write then went ahead unlocked, past the caller's deadline)."""
+    import fcntl
+
+    from st_onnx import layout
+
+    def flock(fd, op):
+        raise TimeoutError("deadline")  # what a SIGALRM handler raises while flock() waits
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    entered = []
+    with pytest.raises(TimeoutError):
+        with layout.locked(tmp_path):
+            entered.append(True)
+    assert entered == []
