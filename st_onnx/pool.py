@@ -265,7 +265,7 @@ def _check_devices(target_devices: list[str] | None, backend: str) -> list[str]:
 
     if target_devices is None:
         return _default_devices(backend)
-    if not isinstance(target_devices, (list, tuple)) or not target_devices or None in target_devices:
+    if not isinstance(target_devices, (list, tuple)) or not target_devices or any(d is None for d in target_devices):
         raise InvalidInputError(f"target_devices must be a non-empty list like ['cpu', 'cpu'] or ['cuda:0']; "
                                 f"got {target_devices!r}")
     if backend == "onnx":  # as the onnx backend takes them: 'cpu:0' is the CPU, 'mps' is refused

@@ -1,15 +1,13 @@
 """Interrupted and timed-out work: Ctrl-C, SIGTERM (`timeout`, `kill`, a cancelled job) and a signal handler's
 TimeoutError (a request deadline, Celery's soft time limit) reach the caller as themselves and leave no work
 folders or model copies behind. A child signalled waits for a marker line it prints first, not for a time."""
-import os
+
 import signal
 import subprocess
 import sys
 import textwrap
 
 import pytest
-
-from helpers import make_tiny_model
 
 
 def test_interrupted_modules_load_leaves_no_model_copy_in_the_cache(tiny_model_dir, tmp_path, monkeypatch):

@@ -23,7 +23,7 @@ from .. import layout
 from ..encode.batching import DEFAULT_TOKEN_BUDGET, GPU_TOKEN_BUDGET, check_token_budget
 from ..encode.options import EncodeOptions
 from ..encode.tokenize import TextTokenizer
-from ..errors import BackendError, InvalidInputError, ModelFolderError, positive_int
+from ..errors import BackendError, InvalidInputError, ModelFolderError
 from ..runtime.encoder import PROMPT_LENGTH, OrtEncoder
 from ..runtime.graphs import GraphChoice, cache_dir_for, find_graph, find_packed
 from ..runtime.providers import CUDA, check_providers, cuda_usable, provider_name, resolve_device
