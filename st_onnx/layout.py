@@ -288,11 +288,6 @@ def copy_model_folder(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     _make_writable(Path(dst))
 
 
-# flock() errors that mean "no lock here": no lock support (ENOLCK, EOPNOTSUPP, EINVAL), NFS refusing an exclusive
-# lock on a read-only descriptor (EBADF)
-_NO_LOCK = (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL, errno.EBADF)
-
-
 @contextmanager
 def locked(folder: str | os.PathLike) -> Iterator[None]:
     """Hold an exclusive lock on the folder itself (``flock`` on its directory: no lock file is left behind)
@@ -314,7 +309,10 @@ def locked(folder: str | os.PathLike) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
         except OSError as e:
-            if e.errno not in _NO_LOCK:  # a signal handler's TimeoutError (no errno): the caller's deadline
+            # the kernel's answers mean "no lock here" (ENOLCK, EOPNOTSUPP, EINVAL; NFS's EBADF on a read-only
+            # descriptor; Lustre's ENOSYS without -o flock); one without an errno is a signal handler's
+            # TimeoutError: the caller's deadline, not the file system's
+            if e.errno is None:
                 raise
             logger.debug("no lock on %s (%s): writing unlocked", folder, e)
         yield

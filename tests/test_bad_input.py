@@ -226,3 +226,48 @@ def test_smart_batching_collate_names_what_is_not_an_input_example(tiny_model_di
     model = SentenceTransformer(str(tiny_model_dir), device="cpu")
     with pytest.raises(InvalidInputError, match=r"takes InputExamples .*; batch\[1\] is str 'a dog'"):
         model.smart_batching_collate([InputExample(texts=["a cat"], label=1.0), "a dog"])
+
+
+@pytest.mark.parametrize("width_text", ["cat dog " * 200, "cat dog " * 62 + "cat"], ids=["128-tokens", "127-tokens"])
+def test_an_out_of_memory_at_a_valid_width_stays_an_out_of_memory(tiny_model_dir, width_text):
+    """BERT takes 128 positions: a batch of 127-128 tokens is valid. A torch OOM (or any RuntimeError) in such a
+    batch was relabeled InvalidInputError('texts of 128 tokens are more than the model's 128 position embeddings')."""
+    import torch
+
+    model = SentenceTransformer(str(tiny_model_dir), device="cpu")
+    model.max_seq_length = 128  # the model's own limit
+    assert model.encode([width_text]).shape == (1, 32)  # the width is valid
+
+    def oom(module, args):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    handle = model[0].auto_model.encoder.register_forward_pre_hook(oom)
+    try:
+        with pytest.raises(torch.OutOfMemoryError):  # callers that halve the batch on OOM catch this
+            model.encode([width_text])
+    finally:
+        handle.remove()
+
+
+def test_an_error_past_max_position_embeddings_of_a_rotary_model_is_not_called_too_long(tmp_path):
+    """ModernBERT (rotary positions) encodes 178 tokens past its max_position_embeddings 128 fine; an OOM in such
+    a batch was relabeled 'texts of 178 tokens are more than the model's 128 position embeddings take'."""
+    import torch
+
+    from helpers import make_tiny_encoder
+
+    model = SentenceTransformer(str(make_tiny_encoder(tmp_path / "mb", "modernbert")), device="cpu")
+    model.max_seq_length = 178
+    text = "cat " * 300
+    assert model.encode([text]).shape == (1, 32)  # rotary: the width is fine
+
+    def oom(module, args, kwargs=None):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    handle = model[0].auto_model.layers[0].register_forward_pre_hook(oom)
+    try:
+        with pytest.raises(torch.OutOfMemoryError):
+            model.encode([text])
+    finally:
+        handle.remove()
+

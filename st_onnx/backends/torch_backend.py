@@ -101,10 +101,18 @@ class TorchBackend:
 def _too_long_error(error: Exception, features: dict[str, Any], transformer: Any) -> InvalidInputError | None:
     """A batch wider than the model's position embeddings (max_seq_length raised past them) fails deep in torch
     ('The size of tensor a (302) must match the size of tensor b (128)'): the error that names the cause."""
+    if isinstance(error, torch.OutOfMemoryError):  # memory, not positions: the caller's OOM handling sees it
+        return None
     width = features["input_ids"].shape[-1] if "input_ids" in features else None
-    limit = getattr(getattr(transformer.auto_model, "config", None), "max_position_embeddings", None)
-    # RoBERTa-style models number positions from padding_idx + 1: two fewer than the table holds
-    if not isinstance(width, int) or not isinstance(limit, int) or width <= limit - 2:
+    embeddings = getattr(transformer.auto_model, "embeddings", None)
+    table = getattr(embeddings, "position_embeddings", None)
+    if not isinstance(width, int) or not isinstance(getattr(table, "num_embeddings", None), int):
+        return None  # no absolute position table (rotary, relative): the width is not what failed
+    limit = table.num_embeddings
+    # RoBERTa-style embeddings number positions from padding_idx + 1; BERT's from 0
+    padding_idx = getattr(embeddings, "padding_idx", None)
+    room = limit - (padding_idx + 1 if isinstance(padding_idx, int) else 0)
+    if width <= room:
         return None
     return InvalidInputError(f"texts of {width} tokens are more than the model's {limit} position embeddings take "
                              f"(max_seq_length is {transformer.max_seq_length}): lower max_seq_length to the "
