@@ -119,8 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv[start:start + 1] == ["bench"]:  # everything after 'bench' belongs to the script, options included
         return _bench(argparse.Namespace(bench_args=argv[start + 1:]))
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.verbose:  # st-onnx's progress, not every INFO line of ONNX Runtime's optimizer and quantizer
+        logging.getLogger("st_onnx").setLevel(logging.INFO)
     # SIGTERM (`timeout`, `kill`, a cancelled CI job) unwinds as Ctrl-C does, so the work folders are removed
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if threading.current_thread() is threading.main_thread() \
         else None

@@ -21,6 +21,12 @@ Each one subclasses the builtin it means, so code that already catches ``ValueEr
 
 from __future__ import annotations
 
+import os
+import sys
+import warnings
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_TORCH_NN = f"{os.sep}torch{os.sep}nn{os.sep}"  # a loss warns from inside torch's Module.__call__
 
 class StOnnxError(Exception):
     """Base of every st-onnx exception (used as a mixin beside the builtin it means)."""
@@ -104,3 +110,14 @@ def _int_from(value: object, name: str, least: int, wanted: str, or_none: bool) 
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < least:
         raise InvalidInputError(f"{name} must be {wanted}{' or None' if or_none else ''}; got {value!r}")
     return int(value)
+
+
+def warn(message: str, category: type[Warning] = UserWarning) -> None:
+    """``warnings.warn`` attributed to the first frame outside st-onnx (and torch.nn's module call): the user's
+    line, whichever path led here. A fixed ``stacklevel`` points inside the package on some paths, and Python's
+    once-per-location filter then hid the warning for every other caller."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and (frame.f_code.co_filename.startswith(_PACKAGE)
+                                 or _TORCH_NN in frame.f_code.co_filename):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level + 1)

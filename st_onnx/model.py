@@ -11,7 +11,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import warnings
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
@@ -20,7 +19,7 @@ from .devices import check_device
 from .encode.options import EncodeOptions, as_input_list, check_one_kind, check_truncate_dim
 from .encode.prompts import ModelSettings, check_prompt, check_prompts, check_similarity_fn_name, prepend
 from .encode.output import format_per_text, format_sentence_embeddings
-from .errors import BackendError, InvalidInputError, ModelNotFoundError, allowed, positive_int
+from .errors import BackendError, InvalidInputError, ModelNotFoundError, allowed, positive_int, warn
 from .module_api import ModuleMethods
 
 logger = logging.getLogger(__name__)
@@ -97,8 +96,8 @@ class SentenceTransformer(ModuleMethods):
         if model_name_or_path == "" and modules is not None:  # as sentence-transformers: '' is no path
             model_name_or_path = None
         if model_name_or_path is not None and modules is not None:  # as sentence-transformers: the path wins
-            warnings.warn(f"both model_name_or_path ({str(model_name_or_path)!r}) and modules were given: the "
-                          "model is loaded from the path and modules is ignored", UserWarning, stacklevel=2)
+            warn(f"both model_name_or_path ({str(model_name_or_path)!r}) and modules were given: the "
+                          "model is loaded from the path and modules is ignored", UserWarning)
             modules = None
         if isinstance(modules, Mapping):  # sentence-transformers takes an OrderedDict of name -> module too
             modules = list(modules.values())
@@ -298,7 +297,7 @@ class SentenceTransformer(ModuleMethods):
         """Inputs with the resolved prompt prepended, and the prompt's token count where pooling leaves it out
         (or, for output_value=None, where the per-text dicts report it, as sentence-transformers' features do).
         The prompt warning points at the user's line: encode (or encode_multi_process) -> here -> resolve -> warn."""
-        text = self._settings.resolve(prompt, prompt_name, stacklevel=4)
+        text = self._settings.resolve(prompt, prompt_name)
         if not text:
             return inputs, opts
         if not self._backend.pooling_include_prompt():
@@ -527,8 +526,7 @@ class SentenceTransformer(ModuleMethods):
         from .saving import check_safe_serialization, save_model
 
         if path is None:
-            warnings.warn("save(None) writes nothing (as sentence-transformers); pass a folder path to save",
-                          stacklevel=2)
+            warn("save(None) writes nothing (as sentence-transformers); pass a folder path to save")
             return
         check_safe_serialization(safe_serialization)
         save_model(self, path, model_name=model_name, create_model_card=create_model_card,

@@ -8,13 +8,12 @@ import numbers
 import os
 import re
 import shutil
-import warnings
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
 from . import layout
-from .errors import GraphFileError, InvalidInputError, ModelFolderError
+from .errors import GraphFileError, InvalidInputError, ModelFolderError, warn
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +41,8 @@ def _saved_default_prompt_name(settings: dict[str, Any]) -> str | None:
     prompt deleted) would make the folder unloadable here and in sentence-transformers, so it is written as null."""
     name, prompts = settings.get("default_prompt_name"), settings.get("prompts", {})
     if name is not None and name not in prompts:
-        warnings.warn(f"default_prompt_name {name!r} is not one of this model's prompts ({sorted(prompts)}): saved "
-                      "as null, so that the saved folder loads", UserWarning, stacklevel=4)
+        warn(f"default_prompt_name {name!r} is not one of this model's prompts ({sorted(prompts)}): saved "
+                      "as null, so that the saved folder loads", UserWarning)
         return None
     return name
 

@@ -12,7 +12,6 @@ import logging
 import os
 import tempfile
 import threading
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from .. import layout
 from ..encode.batching import DEFAULT_TOKEN_BUDGET, GPU_TOKEN_BUDGET, check_token_budget
 from ..encode.options import EncodeOptions
 from ..encode.tokenize import TextTokenizer
-from ..errors import BackendError, InvalidInputError, ModelFolderError
+from ..errors import BackendError, InvalidInputError, ModelFolderError, warn
 from ..runtime.encoder import PROMPT_LENGTH, OrtEncoder
 from ..runtime.graphs import GraphChoice, cache_dir_for, find_graph, find_packed
 from ..runtime.providers import CUDA, check_providers, cuda_usable, provider_name, resolve_device
@@ -322,11 +321,11 @@ def _warn_if_quantized_for_vnni(graph: Path, manifest: dict[str, Any]) -> None:
 
     quantization = manifest.get("quantization") or {}
     if manifest.get("precision") == "int8" and quantization.get("reduce_range") is False and cpu_has_vnni() is False:
-        warnings.warn(
+        warn(
             f"{graph} was quantized for CPUs with VNNI (8-bit weights, reduce_range=False); this CPU has no VNNI, "
             "where ONNX Runtime's int8 kernels can saturate and lose accuracy. Re-export the int8 graph on this "
             "machine (st-onnx export MODEL_DIR MODEL_DIR --precision int8), which uses 7-bit weights here",
-            RuntimeWarning, stacklevel=4,
+            RuntimeWarning
         )
 
 
@@ -334,12 +333,12 @@ def _warn_if_left_padding_shifts(graph: Path, manifest: dict[str, Any]) -> None:
     """The export measured that the torch modules' embeddings move with left padding (export/verify.py)."""
     shift = manifest.get("left_padding_shift")
     if isinstance(shift, (int, float)) and shift > 0:
-        warnings.warn(
+        warn(
             f"{graph} was exported from a model whose tokenizer pads on the left while its positions shift with "
             f"padding: its torch embeddings depend on the batch (cosine distance {shift:.3g} measured at export), "
             "where this backend pads on the right and embeds each text as if alone, so the two backends (and "
             "sentence-transformers) differ; set padding_side to 'right' in tokenizer_config.json and re-export",
-            UserWarning, stacklevel=4,
+            UserWarning
         )
 
 

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .. import layout
-from ..errors import InvalidInputError, ModelFolderError
+from ..errors import InvalidInputError, ModelFolderError, warn
 from .options import check_truncate_dim
 
 logger = logging.getLogger(__name__)
@@ -74,23 +73,21 @@ class ModelSettings:
                                     f"{sorted(self.prompts) or 'none (the model has no prompts)'}")
         return name
 
-    def resolve(self, prompt: Any = None, prompt_name: Any = None, stacklevel: int = 3) -> str | None:
-        """The text to prepend: ``prompt``, else the named prompt, else the default prompt (None: no prompt).
-
-        ``stacklevel`` points a warning at the caller's caller (the user's line, through the facade)."""
+    def resolve(self, prompt: Any = None, prompt_name: Any = None) -> str | None:
+        """The text to prepend: ``prompt``, else the named prompt, else the default prompt (None: no prompt)."""
         if prompt is not None:
             check_prompt(prompt)
             if prompt_name is not None:
-                warnings.warn(f"both prompt and prompt_name ({prompt_name!r}) were given: the prompt is used and "
-                              "prompt_name ignored, as in sentence-transformers", UserWarning, stacklevel=stacklevel)
+                warn(f"both prompt and prompt_name ({prompt_name!r}) were given: the prompt is used and "
+                              "prompt_name ignored, as in sentence-transformers", UserWarning)
             return prompt
         if prompt_name is not None:
             return self.prompts[self.check_name(prompt_name)]
         name = self.default_prompt_name
         if name is not None and name not in self.prompts:
             # set before its prompt, or its prompt removed since: sentence-transformers then encodes without one
-            warnings.warn(f"default_prompt_name {name!r} is not one of this model's prompts "
-                          f"({sorted(self.prompts)}): encoding without a prompt", UserWarning, stacklevel=stacklevel)
+            warn(f"default_prompt_name {name!r} is not one of this model's prompts "
+                          f"({sorted(self.prompts)}): encoding without a prompt", UserWarning)
             return None
         return self.prompts[name] if name is not None else None
 

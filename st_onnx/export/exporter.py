@@ -148,7 +148,7 @@ def _export_into(stack, tmp: Path, target: Path, precision: str, fingerprint: st
     place_graph(graph, target)  # with its weights file, for a graph over 2 GB
     manifest = _manifest(stack, target, inputs, dim, precision, fingerprint, opset, fusions, extra, report, digest)
     manifest_mod.write_manifest(target, manifest)
-    logger.info("wrote %s (%s)", target, report)
+    logger.info("exported %s (%s)", target, report)
 
 
 def export_model_folder(model_folder: str | os.PathLike, precision: str = "fp32",
@@ -216,6 +216,7 @@ def export_model_folder(model_folder: str | os.PathLike, precision: str = "fp32"
             if out_dir.is_dir():  # what out_dir holds now, another export's graph of a moment ago included
                 _carry_graphs(out_dir, tmp, fingerprint)
                 keep_foreign_entries(out_dir, tmp)
+    logger.info("wrote %s (a copy of %s with its %s graph)", out_dir, model_folder, precision)
     return layout.fused_graph_path(out_dir, precision)
 
 

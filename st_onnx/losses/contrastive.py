@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import warnings
 from enum import Enum
 from typing import Any, Iterable
 
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..errors import warn
 from ._base import EmbeddingLoss, check_column_count, check_label_count, check_metric
 
 
@@ -92,6 +92,6 @@ def warn_if_not_binary(loss: Any, labels: Tensor, consequence: str) -> bool:
     something else than the user meant); returns whether it warned, so that the caller warns once."""
     if not ((labels != 0) & (labels != 1)).any().item():
         return False
-    warnings.warn(f"{type(loss).__name__} takes labels 0 (dissimilar) and 1 (similar); this batch has others "
-                  f"(first labels: {labels.view(-1)[:5].tolist()}): {consequence}", UserWarning, stacklevel=4)
+    warn(f"{type(loss).__name__} takes labels 0 (dissimilar) and 1 (similar); this batch has others "
+                  f"(first labels: {labels.view(-1)[:5].tolist()}): {consequence}", UserWarning)
     return True

@@ -174,7 +174,7 @@ def load_stack(folder: str | os.PathLike, device: str | torch.device = "cpu",
         layout.check_no_chat_template(folder)
         transformer = Transformer(str(folder), **transformer_args)
         mode = "lasttoken" if _is_causal_lm(transformer.auto_model.config) else "mean"
-        logger.warning("%s is a plain transformers folder (no modules.json): creating Transformer + %s pooling",
+        logger.info("%s is a plain transformers folder (no modules.json): creating Transformer + %s pooling",
                        folder, mode)
         modules = [transformer, Pooling(transformer.get_word_embedding_dimension(), mode)]
     elif not folder.is_dir():

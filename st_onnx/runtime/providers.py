@@ -10,11 +10,10 @@ from __future__ import annotations
 import ctypes
 import functools
 import logging
-import warnings
 from typing import Any, Sequence
 
 from ..devices import check_device, device_index
-from ..errors import InvalidInputError, ProviderFallbackWarning
+from ..errors import InvalidInputError, ProviderFallbackWarning, warn
 
 logger = logging.getLogger(__name__)
 
@@ -122,18 +121,17 @@ def check_bound(session: Any, asked: Sequence[str]) -> str:
     bound = list(session.get_providers())
     missing = [p for p in asked if p not in (CUDA, CPU) and p not in bound]
     if missing:
-        warnings.warn(f"{missing} were asked for but the session bound {bound} (not available in this "
-                      f"onnxruntime or on this machine)", ProviderFallbackWarning, stacklevel=3)
+        warn(f"{missing} were asked for but the session bound {bound} (not available in this "
+                      f"onnxruntime or on this machine)", ProviderFallbackWarning)
     if CUDA in asked and CUDA not in bound:
         count = cuda_device_count()
         why = ("the CUDA driver reports no GPU" if count == 0 else
                "ONNX Runtime could not load its CUDA libraries (check the CUDA/cuDNN versions "
                "onnxruntime-gpu needs, and LD_LIBRARY_PATH)")
-        warnings.warn(
+        warn(
             f"CUDAExecutionProvider was asked for but the session bound {bound}: {why}; encoding runs on the "
             "CPU. Pass device='cpu' to silence this, or fix the CUDA setup.",
-            ProviderFallbackWarning,
-            stacklevel=3,
+            ProviderFallbackWarning
         )
         return CPU
     return bound[0] if bound else CPU

@@ -28,13 +28,12 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import GraphFileError, GraphRunError, InvalidInputError, non_negative_int, positive_int
+from ..errors import GraphFileError, GraphRunError, InvalidInputError, non_negative_int, positive_int, warn
 from .providers import CUDA, check_bound, providers_for
 
 logger = logging.getLogger(__name__)
@@ -143,9 +142,8 @@ def check_thread_count(value: object, name: str, least: int = 1) -> int:
     count = non_negative_int(value, name) if least == 0 else positive_int(value, name)
     most = 4 * (os.cpu_count() or 1)
     if count > most:
-        warnings.warn(f"{name} is {count}, more than 4 threads for each of the {most // 4} cores here (ONNX Runtime "
-                      f"starts every one, and threads beyond the cores only wait): using {most}", UserWarning,
-                      stacklevel=3)
+        warn(f"{name} is {count}, more than 4 threads for each of the {most // 4} cores here (ONNX Runtime "
+                      f"starts every one, and threads beyond the cores only wait): using {most}", UserWarning)
         return most
     return count
 
@@ -203,6 +201,10 @@ class OrtSession:
                 raise
             raise GraphFileError(f"ONNX Runtime cannot load {self.graph_path}: {e}") from e
         self.provider = check_bound(self._session, names)
+        # a failed run raises GraphRunError with ORT's message: its own "[E:onnxruntime:...]" stderr line besides
+        # would tell it twice, and uncatchably for a caller that handles the error
+        self._run_options = ort.RunOptions()
+        self._run_options.log_severity_level = 4
         self.max_positions = max_positions
         self.device = device if self.provider == CUDA else "cpu"
         self.threads = so.intra_op_num_threads
@@ -241,7 +243,7 @@ class OrtSession:
         try:
             if self.provider == CUDA:
                 return self._run_bound(feed, outputs)
-            return self._session.run(list(outputs), feed)
+            return self._session.run(list(outputs), feed, self._run_options)
         except Exception as e:  # ORT's own Fail/InvalidArgument/RuntimeException types subclass no builtin error
             if not is_ort_error(e):  # a signal handler's TimeoutError, a task's time limit: the caller's own
                 raise
@@ -266,7 +268,7 @@ class OrtSession:
             binding.bind_cpu_input(name, np.ascontiguousarray(value))
         for name in outputs:
             binding.bind_output(name, "cuda", device_id)
-        self._session.run_with_iobinding(binding)
+        self._session.run_with_iobinding(binding, self._run_options)
         return binding.copy_outputs_to_cpu()
 
     def __repr__(self) -> str:
