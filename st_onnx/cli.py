@@ -120,8 +120,10 @@ def main(argv: list[str] | None = None) -> int:
         return _bench(argparse.Namespace(bench_args=argv[start + 1:]))
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    package_logger = logging.getLogger("st_onnx")
+    level = package_logger.level
     if args.verbose:  # st-onnx's progress, not every INFO line of ONNX Runtime's optimizer and quantizer
-        logging.getLogger("st_onnx").setLevel(logging.INFO)
+        package_logger.setLevel(logging.INFO)
     # SIGTERM (`timeout`, `kill`, a cancelled CI job) unwinds as Ctrl-C does, so the work folders are removed
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if threading.current_thread() is threading.main_thread() \
         else None
@@ -136,9 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     except _Terminated:
         print("terminated: nothing written", file=sys.stderr)
         return 128 + signal.SIGTERM
-    finally:
-        if previous is not None:  # main() called from Python (tests, a script) gives the caller's handler back
+    finally:  # main() called from Python (tests, a script) gives the caller's handler and log level back
+        if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+        package_logger.setLevel(level)
 
 
 if __name__ == "__main__":

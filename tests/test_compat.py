@@ -109,7 +109,7 @@ def test_plain_transformers_folder_gets_mean_pooling_like_sentence_transformers(
     for name in ("modules.json", "config_sentence_transformers.json", "sentence_bert_config.json"):
         (plain / name).unlink()
     shutil.rmtree(plain / "1_Pooling")
-    with caplog.at_level("WARNING"):
+    with caplog.at_level("INFO", logger="st_onnx"):
         ours = SentenceTransformer(str(plain), device="cpu")
     assert "mean pooling" in caplog.text
     _assert_same(ours.encode(SENTENCES), _reference(plain).encode(SENTENCES))
@@ -135,7 +135,7 @@ def test_a_plain_causal_lm_folder_gets_last_token_pooling_like_sentence_transfor
     theirs = _reference(plain)
     assert theirs[1].pooling_mode == mode
     for backend in ("torch", "onnx"):
-        with caplog.at_level("WARNING"):
+        with caplog.at_level("INFO", logger="st_onnx"):
             ours = SentenceTransformer(str(plain), device="cpu", backend=backend)
         assert f"{mode} pooling" in caplog.text
         assert ours.encode(SENTENCES).shape == theirs.encode(SENTENCES).shape

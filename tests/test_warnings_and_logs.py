@@ -104,3 +104,12 @@ def test_cli_verbose_logs_st_onnx_progress_not_dependency_internals(tiny_model_d
     assert any("ORT fusions" in line for line in logged)
     others = [line for line in logged if not line.split(" ")[1].startswith("st_onnx")]
     assert not others, others[:5]  # were ~25 lines of ORT's fusion_utils, onnx_model, the quantizer
+
+
+def test_the_cli_called_from_python_gives_the_log_level_back(tiny_model_dir, tmp_path):
+    """`-v` set the st_onnx logger to INFO for good: encode's progress bars, shown at INFO, then came on."""
+    from st_onnx.cli import main
+
+    before = logging.getLogger("st_onnx").level
+    assert main(["-v", "export", str(tiny_model_dir), str(tmp_path / "out")]) == 0
+    assert logging.getLogger("st_onnx").level == before
