@@ -28,6 +28,7 @@ import warnings
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _TORCH_NN = f"{os.sep}torch{os.sep}nn{os.sep}"  # a loss warns from inside torch's Module.__call__
 
+
 class StOnnxError(Exception):
     """Base of every st-onnx exception (used as a mixin beside the builtin it means)."""
 

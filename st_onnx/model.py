@@ -97,7 +97,7 @@ class SentenceTransformer(ModuleMethods):
             model_name_or_path = None
         if model_name_or_path is not None and modules is not None:  # as sentence-transformers: the path wins
             warn(f"both model_name_or_path ({str(model_name_or_path)!r}) and modules were given: the "
-                          "model is loaded from the path and modules is ignored", UserWarning)
+                 "model is loaded from the path and modules is ignored", UserWarning)
             modules = None
         if isinstance(modules, Mapping):  # sentence-transformers takes an OrderedDict of name -> module too
             modules = list(modules.values())

@@ -42,7 +42,7 @@ def _saved_default_prompt_name(settings: dict[str, Any]) -> str | None:
     name, prompts = settings.get("default_prompt_name"), settings.get("prompts", {})
     if name is not None and name not in prompts:
         warn(f"default_prompt_name {name!r} is not one of this model's prompts ({sorted(prompts)}): saved "
-                      "as null, so that the saved folder loads", UserWarning)
+             "as null, so that the saved folder loads", UserWarning)
         return None
     return name
 

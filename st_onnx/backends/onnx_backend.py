@@ -325,7 +325,7 @@ def _warn_if_quantized_for_vnni(graph: Path, manifest: dict[str, Any]) -> None:
             f"{graph} was quantized for CPUs with VNNI (8-bit weights, reduce_range=False); this CPU has no VNNI, "
             "where ONNX Runtime's int8 kernels can saturate and lose accuracy. Re-export the int8 graph on this "
             "machine (st-onnx export MODEL_DIR MODEL_DIR --precision int8), which uses 7-bit weights here",
-            RuntimeWarning
+            RuntimeWarning,
         )
 
 
@@ -338,7 +338,7 @@ def _warn_if_left_padding_shifts(graph: Path, manifest: dict[str, Any]) -> None:
             f"padding: its torch embeddings depend on the batch (cosine distance {shift:.3g} measured at export), "
             "where this backend pads on the right and embeds each text as if alone, so the two backends (and "
             "sentence-transformers) differ; set padding_side to 'right' in tokenizer_config.json and re-export",
-            UserWarning
+            UserWarning,
         )
 
 

@@ -79,7 +79,7 @@ class ModelSettings:
             check_prompt(prompt)
             if prompt_name is not None:
                 warn(f"both prompt and prompt_name ({prompt_name!r}) were given: the prompt is used and "
-                              "prompt_name ignored, as in sentence-transformers", UserWarning)
+                     "prompt_name ignored, as in sentence-transformers", UserWarning)
             return prompt
         if prompt_name is not None:
             return self.prompts[self.check_name(prompt_name)]
@@ -87,7 +87,7 @@ class ModelSettings:
         if name is not None and name not in self.prompts:
             # set before its prompt, or its prompt removed since: sentence-transformers then encodes without one
             warn(f"default_prompt_name {name!r} is not one of this model's prompts "
-                          f"({sorted(self.prompts)}): encoding without a prompt", UserWarning)
+                 f"({sorted(self.prompts)}): encoding without a prompt", UserWarning)
             return None
         return self.prompts[name] if name is not None else None
 

@@ -93,5 +93,5 @@ def warn_if_not_binary(loss: Any, labels: Tensor, consequence: str) -> bool:
     if not ((labels != 0) & (labels != 1)).any().item():
         return False
     warn(f"{type(loss).__name__} takes labels 0 (dissimilar) and 1 (similar); this batch has others "
-                  f"(first labels: {labels.view(-1)[:5].tolist()}): {consequence}", UserWarning)
+         f"(first labels: {labels.view(-1)[:5].tolist()}): {consequence}", UserWarning)
     return True

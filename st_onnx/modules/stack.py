@@ -175,7 +175,7 @@ def load_stack(folder: str | os.PathLike, device: str | torch.device = "cpu",
         transformer = Transformer(str(folder), **transformer_args)
         mode = "lasttoken" if _is_causal_lm(transformer.auto_model.config) else "mean"
         logger.info("%s is a plain transformers folder (no modules.json): creating Transformer + %s pooling",
-                       folder, mode)
+                    folder, mode)
         modules = [transformer, Pooling(transformer.get_word_embedding_dimension(), mode)]
     elif not folder.is_dir():
         raise ModelFolderError(f"{folder} does not exist or is not a folder; give a model folder (modules.json or "

@@ -122,7 +122,7 @@ def check_bound(session: Any, asked: Sequence[str]) -> str:
     missing = [p for p in asked if p not in (CUDA, CPU) and p not in bound]
     if missing:
         warn(f"{missing} were asked for but the session bound {bound} (not available in this "
-                      f"onnxruntime or on this machine)", ProviderFallbackWarning)
+             f"onnxruntime or on this machine)", ProviderFallbackWarning)
     if CUDA in asked and CUDA not in bound:
         count = cuda_device_count()
         why = ("the CUDA driver reports no GPU" if count == 0 else
@@ -131,7 +131,7 @@ def check_bound(session: Any, asked: Sequence[str]) -> str:
         warn(
             f"CUDAExecutionProvider was asked for but the session bound {bound}: {why}; encoding runs on the "
             "CPU. Pass device='cpu' to silence this, or fix the CUDA setup.",
-            ProviderFallbackWarning
+            ProviderFallbackWarning,
         )
         return CPU
     return bound[0] if bound else CPU

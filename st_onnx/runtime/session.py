@@ -143,7 +143,7 @@ def check_thread_count(value: object, name: str, least: int = 1) -> int:
     most = 4 * (os.cpu_count() or 1)
     if count > most:
         warn(f"{name} is {count}, more than 4 threads for each of the {most // 4} cores here (ONNX Runtime "
-                      f"starts every one, and threads beyond the cores only wait): using {most}", UserWarning)
+             f"starts every one, and threads beyond the cores only wait): using {most}", UserWarning)
         return most
     return count
 
