@@ -60,6 +60,11 @@ def _export(args: argparse.Namespace) -> int:
         print(f"weights: {data.get('file')} ({data.get('bytes', 0) / 1e6:,.1f} MB) beside it: the graph is over "
               "protobuf's 2 GB; keep the two files together")
     print(f"fusions: {manifest.get('fusions') or 'none'}")
+    shift = manifest.get("left_padding_shift")
+    if isinstance(shift, (int, float)):
+        print(f"warning: the tokenizer pads on the left and the model's positions shift with it (cosine distance "
+              f"{shift:.3g} alone vs beside a long text in torch); the graph embeds each text as if alone: set "
+              "padding_side to 'right' in tokenizer_config.json for the backends to agree")
     parity = manifest.get("parity") or {}
     if "min_cosine" in parity:
         print(ParityReport.from_dict(parity))

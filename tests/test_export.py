@@ -416,7 +416,7 @@ def test_an_export_into_an_out_dir_that_cannot_be_swapped_fills_it_in_place(expo
                                SentenceTransformer(str(exported[0]), device="cpu").encode(SENTENCES), atol=1e-5)
 
 
-def test_an_encoder_told_to_pad_on_the_left_is_named_at_export_and_load(tmp_path, caplog):
+def test_an_encoder_told_to_pad_on_the_left_is_named_at_export_and_load(tmp_path, caplog, capsys):
     """An absolute-position encoder whose tokenizer_config.json says padding_side 'left': torch (and
     sentence-transformers) embed a text differently beside a longer one; the runtime pads on the right. The
     export passed and the two backends differed by 0.2-0.27, silently."""
@@ -425,12 +425,18 @@ def test_an_encoder_told_to_pad_on_the_left_is_named_at_export_and_load(tmp_path
     folder = make_tiny_model(tmp_path / "model")
     config = json.loads((folder / "tokenizer_config.json").read_text())
     (folder / "tokenizer_config.json").write_text(json.dumps({**config, "padding_side": "left"}))
-    with pytest.warns(UserWarning, match="pads on the left while its positions shift"):
+    with caplog.at_level("WARNING"), pytest.warns(UserWarning, match="pads on the left while its positions shift") \
+            as told:
         model = SentenceTransformer(str(folder), backend="onnx", device="cpu")
-    assert "padding_side 'left'" in caplog.text
+    # told once on the exporting load: the load's warning, not a log line of the export besides
+    assert len([w for w in told if "pads on the left" in str(w.message)]) == 1 and "pads on the left" not in caplog.text
     assert model._backend.manifest["left_padding_shift"] > 0.01
     reference = SentenceTransformer(str(folder), device="cpu")  # alone, no padding: the two agree
     np.testing.assert_allclose(model.encode(["hi"]), reference.encode(["hi"]), atol=1e-5)
+    from st_onnx.cli import main
+
+    assert main(["export", str(folder), str(tmp_path / "out")]) == 0  # the command, which loads nothing, says it
+    assert "warning: the tokenizer pads on the left" in capsys.readouterr().out
 
 
 def test_locked_serializes_writers_across_processes(tmp_path):

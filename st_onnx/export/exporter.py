@@ -136,7 +136,8 @@ def _export_into(stack, tmp: Path, target: Path, precision: str, fingerprint: st
     shift = left_padding_shift(stack)
     if shift > LEFT_PADDING_TOLERANCE:
         extra["left_padding_shift"] = shift
-        logger.warning("this model's tokenizer pads on the left (padding_side 'left') and its positions shift "
+        # INFO: a load warns of it (each load, from the manifest), and `st-onnx export` prints it
+        logger.info("this model's tokenizer pads on the left (padding_side 'left') and its positions shift "
                        "with it: in torch (and sentence-transformers) a text's embedding depends on its batch "
                        "(cosine distance %.3g alone vs beside a long text). The graph's runtime pads on the right "
                        "and embeds each text as if alone; set padding_side to 'right' in tokenizer_config.json for "
