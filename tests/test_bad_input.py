@@ -88,7 +88,7 @@ def test_a_max_seq_length_below_the_special_tokens_is_refused(tiny_model_copy, b
     import json
 
     model = SentenceTransformer(str(tiny_model_copy), device="cpu", backend=backend)
-    with pytest.raises(InvalidInputError, match="max_seq_length 1 leaves no room .* allowed: 2 or more"):
+    with pytest.raises(InvalidInputError, match="max_seq_length 1 leaves no room for texts: .* allowed: 2 or more"):
         model.max_seq_length = 1
     assert model.max_seq_length == 64  # unchanged by the refusal
     model.max_seq_length = 3
@@ -271,3 +271,18 @@ def test_an_error_past_max_position_embeddings_of_a_rotary_model_is_not_called_t
     finally:
         handle.remove()
 
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_pairs_under_a_max_seq_length_their_special_tokens_fill_are_refused(tiny_model_copy, backend):
+    """max_seq_length 2 holds a text's [CLS] [SEP] but not a pair's three: the pair came back untruncated (106
+    tokens under a limit of 2), as in sentence-transformers, without a word."""
+    model = SentenceTransformer(str(tiny_model_copy), device="cpu", backend=backend)
+    model.max_seq_length = 2
+    assert model.tokenize(["a cat dog bird fish"])["input_ids"].shape == (1, 2)
+    with pytest.raises(InvalidInputError, match="max_seq_length 2 leaves no room for pairs: .* allowed: 3 or more"):
+        model.tokenize([("cat dog " * 50, "a cat dog")])
+    with pytest.raises(InvalidInputError, match="leaves no room for pairs"):
+        model.encode([("cat dog " * 50, "a cat dog")])
+    model.max_seq_length = 3
+    assert model.tokenize([("cat dog " * 50, "a cat dog")])["input_ids"].shape == (1, 3)

@@ -191,10 +191,10 @@ def _find_pad_id(tokenizer: Tokenizer, pad_token: str | None) -> int:
     return 0
 
 
-def check_room_for_text(max_seq_length: int, special_tokens: int) -> None:
-    """Refuse a limit the special tokens fill: tokenizers then leave the text untruncated, without a word."""
+def check_room_for_text(max_seq_length: int, special_tokens: int, what: str = "texts") -> None:
+    """Refuse a limit below the special tokens: tokenizers then leave the input untruncated, without a word."""
     if max_seq_length < special_tokens:
-        raise InvalidInputError(f"max_seq_length {max_seq_length} leaves no room for text: the tokenizer adds "
+        raise InvalidInputError(f"max_seq_length {max_seq_length} leaves no room for {what}: the tokenizer adds "
                                 f"{special_tokens} special tokens to each; allowed: {special_tokens} or more")
 
 
@@ -318,6 +318,8 @@ class TextTokenizer:
             return []
         columns = text_columns(texts)
         pairs = len(columns) == 2
+        if pairs:  # a pair takes more special tokens than a text: a limit they fill leaves pairs untruncated
+            check_room_for_text(self._max_seq_length, self._tokenizer.num_special_tokens_to_add(True), "pairs")
         batch = columns[0] if not pairs else list(zip(columns[0], columns[1]))
         sizes = [len(t) if isinstance(t, str) else len(t[0]) + len(t[1]) for t in batch]
         out: list[TokenIds] = []

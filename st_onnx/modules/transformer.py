@@ -160,6 +160,8 @@ class Transformer(nn.Module):
     def tokenize(self, texts: list, padding: str | bool = True) -> dict[str, torch.Tensor]:
         """Tokenize strings, (text, text) pairs, or dicts of one text each, as sentence-transformers does."""
         columns = text_columns(texts)
+        if len(columns) == 2:  # a pair takes more special tokens than a text: a limit they fill leaves it untruncated
+            check_room_for_text(self.max_seq_length, self.tokenizer.num_special_tokens_to_add(pair=True), "pairs")
         # not stripped: sentence-transformers 6 feeds texts as given (a byte-level BPE tokenizer sees the spaces;
         # WordPiece ignores them), where releases before 6 stripped them; do_lower_case is the tokenizer's
         return self.tokenizer(
