@@ -98,11 +98,11 @@ def non_negative_int(value: object, name: str, or_none: bool = False) -> int | N
 
 def int_between(value: object, name: str, least: int, most: int, why: str = "") -> int:
     """``value`` as an int from ``least`` to ``most`` (numpy integers too, never a bool); else InvalidInputError."""
-    import numbers
-
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not least <= int(value) <= most:
-        raise InvalidInputError(f"{name} must be an int from {least} to {most}{why}; got {value!r}")
-    return int(value)
+    wanted = f"an int from {least} to {most}{why}"
+    number = _int_from(value, name, least, wanted, False)
+    if number > most:
+        raise InvalidInputError(f"{name} must be {wanted}; got {value!r}")
+    return number
 
 
 def _int_from(value: object, name: str, least: int, wanted: str, or_none: bool) -> int:

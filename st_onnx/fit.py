@@ -34,13 +34,12 @@ def smart_batching_collate(model, batch: list) -> tuple[list[dict[str, Any]], to
     """InputExamples -> (one tokenized features dict per text column, labels tensor)."""
     if not batch:
         raise InvalidInputError("smart_batching_collate got an empty batch")
-    odd = next((i for i, example in enumerate(batch) if not isinstance(getattr(example, "texts", None), (list, tuple))),
-               None)
-    if odd is not None:  # a DataLoader over plain texts or numbers: the collate_fn needs InputExamples
-        raise InvalidInputError(f"smart_batching_collate takes InputExamples (texts=[...], label=...); batch[{odd}] "
-                                f"is {type(batch[odd]).__name__} {batch[odd]!r:.80}")
-    n_texts = len(batch[0].texts)
-    for example in batch:
+    n_texts = None
+    for i, example in enumerate(batch):
+        if not isinstance(getattr(example, "texts", None), (list, tuple)):  # a DataLoader over plain texts
+            raise InvalidInputError(f"smart_batching_collate takes InputExamples (texts=[...], label=...); "
+                                    f"batch[{i}] is {type(example).__name__} {example!r:.80}")
+        n_texts = len(example.texts) if n_texts is None else n_texts
         if len(example.texts) != n_texts:
             raise InvalidInputError(
                 f"every InputExample of a batch needs the same number of texts; got {len(example.texts)} "

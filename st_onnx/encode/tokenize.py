@@ -229,7 +229,7 @@ class TextTokenizer:
         self._tokenizer = tokenizer
         self.type_ids = bool(type_ids)
         self._pad_token = pad_token  # the tokenizer config's pad_token (Qwen: '<|endoftext|>')
-        self.pad_id = self._find_pad_id() if pad_id is None else int(pad_id)
+        self.pad_id = _find_pad_id(tokenizer, pad_token) if pad_id is None else int(pad_id)
         self.max_seq_length = max_seq_length
 
     @classmethod
@@ -307,9 +307,6 @@ class TextTokenizer:
         with self._settings_lock:  # the recorded limit and the tokenizer's truncation change together
             _set_truncation(self._tokenizer, value, self.truncation_side)
             self._max_seq_length = value
-
-    def _find_pad_id(self) -> int:
-        return _find_pad_id(self._tokenizer, self._pad_token)
 
     # -- encoding -------------------------------------------------------------------------------------
     def encode(self, texts: Sequence[Any]) -> list[TokenIds]:
