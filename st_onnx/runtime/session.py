@@ -34,7 +34,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import GraphFileError, GraphRunError, InvalidInputError, non_negative_int, positive_int, warn
-from .providers import CUDA, check_bound, providers_for
+from .providers import CPU, CUDA, check_bound, cuda_device_count, providers_for
 
 logger = logging.getLogger(__name__)
 
@@ -191,7 +191,13 @@ class OrtSession:
         so = session_options if session_options is not None else default_session_options(threads)
         if session_options is not None and threads is not None:
             so.intra_op_num_threads = threads
-        names, opts = providers_for(device, providers, provider_options, cuda_defaults)
+        asked, opts = providers_for(device, providers, provider_options, cuda_defaults)
+        names = asked
+        if CUDA in asked and cuda_device_count() == 0:
+            # CUDA cannot bind without a GPU: asking anyway prints ONNX Runtime's own C++ error lines about missing
+            # libraries before check_bound's warning tells the same in Python, where a caller can filter it
+            kept = [i for i, name in enumerate(asked) if name != CUDA]
+            names, opts = [asked[i] for i in kept] or [CPU], [opts[i] for i in kept] or [{}]
         disabled = [] if CUDA in names else list(CPU_DISABLED_OPTIMIZERS)
         try:
             self._session = ort.InferenceSession(str(self.graph_path), sess_options=so, providers=names,
@@ -200,7 +206,7 @@ class OrtSession:
             if not is_ort_error(e):
                 raise
             raise GraphFileError(f"ONNX Runtime cannot load {self.graph_path}: {e}") from e
-        self.provider = check_bound(self._session, names)
+        self.provider = check_bound(self._session, asked)
         # a failed run raises GraphRunError with ORT's message: its own "[E:onnxruntime:...]" stderr line besides
         # would tell it twice, and uncatchably for a caller that handles the error
         self._run_options = ort.RunOptions()
