@@ -58,8 +58,18 @@ MODULE_TYPES = {
 
 
 def module_kind(type_name: str) -> str:
-    """Map a modules.json type (any sentence-transformers spelling, or st-onnx's own) to a kind name."""
+    """Map a modules.json type (any sentence-transformers spelling, or st-onnx's own) to a kind name.
+
+    A class of another package (a repository's own ``custom_st.Pooling``) is refused, not replaced by st-onnx's
+    module of the same name: st-onnx runs no repository code, and its own module would compute other embeddings.
+    """
     last = type_name.rsplit(".", 1)[-1]
+    if not type_name.startswith(("sentence_transformers.", "st_onnx.")):
+        raise ModelFolderError(
+            f"modules.json names the module class {type_name!r}, which is neither sentence-transformers' nor "
+            f"st-onnx's (a repository's own code, which st-onnx does not run); allowed: "
+            f"{', '.join(MODULE_TYPES.values())}, or another sentence-transformers spelling of these"
+        )
     if last not in MODULE_TYPES:
         raise ModelFolderError(
             f"modules.json names a module type st-onnx does not know: {type_name!r}; "
@@ -132,7 +142,19 @@ def read_modules_json(folder: str | os.PathLike) -> list[dict]:
             raise ModelFolderError(f"{path}: entry {i} must have a string 'type' and 'path' and a whole-number "
                                    f"'idx'; got {entry!r}")
         module_kind(entry["type"])
+        _check_module_path(entry["path"], path)
     return sorted(entries, key=lambda e: e.get("idx", 0))
+
+
+def _check_module_path(value: str, where: Path) -> None:
+    """A module path stays inside the model folder (as sentence-transformers 6 requires): a folder cannot make
+    st-onnx load weights, a tokenizer or config from elsewhere on the disk."""
+    from pathlib import PureWindowsPath
+
+    parts = PureWindowsPath(value)  # splits on both separators, and sees 'C:' and '\\server' anchors too
+    if parts.anchor or ".." in parts.parts or "\0" in value:
+        raise ModelFolderError(f"{where} names the module path {value!r}; allowed: a relative path inside the "
+                               "model folder without '..' (such as '1_Pooling', or '' for the folder itself)")
 
 
 def is_length_limit(value: Any) -> bool:
@@ -169,8 +191,11 @@ def read_transformer_config(folder: str | os.PathLike) -> dict[str, Any]:
     check_text_transformer(raw, f"{folder / SBERT_CONFIG_JSON}")
     config["do_lower_case"] = bool(raw.get("do_lower_case", False))
     for key in ("model_args", "tokenizer_args", "config_args"):
-        if isinstance(raw.get(key), dict) and raw[key]:
-            config[key] = raw[key]
+        # as sentence-transformers: a folder cannot turn trust_remote_code on for itself (only the caller can)
+        given = raw.get(key) if isinstance(raw.get(key), dict) else {}
+        args = {k: v for k, v in given.items() if k != "trust_remote_code"}
+        if args:
+            config[key] = args
     return config
 
 

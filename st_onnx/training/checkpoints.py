@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import random
 import shutil
 from dataclasses import dataclass, field
@@ -42,7 +43,11 @@ class TrainingState:
 
 
 def capture_rng() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    # numpy's state as plain ints and a list, not its ndarray: training_state.pt then loads with torch.load's
+    # weights_only=True, which unpickles no code (a shared checkpoint folder could otherwise run its own)
+    name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    numpy_state = (name, keys.tolist(), int(pos), int(has_gauss), float(cached))
+    state = {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -50,7 +55,8 @@ def capture_rng() -> dict[str, Any]:
 
 def restore_rng(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -113,6 +119,12 @@ def load_checkpoint(model, folder: Path) -> TrainingState:
 
     weights = load_stack(folder).state_dict()
     model.torch_modules.load_state_dict(weights)
-    raw = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=False)
+    try:
+        raw = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise InvalidInputError(
+            f"{folder / STATE_FILE} holds objects other than tensors and plain values, which st-onnx does not "
+            f"unpickle (that could run code from the checkpoint); resume only from checkpoints fit wrote: {e}"
+        ) from e
     logger.info("resuming from checkpoint %s (global step %d)", folder, raw["global_step"])
     return TrainingState(**raw)
