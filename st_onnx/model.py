@@ -159,7 +159,7 @@ class SentenceTransformer(ModuleMethods):
     def _resolve_path(self, name: str, revision: str | None = None, local_files_only: bool = False) -> Path:
         path = Path(name).expanduser()
         if path.is_dir():
-            return path
+            return path.absolute()  # read again later (torch modules on first use, save, pools), from any cwd
         if path.exists():
             raise ModelNotFoundError(f"{name!r} is a file; model_name_or_path must be a model folder (or a Hub id)")
         if name.startswith((".", "/", "~")) or os.sep in name.strip("/").replace("/", "", 1):

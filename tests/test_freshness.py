@@ -205,3 +205,103 @@ def test_a_save_leaves_behind_a_graph_whose_manifest_is_unreadable(tiny_model_co
     model.save(tiny_model_copy)  # in place too
     assert not layout.fused_graph_path(tiny_model_copy, "fp32").exists()
     np.testing.assert_allclose(_onnx(tmp_path / "out").encode(SENTENCES), model.encode(SENTENCES), atol=1e-5)
+
+
+def _with_stale_graphs(folder, other_weights):
+    """fp32 and int8 graphs of the weights before ``other_weights`` were saved over them (a fit elsewhere)."""
+    from st_onnx.export import export_model_folder
+
+    export_model_folder(folder, "fp32")
+    export_model_folder(folder, "int8")
+    shutil.copyfile(other_weights, folder / "model.safetensors")
+    return folder
+
+
+def test_an_export_into_a_copy_keeps_its_fresh_graphs_over_the_sources_stale_ones(tiny_model_copy, other_weights,
+                                                                                  tmp_path):
+    """The copy took the source's stale graphs, then kept out_dir's fresh graph of the other precision only where
+    no graph of its name had come along: `st-onnx export SRC OUT --precision int8` after the fp32 one put SRC's
+    stale fp32 graph back into OUT (a deployment without the weights then ran it: cosine -0.29)."""
+    from st_onnx.export import export_model_folder
+    from st_onnx.export.manifest import graph_is_fresh
+
+    src = _with_stale_graphs(tiny_model_copy, other_weights)
+    out = tmp_path / "out"
+    export_model_folder(src, "fp32", out)
+    export_model_folder(src, "int8", out)
+    assert sorted(p.name for p in (out / layout.FUSED_DIR).glob("*.onnx")) == ["fp32.onnx", "int8.onnx"]
+    for precision in ("fp32", "int8"):
+        assert graph_is_fresh(out, layout.fused_graph_path(out, precision)), precision
+
+
+def test_a_read_only_folders_graph_cache_keeps_each_precision_once_exported(tiny_model_copy, other_weights,
+                                                                           tmp_path, monkeypatch):
+    """Each export into the cache copied the folder's stale graphs back over the other precision's fresh one:
+    loads of int8 and fp32 took turns exporting, and export='never' then refused."""
+    from st_onnx.backends.onnx_backend import _export
+
+    src = _with_stale_graphs(tiny_model_copy, other_weights)
+    monkeypatch.setattr(graphs, "is_writable", lambda folder: False)  # a read-only mount (root writes anywhere)
+    cache = tmp_path / "cache"
+    assert graphs.find_graph(src, "int8", cache_folder=cache, exporter=_export).exported
+    assert graphs.find_graph(src, "fp32", cache_folder=cache, exporter=_export).exported
+    for precision in ("int8", "fp32"):
+        assert not graphs.find_graph(src, precision, cache_folder=cache, export="never").exported
+
+
+def test_loads_at_once_export_a_folder_once(tiny_model_copy):
+    """Each process loading a folder without its graph exported it (web server workers: N times the time and
+    memory). Threads calling find_graph stand in for processes: the backend's own lock is per process, the
+    folder's lock (flock) is per open file, so it orders these threads as it orders processes."""
+    import threading
+    import time
+
+    from st_onnx.backends.onnx_backend import _export
+
+    calls, barrier, chosen = [], threading.Barrier(2), []
+
+    def exporter(folder, precision, out_dir):
+        calls.append(precision)
+        time.sleep(0.3)  # both loads are past their first look before this export is done
+        return _export(folder, precision, out_dir)
+
+    def load():
+        barrier.wait()
+        chosen.append(graphs.find_graph(tiny_model_copy, "int8", exporter=exporter))
+
+    threads = [threading.Thread(target=load) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert calls == ["int8"]
+    assert sorted(c.exported for c in chosen) == [False, True]
+
+
+def test_a_load_while_the_graph_is_exported_in_place_waits_for_it(tiny_model_copy, monkeypatch):
+    """`st-onnx export M M` takes the manifest away while it places the new graph: a load with export='never'
+    in that window failed ("has no manifest"), one with 'auto' exported once more."""
+    import threading
+
+    from st_onnx.export import export_model_folder
+    from st_onnx.export import exporter as exporter_mod
+
+    export_model_folder(tiny_model_copy, "int8")
+    results, real_place = [], exporter_mod.place_graph
+
+    def attempt():
+        try:
+            results.append(graphs.find_graph(tiny_model_copy, "int8", export="never").exported)
+        except Exception as e:  # noqa: BLE001 - what the load raised is what the test reports
+            results.append(f"{type(e).__name__}: {e}")
+
+    def place(src, target):  # another load starts while the graph is being placed
+        place.load = threading.Thread(target=attempt)
+        place.load.start()
+        place.load.join(timeout=1)
+        return real_place(src, target)
+
+    monkeypatch.setattr(exporter_mod, "place_graph", place)
+    export_model_folder(tiny_model_copy, "int8")
+    place.load.join()
+    assert results == [False]

@@ -30,7 +30,7 @@ from ..errors import BackendError, InvalidInputError, ModelFolderError, ParityEr
 from ..runtime.encoder import PROMPT_LENGTH
 from . import manifest as manifest_mod
 from . import optimize as passes
-from .graph_files import place_graph, save_graph
+from .graph_files import place_graph, remove_graph, save_graph
 from .graph_module import FusedModule, eager_attention, excludes_prompt, graph_input_names
 from .verify import LEFT_PADDING_TOLERANCE, ParityReport, check_parity, check_tokenizer, left_padding_shift
 
@@ -138,17 +138,20 @@ def _export_into(stack, tmp: Path, target: Path, precision: str, fingerprint: st
         extra["left_padding_shift"] = shift
         # INFO: a load warns of it (each load, from the manifest), and `st-onnx export` prints it
         logger.info("this model's tokenizer pads on the left (padding_side 'left') and its positions shift "
-                       "with it: in torch (and sentence-transformers) a text's embedding depends on its batch "
-                       "(cosine distance %.3g alone vs beside a long text). The graph's runtime pads on the right "
-                       "and embeds each text as if alone; set padding_side to 'right' in tokenizer_config.json for "
-                       "both backends to agree", shift)
+                    "with it: in torch (and sentence-transformers) a text's embedding depends on its batch "
+                    "(cosine distance %.3g alone vs beside a long text). The graph's runtime pads on the right "
+                    "and embeds each text as if alone; set padding_side to 'right' in tokenizer_config.json for "
+                    "both backends to agree", shift)
     if source_files is not None:
         extra["source_files"] = source_files
     inputs = names + ((PROMPT_LENGTH,) if prompt else ())
-    layout.manifest_path(target).unlink(missing_ok=True)
-    place_graph(graph, target)  # with its weights file, for a graph over 2 GB
-    manifest = _manifest(stack, target, inputs, dim, precision, fingerprint, opset, fusions, extra, report, digest)
-    manifest_mod.write_manifest(target, manifest)
+    # a load meanwhile finds no manifest: it waits for this lock (runtime/graphs.py find_graph), then looks again
+    with layout.locked(target.parent):
+        layout.manifest_path(target).unlink(missing_ok=True)
+        place_graph(graph, target)  # with its weights file, for a graph over 2 GB
+        manifest = _manifest(stack, target, inputs, dim, precision, fingerprint, opset, fusions, extra, report,
+                             digest)
+        manifest_mod.write_manifest(target, manifest)
     logger.info("exported %s (%s)", target, report)
 
 
@@ -213,6 +216,7 @@ def export_model_folder(model_folder: str | os.PathLike, precision: str = "fp32"
         graph = export_fused_graph(stack, work, precision, fingerprint=fingerprint, source_files=sources)
         with layout.locked(real.parent), layout.atomic_folder(out_dir) as tmp:
             layout.copy_model_folder(model_folder, tmp)  # configs, prompts and tokenizer as they are now
+            _drop_graphs_of_other_weights(tmp, fingerprint)  # the source's stale graphs: out_dir's fresh ones win
             _move_graph(graph, layout.fused_graph_path(tmp, precision).parent)
             if out_dir.is_dir():  # what out_dir holds now, another export's graph of a moment ago included
                 _carry_graphs(out_dir, tmp, fingerprint)
@@ -240,6 +244,19 @@ def _carry_graphs(old: Path, new: Path, fingerprint: str) -> None:
         kept = new / layout.FUSED_DIR / graph.name
         if isinstance(manifest, dict) and manifest.get("fingerprint") == fingerprint and not kept.exists():
             layout.copy_graph(graph, new / layout.FUSED_DIR)
+
+
+def _drop_graphs_of_other_weights(folder: Path, fingerprint: str) -> None:
+    """Remove the graphs in ``folder`` whose manifest names other weights (graphs without a fingerprint, which
+    st-onnx did not export, stay)."""
+    for graph in sorted((folder / layout.FUSED_DIR).glob("*.onnx")):
+        try:
+            manifest = layout.read_json_if_exists(layout.manifest_path(graph), {}) or {}
+        except ModelFolderError:  # a broken manifest: no graph to keep
+            manifest = {"fingerprint": None}
+        if isinstance(manifest, dict) and manifest.get("fingerprint", fingerprint) != fingerprint:
+            remove_graph(graph)
+            layout.manifest_path(graph).unlink(missing_ok=True)
 
 
 def _is_model_folder(folder: Path) -> bool:

@@ -11,9 +11,10 @@ import json
 import logging
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from .. import layout
 from ..errors import GraphFileError, InvalidInputError, ModelFolderError, StaleGraphError
@@ -159,12 +160,31 @@ def find_graph(folder: Path, precision: str, *, file_name: str | None = None, ex
                                 f"(`st-onnx export MODEL_DIR {folder}`)")
         logger.debug("no torch weights in %s: using %s as it is", folder, existing[0])
         return GraphChoice(existing[0], manifest, exported=False)
+    found, problems, current, sources = _look(folder, candidates, precision, export)
+    if found is not None:
+        return found
+    # Processes loading one folder at once (web server workers) export it once: the first exports under the
+    # folder's lock, the others wait for it and then find its graph. The graph folders' locks are waited for
+    # too: an export writing into them (`st-onnx export` in place) has the manifest away until it is done. A
+    # graph found fresh takes no lock: its load never waits for another precision's export.
+    with layout.locked(folder), _waiting_for(c.parent for c in candidates):
+        found, problems, current, sources = _look(folder, candidates, precision, export, again=True)
+        if found is not None:
+            return found
+        return _export_graph(folder, precision, candidates, cache, export, exporter, problems, current, sources)
+
+
+def _look(folder: Path, candidates: list[Path], precision: str, export: str, again: bool = False
+          ) -> tuple[GraphChoice | None, list[Exception], str | None, "_Snapshot | None"]:
+    """(the fresh graph, ...) or (None, why each graph there is not fresh, the folder's fingerprint, the snapshot
+    of its files taken before that fingerprint). ``again``: the second look, which logs nothing the first did."""
+    existing = [g for g in candidates if g.is_file()]
     if export == "auto":  # a fresh graph of an older layout is re-exported once (layout.GRAPH_LAYOUT)
-        existing = [g for g in existing if not _older_layout(g)]
+        existing = [g for g in existing if not _older_layout(g, tell=not again)]
     for graph in existing:  # the quick look: the stat record vouches for weights and graph alike
         manifest = _manifest_or_empty(graph)
         if manifest.get("fingerprint") and _stat_unchanged(folder, graph, manifest["fingerprint"]):
-            return GraphChoice(graph, manifest, exported=False)
+            return GraphChoice(graph, manifest, exported=False), [], None, None
     from ..fingerprint import folder_fingerprint
 
     sources = _Snapshot.take(folder)  # before hashing: a save while hashing or exporting leaves no record
@@ -173,8 +193,24 @@ def find_graph(folder: Path, precision: str, *, file_name: str | None = None, ex
     for graph in existing:
         manifest, problem = _usable(folder, graph, current, precision, sources)
         if manifest is not None:
-            return GraphChoice(graph, manifest, exported=False)
+            return GraphChoice(graph, manifest, exported=False), [], None, None
         problems.append(problem)
+    return None, problems, current, sources
+
+
+@contextmanager
+def _waiting_for(folders) -> Iterator[None]:
+    """Wait until no writer holds the lock of any of ``folders`` that exist (taken and let go at once)."""
+    for folder in folders:
+        if folder.is_dir():
+            with layout.locked(folder):
+                pass
+    yield
+
+
+def _export_graph(folder: Path, precision: str, candidates: list[Path], cache: Path, export: str,
+                  exporter: Callable[[Path, str, Path | None], Path] | None, problems: list[Exception],
+                  current: str, sources: "_Snapshot") -> GraphChoice:
     if export == "never":
         raise _not_exporting(folder, precision, problems, current)
     for problem in problems:
@@ -249,18 +285,19 @@ def find_packed(folder: Path, padded: GraphChoice, *, export: str = "auto",
     return GraphChoice(graph, read_manifest(graph), exported=True)
 
 
-def _older_layout(graph: Path) -> bool:
+def _older_layout(graph: Path, tell: bool = True) -> bool:
     manifest = _manifest_or_empty(graph)
     if not manifest:  # none, or unreadable: decided (re-exported) with the fingerprint
         return False
     found = manifest.get("layout", 1)  # manifests of the first st-onnx have no "layout"
     older = not isinstance(found, int) or found < layout.GRAPH_LAYOUT
+    log = logger.info if tell else logger.debug
     if older:
-        logger.info("%s was exported by an older st-onnx (graph layout %s, now %s): same embeddings, slower; "
-                    "re-exporting it", graph, found, layout.GRAPH_LAYOUT)
+        log("%s was exported by an older st-onnx (graph layout %s, now %s): same embeddings, slower; "
+            "re-exporting it", graph, found, layout.GRAPH_LAYOUT)
     elif manifest.get("pooling_include_prompt") is False and PROMPT_LENGTH not in manifest.get("inputs", []):
-        logger.info("%s pools without the prompt's tokens but was exported without a prompt_length input (older "
-                    "st-onnx): re-exporting it", graph)
+        log("%s pools without the prompt's tokens but was exported without a prompt_length input (older "
+            "st-onnx): re-exporting it", graph)
         return True
     return older
 
