@@ -62,6 +62,19 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _graph_cache(tmp_path_factory) -> Iterator[None]:
+    """What the suite puts in the graph cache (graphs of read-only folders, their stat records) goes to a
+    temporary folder, not the user's ~/.cache/st_onnx."""
+    before = os.environ.get("ST_ONNX_CACHE")
+    os.environ["ST_ONNX_CACHE"] = str(tmp_path_factory.mktemp("st_onnx_cache"))
+    yield
+    if before is None:
+        os.environ.pop("ST_ONNX_CACHE", None)
+    else:
+        os.environ["ST_ONNX_CACHE"] = before
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Iterator[Path]:
     """Tiny BERT + mean pooling + Normalize, saved by st-onnx (read-only by convention: copy to modify).

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -57,7 +58,7 @@ def test_weights_saved_right_after_an_export_are_not_vouched_for(tiny_model_copy
 def test_weights_saved_while_the_graph_is_checked_are_not_vouched_for(tiny_model_copy, other_weights, monkeypatch,
                                                                       settled):
     _onnx(tiny_model_copy)
-    graphs._stat_path(layout.fused_graph_path(tiny_model_copy, "fp32")).unlink()  # the next load hashes
+    graphs._stat_paths(layout.fused_graph_path(tiny_model_copy, "fp32"))[0].unlink()  # the next load hashes
     real = graphs.graph_problem
 
     def check_while_another_saves(graph, manifest):
@@ -76,7 +77,7 @@ def test_the_stat_record_spares_hashing_only_files_settled_before_the_snapshot(t
     stat field); settled files get one, and the next load takes the quick path without hashing."""
     monkeypatch.setattr(graphs, "RACY_NS", 10**15)  # every file is "just changed"
     _onnx(tiny_model_copy)
-    stat = graphs._stat_path(layout.fused_graph_path(tiny_model_copy, "fp32"))
+    stat = graphs._stat_paths(layout.fused_graph_path(tiny_model_copy, "fp32"))[0]
     stat.unlink(missing_ok=True)
     _onnx(tiny_model_copy, export="never")
     assert not stat.exists()
@@ -150,7 +151,7 @@ def test_a_manifest_without_the_graphs_size_and_sha256_describes_no_graph(tiny_m
     manifest = json.loads(layout.manifest_path(graph).read_text())
     del manifest["graph_sha256"], manifest["graph_bytes"]
     layout.manifest_path(graph).write_text(json.dumps(manifest))
-    graphs._stat_path(graph).unlink(missing_ok=True)
+    graphs._stat_paths(graph)[0].unlink(missing_ok=True)
     with pytest.raises(GraphFileError, match="does not record the graph's size and sha256"):
         _onnx(tiny_model_copy, export="never")
 
@@ -305,3 +306,32 @@ def test_a_load_while_the_graph_is_exported_in_place_waits_for_it(tiny_model_cop
     export_model_folder(tiny_model_copy, "int8")
     place.load.join()
     assert results == [False]
+
+
+def test_a_read_only_folders_stat_record_is_kept_in_the_cache(tiny_model_copy, monkeypatch, settled, tmp_path):
+    """A read-only folder (a container image) could not keep its stat record beside the graph, so every load
+    hashed all its weights again (0.1 s for all-MiniLM-L6-v2, seconds for a large model): the record now goes
+    under the graph cache."""
+    _onnx(tiny_model_copy)  # the graph, exported while the folder could be written
+    graph = layout.fused_graph_path(tiny_model_copy, "fp32")
+    monkeypatch.setenv("ST_ONNX_CACHE", str(tmp_path / "cache"))
+    beside, cached = graphs._stat_paths(graph)
+    beside.unlink()
+    real_write = layout.write_json
+
+    def read_only(path, obj):  # the folder is read-only from now on (root writes anywhere: chmod would not do)
+        if tiny_model_copy in Path(path).parents:
+            raise PermissionError(13, "Read-only file system", str(path))
+        return real_write(path, obj)
+
+    monkeypatch.setattr(layout, "write_json", read_only)
+    _onnx(tiny_model_copy, export="never")  # hashes once
+    assert not beside.exists() and cached.is_file() and tmp_path / "cache" in cached.parents
+
+    def no_hashing(folder):
+        raise AssertionError("hashed the weights although the cache's stat record vouches for them")
+
+    monkeypatch.setattr("st_onnx.fingerprint.folder_fingerprint", no_hashing)
+    model = _onnx(tiny_model_copy, export="never")
+    want = SentenceTransformer(str(tiny_model_copy), device="cpu").encode(SENTENCES)
+    np.testing.assert_allclose(model.encode(SENTENCES), want, atol=1e-5)

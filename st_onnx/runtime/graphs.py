@@ -303,8 +303,12 @@ def _older_layout(graph: Path, tell: bool = True) -> bool:
 
 
 # -- a stat record that spares hashing the weights on every load (the bulk of a cold start) -------------------
-def _stat_path(graph: Path) -> Path:
-    return graph.with_name(graph.stem + ".stat.json")
+def _stat_paths(graph: Path) -> list[Path]:
+    """Where a graph's stat record may be: beside the graph, else (a read-only folder, whose every load would
+    otherwise hash the weights again) under the graph cache, named after the graph's path."""
+    key = hashlib.sha256(str(graph.resolve()).encode()).hexdigest()[:16]
+    return [graph.with_name(graph.stem + ".stat.json"),
+            default_cache_root() / "st_onnx_stat" / f"{graph.stem}-{key}.stat.json"]
 
 
 def _entries(folder: Path, files: list[Path]) -> list:
@@ -358,12 +362,16 @@ class _Snapshot:
 def _stat_unchanged(folder: Path, graph: Path, fingerprint: str | None) -> bool:
     """Whether the stat record says: these weights (``fingerprint``) and this very graph file, checked before.
     The record is a cache: unreadable or missing, it only means checking again."""
-    try:
-        record = json.loads(_stat_path(graph).read_text(encoding="utf-8"))
-        return (isinstance(record, dict) and record.get("fingerprint") == fingerprint
-                and record.get("folder") == str(folder.resolve()) and record.get("files") == _stat_signature(folder, graph))
-    except (OSError, ValueError, ModelFolderError):
-        return False
+    for path in _stat_paths(graph):
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+            if (isinstance(record, dict) and record.get("fingerprint") == fingerprint
+                    and record.get("folder") == str(folder.resolve())
+                    and record.get("files") == _stat_signature(folder, graph)):
+                return True
+        except (OSError, ValueError, ModelFolderError):
+            continue
+    return False
 
 
 def _record_stat(folder: Path, graph: Path, fingerprint: str | None, sources: _Snapshot,
@@ -377,11 +385,14 @@ def _record_stat(folder: Path, graph: Path, fingerprint: str | None, sources: _S
         logger.debug("the files of %s changed while they were checked, or too recently to tell: no stat record",
                      folder)
         return
-    try:
-        layout.write_json(_stat_path(graph), {"fingerprint": fingerprint, "folder": str(folder.resolve()),
-                                              "files": now + graph_now})
-    except OSError:  # a read-only folder: the next load checks again
-        logger.debug("cannot write %s", _stat_path(graph))
+    record = {"fingerprint": fingerprint, "folder": str(folder.resolve()), "files": now + graph_now}
+    for path in _stat_paths(graph):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            layout.write_json(path, record)
+            return
+        except OSError as e:  # a read-only folder: the cache's record; neither writable: the next load hashes
+            logger.debug("cannot write %s (%s)", path, e)
 
 
 def _named_graph(folder: Path, file_name: str) -> GraphChoice:
