@@ -314,11 +314,12 @@ def copy_model_folder(src: str | os.PathLike, dst: str | os.PathLike) -> None:
 
 
 @contextmanager
-def locked(folder: str | os.PathLike) -> Iterator[None]:
+def locked(folder: str | os.PathLike, waiting: str | None = None) -> Iterator[None]:
     """Hold an exclusive lock on the folder itself (``flock`` on its directory: no lock file is left behind)
-    while a write there is assembled; other processes and threads taking it wait. Where no such lock can be
-    taken (Windows; NFS, which refuses an exclusive lock on a read-only descriptor; an unreadable folder), the
-    write goes ahead unlocked: the lock only orders writers that run at the same time."""
+    while a write there is assembled; other processes and threads taking it wait (logged at INFO with
+    ``waiting``, what they wait for, when given). Where no such lock can be taken (Windows; NFS, which refuses
+    an exclusive lock on a read-only descriptor; an unreadable folder), the write goes ahead unlocked: the lock
+    only orders writers that run at the same time."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not on POSIX
@@ -332,7 +333,12 @@ def locked(folder: str | os.PathLike) -> Iterator[None]:
         return
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if waiting:
+                    logger.info("waiting for %s (its lock on %s is held)", waiting, folder)
+                fcntl.flock(fd, fcntl.LOCK_EX)
         except OSError as e:
             # the kernel's answers mean "no lock here" (ENOLCK, EOPNOTSUPP, EINVAL; NFS's EBADF on a read-only
             # descriptor; Lustre's ENOSYS without -o flock); one without an errno is a signal handler's

@@ -4,6 +4,7 @@ spares hashing them (it must never vouch for files that changed while they were 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -250,7 +251,7 @@ def test_a_read_only_folders_graph_cache_keeps_each_precision_once_exported(tiny
         assert not graphs.find_graph(src, precision, cache_folder=cache, export="never").exported
 
 
-def test_loads_at_once_export_a_folder_once(tiny_model_copy):
+def test_loads_at_once_export_a_folder_once(tiny_model_copy, caplog):
     """Each process loading a folder without its graph exported it (web server workers: N times the time and
     memory). Threads calling find_graph stand in for processes: the backend's own lock is per process, the
     folder's lock (flock) is per open file, so it orders these threads as it orders processes."""
@@ -270,6 +271,7 @@ def test_loads_at_once_export_a_folder_once(tiny_model_copy):
         barrier.wait()
         chosen.append(graphs.find_graph(tiny_model_copy, "int8", exporter=exporter))
 
+    caplog.set_level(logging.INFO, logger="st_onnx")
     threads = [threading.Thread(target=load) for _ in range(2)]
     for t in threads:
         t.start()
@@ -277,6 +279,23 @@ def test_loads_at_once_export_a_folder_once(tiny_model_copy):
         t.join()
     assert calls == ["int8"]
     assert sorted(c.exported for c in chosen) == [False, True]
+    assert f"waiting for another export of {tiny_model_copy}" in caplog.text  # a wait is told, not silent
+
+
+def test_a_read_only_folder_through_a_link_uses_the_graph_its_real_path_exported(tiny_model_copy, tmp_path,
+                                                                                 monkeypatch):
+    """The graph cache's folder was named after the name given: a folder loaded through a link (/models/current)
+    and by its real path waited for one another's lock, then exported twice (found by the review of the change)."""
+    import os
+
+    from st_onnx.backends.onnx_backend import _export
+
+    monkeypatch.setattr(graphs, "is_writable", lambda folder: False)
+    link = tmp_path / "current"
+    os.symlink(tiny_model_copy, link)
+    cache = tmp_path / "cache"
+    assert graphs.find_graph(tiny_model_copy, "int8", cache_folder=cache, exporter=_export).exported
+    assert not graphs.find_graph(link, "int8", cache_folder=cache, export="never").exported
 
 
 def test_a_load_while_the_graph_is_exported_in_place_waits_for_it(tiny_model_copy, monkeypatch):

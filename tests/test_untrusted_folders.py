@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -99,7 +100,31 @@ def test_resuming_from_a_checkpoint_unpickles_no_code(tiny_model_dir, tmp_path):
     state["rng"]["evil"] = _Payload(marker)
     torch.save(state, step / STATE_FILE)
     resumed = SentenceTransformer(str(tiny_model_dir), device="cpu")
-    with pytest.raises(InvalidInputError, match=r"training_state\.pt holds objects other than tensors"):
+    with pytest.raises(InvalidInputError, match=r"training_state\.pt holds objects other than tensors, numpy arrays"):
         resumed.fit([(DataLoader(examples, batch_size=2), losses.CosineSimilarityLoss(resumed))], epochs=1,
                     show_progress_bar=False, resume_from_checkpoint=str(step))
     assert not marker.exists(), "training_state.pt ran pickled code"
+
+
+def test_a_checkpoint_from_before_the_numpy_state_became_a_list_still_resumes(tiny_model_dir, tmp_path):
+    """Checkpoints written until the RNG state was stored as plain values hold numpy's state as an ndarray:
+    loaded weights-only, they were refused (found by the review of the change)."""
+    from st_onnx.training.checkpoints import STATE_FILE, load_checkpoint, restore_rng
+
+    examples = [InputExample(texts=["a dog runs", "a cat sleeps"], label=0.3),
+                InputExample(texts=["the man", "a woman"], label=0.5)]
+    model = SentenceTransformer(str(tiny_model_dir), device="cpu")
+    model.fit([(DataLoader(examples, batch_size=2), losses.CosineSimilarityLoss(model))], epochs=2,
+              show_progress_bar=False, checkpoint_path=str(tmp_path / "ckpt"), checkpoint_save_steps=1)
+    step = tmp_path / "ckpt" / "1"
+    state = torch.load(step / STATE_FILE, weights_only=False)
+    rng = np.random.RandomState(7)
+    state["rng"]["numpy"] = rng.get_state()  # the earlier format: ('MT19937', ndarray, pos, has_gauss, cached)
+    torch.save(state, step / STATE_FILE)
+    resumed = SentenceTransformer(str(tiny_model_dir), device="cpu")
+    loaded = load_checkpoint(resumed, step)
+    assert loaded.global_step == 1
+    restore_rng(loaded.rng)
+    assert np.random.random() == rng.random()  # the same generator state, restored exactly
+    resumed.fit([(DataLoader(examples, batch_size=2), losses.CosineSimilarityLoss(resumed))], epochs=2,
+                show_progress_bar=False, checkpoint_path=str(tmp_path / "ckpt2"), resume_from_checkpoint=str(step))

@@ -120,9 +120,10 @@ def default_cache_root() -> Path:
 
 def cache_dir_for(folder: Path, cache_folder: str | os.PathLike | None) -> Path:
     """Where graphs of a read-only folder go: one sub-folder per model folder path."""
-    key = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:16]
+    real = folder.resolve()  # a folder named through a link and by its real path: one cache folder, one export
+    key = hashlib.sha256(str(real).encode()).hexdigest()[:16]
     root = Path(cache_folder).expanduser() if cache_folder else default_cache_root()
-    return root / "st_onnx_graphs" / f"{folder.name}-{key}"
+    return root / "st_onnx_graphs" / f"{real.name}-{key}"
 
 
 def is_writable(folder: Path) -> bool:
@@ -167,7 +168,7 @@ def find_graph(folder: Path, precision: str, *, file_name: str | None = None, ex
     # folder's lock, the others wait for it and then find its graph. The graph folders' locks are waited for
     # too: an export writing into them (`st-onnx export` in place) has the manifest away until it is done. A
     # graph found fresh takes no lock: its load never waits for another precision's export.
-    with layout.locked(folder), _waiting_for(c.parent for c in candidates):
+    with layout.locked(folder, waiting=f"another export of {folder}"), _waiting_for(c.parent for c in candidates):
         found, problems, current, sources = _look(folder, candidates, precision, export, again=True)
         if found is not None:
             return found
@@ -203,7 +204,7 @@ def _waiting_for(folders) -> Iterator[None]:
     """Wait until no writer holds the lock of any of ``folders`` that exist (taken and let go at once)."""
     for folder in folders:
         if folder.is_dir():
-            with layout.locked(folder):
+            with layout.locked(folder, waiting=f"a graph being written into {folder}"):
                 pass
     yield
 

@@ -113,6 +113,14 @@ def find_resume_checkpoint(checkpoint_path: str | None, resume_from_checkpoint: 
     return found[-1]
 
 
+def _numpy_array_globals() -> list:
+    try:  # numpy 2
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy 1
+        from numpy.core.multiarray import _reconstruct
+    return [_reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]  # the last: numpy 2's UInt32DType
+
+
 def load_checkpoint(model, folder: Path) -> TrainingState:
     """Load the checkpoint's weights into ``model.torch_modules`` and return its training state."""
     from ..modules import load_stack
@@ -120,11 +128,14 @@ def load_checkpoint(model, folder: Path) -> TrainingState:
     weights = load_stack(folder).state_dict()
     model.torch_modules.load_state_dict(weights)
     try:
-        raw = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
+        # numpy arrays are allowed (the numpy RNG state of checkpoints written before it became a list): the same
+        # restricted unpickler rebuilds them from plain values, running no code
+        with torch.serialization.safe_globals(_numpy_array_globals()):
+            raw = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise InvalidInputError(
-            f"{folder / STATE_FILE} holds objects other than tensors and plain values, which st-onnx does not "
-            f"unpickle (that could run code from the checkpoint); resume only from checkpoints fit wrote: {e}"
+            f"{folder / STATE_FILE} holds objects other than tensors, numpy arrays and plain values, which st-onnx "
+            f"does not unpickle (that could run code from the checkpoint); fit writes none of them: {e}"
         ) from e
     logger.info("resuming from checkpoint %s (global step %d)", folder, raw["global_step"])
     return TrainingState(**raw)
