@@ -84,25 +84,35 @@ class _Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
+_EXAMPLES = [InputExample(texts=["a dog runs", "a cat sleeps"], label=0.3),
+             InputExample(texts=["the man", "a woman"], label=0.5)]
+
+
+def _fit(model, **kwargs) -> None:
+    """Two epochs of one step each on two pairs."""
+    model.fit([(DataLoader(_EXAMPLES, batch_size=2), losses.CosineSimilarityLoss(model))], epochs=2,
+              show_progress_bar=False, **kwargs)
+
+
+def _first_checkpoint(folder, tmp_path):
+    """The step-1 checkpoint folder of a fit of the model in ``folder``."""
+    _fit(SentenceTransformer(str(folder), device="cpu"), checkpoint_path=str(tmp_path / "ckpt"),
+         checkpoint_save_steps=1)
+    return tmp_path / "ckpt" / "1"
+
+
 def test_resuming_from_a_checkpoint_unpickles_no_code(tiny_model_dir, tmp_path):
     """training_state.pt was loaded with weights_only=False: a shared checkpoint ran what it pickled."""
     from st_onnx.training.checkpoints import STATE_FILE
 
-    examples = [InputExample(texts=["a dog runs", "a cat sleeps"], label=0.3),
-                InputExample(texts=["the man", "a woman"], label=0.5)]
-    model = SentenceTransformer(str(tiny_model_dir), device="cpu")
-    model.fit([(DataLoader(examples, batch_size=2), losses.CosineSimilarityLoss(model))], epochs=1,
-              show_progress_bar=False, checkpoint_path=str(tmp_path / "ckpt"), checkpoint_save_steps=1)
-    step = tmp_path / "ckpt" / "1"
+    step = _first_checkpoint(tiny_model_dir, tmp_path)
     assert torch.load(step / STATE_FILE, weights_only=True)["global_step"] == 1  # fit writes plain values only
     state = torch.load(step / STATE_FILE, weights_only=False)
     marker = tmp_path / "MARKER"
     state["rng"]["evil"] = _Payload(marker)
     torch.save(state, step / STATE_FILE)
-    resumed = SentenceTransformer(str(tiny_model_dir), device="cpu")
     with pytest.raises(InvalidInputError, match=r"training_state\.pt holds objects other than tensors, numpy arrays"):
-        resumed.fit([(DataLoader(examples, batch_size=2), losses.CosineSimilarityLoss(resumed))], epochs=1,
-                    show_progress_bar=False, resume_from_checkpoint=str(step))
+        _fit(SentenceTransformer(str(tiny_model_dir), device="cpu"), resume_from_checkpoint=str(step))
     assert not marker.exists(), "training_state.pt ran pickled code"
 
 
@@ -111,12 +121,7 @@ def test_a_checkpoint_from_before_the_numpy_state_became_a_list_still_resumes(ti
     loaded weights-only, they were refused (found by the review of the change)."""
     from st_onnx.training.checkpoints import STATE_FILE, load_checkpoint, restore_rng
 
-    examples = [InputExample(texts=["a dog runs", "a cat sleeps"], label=0.3),
-                InputExample(texts=["the man", "a woman"], label=0.5)]
-    model = SentenceTransformer(str(tiny_model_dir), device="cpu")
-    model.fit([(DataLoader(examples, batch_size=2), losses.CosineSimilarityLoss(model))], epochs=2,
-              show_progress_bar=False, checkpoint_path=str(tmp_path / "ckpt"), checkpoint_save_steps=1)
-    step = tmp_path / "ckpt" / "1"
+    step = _first_checkpoint(tiny_model_dir, tmp_path)
     state = torch.load(step / STATE_FILE, weights_only=False)
     rng = np.random.RandomState(7)
     state["rng"]["numpy"] = rng.get_state()  # the earlier format: ('MT19937', ndarray, pos, has_gauss, cached)
@@ -126,5 +131,4 @@ def test_a_checkpoint_from_before_the_numpy_state_became_a_list_still_resumes(ti
     assert loaded.global_step == 1
     restore_rng(loaded.rng)
     assert np.random.random() == rng.random()  # the same generator state, restored exactly
-    resumed.fit([(DataLoader(examples, batch_size=2), losses.CosineSimilarityLoss(resumed))], epochs=2,
-                show_progress_bar=False, checkpoint_path=str(tmp_path / "ckpt2"), resume_from_checkpoint=str(step))
+    _fit(resumed, checkpoint_path=str(tmp_path / "ckpt2"), resume_from_checkpoint=str(step))
