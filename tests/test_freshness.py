@@ -354,3 +354,32 @@ def test_a_read_only_folders_stat_record_is_kept_in_the_cache(tiny_model_copy, m
     model = _onnx(tiny_model_copy, export="never")
     want = SentenceTransformer(str(tiny_model_copy), device="cpu").encode(SENTENCES)
     np.testing.assert_allclose(model.encode(SENTENCES), want, atol=1e-5)
+
+
+def test_the_look_under_the_folder_lock_keeps_graphs_from_being_placed(tiny_model_copy, other_weights, monkeypatch):
+    """The second look (under the folder's lock) only waited for a placement under way: one starting during the
+    look took the manifest away from under it, and the load exported again or, with export='never', failed
+    (found by the review of the change). Now a placement, which takes the graph folder's lock, waits for it."""
+    import fcntl
+    import os
+
+    _with_stale_graphs(tiny_model_copy, other_weights)  # stale: the first look fails, the second runs
+    graph_dir = layout.fused_graph_path(tiny_model_copy, "fp32").parent
+    real_look, seen = graphs._look, []
+
+    def look(*args, **kwargs):
+        if kwargs.get("again"):
+            fd = os.open(graph_dir, os.O_RDONLY)
+            try:  # what a placement would do now
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                seen.append("a placement could start")
+            except BlockingIOError:
+                seen.append("a placement waits")
+            finally:
+                os.close(fd)
+        return real_look(*args, **kwargs)
+
+    monkeypatch.setattr(graphs, "_look", look)
+    with pytest.raises(StaleGraphError):
+        graphs.find_graph(tiny_model_copy, "fp32", export="never")
+    assert seen == ["a placement waits"]

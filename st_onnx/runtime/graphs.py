@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -165,11 +165,12 @@ def find_graph(folder: Path, precision: str, *, file_name: str | None = None, ex
     if found is not None:
         return found
     # Processes loading one folder at once (web server workers) export it once: the first exports under the
-    # folder's lock, the others wait for it and then find its graph. The graph folders' locks are waited for
-    # too: an export writing into them (`st-onnx export` in place) has the manifest away until it is done. A
-    # graph found fresh takes no lock: its load never waits for another precision's export.
-    with layout.locked(folder, waiting=f"another export of {folder}"), _waiting_for(c.parent for c in candidates):
-        found, problems, current, sources = _look(folder, candidates, precision, export, again=True)
+    # folder's lock, the others wait for it and then find its graph. The second look holds the graph folders'
+    # locks too: an export writing into them (`st-onnx export` in place) has the manifest away until it is done.
+    # A graph found fresh takes no lock: its load never waits for another precision's export.
+    with layout.locked(folder, waiting=f"another export of {folder}"):
+        with _holding(c.parent for c in candidates):
+            found, problems, current, sources = _look(folder, candidates, precision, export, again=True)
         if found is not None:
             return found
         return _export_graph(folder, precision, candidates, cache, export, exporter, problems, current, sources)
@@ -200,13 +201,13 @@ def _look(folder: Path, candidates: list[Path], precision: str, export: str, aga
 
 
 @contextmanager
-def _waiting_for(folders) -> Iterator[None]:
-    """Wait until no writer holds the lock of any of ``folders`` that exist (taken and let go at once)."""
-    for folder in folders:
-        if folder.is_dir():
-            with layout.locked(folder, waiting=f"a graph being written into {folder}"):
-                pass
-    yield
+def _holding(folders) -> Iterator[None]:
+    """Hold the locks of those of ``folders`` that exist: no graph is placed there meanwhile."""
+    with ExitStack() as stack:
+        for folder in folders:
+            if folder.is_dir():
+                stack.enter_context(layout.locked(folder, waiting=f"a graph being written into {folder}"))
+        yield
 
 
 def _export_graph(folder: Path, precision: str, candidates: list[Path], cache: Path, export: str,
