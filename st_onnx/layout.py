@@ -435,6 +435,20 @@ def _mkdtemp(prefix: str, folder: Path, fallback: Path | None = None) -> Path:
         return Path(tempfile.mkdtemp(prefix=prefix, dir=fallback))
 
 
+def interrupted_write_hint(target: str | os.PathLike) -> str:
+    """For a missing folder: where a write killed between ``atomic_folder``'s two renames left it (moved aside
+    as ``.NAME.old-PID``), as a sentence to append to the error; '' when there is no such folder."""
+    target = Path(target).expanduser().absolute()
+    try:
+        aside = sorted(p for p in target.parent.glob(f".{target.name}.old-*") if p.is_dir())
+    except OSError:
+        return ""
+    if not aside:
+        return ""
+    return (f"; a save or export into it was stopped between moving the folder aside and putting the new one in "
+            f"place: the folder as it was is {aside[-1]} (rename it back to {target.name} to use it)")
+
+
 def is_work_entry(name: str) -> bool:
     """Whether ``name`` is a work folder's (``WORK_FOLDERS``): never a model's file, never the user's."""
     import fnmatch

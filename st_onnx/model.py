@@ -162,8 +162,9 @@ class SentenceTransformer(ModuleMethods):
             return path.absolute()  # read again later (torch modules on first use, save, pools), from any cwd
         if path.exists():
             raise ModelNotFoundError(f"{name!r} is a file; model_name_or_path must be a model folder (or a Hub id)")
-        if name.startswith((".", "/", "~")) or os.sep in name.strip("/").replace("/", "", 1):
-            raise ModelNotFoundError(f"model folder {name!r} does not exist")
+        hint = layout.interrupted_write_hint(path)
+        if hint or name.startswith((".", "/", "~")) or os.sep in name.strip("/").replace("/", "", 1):
+            raise ModelNotFoundError(f"model folder {name!r} does not exist{hint}")
         from .hub import hub_model_id, resolve_model_path
 
         return Path(resolve_model_path(hub_model_id(name), cache_folder=self.cache_folder, token=self._token,

@@ -117,3 +117,24 @@ def test_a_file_system_without_locks_is_written_unlocked(tmp_path, monkeypatch, 
     with layout.locked(tmp_path):
         entered.append(True)
     assert entered == [True]
+
+
+@pytest.mark.parametrize("spelled", ["absolute", "bare name"])
+def test_a_folder_left_aside_by_a_killed_save_is_named_by_the_load_that_misses_it(tiny_model_dir, tmp_path,
+                                                                                 monkeypatch, capsys, spelled):
+    """SIGKILL between atomic_folder's two renames leaves the model at .NAME.old-PID and nothing at NAME: the
+    next load said the folder did not exist (or, for a bare name, that the Hub could not be reached)."""
+    import shutil
+
+    from st_onnx import SentenceTransformer, cli
+    from st_onnx.errors import ModelNotFoundError
+
+    shutil.copytree(tiny_model_dir, tmp_path / ".model.old-4242")  # the state a kill there leaves
+    monkeypatch.chdir(tmp_path)
+    name = str(tmp_path / "model") if spelled == "absolute" else "model"
+    with pytest.raises(ModelNotFoundError, match=r"does not exist; a save or export into it was stopped .*"
+                                                 r"\.model\.old-4242 \(rename it back to model"):
+        SentenceTransformer(name, device="cpu")
+    capsys.readouterr()
+    assert cli.main(["export", name, str(tmp_path / "out")]) != 0
+    assert "rename it back to model" in capsys.readouterr().err

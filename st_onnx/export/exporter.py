@@ -175,7 +175,8 @@ def export_model_folder(model_folder: str | os.PathLike, precision: str = "fp32"
 
     model_folder = Path(model_folder)
     if not model_folder.exists():
-        raise ModelFolderError(f"{model_folder} does not exist; give a model folder (modules.json or config.json)")
+        raise ModelFolderError(f"{model_folder} does not exist{layout.interrupted_write_hint(model_folder)}; give a "
+                               "model folder (modules.json or config.json)")
     if not _is_model_folder(model_folder):
         raise ModelFolderError(f"{model_folder} is not a model folder (no modules.json or config.json)")
     layout.fused_graph_path(model_folder, precision)  # validate before loading anything
