@@ -211,23 +211,30 @@ def _work(jobs: queue.Queue, stop: threading.Event, runner: Callable) -> None:
             if stop.is_set():
                 return
             continue
-        call, idx, payload, settings = job
+        _run_job(job, stop, runner)
+        # an idle worker keeps nothing of the last call (its whole result, or its error and traceback), as
+        # ThreadPoolExecutor's workers drop their work item
+        del job
+
+
+def _run_job(job: tuple, stop: threading.Event, runner: Callable) -> None:
+    call, idx, payload, settings = job
+    if stop.is_set():
+        call.fail(PoolError(_STOPPED))
+        return
+    if call.error is not None:
+        return  # a chunk of this call failed already, or the call was abandoned: skip it
+
+    def check(call: _Call = call) -> None:  # between batches: leave a chunk nobody waits for
         if stop.is_set():
-            call.fail(PoolError(_STOPPED))
-            continue
+            raise PoolError(_STOPPED)
         if call.error is not None:
-            continue  # a chunk of this call failed already, or the call was abandoned: skip it
+            raise PoolError("the call was abandoned")
 
-        def check(call: _Call = call) -> None:  # between batches: leave a chunk nobody waits for
-            if stop.is_set():
-                raise PoolError(_STOPPED)
-            if call.error is not None:
-                raise PoolError("the call was abandoned")
-
-        try:
-            call.finish(idx, runner(payload, *settings, check))
-        except BaseException as e:  # noqa: BLE001 - handed to the caller, which re-raises it
-            call.fail(e)
+    try:
+        call.finish(idx, runner(payload, *settings, check))
+    except BaseException as e:  # noqa: BLE001 - handed to the caller, which re-raises it
+        call.fail(e)
 
 
 def _shut_down(jobs: queue.Queue, stop: threading.Event, threads: list[threading.Thread],

@@ -113,3 +113,20 @@ def test_the_cli_called_from_python_gives_the_log_level_back(tiny_model_dir, tmp
     before = logging.getLogger("st_onnx").level
     assert main(["-v", "export", str(tiny_model_dir), str(tmp_path / "out")]) == 0
     assert logging.getLogger("st_onnx").level == before
+
+
+def test_an_int8_export_leaves_the_root_logger_as_it_was(tiny_model_copy):
+    """ONNX Runtime's quantizer logs through logging.info(), which calls logging.basicConfig() when the root
+    logger has no handler: an int8 export (or a load exporting one) gave the application's root logger a stderr
+    handler, and the application's own logging.basicConfig(...) afterwards did nothing."""
+    from st_onnx.export import export_model_folder
+
+    root = logging.getLogger()
+    saved, level = root.handlers[:], root.level
+    root.handlers = []  # an application that has not configured its logging yet (pytest adds handlers of its own)
+    try:
+        export_model_folder(tiny_model_copy, "int8")
+        added = root.handlers[:]
+    finally:
+        root.handlers, root.level = saved, level
+    assert added == []

@@ -203,7 +203,9 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, *, per_channel
     # The quantizer's root-logger advice to run its pre-processing (shape inference over those same operators)
     # does not apply here and is dropped, so that `st-onnx export` prints only what concerns the user.
     hint = _DropMessage("pre-processing before quantization")
-    logging.getLogger().addFilter(hint)
+    root = logging.getLogger()
+    handlers = list(root.handlers)  # the quantizer logs through logging.info(), which calls basicConfig()
+    root.addFilter(hint)
     try:
         with _one_swap_at_a_time(_swap_quantizer_reload):
             quantize_dynamic(Path(src), Path(dst), per_channel=per_channel, reduce_range=reduce_range,
@@ -213,7 +215,9 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, *, per_channel
                              op_types_to_quantize=list(op_types) if op_types else None,
                              extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     finally:
-        logging.getLogger().removeFilter(hint)
+        root.removeFilter(hint)
+        for handler in [h for h in root.handlers if h not in handlers]:  # the application configures its logging
+            root.removeHandler(handler)
     if layout.graph_data_path(dst).is_file():  # int8 weights may bring a graph over 2 GB back into one file
         save_graph(onnx.load(str(dst)), dst)
     return {"per_channel": per_channel, "reduce_range": reduce_range, "op_types": list(op_types or ["all"])}
