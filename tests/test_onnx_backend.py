@@ -236,6 +236,43 @@ def test_modules_with_onnx_backend(tiny_folder, torch_model, tmp_path):
     assert close(m.encode(SENTENCES), torch_model.encode(SENTENCES))
 
 
+def test_copies_of_modules_do_not_pile_up_in_the_cache_and_those_in_use_stay(tiny_folder, tmp_path):
+    """modules=[...] with new weights each time (a training loop evaluating on the onnx backend) saved a full
+    model folder with its graph into the cache every time, for good (143 MB each for MiniLM int8; found by a
+    review of a long-running service). Copies beyond the last few go, unless a live model still uses them."""
+    import gc
+
+    import torch
+
+    from st_onnx.backends.onnx_backend import KEEP_UNUSED_COPIES
+    from st_onnx.modules import load_stack
+
+    modules = list(load_stack(tiny_folder))
+    root = tmp_path / "st_onnx_graphs" / "modules"
+
+    def new_weights_model():
+        with torch.no_grad():
+            modules[0].auto_model.embeddings.word_embeddings.weight[0, 0] += 0.01  # a training step
+        return SentenceTransformer(modules=modules, backend="onnx", device="cpu", cache_folder=str(tmp_path))
+
+    def copies():
+        return sorted(p.name for p in root.iterdir() if not p.name.startswith("."))
+
+    kept = [new_weights_model() for _ in range(2)]  # in use all along
+    kept_folders = [m._backend.folder for m in kept]
+    for _ in range(6):
+        new_weights_model().encode(["a b c"])
+        gc.collect()
+    assert len(copies()) == len(kept) + 1 + KEEP_UNUSED_COPIES  # was 8: every copy, for good
+    assert all(folder.is_dir() for folder in kept_folders)
+    for model in kept:  # their copies are whole: sessions for a pool open their graph again
+        assert model.encode(["a b c"], device=["cpu", "cpu"]).shape == (1, 32)
+    del kept, model
+    gc.collect()
+    new_weights_model()
+    assert len(copies()) == 1 + KEEP_UNUSED_COPIES
+
+
 # -- export once, staleness -----------------------------------------------------------------------------
 def _exports(caplog) -> int:
     return sum("exporting the fused" in r.getMessage() for r in caplog.records)

@@ -10,8 +10,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import shutil
 import tempfile
 import threading
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -425,15 +427,83 @@ def _save_modules(model: Any, modules: Any, cache_folder: Any) -> Path:
         save_model(model, staging / "model", create_model_card=False)
         key = folder_fingerprint(staging / "model").split(":")[-1][:16]
         target = root / key
+        # in use from before it is looked for: an eviction now has to wait, or has removed it already
+        in_use = _hold_in_use(root / f".{key}.inuse")
+        if in_use is not None:
+            weakref.finalize(model, os.close, in_use)  # pools and to() open sessions on its graph later
         if not target.is_dir():
             try:
                 (staging / "model").rename(target)
             except OSError:
                 if not target.is_dir():  # another process put the same modules there first
                     raise
+        os.utime(target)  # the most recently used
     finally:  # interrupted or failed: no copy of the model stays behind
-        import shutil
-
         shutil.rmtree(staging, ignore_errors=True)
+    _evict_unused_copies(root, target)
     logger.info("saved the given modules to %s to export their graph", target)
     return target
+
+
+# Copies of modules=[...] kept besides those in use: every new set of weights (a training loop evaluating on the
+# onnx backend, tests with random weights) is a full model folder with its graph (143 MB for MiniLM int8)
+KEEP_UNUSED_COPIES = 2
+
+
+def _hold_in_use(path: Path) -> int | None:
+    """A descriptor holding a shared ``flock`` on ``path`` (made if missing), which marks a modules copy in use
+    while it is open; None where no lock can be taken (then nothing is evicted either)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on POSIX
+        return None
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass  # an eviction removed the lock file while this waited for it: take the new one
+        except OSError:
+            os.close(fd)
+            return None
+        os.close(fd)
+
+
+def _evict_unused_copies(root: Path, current: Path, keep: int = KEEP_UNUSED_COPIES) -> None:
+    """Remove the copies under ``root`` beyond the ``keep`` most recently used, that no model uses now (in any
+    process: their lock file can be locked exclusively)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on POSIX
+        return
+
+    def last_used(folder: Path) -> float:
+        try:
+            return folder.stat().st_mtime
+        except OSError:
+            return 0.0
+
+    copies = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and p != current),
+                    key=last_used, reverse=True)
+    for old in copies[keep:]:
+        lock = root / f".{old.name}.inuse"
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            return
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a model uses it
+            except OSError:
+                return  # no locks on this file system: nothing tells which copies are in use
+            shutil.rmtree(old, ignore_errors=True)
+            lock.unlink(missing_ok=True)
+        finally:
+            os.close(fd)
