@@ -438,9 +438,12 @@ def _mkdtemp(prefix: str, folder: Path, fallback: Path | None = None) -> Path:
 def interrupted_write_hint(target: str | os.PathLike) -> str:
     """For a missing folder: where a write killed between ``atomic_folder``'s two renames left it (moved aside
     as ``.NAME.old-PID``), as a sentence to append to the error; '' when there is no such folder."""
+    import glob
+
     target = Path(target).expanduser().absolute()
-    try:
-        aside = sorted(p for p in target.parent.glob(f".{target.name}.old-*") if p.is_dir())
+    try:  # the newest first (PIDs do not sort as text)
+        aside = sorted((p for p in target.parent.glob(f".{glob.escape(target.name)}.old-*") if p.is_dir()),
+                       key=lambda p: p.stat().st_mtime)
     except OSError:
         return ""
     if not aside:

@@ -138,3 +138,14 @@ def test_a_folder_left_aside_by_a_killed_save_is_named_by_the_load_that_misses_i
     capsys.readouterr()
     assert cli.main(["export", name, str(tmp_path / "out")]) != 0
     assert "rename it back to model" in capsys.readouterr().err
+
+
+def test_the_hint_names_only_the_missing_folders_own_folder_set_aside(tmp_path):
+    """The folder's name went into a glob pattern unescaped: a missing 'm[ab]' was said to be at '.ma.old-1',
+    another folder's (found by the review of the change)."""
+    from st_onnx import layout
+
+    (tmp_path / ".ma.old-1").mkdir()
+    assert layout.interrupted_write_hint(tmp_path / "m[ab]") == ""
+    (tmp_path / ".m[ab].old-7").mkdir()
+    assert ".m[ab].old-7 (rename it back to m[ab]" in layout.interrupted_write_hint(tmp_path / "m[ab]")

@@ -273,6 +273,38 @@ def test_copies_of_modules_do_not_pile_up_in_the_cache_and_those_in_use_stay(tin
     assert len(copies()) == 1 + KEEP_UNUSED_COPIES
 
 
+def test_a_modules_copy_stays_while_a_shallow_copy_of_its_model_runs_it_and_unused_ones_are_kept(tiny_folder,
+                                                                                              tmp_path):
+    """The in-use lock lived as long as the facade, not the backend running the copy's graph: copy.copy(model)
+    lost its folder once the original went. And copies in use took the slots of the unused ones kept, so two
+    live models newer than them removed every unused copy (found by the review of the change)."""
+    import copy
+    import gc
+
+    import torch
+
+    from st_onnx.modules import load_stack
+
+    modules = list(load_stack(tiny_folder))
+
+    def new_weights_model():
+        with torch.no_grad():
+            modules[0].auto_model.embeddings.word_embeddings.weight[0, 0] += 0.01
+        return SentenceTransformer(modules=modules, backend="onnx", device="cpu", cache_folder=str(tmp_path))
+
+    original = new_weights_model()
+    twin = copy.copy(original)
+    unused = [new_weights_model()._backend.folder for _ in range(2)]
+    del original
+    gc.collect()
+    live = [new_weights_model() for _ in range(2)]  # in use, newer than the unused two
+    new_weights_model()
+    gc.collect()
+    assert twin._backend.folder.is_dir() and all(folder.is_dir() for folder in unused)
+    assert twin.encode(["a b c"], device=["cpu", "cpu"]).shape == (1, 32)
+    assert all(m.encode(["a b c"]).shape == (1, 32) for m in live)
+
+
 # -- export once, staleness -----------------------------------------------------------------------------
 def _exports(caplog) -> int:
     return sum("exporting the fused" in r.getMessage() for r in caplog.records)

@@ -130,3 +130,43 @@ def test_an_int8_export_leaves_the_root_logger_as_it_was(tiny_model_copy):
     finally:
         root.handlers, root.level = saved, level
     assert added == []
+
+
+def test_an_int8_export_keeps_a_handler_the_application_adds_meanwhile(tiny_model_copy, monkeypatch):
+    """The first fix removed every root handler added while the quantizer ran: a service configuring its logging
+    in the main thread while a background thread loaded an int8 model lost its own handler (found by the review
+    of that fix). The quantizer now logs to a named logger and never touches the root logger."""
+    import threading
+
+    import onnxruntime.quantization as quantization
+
+    from st_onnx.export import export_model_folder
+
+    root = logging.getLogger()
+    saved, level = root.handlers[:], root.level
+    started, added = threading.Event(), threading.Event()
+    real = quantization.quantize_dynamic
+
+    def quantize_dynamic(*args, **kwargs):  # the quantization is under way (seconds for a real model)
+        started.set()
+        added.wait(10)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(quantization, "quantize_dynamic", quantize_dynamic)
+    handler = logging.NullHandler()
+
+    def application():
+        started.wait(10)
+        root.addHandler(handler)  # as logging.basicConfig(handlers=[...]) does
+        added.set()
+
+    root.handlers = []
+    try:
+        thread = threading.Thread(target=application)
+        thread.start()
+        export_model_folder(tiny_model_copy, "int8")
+        thread.join()
+        after = root.handlers[:]
+    finally:
+        root.handlers, root.level = saved, level
+    assert after == [handler]

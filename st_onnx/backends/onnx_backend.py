@@ -133,16 +133,25 @@ class OnnxBackend:
         device = resolve_device(device)
         precision = opts.precision_for(device)
         cache_folder = getattr(model, "cache_folder", None)
+        in_use = None
         if modules is not None:
-            folder = _save_modules(model, modules, cache_folder)
+            folder, in_use = _save_modules(model, modules, cache_folder)
         else:
             folder = Path(model.model_path)
-        with _folder_lock(folder, precision):  # threads loading one graph at once: one exports, the others load it
-            choice = find_graph(folder, precision, file_name=opts.file_name, export=opts.export,
-                                cache_folder=cache_folder, exporter=_export)
-        if opts.packing:
-            choice = find_packed(folder, choice, export=opts.export, cache_folder=cache_folder, packer=_pack)
-        return cls(folder, choice, device, opts, TextTokenizer.from_folder(folder, choice.manifest))
+        try:
+            with _folder_lock(folder, precision):  # threads loading one graph at once: one exports, the rest load it
+                choice = find_graph(folder, precision, file_name=opts.file_name, export=opts.export,
+                                    cache_folder=cache_folder, exporter=_export)
+            if opts.packing:
+                choice = find_packed(folder, choice, export=opts.export, cache_folder=cache_folder, packer=_pack)
+            backend = cls(folder, choice, device, opts, TextTokenizer.from_folder(folder, choice.manifest))
+        except BaseException:
+            if in_use is not None:
+                os.close(in_use)
+            raise
+        if in_use is not None:  # the copy is in use while the backend running its graph lives (pools, to())
+            weakref.finalize(backend, os.close, in_use)
+        return backend
 
     def new_session(self, device: str, threads: int | None = None) -> OrtSession:
         """Another session over the same graph (the session pool makes one per device)."""
@@ -413,8 +422,9 @@ def _pack(graph: Path, target: Path, folder: Path) -> Path:
     return pack_graph(graph, target, model_folder=folder)
 
 
-def _save_modules(model: Any, modules: Any, cache_folder: Any) -> Path:
-    """``modules=[...]`` with backend onnx: save them to a cache folder keyed by their weights, once."""
+def _save_modules(model: Any, modules: Any, cache_folder: Any) -> tuple[Path, int | None]:
+    """``modules=[...]`` with backend onnx: save them to a cache folder keyed by their weights, once; with the
+    descriptor that marks that folder in use (``_hold_in_use``) for the caller to close when done with it."""
     from ..fingerprint import folder_fingerprint
     from ..saving import save_model
 
@@ -429,20 +439,23 @@ def _save_modules(model: Any, modules: Any, cache_folder: Any) -> Path:
         target = root / key
         # in use from before it is looked for: an eviction now has to wait, or has removed it already
         in_use = _hold_in_use(root / f".{key}.inuse")
-        if in_use is not None:
-            weakref.finalize(model, os.close, in_use)  # pools and to() open sessions on its graph later
-        if not target.is_dir():
-            try:
-                (staging / "model").rename(target)
-            except OSError:
-                if not target.is_dir():  # another process put the same modules there first
-                    raise
-        os.utime(target)  # the most recently used
+        try:
+            if not target.is_dir():
+                try:
+                    (staging / "model").rename(target)
+                except OSError:
+                    if not target.is_dir():  # another process put the same modules there first
+                        raise
+            os.utime(target)  # the most recently used
+        except BaseException:
+            if in_use is not None:
+                os.close(in_use)
+            raise
     finally:  # interrupted or failed: no copy of the model stays behind
         shutil.rmtree(staging, ignore_errors=True)
     _evict_unused_copies(root, target)
     logger.info("saved the given modules to %s to export their graph", target)
-    return target
+    return target, in_use
 
 
 # Copies of modules=[...] kept besides those in use: every new set of weights (a training loop evaluating on the
@@ -475,8 +488,8 @@ def _hold_in_use(path: Path) -> int | None:
 
 
 def _evict_unused_copies(root: Path, current: Path, keep: int = KEEP_UNUSED_COPIES) -> None:
-    """Remove the copies under ``root`` beyond the ``keep`` most recently used, that no model uses now (in any
-    process: their lock file can be locked exclusively)."""
+    """Remove the copies under ``root`` that no model uses now (in any process: their lock file can be locked
+    exclusively) beyond the ``keep`` most recently used of those."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not on POSIX
@@ -490,7 +503,8 @@ def _evict_unused_copies(root: Path, current: Path, keep: int = KEEP_UNUSED_COPI
 
     copies = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and p != current),
                     key=last_used, reverse=True)
-    for old in copies[keep:]:
+    unused = 0
+    for old in copies:
         lock = root / f".{old.name}.inuse"
         try:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
@@ -503,6 +517,9 @@ def _evict_unused_copies(root: Path, current: Path, keep: int = KEEP_UNUSED_COPI
                 continue  # a model uses it
             except OSError:
                 return  # no locks on this file system: nothing tells which copies are in use
+            unused += 1
+            if unused <= keep:
+                continue
             shutil.rmtree(old, ignore_errors=True)
             lock.unlink(missing_ok=True)
         finally:

@@ -7,10 +7,12 @@ over protobuf's 2 GB is written with its weights in a data file beside it (``gra
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import logging
 import math
 import os
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -203,21 +205,14 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, *, per_channel
     # The quantizer's root-logger advice to run its pre-processing (shape inference over those same operators)
     # does not apply here and is dropped, so that `st-onnx export` prints only what concerns the user.
     hint = _DropMessage("pre-processing before quantization")
-    root = logging.getLogger()
-    handlers = list(root.handlers)  # the quantizer logs through logging.info(), which calls basicConfig()
-    root.addFilter(hint)
-    try:
-        with _one_swap_at_a_time(_swap_quantizer_reload):
-            quantize_dynamic(Path(src), Path(dst), per_channel=per_channel, reduce_range=reduce_range,
-                             weight_type=QuantType.QInt8,
-                             # a source with a data file (over 2 GB, or the exporter's intermediate): so is the result
-                             use_external_data_format=layout.graph_data_path(src).is_file(),
-                             op_types_to_quantize=list(op_types) if op_types else None,
-                             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
-    finally:
-        root.removeFilter(hint)
-        for handler in [h for h in root.handlers if h not in handlers]:  # the application configures its logging
-            root.removeHandler(handler)
+    logs = functools.partial(_quantizer_logging, hint)
+    with _one_swap_at_a_time(logs), _one_swap_at_a_time(_swap_quantizer_reload):
+        quantize_dynamic(Path(src), Path(dst), per_channel=per_channel, reduce_range=reduce_range,
+                         weight_type=QuantType.QInt8,
+                         # a source with a data file (over 2 GB, or the exporter's intermediate): so is the result
+                         use_external_data_format=layout.graph_data_path(src).is_file(),
+                         op_types_to_quantize=list(op_types) if op_types else None,
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     if layout.graph_data_path(dst).is_file():  # int8 weights may bring a graph over 2 GB back into one file
         save_graph(onnx.load(str(dst)), dst)
     return {"per_channel": per_channel, "reduce_range": reduce_range, "op_types": list(op_types or ["all"])}
@@ -281,3 +276,38 @@ def default_input(path: str | os.PathLike, name: str, value: int) -> None:
         return
     model.graph.initializer.append(numpy_helper.from_array(np.array([value], dtype=np.int64), name))
     onnx.save(model, str(path))
+
+
+class _NamedLogging:
+    """Stands in for the ``logging`` module inside ONNX Runtime's quantizer: its module-level ``logging.info(...)``
+    calls go to the "onnxruntime.quantization" logger, and so never run ``logging.basicConfig()``, which gives
+    an application's unconfigured root logger a handler (its own ``basicConfig(...)`` then does nothing)."""
+
+    _CALLS = ("debug", "info", "warning", "error", "exception", "critical", "log")
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._logger = logger
+
+    def __getattr__(self, name: str) -> Any:
+        if name in self._CALLS:
+            return getattr(self._logger, name)
+        if name == "warn":
+            return self._logger.warning
+        return getattr(logging, name)
+
+
+@contextlib.contextmanager
+def _quantizer_logging(drop: logging.Filter):
+    """For one quantization: the quantizer's modules log through ``_NamedLogging``, ``drop`` filtering them."""
+    named = logging.getLogger("onnxruntime.quantization")
+    modules = [m for name, m in list(sys.modules.items())
+               if name.startswith("onnxruntime.quantization") and getattr(m, "logging", None) is logging]
+    named.addFilter(drop)
+    for module in modules:
+        module.logging = _NamedLogging(named)
+    try:
+        yield
+    finally:
+        for module in modules:
+            module.logging = logging
+        named.removeFilter(drop)
