@@ -441,7 +441,7 @@ def interrupted_write_hint(target: str | os.PathLike) -> str:
     import glob
 
     target = Path(target).expanduser().absolute()
-    try:  # the newest first (PIDs do not sort as text)
+    try:  # by time, the newest last (PIDs do not sort as text)
         aside = sorted((p for p in target.parent.glob(f".{glob.escape(target.name)}.old-*") if p.is_dir()),
                        key=lambda p: p.stat().st_mtime)
     except OSError:
