@@ -23,7 +23,7 @@ import re
 import threading
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from .. import layout
 from ..errors import BackendError, InvalidInputError, ModelFolderError, ParityError, int_between
@@ -235,27 +235,29 @@ def _move_graph(graph: Path, dest: Path) -> None:
         os.replace(f, dest / f.name)
 
 
-def _carry_graphs(old: Path, new: Path, fingerprint: str) -> None:
-    """Keep the graphs an earlier export of the same weights wrote (other precisions) in the refreshed copy."""
-    for graph in sorted((old / layout.FUSED_DIR).glob("*.onnx")):
+def _recorded_fingerprints(folder: Path) -> Iterator[tuple[Path, str | None]]:
+    """Each fused graph in ``folder`` with the fingerprint its manifest records: None when it records none (no
+    manifest: a graph st-onnx did not export), '' when the manifest is broken (it describes no weights)."""
+    for graph in sorted((folder / layout.FUSED_DIR).glob("*.onnx")):
         try:
             manifest = layout.read_json_if_exists(layout.manifest_path(graph), {}) or {}
-        except ModelFolderError:  # a broken manifest: that graph is not kept
-            continue
-        kept = new / layout.FUSED_DIR / graph.name
-        if isinstance(manifest, dict) and manifest.get("fingerprint") == fingerprint and not kept.exists():
+        except ModelFolderError:
+            manifest = None
+        yield graph, (manifest.get("fingerprint") if isinstance(manifest, dict) else "")
+
+
+def _carry_graphs(old: Path, new: Path, fingerprint: str) -> None:
+    """Keep the graphs an earlier export of the same weights wrote (other precisions) in the refreshed copy."""
+    for graph, recorded in _recorded_fingerprints(old):
+        if recorded == fingerprint and not (new / layout.FUSED_DIR / graph.name).exists():
             layout.copy_graph(graph, new / layout.FUSED_DIR)
 
 
 def _drop_graphs_of_other_weights(folder: Path, fingerprint: str) -> None:
-    """Remove the graphs in ``folder`` whose manifest names other weights (graphs without a fingerprint, which
-    st-onnx did not export, stay)."""
-    for graph in sorted((folder / layout.FUSED_DIR).glob("*.onnx")):
-        try:
-            manifest = layout.read_json_if_exists(layout.manifest_path(graph), {}) or {}
-        except ModelFolderError:  # a broken manifest: no graph to keep
-            manifest = {"fingerprint": None}
-        if isinstance(manifest, dict) and manifest.get("fingerprint", fingerprint) != fingerprint:
+    """Remove the graphs in ``folder`` whose manifest names other weights, or is broken (graphs without a
+    fingerprint, which st-onnx did not export, stay)."""
+    for graph, recorded in _recorded_fingerprints(folder):
+        if recorded is not None and recorded != fingerprint:
             remove_graph(graph)
             layout.manifest_path(graph).unlink(missing_ok=True)
 
