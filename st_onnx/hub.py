@@ -234,7 +234,7 @@ def _load_error(model_id: str, e: BaseException) -> ModelNotFoundError:
 
 # -- pushing ------------------------------------------------------------------------------------------------------
 def save_to_hub(model, repo_name: str, organization: str | None = None, private: bool | None = None,
-                commit_message: str = "Add new SentenceTransformer model.", local_model_path: str | None = None,
+                commit_message: str | None = "Add new SentenceTransformer model.", local_model_path: str | None = None,
                 exist_ok: bool = False, replace_model_card: bool = False, train_datasets: list[str] | None = None,
                 token: bool | str | None = None) -> str:
     """Create the repo ``organization/repo_name``, upload the model (or ``local_model_path``), return the commit URL.
@@ -243,6 +243,8 @@ def save_to_hub(model, repo_name: str, organization: str | None = None, private:
     token's user; the model card is written unless the repo already has a README.md (``replace_model_card`` forces
     it); ``local_model_path`` uploads that folder instead of saving the model.
     """
+    if commit_message is None:
+        commit_message = "Add new SentenceTransformer model."
     return push(model, _join_repo_id(repo_name, organization), private=private, commit_message=commit_message,
                 local_model_path=local_model_path, exist_ok=exist_ok, replace_model_card=replace_model_card,
                 train_datasets=train_datasets, token=token)

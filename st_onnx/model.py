@@ -130,6 +130,12 @@ class SentenceTransformer(ModuleMethods):
             self.model_path = self._resolve_path(str(model_name_or_path), revision, bool(local_files_only))
         self._settings = ModelSettings.load(self.model_path, prompts, default_prompt_name, similarity_fn_name,
                                             truncate_dim)
+        if isinstance(use_auth_token, str) and use_auth_token in self._settings.prompts:
+            raise InvalidInputError(  # sentence-transformers 2.4-5 put default_prompt_name fifth: no silent token
+                f"use_auth_token is {use_auth_token!r}, the name of one of this model's prompts: the positional "
+                "order is sentence-transformers 2.x's (model_name_or_path, modules, device, cache_folder, "
+                "use_auth_token), where 2.4 to 5 put default_prompt_name fifth; pass default_prompt_name=... by name"
+            )
         from .saving import ModelCardData
 
         self.model_card_data = ModelCardData.from_any(model_card_data)  # evaluators record metrics here for save()
@@ -540,8 +546,8 @@ class SentenceTransformer(ModuleMethods):
         repo_name: str | None = None,
         organization: str | None = None,
         private: bool | None = None,
-        commit_message: str = "Add new SentenceTransformer model.",
-        local_model_path: str | None = None,
+        commit_message: str | None = "Add new SentenceTransformer model.",
+        local_model_path: str | os.PathLike | None = None,
         exist_ok: bool = False,
         replace_model_card: bool = False,
         train_datasets: list[str] | None = None,
@@ -563,6 +569,14 @@ class SentenceTransformer(ModuleMethods):
                 f"save_to_hub got {type(private).__name__} as private: st-onnx keeps sentence-transformers 2.x's "
                 "order (repo_name, organization, private, commit_message, ...), where 3 and later put token third; "
                 "pass token= (and repo_id=) by keyword"
+            )
+        if not isinstance(commit_message, (str, type(None))) or not isinstance(local_model_path,
+                                                                              (str, os.PathLike, type(None))):
+            raise InvalidInputError(  # 3+'s (repo_id, organization, token, private, safe_serialization, ...)
+                f"save_to_hub got commit_message={commit_message!r:.60} and local_model_path={local_model_path!r:.60}: "
+                "st-onnx keeps sentence-transformers 2.x's order (repo_name, organization, private, commit_message, "
+                "local_model_path, ...), where 3 and later put token, private and safe_serialization third to fifth; "
+                "pass private=, token= and safe_serialization= by keyword"
             )
         check_safe_serialization(safe_serialization)
         return save_to_hub(

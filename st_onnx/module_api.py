@@ -143,8 +143,13 @@ class ModuleMethods:
     def cpu(self) -> Any:
         return self.to("cpu")
 
-    def cuda(self, device: int | None = None) -> Any:
-        return self.to("cuda" if device is None else f"cuda:{int(device)}")
+    def cuda(self, device: Any = None) -> Any:
+        """As ``nn.Module.cuda``: no device (the current one), an index, or a ``torch.device`` / ``"cuda:N"``."""
+        if device is None:
+            return self.to("cuda")
+        if isinstance(device, int) and not isinstance(device, bool):
+            return self.to(f"cuda:{device}")
+        return self.to(str(device))
 
     def parameters(self, recurse: bool = True) -> Iterator[Any]:
         return self.torch_modules.parameters(recurse)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import re
 import subprocess
 import sys
 import time
@@ -182,6 +183,22 @@ def test_main_similarity_and_from_input_examples(pairs):
     with pytest.raises(ValueError, match="corpus is empty"):  # was a TypeError from inside the ranking
         InformationRetrievalEvaluator({"q": "the cat"}, {}, {"q": {"d"}})
 
+
+
+@pytest.mark.parametrize("build, named", [
+    (lambda: EmbeddingSimilarityEvaluator(["a", "b"], ["c", "d"], [0.5, 0.2], 16, None, None, "sts-dev"),
+     "show_progress_bar='sts-dev'"),
+    (lambda: EmbeddingSimilarityEvaluator(["a", "b"], ["c", "d"], [0.5, 0.2], 16, None, ["cosine"], "sts-dev"),
+     "name=['cosine'], show_progress_bar='sts-dev'"),
+    (lambda: TripletEvaluator(["a"], ["b"], ["c"], None, None, "dev"), "batch_size='dev'"),
+    (lambda: TripletEvaluator(["a"], ["b"], ["c"], "cosine", 0.1, "dev"), "name=0.1, batch_size='dev'"),
+])
+def test_evaluators_built_in_the_newer_positional_order_are_refused_when_built(build, named):
+    """sentence-transformers 3+ put similarity_fn_names sixth (EmbeddingSimilarityEvaluator) and margin fifth
+    (TripletEvaluator); built in that order here, the evaluator failed only when called, after fit's first epoch."""
+    with pytest.raises(InvalidInputError, match=re.escape(named) + ".*2.x's positional order"):
+        build()
+    EmbeddingSimilarityEvaluator(["a", "b"], ["c", "d"], [0.5, 0.2], 16, None, None, None, None)  # 2.x's defaults
 
 def test_sequential_evaluator(pairs):
     s1, s2, scores, labels = pairs

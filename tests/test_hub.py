@@ -411,6 +411,20 @@ def test_save_to_hub_refuses_a_token_in_privates_place(server, tiny_model_dir, m
     assert not any(path.startswith("/api/repos") for _, path in server.requests)
 
 
+
+def test_save_to_hub_refuses_the_newer_order_that_asks_for_a_private_repo(server, tiny_model_dir):
+    """save_to_hub(repo, None, None, True) asks sentence-transformers 3-6 for a private repo; in 2.x's order the True
+    is the commit message, and the model went to a public repo with a commit titled 'True'."""
+    model = SentenceTransformer(str(tiny_model_dir), device="cpu", use_auth_token=TOKEN)
+    with pytest.raises(InvalidInputError, match=r"commit_message=True .*pass private=, token= and safe_serialization="):
+        model.save_to_hub("alice/secret", None, None, True)
+    with pytest.raises(InvalidInputError, match=r"local_model_path=False"):  # 3-6: safe_serialization fifth
+        model.save_to_hub("alice/secret", None, None, None, False)
+    assert not any(path.startswith("/api/repos") for _, path in server.requests)
+    url = model.save_to_hub("alice/secret", None, True, None)  # 2.x's: private third; no message, its default
+    repo = server.repos["alice/secret"]
+    assert "alice/secret" in url and repo.private and repo.messages[-1] == "Add new SentenceTransformer model."
+
 def _push_folder(server, repo_id: str, folder: Path) -> str:
     files = {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*")
              if p.is_file() and "st_onnx" not in p.parts}

@@ -479,6 +479,27 @@ def test_prompts_in_the_newer_positional_place_are_refused_naming_the_order(tiny
     assert model.prompts["query"] == "query: " and model.default_prompt_name == "query"
 
 
+
+def test_a_prompt_name_as_the_fifth_argument_is_refused_naming_the_order(tiny_model_dir, tmp_path):
+    """sentence-transformers 2.4-5 take default_prompt_name fifth: here that is use_auth_token, and 'query' was kept
+    as a token (unused for a folder) while encode ran without the prompt."""
+    SentenceTransformer(str(tiny_model_dir), device="cpu", prompts={"query": "query: "}).save(str(tmp_path / "m"))
+    with pytest.raises(InvalidInputError, match=r"use_auth_token is 'query', the name of one of this model's "
+                                                r"prompts.*default_prompt_name=\.\.\. by name"):
+        SentenceTransformer(str(tmp_path / "m"), None, "cpu", None, "query")
+    assert SentenceTransformer(str(tmp_path / "m"), None, "cpu", None, "hf_token").prompts["query"] == "query: "
+
+
+def test_cuda_takes_what_nn_module_cuda_takes(tiny_model_dir, monkeypatch):
+    """An index, a torch.device or nothing; a torch.device raised TypeError from int() before reaching CUDA."""
+    import torch
+
+    model = SentenceTransformer(str(tiny_model_dir), device="cpu")
+    asked = []
+    monkeypatch.setattr(model, "to", lambda device: asked.append(device) or model)
+    model.cuda(torch.device("cuda", 1)), model.cuda(torch.device("cuda")), model.cuda(2), model.cuda()
+    assert asked == ["cuda:1", "cuda", "cuda:2", "cuda"]
+
 def test_onnx_options_without_the_onnx_backend_are_refused(tiny_model_dir):
     """They would be ignored: the torch modules run, at fp32, whatever the options ask."""
     with pytest.raises(InvalidInputError, match="onnx_options apply to backend='onnx' only; backend is 'torch'"):

@@ -380,6 +380,20 @@ def test_similarity_fn_name_defaults_to_cosine(tiny_model_dir):
     assert model.similarity_fn_name == "manhattan"
 
 
+
+def test_similarity_fn_name_takes_either_librarys_similarity_function_enum(tiny_model_dir):
+    """st-onnx's SimilarityFunction (2.x's, values 0-3) was refused by st-onnx's own model ('3 is not supported')."""
+    from sentence_transformers import SimilarityFunction as Theirs
+
+    from st_onnx.evaluation import SimilarityFunction as Ours
+
+    model = SentenceTransformer(str(tiny_model_dir), device="cpu", similarity_fn_name=Ours.DOT_PRODUCT)
+    assert model.similarity_fn_name == "dot"
+    for given, name in ((Ours.MANHATTAN, "manhattan"), (Ours.EUCLIDEAN, "euclidean"), (Ours.COSINE, "cosine"),
+                        (Theirs.DOT_PRODUCT, "dot"), (Theirs.EUCLIDEAN, "euclidean")):
+        model.similarity_fn_name = given
+        assert model.similarity_fn_name == name
+
 @pytest.mark.parametrize("backend", ["torch", "onnx"])
 def test_truncate_dim_keeps_the_first_dimensions_then_normalizes(tiny_model_copy, backend):
     model = SentenceTransformer(str(tiny_model_copy), backend=backend, device="cpu")  # onnx exports into the folder

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -111,8 +112,13 @@ def check_prompts(prompts: Any) -> dict[str, str]:
     return dict(prompts)
 
 
+_ENUM_MEMBERS = {"COSINE": "cosine", "DOT_PRODUCT": "dot", "DOT": "dot", "EUCLIDEAN": "euclidean",
+                 "MANHATTAN": "manhattan"}
+
+
 def check_similarity_fn_name(name: Any) -> str | None:
-    name = getattr(name, "value", name)  # sentence-transformers' SimilarityFunction enum
+    if isinstance(name, Enum):  # sentence-transformers' SimilarityFunction (values "cosine", ...) or 2.x's (0-3)
+        name = _ENUM_MEMBERS.get(name.name, name.value)
     if name is not None and name not in SIMILARITY_FNS:
         raise InvalidInputError(f"similarity_fn_name {name!r} is not supported; allowed: {', '.join(SIMILARITY_FNS)}")
     return name

@@ -76,6 +76,23 @@ def encode_unique(model, columns: list[list], batch_size: int, show_progress_bar
     return [embeddings[[index[t] for t in column]] for column in columns]
 
 
+def check_older_order(evaluator: str, order: str, newer: str, *, name: Any, **flags: Any) -> None:
+    """Refuse what a call in sentence-transformers 3+'s positional order leaves in 2.x's places (a list or a number as
+    ``name``, a string as a flag or ``batch_size``): built, not at the first evaluation, after an epoch of training."""
+    wrong = {} if name is None or isinstance(name, str) else {"name": name}
+    for key, value in flags.items():
+        if key == "batch_size":
+            ok = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+        else:
+            ok = value is None or isinstance(value, (bool, np.bool_))
+        if not ok:
+            wrong[key] = value
+    if wrong:
+        got = ", ".join(f"{k}={v!r:.60}" for k, v in wrong.items())
+        raise InvalidInputError(f"{evaluator} got {got}: st-onnx keeps sentence-transformers 2.x's positional order "
+                                f"({order}), where 3 and later put {newer}; pass these by keyword")
+
+
 def check_same_length(*, at_least: int = 0, **columns: list) -> None:
     lengths = {name: len(col) for name, col in columns.items()}
     if len(set(lengths.values())) > 1:

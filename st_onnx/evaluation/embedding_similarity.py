@@ -6,8 +6,8 @@ import logging
 
 import numpy as np
 
-from .base import (SentenceEvaluator, SimilarityFunction, check_same_length, describe, encode, finite_numbers,
-                   paired_scores)
+from .base import (SentenceEvaluator, SimilarityFunction, check_older_order, check_same_length, describe, encode,
+                   finite_numbers, paired_scores)
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +25,9 @@ class EmbeddingSimilarityEvaluator(SentenceEvaluator):
                  main_similarity=None, name: str = "", show_progress_bar: bool = False,
                  write_csv: bool = True, precision: str | None = None, truncate_dim: int | None = None) -> None:
         check_same_length(sentences1=sentences1, sentences2=sentences2, scores=scores, at_least=2)  # a correlation
+        check_older_order("EmbeddingSimilarityEvaluator", "..., batch_size, main_similarity, name, show_progress_bar, "
+                          "write_csv", "similarity_fn_names sixth", name=name, batch_size=batch_size,
+                          show_progress_bar=show_progress_bar, write_csv=write_csv)
         gold = finite_numbers("scores", list(scores))
         if precision is not None:
             from ..quantization import check_precision

@@ -6,7 +6,8 @@ import logging
 
 import numpy as np
 
-from .base import SentenceEvaluator, SimilarityFunction, check_same_length, describe, encode, paired_scores
+from .base import (SentenceEvaluator, SimilarityFunction, check_older_order, check_same_length, describe, encode,
+                   paired_scores)
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +24,9 @@ class TripletEvaluator(SentenceEvaluator):
     def __init__(self, anchors: list[str], positives: list[str], negatives: list[str],
                  main_distance_function=None, name: str = "", batch_size: int = 16,
                  show_progress_bar: bool = False, write_csv: bool = True, truncate_dim: int | None = None) -> None:
+        check_older_order("TripletEvaluator", "anchors, positives, negatives, main_distance_function, name, "
+                          "batch_size, show_progress_bar, write_csv", "margin fifth", name=name, batch_size=batch_size,
+                          show_progress_bar=show_progress_bar, write_csv=write_csv)
         self.truncate_dim = truncate_dim
         check_same_length(anchors=anchors, positives=positives, negatives=negatives, at_least=1)
         self.anchors, self.positives, self.negatives = list(anchors), list(positives), list(negatives)
