@@ -83,7 +83,7 @@ def make_tiny_model(folder: Path, pooling="mean", dense: int | None = None, norm
     return folder
 
 
-ARCHITECTURES = ("distilbert", "roberta", "mpnet", "modernbert", "qwen3")
+ARCHITECTURES = ("distilbert", "roberta", "mpnet", "modernbert", "qwen3", "deberta-v2", "t5", "gemma3")
 
 
 def make_tiny_encoder(folder: Path, arch: str, seed: int = 0, *, pooling: str | None = None,
@@ -95,7 +95,10 @@ def make_tiny_encoder(folder: Path, arch: str, seed: int = 0, *, pooling: str | 
     relative position bias in attention. modernbert: rotary positions, alternating global and sliding-window
     attention (a 16-token window, so that texts of 64 tokens feel it), no biases. qwen3: a decoder as
     Qwen3-Embedding is one: causal attention, grouped keys, RMSNorm, an end-of-text token appended to every text,
-    a tokenizer padding on the left, last-token pooling.
+    a tokenizer padding on the left, last-token pooling. deberta-v2: DeBERTa-v3's disentangled relative attention
+    and no token types (type_vocab_size 0) while its tokenizer makes them. t5: sentence-t5's encoder of an
+    encoder-decoder (T5EncoderModel), relative position buckets, no start token. gemma3: EmbeddingGemma's
+    bidirectional attention, sliding-window (8 tokens) and global layers, a mask transformers builds with vmap.
 
     ``pooling`` replaces that default pooling mode; ``config_overrides`` replace config arguments (a real model's
     sizes, for benchmarks/bench_export.py: random weights of that shape, this tokenizer).
@@ -129,11 +132,15 @@ def make_tiny_encoder(folder: Path, arch: str, seed: int = 0, *, pooling: str | 
     tok.post_processor = processors.TemplateProcessing(
         single=f"{cls} $A {sep}", pair=f"{cls} $A {sep} {sep} $B {sep}",
         special_tokens=[(cls, tok.token_to_id(cls)), (sep, tok.token_to_id(sep))])
+    if arch == "t5":  # no start token: '</s>' ends each text
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"$A {sep}", pair=f"$A {sep} $B {sep}", special_tokens=[(sep, tok.token_to_id(sep))])
     fast_class = {"distilbert": tf.DistilBertTokenizerFast, "roberta": tf.RobertaTokenizerFast,
-                  "mpnet": tf.MPNetTokenizerFast, "modernbert": tf.PreTrainedTokenizerFast}[arch]
+                  "mpnet": tf.MPNetTokenizerFast}.get(arch, tf.PreTrainedTokenizerFast)
+    inputs = ["input_ids", "token_type_ids", "attention_mask"] if arch == "deberta-v2" else ["input_ids",
+                                                                                             "attention_mask"]
     fast_class(tokenizer_object=tok, cls_token=cls, sep_token=sep, pad_token=pad, unk_token=unk, mask_token=mask,
-               bos_token=cls, eos_token=sep, model_max_length=128,
-               model_input_names=["input_ids", "attention_mask"]).save_pretrained(raw)
+               bos_token=cls, eos_token=sep, model_max_length=128, model_input_names=inputs).save_pretrained(raw)
     vocab, ids = tok.get_vocab_size(), dict(pad_token_id=tok.token_to_id(pad))
     config_class, kwargs = {
         "distilbert": (tf.DistilBertConfig, dict(vocab_size=vocab, dim=32, n_layers=2, n_heads=4, hidden_dim=64,
@@ -146,6 +153,23 @@ def make_tiny_encoder(folder: Path, arch: str, seed: int = 0, *, pooling: str | 
                                                  global_attn_every_n_layers=2, local_attention=16,
                                                  cls_token_id=tok.token_to_id(cls),
                                                  sep_token_id=tok.token_to_id(sep), **size, **ids)),
+        "deberta-v2": (tf.DebertaV2Config, dict(vocab_size=vocab, max_position_embeddings=128, relative_attention=True,
+                                                position_buckets=16, max_relative_positions=-1,
+                                                pos_att_type=["p2c", "c2p"], norm_rel_ebd="layer_norm",
+                                                share_att_key=True, position_biased_input=False, type_vocab_size=0,
+                                                **size, **ids)),
+        "t5": (tf.T5Config, dict(vocab_size=vocab, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                                 relative_attention_num_buckets=8, relative_attention_max_distance=20,
+                                 feed_forward_proj="relu", eos_token_id=tok.token_to_id(sep),
+                                 decoder_start_token_id=ids["pad_token_id"], **ids)),
+        "gemma3": (tf.Gemma3TextConfig, dict(vocab_size=vocab, hidden_size=32, num_hidden_layers=2,
+                                             num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                                             intermediate_size=64, max_position_embeddings=128,
+                                             use_bidirectional_attention=True, sliding_window=8,
+                                             query_pre_attn_scalar=8, layer_types=["sliding_attention",
+                                                                                   "full_attention"],
+                                             bos_token_id=tok.token_to_id(cls), eos_token_id=tok.token_to_id(sep),
+                                             **ids)),
     }[arch]
     config = config_class(**{**kwargs, **(config_overrides or {})})
     return _save_encoder(folder, raw, config, pooling or "mean", seed)
@@ -177,7 +201,9 @@ def _save_encoder(folder: Path, raw: Path, config: Any, pooling: str, seed: int)
     from st_onnx.models import Normalize, Pooling, Transformer
 
     torch.manual_seed(seed)
-    tf.AutoModel.from_config(config).eval().save_pretrained(raw)
+    # as sentence-t5 ships it: the encoder alone (AutoModel would build T5's encoder-decoder)
+    model = tf.T5EncoderModel(config) if config.model_type == "t5" else tf.AutoModel.from_config(config)
+    model.eval().save_pretrained(raw)
     transformer = Transformer(str(raw), max_seq_length=64)
     modules = [transformer, Pooling(transformer.get_word_embedding_dimension(), pooling_mode=pooling), Normalize()]
     SentenceTransformer(modules=modules, device="cpu").save(folder)

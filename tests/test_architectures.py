@@ -2,7 +2,8 @@
 
 Tiny random models built here (helpers.make_tiny_encoder); each architecture brings something BERT has not
 (no token types, positions from the padding id, relative attention bias, rotary and sliding-window attention,
-a decoder padded on the left and pooled on its last token).
+a decoder padded on the left and pooled on its last token, disentangled attention with token types the tokenizer
+makes and the model ignores, an encoder-decoder's encoder, bidirectional sliding-window masks built with vmap).
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ def test_the_graph_matches_the_torch_modules(encoder):
     onnx_model = SentenceTransformer(str(folder), backend="onnx", device="cpu")
     manifest = onnx_model._backend.manifest
     assert manifest["inputs"] == ["input_ids", "attention_mask"]  # none of them takes token_type_ids
+    if arch == "deberta-v2":  # its tokenizer makes them; the traced graph (type_vocab_size 0) has no such input
+        assert "token_type_ids" in torch_model.tokenize(["hi"])
+    if arch == "t5":  # sentence-t5's encoder, not T5Model (whose forward asks for decoder inputs)
+        assert type(torch_model[0].auto_model).__name__ == "T5EncoderModel"
     assert "left_padding_shift" not in manifest  # Qwen pads on the left, but its rotary positions do not shift
     import onnx  # no control flow (If, Loop), whose subgraphs cost ORT's shape inference a copy of every weight
 
@@ -109,3 +114,21 @@ def test_the_bundle_tokenizer_pads_with_the_model_pad_token(encoder):
     assert pad_id == SentenceTransformer(str(folder), device="cpu").tokenizer.pad_token_id
     short, long = tok.encode_batch(["hi", TEXTS[-1]])
     assert len(short.ids) == len(long.ids) == 64 and short.ids[-1] == pad_id and short.attention_mask[-1] == 0
+
+
+def test_a_model_the_tracer_cannot_follow_fails_naming_it(tiny_model_copy, monkeypatch):
+    """torch.onnx.export's own error comes from deep inside the tracer (EmbeddingGemma's vmap masks gave
+    'RuntimeError: unordered_map::at' before they were built by broadcasting) and names no model."""
+    import torch
+
+    from st_onnx.errors import BackendError
+
+    def untraceable(*args, **kwargs):
+        raise RuntimeError("unordered_map::at")
+
+    monkeypatch.setattr(torch.onnx, "export", untraceable)
+    with pytest.raises(BackendError, match=r"BertModel \(model_type 'bert'\) cannot be traced into an ONNX graph "
+                                           r"by torch.onnx.export: RuntimeError: unordered_map::at; backend='torch'"):
+        SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu")
+    assert not layout.fused_graph_path(tiny_model_copy, "fp32").exists()
+    assert SentenceTransformer(str(tiny_model_copy), device="cpu").encode(["a cat"]).shape[0] == 1

@@ -31,7 +31,7 @@ from ..runtime.encoder import PROMPT_LENGTH
 from . import manifest as manifest_mod
 from . import optimize as passes
 from .graph_files import place_graph, remove_graph, save_graph
-from .graph_module import FusedModule, eager_attention, excludes_prompt, graph_input_names
+from .graph_module import FusedModule, eager_attention, excludes_prompt, graph_input_names, index_based_masks
 from .verify import LEFT_PADDING_TOLERANCE, ParityReport, check_parity, check_tokenizer, left_padding_shift
 
 logger = logging.getLogger(__name__)
@@ -123,6 +123,7 @@ def _export_into(stack, tmp: Path, target: Path, precision: str, fingerprint: st
     names = graph_input_names(stack)
     prompt = excludes_prompt(stack)
     raw, dim = _trace(stack, names, tmp / "raw.onnx", opset, prompt)
+    names = _traced_inputs(raw, names)  # less what the model never reads (DeBERTa-v3's token_type_ids)
     graph, fusions, extra = _optimize(stack, raw, tmp, precision, optimize)
     if prompt:
         passes.default_input(graph, PROMPT_LENGTH, 0)
@@ -294,15 +295,37 @@ def _trace(stack, names: tuple[str, ...], path: Path, opset: int, prompt: bool =
     module = FusedModule(stack, names).eval()
     axes["sentence_embedding"] = {0: "batch"}
     axes["token_embeddings"] = {0: "batch", 1: "sequence"}
-    with _TRACE_LOCK, eager_attention(stack.transformer.auto_model), torch.no_grad(), warnings.catch_warnings():
+    with _TRACE_LOCK, eager_attention(stack.transformer.auto_model), index_based_masks(), torch.no_grad(), \
+            warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TracerWarnings on shape checks in transformers' code
         dim = int(module(*args)[0].shape[-1])
-        torch.onnx.export(
-            module, args, str(path), input_names=list(names),
-            output_names=list(manifest_mod.OUTPUT_NAMES), dynamic_axes=axes, opset_version=opset,
-            do_constant_folding=True, dynamo=False,
-        )
+        try:
+            torch.onnx.export(
+                module, args, str(path), input_names=list(names),
+                output_names=list(manifest_mod.OUTPUT_NAMES), dynamic_axes=axes, opset_version=opset,
+                do_constant_folding=True, dynamo=False,
+            )
+        except (RuntimeError, TypeError, ValueError, IndexError, KeyError, NotImplementedError) as e:
+            model = stack.transformer.auto_model
+            raise BackendError(  # else a traceback from deep inside torch's tracer that names no model
+                f"{type(model).__name__} (model_type {getattr(model.config, 'model_type', None)!r}) cannot be "
+                f"traced into an ONNX graph by torch.onnx.export: {type(e).__name__}: {str(e)[:300]}; "
+                "backend='torch' runs it"
+            ) from e
     return path, dim
+
+
+def _traced_inputs(raw: Path, names: tuple[str, ...]) -> tuple[str, ...]:
+    """The token inputs the traced graph takes: torch.onnx.export drops those the model never reads (DeBERTa-v3
+    has no token types but its tokenizer makes them); the parity check, the manifest and a runtime feed these."""
+    import onnx
+
+    kept = {i.name for i in onnx.load(str(raw), load_external_data=False).graph.input}
+    missing = [n for n in ("input_ids", "attention_mask") if n not in kept]
+    if missing:
+        raise BackendError(f"the traced graph has no {' or '.join(missing)} input (its model never reads it); "
+                           "st-onnx runs graphs that take both; backend='torch' runs the model")
+    return tuple(n for n in names if n in kept)
 
 
 def _optimize(stack, raw: Path, tmp: Path, precision: str, optimize: bool) -> tuple[Path, dict, dict]:

@@ -75,3 +75,33 @@ def eager_attention(model) -> Iterator[None]:
         yield
     finally:
         setter(previous)
+
+
+@contextlib.contextmanager
+def index_based_masks() -> Iterator[None]:
+    """Build transformers' attention masks by broadcasting, not ``torch.vmap``, while tracing.
+
+    A model that widens the causal mask (EmbeddingGemma's ``use_bidirectional_attention`` passes an
+    ``or_mask_function``) makes transformers build it with vmap, which ``torch.onnx.export(dynamo=False)`` cannot
+    trace (``RuntimeError: unordered_map::at``). Such functions written as comparisons of index tensors broadcast
+    as well; one that does not computes another mask, which the parity check after the export refuses.
+    """
+    try:
+        from transformers import masking_utils
+    except ImportError:  # transformers 4: no masking utilities
+        yield
+        return
+    original = getattr(masking_utils, "sdpa_mask", None)
+    if original is None:
+        yield
+        return
+
+    def without_vmap(*args, **kwargs):
+        kwargs["use_vmap"] = False
+        return original(*args, **kwargs)
+
+    masking_utils.sdpa_mask = without_vmap  # eager_mask (the attention the export switches to) calls this name
+    try:
+        yield
+    finally:
+        masking_utils.sdpa_mask = original

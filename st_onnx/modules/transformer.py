@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from importlib import import_module
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,12 @@ from ..errors import ModelFolderError, positive_int
 logger = logging.getLogger(__name__)
 # threads constructing models at once in a fresh process: 'cannot import name AutoConfig from transformers'
 _FIRST_IMPORT = threading.Lock()
+
+
+# encoder-decoder families whose sentence embeddings come from the encoder alone (sentence-t5, gtr-t5): loaded as
+# sentence-transformers loads them; AutoModel builds the encoder-decoder, whose forward asks for decoder inputs
+_ENCODER_CLASSES = {"t5": "T5EncoderModel", "mt5": "MT5EncoderModel", "umt5": "UMT5EncoderModel",
+                    "longt5": "LongT5EncoderModel"}
 
 
 class Transformer(nn.Module):
@@ -57,7 +64,9 @@ class Transformer(nn.Module):
 
         try:  # a broken folder: one error that names it (OSError, for missing files, passes as transformers raises it)
             config = AutoConfig.from_pretrained(model_name_or_path, **hf_kwargs, **(config_args or {}))
-            self.auto_model = AutoModel.from_pretrained(
+            encoder_class = _ENCODER_CLASSES.get(getattr(config, "model_type", None))
+            model_class = AutoModel if encoder_class is None else getattr(import_module("transformers"), encoder_class)
+            self.auto_model = model_class.from_pretrained(
                 model_name_or_path, config=config, **hf_kwargs, **(model_args or {})
             )
             self.tokenizer = AutoTokenizer.from_pretrained(
