@@ -216,6 +216,46 @@ def test_failed_parity_raises_and_writes_nothing(exported, tmp_path, monkeypatch
     assert sorted(p.name for p in graph.parent.iterdir()) == ["fp32.json", "fp32.onnx"]
 
 
+
+def test_fp32_parity_fails_a_graph_off_on_one_text_of_many():
+    """The per-text threshold, not the mean: one text at cosine 0.999 among 200 keeps the mean above 0.99999."""
+    from st_onnx.export.verify import compare
+
+    rng = np.random.default_rng(0)
+    reference = rng.normal(size=(200, 32))
+    actual = reference.copy()
+    unit = reference[0] / np.linalg.norm(reference[0])
+    other = rng.normal(size=32)
+    other -= other.dot(unit) * unit
+    other /= np.linalg.norm(other)
+    angle = np.arccos(0.999)  # same length, turned
+    actual[0] = np.linalg.norm(reference[0]) * (np.cos(angle) * unit + np.sin(angle) * other)
+    report = compare(reference, actual, [f"t{i}" for i in range(200)], "fp32")
+    assert report.mean_cosine >= 0.99999 and report.max_norm_deviation < 1e-9
+    assert not report.passed and report.worst_index == 0
+
+
+def test_parity_pads_every_batch_so_a_graph_pooling_the_padding_fails(tiny_model_copy):
+    """Texts given in groups of one length still share batches with others: padding that leaks into the graph's
+    pooling shows however the texts come."""
+    from st_onnx.export.verify import check_parity
+
+    graph = export_model_folder(tiny_model_copy)
+    stack = load_stack(tiny_model_copy)
+    real = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+
+    class PaddingLeaks:  # the graph as if its pooling ignored the attention mask
+        def run(self, names, feed):
+            return real.run(names, {**feed, "attention_mask": np.ones_like(feed["attention_mask"])})
+
+        def get_providers(self):
+            return real.get_providers()
+
+    names = [i.name for i in real.get_inputs()]
+    texts = ["the cat"] * 8 + ["the quick brown fox jumps over the lazy dog"] * 8
+    assert check_parity(stack, real, names, "fp32", texts).passed
+    assert not check_parity(stack, PaddingLeaks(), names, "fp32", texts).passed
+
 def test_parity_fails_embeddings_of_the_right_direction_and_another_length(tmp_path):
     """Cosine alone passed a graph whose embeddings were scaled: here the graph of a model pooling with
     mean_sqrt_len_tokens checked against the same weights pooling with mean (max|diff| 12.8, cosine 1.0)."""

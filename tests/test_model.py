@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from helpers import SENTENCES, cannot_swap
-from st_onnx import SentenceTransformer
+from st_onnx import SentenceTransformer, layout
 from st_onnx.errors import InvalidInputError, ModelFolderError, ModelNotFoundError
 from st_onnx.models import Dense, Normalize, Pooling, Transformer
 
@@ -304,6 +304,16 @@ def test_a_folder_that_cannot_be_swapped_is_saved_into_in_place(tmp_path, tiny_m
     np.testing.assert_allclose(SentenceTransformer(str(target), device="cpu").encode(["a cat"]),
                                m.encode(["a cat"]), atol=1e-6)
 
+
+
+def test_a_json_write_that_fails_midway_leaves_the_old_file_whole(tmp_path):
+    """Manifests, stat records, modules.json and configs are written beside and renamed over: never half a file."""
+    path = tmp_path / "config.json"
+    layout.write_json(path, {"a": 1})
+    with pytest.raises(TypeError):
+        layout.write_json(path, {"b": 2, "c": object()})  # json.dump fails after writing '{"b": 2, "c": '
+    assert json.loads(path.read_text()) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["config.json"]
 
 def test_a_failed_rename_puts_the_old_folder_back(tmp_path, tiny_model_dir, monkeypatch):
     import os

@@ -228,6 +228,63 @@ def test_device_none_is_cpu_without_a_usable_gpu(tiny_folder):
     assert m.device == ("cuda:0" if cuda_usable() else "cpu")
 
 
+def test_device_none_is_the_cpu_where_onnxruntime_lists_cuda_but_no_gpu_is_seen(tiny_folder, monkeypatch):
+    """onnxruntime-gpu lists the CUDA provider on machines without a GPU: the default device is the CPU, asked as
+    such (no CUDA session that falls back with a warning)."""
+    import warnings
+
+    import onnxruntime as ort
+
+    from st_onnx.errors import ProviderFallbackWarning
+    from st_onnx.runtime import providers
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(providers, "cuda_device_count", lambda: 0)
+    assert providers.resolve_device(None) == "cpu"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ProviderFallbackWarning)
+        assert SentenceTransformer(str(tiny_folder), backend="onnx").device == "cpu"
+
+
+@pytest.mark.parametrize("backend", ["onnx", "torch"])
+def test_token_embeddings_hold_each_texts_own_tokens_not_its_batchs_padding(tiny_folder, st_model, backend):
+    """One row per token of the text, as sentence-transformers gives (close() below trims to the shorter array,
+    so it would not see rows of padding)."""
+    model = SentenceTransformer(str(tiny_folder), backend=backend, device="cpu")
+    texts = ["hi", "the quick brown fox jumps over the lazy dog and the cat sleeps", "a dog"]
+    lengths = [int(np.asarray(model.tokenize([t])["attention_mask"]).sum()) for t in texts]
+    got = model.encode(texts, output_value="token_embeddings", batch_size=8)
+    assert [t.shape[0] for t in got] == lengths == [t.shape[0] for t in st_model.encode(
+        texts, output_value="token_embeddings")]
+    assert len(set(lengths)) == 3
+
+
+def test_a_graph_without_an_attention_mask_input_is_refused(tmp_path):
+    """Its pooling could not leave the padding out: a foreign graph with a sentence_embedding output is not run."""
+    from onnx import TensorProto, helper, save
+
+    from st_onnx.runtime.session import OrtSession
+
+    node = helper.make_node("Cast", ["input_ids"], ["sentence_embedding"], to=TensorProto.FLOAT)
+    graph = helper.make_graph([node], "no_mask", [helper.make_tensor_value_info("input_ids", TensorProto.INT64,
+                                                                                ["batch", "seq"])],
+                              [helper.make_tensor_value_info("sentence_embedding", TensorProto.FLOAT,
+                                                             ["batch", "seq"])])
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(tmp_path / "g.onnx"))
+    with pytest.raises(GraphFileError, match="attention_mask"):
+        OrtSession(tmp_path / "g.onnx", "cpu")
+
+
+@pytest.mark.parametrize("backend", ["onnx", "torch"])
+def test_normalize_embeddings_normalizes_a_model_without_normalize(tmp_path_factory, backend):
+    folder = make_tiny_model(tmp_path_factory.mktemp("plain") / "model", normalize=False)
+    model = SentenceTransformer(str(folder), backend=backend, device="cpu")
+    raw, unit = model.encode(SENTENCES), model.encode(SENTENCES, normalize_embeddings=True)
+    assert not np.allclose(np.linalg.norm(raw, axis=1), 1, atol=1e-3)
+    np.testing.assert_allclose(np.linalg.norm(unit, axis=1), 1, atol=1e-5)
+    np.testing.assert_allclose(unit, raw / np.linalg.norm(raw, axis=1, keepdims=True), atol=1e-5)
+
+
 def test_modules_with_onnx_backend(tiny_folder, torch_model, tmp_path):
     from st_onnx.modules import load_stack
 

@@ -145,3 +145,10 @@ def test_calibration_embeddings_that_cannot_give_buckets_are_refused():
         quantize_embeddings(emb, "int8", calibration_embeddings=emb[:1])  # was: every value -128
     with pytest.raises(InvalidInputError, match=r"matrix of 8-dimensional embeddings .* got shape \(20, 4\)"):
         quantize_embeddings(emb, "int8", calibration_embeddings=emb[:, :4])
+
+
+def test_binary_precisions_put_exact_zeros_in_the_0_bit_as_sentence_transformers():
+    """Exact zeros are common after a ReLU Dense; a Hamming index built with sentence-transformers must agree."""
+    emb = np.array([[0.0, 1.0, -1.0, 0.0, 0.5, 0.0, -0.5, 0.0], [0.0] * 8], dtype=np.float32)
+    for precision in ("binary", "ubinary"):
+        np.testing.assert_array_equal(quantize_embeddings(emb, precision), reference_quantize(emb, precision))
