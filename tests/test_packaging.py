@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
+from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
@@ -39,6 +40,26 @@ def test_every_python_the_project_accepts_has_an_onnx_runtime_to_install(system,
         assert runtimes[0].specifier.contains(newest), (version, str(runtimes[0]))
     assert not python.contains("3.10.0")
 
+
+
+def _floor(requirement: Requirement) -> Version:
+    return min(Version(s.version) for s in requirement.specifier if s.operator in (">=", "=="))
+
+
+@pytest.mark.parametrize("name, lowest", [
+    ("transformers", "5.23"),  # <= 5.17 pin huggingface-hub<2.0; 5.18 rotary graphs fail in ORT; 5.19-5.22 If nodes
+    ("tokenizers", "0.23.3"),  # <= 0.23.2 pin huggingface-hub<2.0
+    ("safetensors", "0.8"),  # transformers >= 5.13 need it
+    ("onnx", "1.19"),  # 1.17/1.18 bring no ml_dtypes, which onnxruntime.quantization imports
+    ("onnxruntime-gpu", "1.31"),  # 1.27-1.30 fuse no Attention into fp16 graphs
+    ("sentence-transformers", "6.2"),  # the test extra: older ones pin transformers<5 or huggingface-hub<2.0
+])
+def test_each_declared_floor_installs_beside_the_others_and_exports(name, lowest):
+    """Floors are promises: these are the lowest versions measured to install beside huggingface_hub 2 and pass
+    the architecture, export and onnx backend tests (2026-11-30; `pip install --dry-run` at the old floors fails)."""
+    lines = PYPROJECT["project"]["dependencies"] + PYPROJECT["project"]["optional-dependencies"]["test"]
+    requirement = next(r for line in lines if (r := Requirement(line)).name.lower().replace("_", "-") == name)
+    assert _floor(requirement) >= Version(lowest), str(requirement)
 
 def _build(tmp_path, monkeypatch, kind):
     from setuptools import build_meta

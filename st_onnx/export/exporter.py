@@ -113,8 +113,8 @@ def check_traceable_transformers(version: str | None = None) -> None:
     if low <= numbers < high:
         raise BackendError(
             f"transformers {version} cannot be exported: torch.onnx.export fails inside its attention masks "
-            "(fixed in 5.9); install transformers>=5.9 (or <=5.3) to export (graphs exported already run with any "
-            "version)"
+            "(fixed in 5.9); install transformers>=5.23, this project's floor, to export (graphs exported already "
+            "run with any version)"
         )
 
 
