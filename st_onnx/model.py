@@ -127,7 +127,16 @@ class SentenceTransformer(ModuleMethods):
         self._token = token if token is not None else use_auth_token
         self.model_path: Path | None = None
         if model_name_or_path is not None:
-            self.model_path = self._resolve_path(str(model_name_or_path), revision, bool(local_files_only))
+            try:
+                self.model_path = self._resolve_path(str(model_name_or_path), revision, bool(local_files_only))
+            except ModelNotFoundError as e:  # a Hub id: a prompt name in 2.4-5's fifth place went as the token
+                if isinstance(use_auth_token, str) and not use_auth_token.startswith("hf_") and "401" in str(e):
+                    raise InvalidInputError(
+                        f"use_auth_token is {use_auth_token!r}, which is no Hugging Face token (those start 'hf_') "
+                        "and which the Hub refused: the positional order is sentence-transformers 2.x's "
+                        "(model_name_or_path, modules, device, cache_folder, use_auth_token), where 2.4 to 5 put "
+                        "default_prompt_name fifth; pass default_prompt_name=... (or token=...) by name") from e
+                raise
         self._settings = ModelSettings.load(self.model_path, prompts, default_prompt_name, similarity_fn_name,
                                             truncate_dim)
         if isinstance(use_auth_token, str) and use_auth_token in self._settings.prompts:

@@ -8,6 +8,7 @@ backend the graph already is in inference mode, and a cast is refused with the o
 
 from __future__ import annotations
 
+import numbers
 from typing import Any, Iterator
 
 from .errors import BackendError
@@ -147,8 +148,8 @@ class ModuleMethods:
         """As ``nn.Module.cuda``: no device (the current one), an index, or a ``torch.device`` / ``"cuda:N"``."""
         if device is None:
             return self.to("cuda")
-        if isinstance(device, int) and not isinstance(device, bool):
-            return self.to(f"cuda:{device}")
+        if isinstance(device, numbers.Integral) and not isinstance(device, bool):  # numpy integers too
+            return self.to(f"cuda:{int(device)}")
         return self.to(str(device))
 
     def parameters(self, recurse: bool = True) -> Iterator[Any]:

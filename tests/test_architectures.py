@@ -132,3 +132,46 @@ def test_a_model_the_tracer_cannot_follow_fails_naming_it(tiny_model_copy, monke
         SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu")
     assert not layout.fused_graph_path(tiny_model_copy, "fp32").exists()
     assert SentenceTransformer(str(tiny_model_copy), device="cpu").encode(["a cat"]).shape[0] == 1
+
+
+
+@pytest.mark.parametrize("error", ["CUDA out of memory. Tried to allocate 2.00 GiB",
+                                   "[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory",
+                                   "Could not allocate bytes object!"])
+def test_running_out_of_memory_while_tracing_is_not_called_an_untraceable_model(tiny_model_copy, monkeypatch, error):
+    """torch's allocators raise RuntimeError: measured on all-MiniLM-L6-v2 with RLIMIT_AS 200 MB above the process,
+    the export said 'BertModel ... cannot be traced ... Could not allocate bytes object!'."""
+    import torch
+
+    def out_of_memory(*args, **kwargs):
+        raise (torch.OutOfMemoryError if error.startswith("CUDA") else RuntimeError)(error)
+
+    monkeypatch.setattr(torch.onnx, "export", out_of_memory)
+    with pytest.raises(RuntimeError, match="allocate") as info:
+        SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu")
+    assert "cannot be traced" not in str(info.value)
+
+
+@pytest.mark.parametrize("model_type", ["mt5", "umt5"])
+def test_a_full_mt5_checkpoint_loads_its_encoder_quietly_as_sentence_transformers(tmp_path, model_type):
+    """sentence-transformers loads the encoder of a checkpoint saved whole (encoder and decoder) and says nothing;
+    MT5EncoderModel and UMT5EncoderModel listed every decoder weight as UNEXPECTED (a subprocess: pytest's capture
+    of transformers' report depends on the tests before)."""
+    import subprocess
+    import sys
+
+    import transformers as tf
+
+    folder = make_tiny_encoder(tmp_path / "t5", "t5")
+    config = json.loads((folder / "config.json").read_text())
+    for key in ("architectures", "model_type", "transformers_version"):
+        config.pop(key, None)
+    config_class, full = {"mt5": (tf.MT5Config, tf.MT5Model), "umt5": (tf.UMT5Config, tf.UMT5Model)}[model_type]
+    (folder / "model.safetensors").unlink()
+    full(config_class(**config)).save_pretrained(folder)
+    code = ("import sys; from st_onnx import SentenceTransformer; m = SentenceTransformer(sys.argv[1], device='cpu'); "
+            "print(type(m[0].auto_model).__name__, type(m[0].auto_model).__dict__.get('_keys_to_ignore_on_load_unexpected'))")
+    run = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, check=True)
+    name = {"mt5": "MT5EncoderModel", "umt5": "UMT5EncoderModel"}[model_type]
+    assert run.stdout.split()[0] == name and "decoder" not in run.stdout  # the class is left as it was
+    assert "UNEXPECTED" not in run.stderr

@@ -199,6 +199,8 @@ def test_evaluators_built_in_the_newer_positional_order_are_refused_when_built(b
     with pytest.raises(InvalidInputError, match=re.escape(named) + ".*2.x's positional order"):
         build()
     EmbeddingSimilarityEvaluator(["a", "b"], ["c", "d"], [0.5, 0.2], 16, None, None, None, None)  # 2.x's defaults
+    EmbeddingSimilarityEvaluator(["a", "b"], ["c", "d"], [0.5, 0.2], np.int64(8), show_progress_bar=1, write_csv=0)
+    TripletEvaluator(["a"], ["b"], ["c"], None, None, np.int64(8), np.bool_(False), 0)  # truth values, as encode
 
 def test_sequential_evaluator(pairs):
     s1, s2, scores, labels = pairs

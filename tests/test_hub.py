@@ -425,6 +425,20 @@ def test_save_to_hub_refuses_the_newer_order_that_asks_for_a_private_repo(server
     repo = server.repos["alice/secret"]
     assert "alice/secret" in url and repo.private and repo.messages[-1] == "Add new SentenceTransformer model."
 
+
+def test_a_prompt_name_as_the_fifth_argument_for_a_hub_id_is_refused_naming_the_order(server, tiny_model_dir,
+                                                                                      tmp_path, monkeypatch):
+    """2.4-5 put default_prompt_name fifth: for a Hub id, 'query' went to the Hub as the token, and the 401 said the
+    repo was private, gated or missing."""
+    model = SentenceTransformer(str(tiny_model_dir), device="cpu", prompts={"query": "query: "},
+                                use_auth_token=TOKEN)
+    model.push_to_hub("alice/prompted")
+    monkeypatch.setenv("SENTENCE_TRANSFORMERS_HOME", str(tmp_path / "cache"))
+    with pytest.raises(InvalidInputError, match=r"use_auth_token is 'query', which is no Hugging Face token.*2\.4 to "
+                                                r"5 put default_prompt_name fifth"):
+        SentenceTransformer("alice/prompted", None, "cpu", None, "query")
+    assert SentenceTransformer("alice/prompted", None, "cpu", None, TOKEN).prompts["query"] == "query: "
+
 def _push_folder(server, repo_id: str, folder: Path) -> str:
     files = {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*")
              if p.is_file() and "st_onnx" not in p.parts}

@@ -508,7 +508,8 @@ def test_cuda_takes_what_nn_module_cuda_takes(tiny_model_dir, monkeypatch):
     asked = []
     monkeypatch.setattr(model, "to", lambda device: asked.append(device) or model)
     model.cuda(torch.device("cuda", 1)), model.cuda(torch.device("cuda")), model.cuda(2), model.cuda()
-    assert asked == ["cuda:1", "cuda", "cuda:2", "cuda"]
+    model.cuda(np.int64(3))
+    assert asked == ["cuda:1", "cuda", "cuda:2", "cuda", "cuda:3"]
 
 def test_onnx_options_without_the_onnx_backend_are_refused(tiny_model_dir):
     """They would be ignored: the torch modules run, at fp32, whatever the options ask."""

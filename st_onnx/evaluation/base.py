@@ -84,7 +84,7 @@ def check_older_order(evaluator: str, order: str, newer: str, *, name: Any, **fl
         if key == "batch_size":
             ok = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
         else:
-            ok = value is None or isinstance(value, (bool, np.bool_))
+            ok = value is None or isinstance(value, (bool, np.bool_, int, np.integer))  # a truth value, as encode
         if not ok:
             wrong[key] = value
     if wrong:

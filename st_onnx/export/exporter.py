@@ -306,6 +306,8 @@ def _trace(stack, names: tuple[str, ...], path: Path, opset: int, prompt: bool =
                 do_constant_folding=True, dynamo=False,
             )
         except (RuntimeError, TypeError, ValueError, IndexError, KeyError, NotImplementedError) as e:
+            if isinstance(e, torch.OutOfMemoryError) or _OUT_OF_MEMORY.search(str(e)):
+                raise  # the model traces; the machine ran out of memory tracing it
             model = stack.transformer.auto_model
             raise BackendError(  # else a traceback from deep inside torch's tracer that names no model
                 f"{type(model).__name__} (model_type {getattr(model.config, 'model_type', None)!r}) cannot be "
@@ -313,6 +315,11 @@ def _trace(stack, names: tuple[str, ...], path: Path, opset: int, prompt: bool =
                 "backend='torch' runs it"
             ) from e
     return path, dim
+
+
+# torch's allocators raise RuntimeError ("DefaultCPUAllocator: can't allocate memory", "Could not allocate bytes
+# object!"): not a model the tracer cannot follow
+_OUT_OF_MEMORY = re.compile(r"out of memory|(can't|cannot|could not|unable to) allocate", re.IGNORECASE)
 
 
 def _traced_inputs(raw: Path, names: tuple[str, ...]) -> tuple[str, ...]:

@@ -29,6 +29,26 @@ _ENCODER_CLASSES = {"t5": "T5EncoderModel", "mt5": "MT5EncoderModel", "umt5": "U
                     "longt5": "LongT5EncoderModel"}
 
 
+_ENCODER_LOAD = threading.Lock()
+
+
+def _load_encoder(model_class: Any, path: str, config: Any, hf_kwargs: dict, model_args: dict | None) -> Any:
+    """The encoder of an encoder-decoder checkpoint; its decoder's weights are expected, not reported as unexpected
+    (T5EncoderModel ignores them itself, MT5EncoderModel and UMT5EncoderModel list each: transformers' load report
+    that sentence-transformers keeps quiet the same way). The class is the library's own, so models pickle."""
+    with _ENCODER_LOAD:
+        before = model_class.__dict__.get("_keys_to_ignore_on_load_unexpected", _ENCODER_LOAD)
+        model_class._keys_to_ignore_on_load_unexpected = list(
+            getattr(model_class, "_keys_to_ignore_on_load_unexpected", None) or []) + [r"^decoder\."]
+        try:
+            return model_class.from_pretrained(path, config=config, **hf_kwargs, **(model_args or {}))
+        finally:
+            if before is _ENCODER_LOAD:
+                del model_class._keys_to_ignore_on_load_unexpected
+            else:
+                model_class._keys_to_ignore_on_load_unexpected = before
+
+
 class Transformer(nn.Module):
     """Token embeddings from a Hugging Face encoder, with sentence-transformers' arguments.
 
@@ -65,10 +85,13 @@ class Transformer(nn.Module):
         try:  # a broken folder: one error that names it (OSError, for missing files, passes as transformers raises it)
             config = AutoConfig.from_pretrained(model_name_or_path, **hf_kwargs, **(config_args or {}))
             encoder_class = _ENCODER_CLASSES.get(getattr(config, "model_type", None))
-            model_class = AutoModel if encoder_class is None else getattr(import_module("transformers"), encoder_class)
-            self.auto_model = model_class.from_pretrained(
-                model_name_or_path, config=config, **hf_kwargs, **(model_args or {})
-            )
+            if encoder_class is None:
+                self.auto_model = AutoModel.from_pretrained(
+                    model_name_or_path, config=config, **hf_kwargs, **(model_args or {})
+                )
+            else:
+                self.auto_model = _load_encoder(getattr(import_module("transformers"), encoder_class),
+                                                model_name_or_path, config, hf_kwargs, model_args)
             self.tokenizer = AutoTokenizer.from_pretrained(
                 tokenizer_name_or_path or model_name_or_path, **hf_kwargs, **(tokenizer_args or {})
             )
