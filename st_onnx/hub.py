@@ -234,7 +234,8 @@ def _load_error(model_id: str, e: BaseException) -> ModelNotFoundError:
 
 # -- pushing ------------------------------------------------------------------------------------------------------
 def save_to_hub(model, repo_name: str, organization: str | None = None, private: bool | None = None,
-                commit_message: str | None = "Add new SentenceTransformer model.", local_model_path: str | None = None,
+                commit_message: str | None = "Add new SentenceTransformer model.",
+                local_model_path: str | os.PathLike | None = None,
                 exist_ok: bool = False, replace_model_card: bool = False, train_datasets: list[str] | None = None,
                 token: bool | str | None = None) -> str:
     """Create the repo ``organization/repo_name``, upload the model (or ``local_model_path``), return the commit URL.

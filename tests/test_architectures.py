@@ -170,7 +170,7 @@ def test_a_full_mt5_checkpoint_loads_its_encoder_quietly_as_sentence_transformer
     (folder / "model.safetensors").unlink()
     full(config_class(**config)).save_pretrained(folder)
     code = ("import sys; from st_onnx import SentenceTransformer; m = SentenceTransformer(sys.argv[1], device='cpu'); "
-            "print(type(m[0].auto_model).__name__, type(m[0].auto_model).__dict__.get('_keys_to_ignore_on_load_unexpected'))")
+            "cls = type(m[0].auto_model); print(cls.__name__, cls.__dict__.get('_keys_to_ignore_on_load_unexpected'))")
     run = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, check=True)
     name = {"mt5": "MT5EncoderModel", "umt5": "UMT5EncoderModel"}[model_type]
     assert run.stdout.split()[0] == name and "decoder" not in run.stdout  # the class is left as it was
