@@ -175,3 +175,53 @@ def test_a_full_mt5_checkpoint_loads_its_encoder_quietly_as_sentence_transformer
     name = {"mt5": "MT5EncoderModel", "umt5": "UMT5EncoderModel"}[model_type]
     assert run.stdout.split()[0] == name and "decoder" not in run.stdout  # the class is left as it was
     assert "UNEXPECTED" not in run.stderr
+
+
+@pytest.mark.parametrize("arch", ["t5", "gemma3"])
+def test_an_int8_export_logs_no_quantizer_type_inference_warnings(tmp_path, arch, caplog):
+    """The quantizer warned 'Failed to infer data type of tensor ... Please add data type info for this tensor if
+    your model has customized operators' four times per layer (the attention's activation-by-activation MatMuls,
+    which are never quantized anyway): 8 WARNING lines on the tiny models, ~96 on EmbeddingGemma, printed by
+    `st-onnx export --precision int8` and every int8 load that exports."""
+    import logging
+
+    from st_onnx.export import export_model_folder
+
+    folder = make_tiny_encoder(tmp_path / "m", arch)
+    with caplog.at_level(logging.WARNING):
+        export_model_folder(folder, "int8")
+    noise = [r.getMessage() for r in caplog.records if r.name.startswith("onnxruntime")]
+    assert not noise, noise[:2]
+
+
+@pytest.mark.parametrize("build", ["t5-full-checkpoint", "bert-for-masked-lm"])
+def test_a_save_carries_the_graph_of_a_checkpoint_whose_config_names_another_class(tmp_path, build, caplog):
+    """save_pretrained rewrites config.architectures in memory (T5ForConditionalGeneration -> T5EncoderModel,
+    BertForMaskedLM -> BertModel, as all-mpnet-base-v2's MPNetForMaskedLM), which changed content_digest: the
+    fused graph of the very same modules was 'exported from other weights', left behind, exported again."""
+    import logging
+
+    import transformers as tf
+
+    from helpers import make_tiny_model
+
+    if build == "t5-full-checkpoint":
+        folder = make_tiny_encoder(tmp_path / "m", "t5")
+        config = json.loads((folder / "config.json").read_text())
+        for key in ("architectures", "model_type", "transformers_version"):
+            config.pop(key, None)
+        encoder = tf.T5EncoderModel.from_pretrained(str(folder))
+        full = tf.T5ForConditionalGeneration(tf.T5Config(**config))
+        full.load_state_dict(encoder.state_dict(), strict=False)
+        (folder / "model.safetensors").unlink()
+        full.save_pretrained(str(folder))
+    else:
+        folder = make_tiny_model(tmp_path / "m")
+        config = json.loads((folder / "config.json").read_text())
+        config["architectures"] = ["BertForMaskedLM"]
+        (folder / "config.json").write_text(json.dumps(config))
+    SentenceTransformer(str(folder), backend="onnx", device="cpu")  # exports fp32 into the folder
+    model = SentenceTransformer(str(folder), device="cpu")
+    with caplog.at_level(logging.INFO, logger="st_onnx"):
+        model.save(str(tmp_path / "saved"))
+    assert layout.fused_graph_path(tmp_path / "saved", "fp32").exists(), [r.getMessage() for r in caplog.records]

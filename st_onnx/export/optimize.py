@@ -202,9 +202,11 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, *, per_channel
         reduce_range = default_reduce_range()
 
     # ONNX shape inference cannot type the outputs of ORT's fused (com.microsoft) operators; they are all float.
-    # The quantizer's root-logger advice to run its pre-processing (shape inference over those same operators)
-    # does not apply here and is dropped, so that `st-onnx export` prints only what concerns the user.
-    hint = _DropMessage("pre-processing before quantization")
+    # The quantizer's advice to run its pre-processing (shape inference over those same operators), and its
+    # warning for each tensor after such an operator that it could not type (T5's and Gemma3's attention after
+    # SimplifiedLayerNormalization: 4 a layer, taken as float by DefaultTensorType), do not apply here and are
+    # dropped, so that `st-onnx export` prints only what concerns the user.
+    hint = _DropMessage("pre-processing before quantization", "Failed to infer data type of tensor")
     logs = functools.partial(_quantizer_logging, hint)
     with _one_swap_at_a_time(logs), _one_swap_at_a_time(_swap_quantizer_reload):
         quantize_dynamic(Path(src), Path(dst), per_channel=per_channel, reduce_range=reduce_range,
@@ -253,12 +255,13 @@ def _swap_quantizer_reload():
 
 
 class _DropMessage(logging.Filter):
-    def __init__(self, fragment: str) -> None:
+    def __init__(self, *fragments: str) -> None:
         super().__init__()
-        self.fragment = fragment
+        self.fragments = fragments
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return self.fragment not in record.getMessage()
+        message = record.getMessage()
+        return not any(fragment in message for fragment in self.fragments)
 
 
 def default_input(path: str | os.PathLike, name: str, value: int) -> None:

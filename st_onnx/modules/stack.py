@@ -72,7 +72,9 @@ class ModuleStack(nn.Sequential):
         transformers release (config.json gains default keys, pytorch_model.bin becomes model.safetensors), so
         a save can tell that a fused graph exported from these modules still computes them. Left out, as the
         graph does not depend on them: max_seq_length, do_lower_case (tokenizer settings), private and version
-        keys of the model config (``_name_or_path``, ``transformers_version``, the attention implementation).
+        keys of the model config (``_name_or_path``, ``transformers_version``, the attention implementation), and
+        its ``architectures``, which transformers' save rewrites to the class that saves (a checkpoint saved as
+        T5ForConditionalGeneration or BertForMaskedLM is written as T5EncoderModel or BertModel by the same modules).
         """
         import hashlib
         import json
@@ -84,7 +86,8 @@ class ModuleStack(nn.Sequential):
                 settings = {k: v for k, v in settings.items() if k not in ("max_seq_length", "do_lower_case")}
                 config = module.auto_model.config.to_dict()
                 settings["model_config"] = {k: v for k, v in config.items()
-                                            if not k.startswith("_") and k != "transformers_version"}
+                                            if not k.startswith("_") and k not in ("transformers_version",
+                                                                                   "architectures")}
             h.update(json.dumps([idx, type(module).__name__, settings], sort_keys=True, default=str).encode())
             for name, tensor in sorted(module.state_dict().items()):
                 tensor = tensor.detach().cpu().contiguous()
