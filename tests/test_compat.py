@@ -527,3 +527,17 @@ def test_max_seq_length_is_the_tokenizers_model_max_length(minilm_pair):
     finally:
         for model in (ours, theirs):
             model.max_seq_length = 256
+
+
+def test_the_default_max_seq_length_is_the_smaller_of_positions_and_tokenizer_limit(tmp_path):
+    """As sentence-transformers: min(max_position_embeddings, model_max_length). A tokenizer that allows 512 over a
+    position table of 128 would otherwise let texts past the table (an index error, or wrong positions)."""
+    st = pytest.importorskip("sentence_transformers")
+    from helpers import make_tiny_transformer
+
+    from st_onnx.models import Transformer
+
+    raw = make_tiny_transformer(tmp_path / "raw")
+    config = raw / "tokenizer_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "model_max_length": 512}))
+    assert Transformer(str(raw)).max_seq_length == 128 == st.SentenceTransformer(str(raw), device="cpu").max_seq_length

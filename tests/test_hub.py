@@ -461,6 +461,41 @@ def test_a_bare_name_is_a_sentence_transformers_model_as_there(server, tiny_mode
     assert SentenceTransformer("tiny-st", cache_folder=cache, device="cpu").model_path == model.model_path
 
 
+
+def test_original_checkpoint_names_match_in_any_case_as_in_sentence_transformers():
+    assert hub.hub_model_id("BERT-base-uncased") == "BERT-base-uncased"  # not sentence-transformers/BERT-...
+    assert hub.hub_model_id("all-MiniLM-L6-v2") == "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def test_sentence_transformers_home_is_the_cache_root(server, tmp_path, monkeypatch):
+    """A cache moved to another disk with SENTENCE_TRANSFORMERS_HOME is where downloads go and offline loads look."""
+    from huggingface_hub import constants
+
+    sha = server.add_repo("acme/home", _hub_files(["modules.json", "config.json"]))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setenv("SENTENCE_TRANSFORMERS_HOME", str(tmp_path / "st-home"))
+    assert hub.resolve_model_path("acme/home") == tmp_path / "st-home" / "models--acme--home" / "snapshots" / sha
+    assert not (tmp_path / "hf-cache").exists()
+
+
+def test_token_false_pushes_with_no_saved_login(server, tiny_model_dir, monkeypatch):
+    """token=False means: not the saved login, not HF_TOKEN; the push is refused, not made as that account."""
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    model = SentenceTransformer(str(tiny_model_dir), device="cpu")
+    with pytest.raises(HubError, match="needs a Hugging Face token"):
+        model.save_to_hub("nologin", organization="acme", token=False)
+    assert "acme/nologin" not in server.repos
+
+
+@pytest.mark.parametrize("value", [0, None, "yes"])
+def test_safe_serialization_other_than_true_is_refused(value):
+    """0 asked for pickled weights as False does: refused alike, not written as safetensors without a word."""
+    from st_onnx.saving import check_safe_serialization
+
+    check_safe_serialization(True)
+    with pytest.raises(InvalidInputError, match="safe_serialization"):
+        check_safe_serialization(value)
+
 def test_a_hub_that_accepts_and_never_answers_times_out(server, tmp_path, monkeypatch):
     """A stalled proxy or endpoint held the constructor forever (no timeout on the metadata call)."""
     import socket
