@@ -134,7 +134,6 @@ def test_a_model_the_tracer_cannot_follow_fails_naming_it(tiny_model_copy, monke
     assert SentenceTransformer(str(tiny_model_copy), device="cpu").encode(["a cat"]).shape[0] == 1
 
 
-
 @pytest.mark.parametrize("error", ["CUDA out of memory. Tried to allocate 2.00 GiB",
                                    "[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory",
                                    "Could not allocate bytes object!"])
