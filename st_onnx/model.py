@@ -12,7 +12,7 @@ import dataclasses
 import logging
 import os
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from . import layout
 from .devices import check_device
@@ -234,7 +234,7 @@ class SentenceTransformer(ModuleMethods):
 
     def encode(
         self,
-        sentences: str | list[str] | None = None,
+        sentences: str | Sequence[Any] | None = None,
         batch_size: int = 32,
         show_progress_bar: bool | None = None,
         output_value: str | None = "sentence_embedding",
@@ -249,7 +249,7 @@ class SentenceTransformer(ModuleMethods):
         pool: Any = None,
         chunk_size: int | None = None,
         *,
-        inputs: str | list[str] | None = None,
+        inputs: str | Sequence[Any] | None = None,
         **kwargs: Any,
     ) -> Any:
         """Embed one text or a list of texts; see the sentence-transformers documentation for the arguments.
@@ -289,7 +289,7 @@ class SentenceTransformer(ModuleMethods):
         return format_per_text(raw, opts, single)
 
     # encode_query/encode_document (sentence-transformers 5+) take prompt_name and prompt second and third, as there
-    def encode_query(self, sentences: str | list[str] | None = None, prompt_name: str | None = None,
+    def encode_query(self, sentences: str | Sequence[Any] | None = None, prompt_name: str | None = None,
                      prompt: str | None = None, *args: Any, **kwargs: Any) -> Any:
         """``encode`` with the model's "query" prompt unless a prompt or prompt_name is given. Further positional
         arguments follow sentence-transformers 6's order (``batch_size``, ``show_progress_bar``, ``output_value``,
@@ -299,7 +299,7 @@ class SentenceTransformer(ModuleMethods):
             prompt_name = "query"
         return self.encode(sentences, prompt_name=prompt_name, prompt=prompt, **kwargs)
 
-    def encode_document(self, sentences: str | list[str] | None = None, prompt_name: str | None = None,
+    def encode_document(self, sentences: str | Sequence[Any] | None = None, prompt_name: str | None = None,
                         prompt: str | None = None, *args: Any, **kwargs: Any) -> Any:
         """``encode`` with the model's "document" prompt unless a prompt or prompt_name is given. Every model has
         one, empty unless set (as in sentence-transformers 6), so a "passage" or "corpus" prompt is picked only where
