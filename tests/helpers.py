@@ -284,3 +284,25 @@ def cannot_swap(how: str, target: Path, monkeypatch) -> None:
             return real_mkdtemp(suffix, prefix, dir)
 
         monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp)
+
+
+class FakeModel:
+    """An encoder whose embeddings are a fixed function of the text (8 numbers seeded by its crc32), for evaluators:
+    both libraries' evaluators see the same embeddings, without a model."""
+
+    similarity_fn_name = "cosine"
+
+    class model_card_data:  # sentence-transformers' evaluators record their metrics here
+        @staticmethod
+        def set_evaluation_metrics(*args, **kwargs):
+            pass
+
+    def encode(self, sentences, **kwargs):
+        import zlib
+
+        import numpy as np
+
+        return np.stack([np.random.default_rng(zlib.crc32(s.encode())).standard_normal(8).astype(np.float32)
+                         for s in sentences])
+
+    encode_query = encode_document = encode

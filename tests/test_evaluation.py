@@ -9,12 +9,11 @@ import re
 import subprocess
 import sys
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import DATA, read_stsb
+from helpers import DATA, FakeModel, read_stsb
 
 from st_onnx import InputExample
 from st_onnx.evaluation import (BinaryClassificationEvaluator, EmbeddingSimilarityEvaluator,
@@ -24,23 +23,6 @@ from st_onnx.errors import InvalidInputError
 from st_onnx.evaluation.binary_classification import average_precision
 
 ALL_SIMS = ["cosine", "euclidean", "manhattan", "dot"]
-
-
-class FakeModel:
-    """An encoder whose embeddings are a fixed function of the text: both libraries' evaluators see the same."""
-
-    similarity_fn_name = "cosine"
-
-    class model_card_data:  # sentence-transformers' evaluators record their metrics here
-        @staticmethod
-        def set_evaluation_metrics(*args, **kwargs):
-            pass
-
-    def encode(self, sentences, **kwargs):
-        return np.stack([np.random.default_rng(zlib.crc32(s.encode())).standard_normal(8).astype(np.float32)
-                         for s in sentences])
-
-    encode_query = encode_document = encode
 
 
 @pytest.fixture

@@ -4,11 +4,11 @@ fit evaluates and which model it keeps, weight decay groups, CSV columns. Each o
 while wrong (a mutation review, 2026-11-30)."""
 from __future__ import annotations
 
-import zlib
-
 import numpy as np
 import pytest
 import torch
+
+from helpers import FakeModel
 
 
 class Stub(torch.nn.Module):
@@ -61,21 +61,6 @@ def test_online_contrastive_loss_on_one_sided_batches(labels):
 
 
 # -- evaluation ---------------------------------------------------------------------------------------------
-class FakeModel:
-    similarity_fn_name = "cosine"
-
-    class model_card_data:
-        @staticmethod
-        def set_evaluation_metrics(*args, **kwargs):
-            pass
-
-    def encode(self, sentences, **kwargs):
-        return np.stack([np.random.default_rng(zlib.crc32(s.encode())).standard_normal(8).astype(np.float32)
-                         for s in sentences])
-
-    encode_query = encode_document = encode
-
-
 def test_retrieval_metrics_when_queries_have_more_relevant_documents_than_k():
     """nDCG@k's ideal DCG and MAP@k's divisor stop at k (min(k, relevant)), as sentence-transformers."""
     pytest.importorskip("sentence_transformers")
