@@ -541,3 +541,29 @@ def test_the_default_max_seq_length_is_the_smaller_of_positions_and_tokenizer_li
     config = raw / "tokenizer_config.json"
     config.write_text(json.dumps({**json.loads(config.read_text()), "model_max_length": 512}))
     assert Transformer(str(raw)).max_seq_length == 128 == st.SentenceTransformer(str(raw), device="cpu").max_seq_length
+
+
+
+def test_a_dense_without_bias_and_with_given_weights_round_trips_as_sentence_transformers(tmp_path):
+    """Dense(bias=False) (sentence-t5, EmbeddingGemma) is saved with bias false, so that it loads without a bias in
+    both libraries; init_weight and init_bias are the layer's parameters, as sentence-transformers' Dense takes them."""
+    st = pytest.importorskip("sentence_transformers")
+    from helpers import make_tiny_transformer
+
+    from st_onnx.models import Dense, Normalize, Pooling, Transformer
+
+    weight, bias = torch.randn(6, 32), torch.randn(6)
+    with_bias = Dense(32, 6, init_weight=weight.clone(), init_bias=bias.clone(), activation_function=torch.nn.Identity())
+    x = torch.randn(3, 32)
+    torch.testing.assert_close(with_bias({"sentence_embedding": x})["sentence_embedding"], x @ weight.T + bias)
+    transformer = Transformer(str(make_tiny_transformer(tmp_path / "raw")), max_seq_length=32)
+    dense = Dense(32, 6, bias=False, init_weight=weight.clone(), activation_function=torch.nn.Identity())
+    model = SentenceTransformer(modules=[transformer, Pooling(32), dense, Normalize()], device="cpu")
+    model.save(str(tmp_path / "m"))
+    config = json.loads(next((tmp_path / "m").glob("2_Dense/config.json")).read_text())
+    assert config["bias"] is False
+    ours = SentenceTransformer(str(tmp_path / "m"), device="cpu")
+    assert ours[2].linear.bias is None
+    np.testing.assert_allclose(ours.encode(SENTENCES), model.encode(SENTENCES), atol=1e-6)
+    np.testing.assert_allclose(st.SentenceTransformer(str(tmp_path / "m"), device="cpu").encode(SENTENCES),
+                               model.encode(SENTENCES), atol=1e-5)

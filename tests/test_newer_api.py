@@ -207,5 +207,6 @@ def test_device_index_means_that_cuda_device():
     from st_onnx.devices import check_device
 
     assert check_device(0) == "cuda:0" and check_device(3) == "cuda:3"
-    with pytest.raises(InvalidInputError, match="not recognised"):
-        check_device(-1)
+    for bad in (-1, True, False):  # a bool is an int to Python: True meant cuda:1
+        with pytest.raises(InvalidInputError, match="not recognised"):
+            check_device(bad)
