@@ -110,8 +110,7 @@ class SentenceTransformer(ModuleMethods):
         if cache_folder is not None and not isinstance(cache_folder, (str, os.PathLike)):
             raise InvalidInputError(
                 f"cache_folder must be a folder path; got {type(cache_folder).__name__} {cache_folder!r}. The "
-                "positional order is sentence-transformers 2.x's (model_name_or_path, modules, device, "
-                "cache_folder, use_auth_token); pass prompts=..., default_prompt_name=... by name"
+                f"positional order is {_OLDER_ORDER}; pass prompts=..., default_prompt_name=... by name"
             )
         for name, value in (("use_auth_token", use_auth_token), ("token", token)):  # else the saved login is used
             if value is not None and not isinstance(value, (bool, str)):
@@ -131,20 +130,13 @@ class SentenceTransformer(ModuleMethods):
                 self.model_path = self._resolve_path(str(model_name_or_path), revision, bool(local_files_only))
             except ModelNotFoundError as e:  # a Hub id: a prompt name in 2.4-5's fifth place went as the token
                 if isinstance(use_auth_token, str) and not use_auth_token.startswith("hf_") and "401" in str(e):
-                    raise InvalidInputError(
-                        f"use_auth_token is {use_auth_token!r}, which is no Hugging Face token (those start 'hf_') "
-                        "and which the Hub refused: the positional order is sentence-transformers 2.x's "
-                        "(model_name_or_path, modules, device, cache_folder, use_auth_token), where 2.4 to 5 put "
-                        "default_prompt_name fifth; pass default_prompt_name=... (or token=...) by name") from e
+                    raise _prompt_name_as_token(use_auth_token, "which is no Hugging Face token (those start "
+                                                                "'hf_') and which the Hub refused") from e
                 raise
         self._settings = ModelSettings.load(self.model_path, prompts, default_prompt_name, similarity_fn_name,
                                             truncate_dim)
-        if isinstance(use_auth_token, str) and use_auth_token in self._settings.prompts:
-            raise InvalidInputError(  # sentence-transformers 2.4-5 put default_prompt_name fifth: no silent token
-                f"use_auth_token is {use_auth_token!r}, the name of one of this model's prompts: the positional "
-                "order is sentence-transformers 2.x's (model_name_or_path, modules, device, cache_folder, "
-                "use_auth_token), where 2.4 to 5 put default_prompt_name fifth; pass default_prompt_name=... by name"
-            )
+        if isinstance(use_auth_token, str) and use_auth_token in self._settings.prompts:  # not kept as a token
+            raise _prompt_name_as_token(use_auth_token, "the name of one of this model's prompts")
         from .saving import ModelCardData
 
         self.model_card_data = ModelCardData.from_any(model_card_data)  # evaluators record metrics here for save()
@@ -693,6 +685,16 @@ def _check_module_kwargs(kwargs: dict[str, Any]) -> None:
         hint = (" (set model.max_seq_length for the token limit)" if "processing_kwargs" in unused else "")
         raise InvalidInputError(f"encode() got keyword arguments this model does not use: {unused}; st-onnx's modules "
                                 f"take none (sentence-transformers passes them to modules such as Router){hint}")
+
+
+_OLDER_ORDER = "sentence-transformers 2.x's (model_name_or_path, modules, device, cache_folder, use_auth_token)"
+
+
+def _prompt_name_as_token(value: str, what: str) -> InvalidInputError:
+    """sentence-transformers 2.4-5 put default_prompt_name fifth, where 2.x (and st-onnx) take use_auth_token."""
+    return InvalidInputError(f"use_auth_token is {value!r}, {what}: the positional order is {_OLDER_ORDER}, where "
+                             "2.4 to 5 put default_prompt_name fifth; pass default_prompt_name=... by name (and a "
+                             "token as token=...)")
 
 
 def _one_of(name: str, value: Any, alias: str, alias_value: Any, required: bool = False) -> Any:

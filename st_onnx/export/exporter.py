@@ -123,12 +123,12 @@ def _export_into(stack, tmp: Path, target: Path, precision: str, fingerprint: st
     names = graph_input_names(stack)
     prompt = excludes_prompt(stack)
     raw, dim = _trace(stack, names, tmp / "raw.onnx", opset, prompt)
-    names = _traced_inputs(raw, names)  # less what the model never reads (DeBERTa-v3's token_type_ids)
     graph, fusions, extra = _optimize(stack, raw, tmp, precision, optimize)
     if prompt:
         passes.default_input(graph, PROMPT_LENGTH, 0)
         extra["optional_inputs"] = {PROMPT_LENGTH: 0}
-    report, prompt_report = _verify(stack, graph, names, precision, sentences, prompt)
+    # names: those the graph takes (less what the model never reads: DeBERTa-v3's token_type_ids)
+    report, prompt_report, names = _verify(stack, graph, names, precision, sentences, prompt)
     for checked in (report, prompt_report):
         if checked is not None and not checked.passed:
             raise ParityError(f"the exported {precision} graph does not compute what PyTorch computes: {checked}")
@@ -322,12 +322,10 @@ def _trace(stack, names: tuple[str, ...], path: Path, opset: int, prompt: bool =
 _OUT_OF_MEMORY = re.compile(r"out of memory|(can't|cannot|could not|unable to) allocate", re.IGNORECASE)
 
 
-def _traced_inputs(raw: Path, names: tuple[str, ...]) -> tuple[str, ...]:
-    """The token inputs the traced graph takes: torch.onnx.export drops those the model never reads (DeBERTa-v3
-    has no token types but its tokenizer makes them); the parity check, the manifest and a runtime feed these."""
-    import onnx
-
-    kept = {i.name for i in onnx.load(str(raw), load_external_data=False).graph.input}
+def _graph_inputs(session, names: tuple[str, ...]) -> tuple[str, ...]:
+    """The token inputs the graph takes: torch.onnx.export drops those the model never reads (DeBERTa-v3 has no
+    token types but its tokenizer makes them); the parity check, the manifest and a runtime feed these."""
+    kept = {i.name for i in session.get_inputs()}
     missing = [n for n in ("input_ids", "attention_mask") if n not in kept]
     if missing:
         raise BackendError(f"the traced graph has no {' or '.join(missing)} input (its model never reads it); "
@@ -361,9 +359,10 @@ def _optimize(stack, raw: Path, tmp: Path, precision: str, optimize: bool) -> tu
 
 
 def _verify(stack, graph: Path, names, precision: str, sentences,
-            prompt: bool = False) -> tuple[ParityReport, ParityReport | None]:
+            prompt: bool = False) -> tuple[ParityReport, ParityReport | None, tuple[str, ...]]:
     """Parity on the CPU provider; fp16 on CUDA where a GPU is usable, else (loosely) on the CPU; with ``prompt``,
-    a second report with the first two tokens left out of pooling (``prompt_length`` fed), else None.
+    a second report with the first two tokens left out of pooling (``prompt_length`` fed), else None; and the
+    ``names`` the graph takes (``_graph_inputs``).
 
     An fp16 graph run on the CPU goes through ORT's fp16 CPU kernels and inserted casts, not the CUDA kernels it
     is made for: that check proves the conversion (weights, casts, no overflow) but not the CUDA numerics, and
@@ -385,8 +384,10 @@ def _verify(stack, graph: Path, names, precision: str, sentences,
     if precision == "fp16" and session.get_providers()[0] != "CUDAExecutionProvider":
         logger.warning("fp16 graph parity-checked on the CPU provider only (no usable CUDA GPU): this verifies the "
                        "fp16 conversion, not the CUDA kernels it will run on")
+    names = _graph_inputs(session, names)
     report = check_parity(stack, session, names, precision, sentences)
-    return report, (check_parity(stack, session, names, precision, sentences, prompt_length=2) if prompt else None)
+    prompt_report = check_parity(stack, session, names, precision, sentences, prompt_length=2) if prompt else None
+    return report, prompt_report, names
 
 
 def _manifest(stack, graph: Path, names, dim: int, precision: str, fingerprint: str, opset: int,
