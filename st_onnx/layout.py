@@ -276,17 +276,44 @@ def remove_abandoned(folder: Path, pattern: str) -> None:
 
 @contextmanager
 def work_folder(parent: str | os.PathLike, kind: str, fallback: Path | None = None) -> Iterator[Path]:
-    """A hidden temporary folder ``.<kind>-*`` in ``parent`` (made if missing) for one export, pack or graft,
-    removed afterwards; those left a day ago by killed processes go first. In ``fallback`` (an existing folder
-    that ``atomic_folder`` will fill in place) where ``parent`` cannot be written."""
+    """A hidden temporary folder ``.<kind>-*`` in ``parent`` (made if missing, and removed again if the write
+    left it empty) for one export, pack or graft, removed afterwards; those left a day ago by killed processes
+    go first. In ``fallback`` (an existing folder that ``atomic_folder`` will fill in place) where ``parent``
+    cannot be written."""
     parent = Path(parent)
-    parent.mkdir(parents=True, exist_ok=True)
-    remove_abandoned(parent, f".{kind}-*")
-    tmp = _mkdtemp(f".{kind}-", parent, fallback)
+    made = missing_folders(parent)
+    for attempt in (1, 2):
+        parent.mkdir(parents=True, exist_ok=True)
+        remove_abandoned(parent, f".{kind}-*")
+        try:
+            tmp = _mkdtemp(f".{kind}-", parent, fallback)
+            break
+        except FileNotFoundError:  # another write that failed removed the empty parent it made: make it again
+            if attempt == 2:
+                raise
     try:
         yield tmp
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        remove_empty(made)  # a failed write leaves no empty onnx/st_onnx/ behind; a graph written keeps it
+
+
+def missing_folders(folder: Path) -> list[Path]:
+    """The folders ``folder.mkdir(parents=True)`` would make, innermost first."""
+    missing = []
+    while not folder.exists() and folder.parent != folder:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Remove ``folders`` (innermost first, as ``missing_folders`` lists them) up to the first that is not empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def _make_writable(folder: Path) -> None:

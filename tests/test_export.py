@@ -216,6 +216,15 @@ def test_failed_parity_raises_and_writes_nothing(exported, tmp_path, monkeypatch
     assert sorted(p.name for p in graph.parent.iterdir()) == ["fp32.json", "fp32.onnx"]
 
 
+def test_failed_export_into_a_new_folder_leaves_no_folder(exported, tmp_path, monkeypatch):
+    from st_onnx.export import verify
+
+    monkeypatch.setitem(verify.COSINE_THRESHOLDS, "fp32", 1.5)
+    with pytest.raises(ParityError, match="FAILED"):
+        export_fused_graph(load_stack(exported[0]), tmp_path / "new", fingerprint="sha256:x", optimize=False)
+    assert list(tmp_path.iterdir()) == []  # neither new/onnx/st_onnx/ nor its work folder
+
+
 
 def test_fp32_parity_fails_a_graph_off_on_one_text_of_many():
     """The per-text threshold, not the mean: one text at cosine 0.999 among 200 keeps the mean above 0.99999."""

@@ -127,12 +127,17 @@ def cache_dir_for(folder: Path, cache_folder: str | os.PathLike | None) -> Path:
 
 
 def is_writable(folder: Path) -> bool:
+    """Whether graphs can be written into ``folder``: its graph folder made (and removed again if it was not
+    there: an export that fails leaves the model folder as it was) and found writable."""
     target = folder / layout.FUSED_DIR
+    made = layout.missing_folders(target)
     try:
         target.mkdir(parents=True, exist_ok=True)
     except OSError:
         return False
-    return os.access(target, os.W_OK)
+    writable = os.access(target, os.W_OK)
+    layout.remove_empty(made)
+    return writable
 
 
 def find_graph(folder: Path, precision: str, *, file_name: str | None = None, export: str = "auto",
