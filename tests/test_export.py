@@ -716,6 +716,26 @@ def test_work_folders_of_killed_exports_are_removed_a_day_later(tiny_model_copy)
     assert not old.exists() and recent.is_dir()  # another process may still be exporting into the recent one
 
 
+def test_work_folder_survives_another_failed_write_removing_its_parent(tmp_path, monkeypatch):
+    """Two exports into a new folder: the one that fails removes the empty folder it made, which the other made
+    too, just before the other makes its work folder in it. The other makes the folder again."""
+    made = layout._mkdtemp
+    calls = []
+
+    def removed_once(prefix, folder, fallback=None):
+        calls.append(folder)
+        if len(calls) == 1:
+            folder.rmdir()  # the other write's cleanup: new/onnx, then new
+            folder.parent.rmdir()
+        return made(prefix, folder, fallback)
+
+    monkeypatch.setattr(layout, "_mkdtemp", removed_once)
+    target = tmp_path / "new" / "onnx"
+    with layout.work_folder(target, "export") as work:
+        assert work.parent == target and work.is_dir()
+    assert len(calls) == 2 and not (tmp_path / "new").exists()
+
+
 def test_fingerprint_of_a_plain_folder_covers_sharded_weights(tmp_path):
     """A transformers folder saved in shards: changing one shard changes the fingerprint."""
     from safetensors.torch import save_file
