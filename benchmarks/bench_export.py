@@ -12,7 +12,8 @@ sliding-window layers of 512 tokens to one global, a 262,144-token vocabulary; m
 Dense layers; 303M) are random weights of
 those shapes with the tests' small tokenizer; ``tiny`` is the tests' 2-layer BERT. The two large shapes have fp32
 graphs over protobuf's 2 GB, so they take the external-data path. Each export runs in its own subprocess, so
-its peak RSS (model load included) is its own; the large models need about 15-20 GB of memory each.
+its peak RSS (model load included) is its own; the large models peaked at 5.4-8.8 GB each
+(benchmarks/RESULTS.md, 2026-11-30).
 
 Prints a table and writes JSON (default benchmarks/out/export.json). Never asserts a time.
 """

@@ -47,6 +47,7 @@ def _floor(requirement: Requirement) -> Version:
 
 
 @pytest.mark.parametrize("name, lowest", [
+    ("torch", "2.6"),  # transformers >= 5.23 disable PyTorch below 2.6 (pip keeps an older torch: it is an extra)
     ("transformers", "5.23"),  # <= 5.17 pin huggingface-hub<2.0; 5.18 rotary graphs fail in ORT; 5.19-5.22 If nodes
     ("tokenizers", "0.23.3"),  # <= 0.23.2 pin huggingface-hub<2.0
     ("safetensors", "0.8"),  # transformers >= 5.13 need it

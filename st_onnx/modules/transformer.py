@@ -1,4 +1,5 @@
-"""Transformer: a Hugging Face AutoModel and its fast tokenizer, producing token embeddings."""
+"""Transformer: a Hugging Face AutoModel (for T5, mT5, UMT5 and LongT5 the encoder class, as sentence-transformers
+loads them) and its fast tokenizer, producing token embeddings."""
 
 from __future__ import annotations
 
