@@ -42,6 +42,14 @@ def test_every_python_the_project_accepts_has_an_onnx_runtime_to_install(system,
 
 
 
+def test_the_python_versions_named_are_those_requires_python_allows_from_its_floor():
+    python = Requirement(f"python{PYPROJECT['project']['requires-python']}").specifier
+    named = [c.rsplit(" :: ", 1)[1] for c in PYPROJECT["project"]["classifiers"]
+             if c.startswith("Programming Language :: Python :: 3.")]
+    assert named and all(python.contains(f"{v}.0") for v in named), named
+    assert min(named, key=Version) == min(s.version for s in python if s.operator == ">="), named
+
+
 def _floor(requirement: Requirement) -> Version:
     return min(Version(s.version) for s in requirement.specifier if s.operator in (">=", "=="))
 
