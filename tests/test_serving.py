@@ -344,6 +344,21 @@ def test_a_present_graph_loads_while_another_precision_of_the_folder_exports(exp
         exporting.join()
 
 
+def test_a_folder_lock_goes_with_its_last_load(exported_copy):
+    """One lock per folder loaded, kept for good: a training loop evaluating on the onnx backend loads a new
+    modules=[...] copy each time, and the process kept a lock for each, the evicted ones too."""
+    from st_onnx import SentenceTransformer
+    import st_onnx.backends.onnx_backend as ob
+
+    loads = [threading.Thread(target=SentenceTransformer, args=(str(exported_copy),),
+                              kwargs={"backend": "onnx", "device": "cpu"}) for _ in range(3)]
+    for load in loads:
+        load.start()
+    for load in loads:
+        load.join()
+    assert ob._FOLDER_LOCKS == {}
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork only")
 def test_a_child_forked_while_a_thread_exports_loads_the_folder(exported_copy, monkeypatch):
     """A lock a parent's thread held at fork() stays held in the child, for good: its load of the folder hung."""

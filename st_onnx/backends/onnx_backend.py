@@ -14,9 +14,10 @@ import shutil
 import tempfile
 import threading
 import weakref
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -296,13 +297,26 @@ class OnnxBackend:
         return f"OnnxBackend({str(self.graph_path)!r}, device={self.device!r})"
 
 
-_FOLDER_LOCKS: dict[tuple[str, str], threading.Lock] = {}
+# (folder, precision) -> [its lock, the threads holding or waiting for it]; an entry goes with its last thread, so
+# a process loading ever new folders (modules=[...] copies in a training loop) keeps none of the old ones
+_FOLDER_LOCKS: dict[tuple[str, str], list[Any]] = {}
 _FOLDER_LOCKS_GUARD = threading.Lock()
 
 
-def _folder_lock(folder: Path, precision: str) -> threading.Lock:
+@contextmanager
+def _folder_lock(folder: Path, precision: str) -> Iterator[None]:
+    key = (os.path.realpath(folder), precision)
     with _FOLDER_LOCKS_GUARD:
-        return _FOLDER_LOCKS.setdefault((os.path.realpath(folder), precision), threading.Lock())
+        entry = _FOLDER_LOCKS.setdefault(key, [threading.Lock(), 0])
+        entry[1] += 1
+    try:
+        with entry[0]:
+            yield
+    finally:
+        with _FOLDER_LOCKS_GUARD:
+            entry[1] -= 1
+            if entry[1] == 0 and _FOLDER_LOCKS.get(key) is entry:
+                del _FOLDER_LOCKS[key]
 
 
 def _reset_folder_locks() -> None:  # a lock a parent's thread held at fork() stays held in the child: new ones
