@@ -124,7 +124,14 @@ def main(argv: list[str] | None = None) -> int:
     if argv[start:start + 1] == ["bench"]:  # everything after 'bench' belongs to the script, options included
         return _bench(argparse.Namespace(bench_args=argv[start + 1:]))
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # st-onnx's warnings to stderr where nothing else handles logging (the console script), for this call only:
+    # basicConfig() would leave the handler on the root logger of an application calling main(), whose own
+    # basicConfig() afterwards would do nothing
+    root, handler = logging.getLogger(), None
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
     package_logger = logging.getLogger("st_onnx")
     level = package_logger.level
     if args.verbose:  # st-onnx's progress, not every INFO line of ONNX Runtime's optimizer and quantizer
@@ -147,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
         package_logger.setLevel(level)
+        if handler is not None:
+            root.removeHandler(handler)
 
 
 if __name__ == "__main__":

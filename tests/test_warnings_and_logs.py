@@ -115,6 +115,22 @@ def test_the_cli_called_from_python_gives_the_log_level_back(tiny_model_dir, tmp
     assert logging.getLogger("st_onnx").level == before
 
 
+def test_the_cli_called_from_python_leaves_the_root_logger_without_its_handler(tmp_path):
+    """main() ran logging.basicConfig(): an application calling it before configuring its own logging found its
+    logging.basicConfig(filename=...) afterwards doing nothing (the root logger had main()'s stderr handler)."""
+    from st_onnx.cli import main
+
+    root = logging.getLogger()
+    saved, level = root.handlers[:], root.level
+    root.handlers = []  # an application that has not configured its logging yet (pytest adds handlers of its own)
+    try:
+        assert main(["export", str(tmp_path / "missing"), str(tmp_path / "out")]) == 1
+        added, level_after = root.handlers[:], root.level
+    finally:
+        root.handlers, root.level = saved, level
+    assert added == [] and level_after == level
+
+
 def test_an_int8_export_leaves_the_root_logger_as_it_was(tiny_model_copy):
     """ONNX Runtime's quantizer logs through logging.info(), which calls logging.basicConfig() when the root
     logger has no handler: an int8 export (or a load exporting one) gave the application's root logger a stderr
