@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
+import logging
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -13,6 +16,12 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the Hub; hub tests set their own endpoint
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# transformers copies a trust_remote_code model's code into HF_MODULES_CACHE (read when it is imported, during
+# collection) and hf_xet writes logs under HF_XET_CACHE: by default both are in the user's ~/.cache/huggingface
+_HF_SCRATCH = tempfile.mkdtemp(prefix="st-onnx-tests-hf-")
+atexit.register(shutil.rmtree, _HF_SCRATCH, True)
+os.environ.setdefault("HF_MODULES_CACHE", os.path.join(_HF_SCRATCH, "modules"))
+os.environ.setdefault("HF_XET_CACHE", os.path.join(_HF_SCRATCH, "xet"))
 
 from helpers import copy_minilm, make_tiny_model  # noqa: E402
 
@@ -60,6 +69,16 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _process_state_left_as_found(request) -> Iterator[None]:
+    """A test that changes sys.argv or the root logger's level changes what every later test sees (the root
+    logger at INFO turns encode's progress bars on): it fails here, naming itself."""
+    argv, level = list(sys.argv), logging.getLogger().level
+    yield
+    assert (list(sys.argv), logging.getLogger().level) == (argv, level), \
+        f"{request.node.nodeid} changed sys.argv or the root logger's level"
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import shutil
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -298,6 +301,9 @@ def test_trust_remote_code_loads_a_model_with_its_own_code(tiny_model_copy):
         SentenceTransformer(str(tiny_model_copy), device="cpu")
     ours = SentenceTransformer(str(tiny_model_copy), device="cpu", trust_remote_code=True)
     assert type(ours[0].auto_model).__name__ == "CustomModel"
+    # transformers copied the model's code into its modules cache: the suite's own, not ~/.cache/huggingface
+    copied = Path(sys.modules[type(ours[0].auto_model).__module__].__file__)
+    assert copied.is_relative_to(os.environ["HF_MODULES_CACHE"]) and not copied.is_relative_to(Path.home())
     theirs = st.SentenceTransformer(str(tiny_model_copy), device="cpu", trust_remote_code=True)
     _assert_same(ours.encode(SENTENCES), theirs.encode(SENTENCES))
     with pytest.raises(ValueError, match="trust_remote_code configure the torch modules"):
