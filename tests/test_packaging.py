@@ -43,7 +43,6 @@ def test_every_python_the_project_accepts_has_an_onnx_runtime_to_install(system,
     assert not python.contains("3.10.0")
 
 
-
 def test_the_python_versions_named_are_those_requires_python_allows_from_its_floor():
     python = Requirement(f"python{PYPROJECT['project']['requires-python']}").specifier
     named = [c.rsplit(" :: ", 1)[1] for c in PYPROJECT["project"]["classifiers"]
@@ -71,6 +70,7 @@ def test_each_declared_floor_installs_beside_the_others_and_exports(name, lowest
     lines = PYPROJECT["project"]["dependencies"] + PYPROJECT["project"]["optional-dependencies"]["test"]
     requirement = next(r for line in lines if (r := Requirement(line)).name.lower().replace("_", "-") == name)
     assert _floor(requirement) >= Version(lowest), str(requirement)
+
 
 def _build(tmp_path, kind):
     src = tmp_path / "src"
