@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import json
 import os
 import shutil
 from pathlib import Path
@@ -197,13 +198,68 @@ def _save_encoder(folder: Path, raw: Path, config: Any, pooling: str, seed: int)
     import torch
     import transformers as tf
 
-    from st_onnx import SentenceTransformer
-    from st_onnx.models import Normalize, Pooling, Transformer
-
     torch.manual_seed(seed)
     # as sentence-t5 ships it: the encoder alone (AutoModel would build T5's encoder-decoder)
     model = tf.T5EncoderModel(config) if config.model_type == "t5" else tf.AutoModel.from_config(config)
     model.eval().save_pretrained(raw)
+    return _wrap_transformer(folder, raw, pooling)
+
+
+# the encoders of encoder-decoder families sentence-transformers 6 loads alone (besides T5's): config class, and
+# the encoder class with its module
+SEQ2SEQ_ENCODERS = {
+    "marian": ("MarianConfig", "transformers.models.marian.modeling_marian", "MarianEncoder"),
+    "pegasus": ("PegasusConfig", "transformers.models.pegasus.modeling_pegasus", "PegasusEncoder"),
+    "m2m_100": ("M2M100Config", "transformers.models.m2m_100.modeling_m2m_100", "M2M100Encoder"),
+    "blenderbot": ("BlenderbotConfig", "transformers.models.blenderbot.modeling_blenderbot", "BlenderbotEncoder"),
+    "blenderbot-small": ("BlenderbotSmallConfig", "transformers.models.blenderbot_small.modeling_blenderbot_small",
+                         "BlenderbotSmallEncoder"),
+    "prophetnet": ("ProphetNetConfig", "transformers", "ProphetNetEncoder"),
+    "switch_transformers": ("SwitchTransformersConfig", "transformers", "SwitchTransformersEncoderModel"),
+    "pegasus_x": ("PegasusXConfig", "transformers.models.pegasus_x.modeling_pegasus_x", "PegasusXEncoder"),
+}
+
+
+def make_tiny_seq2seq_encoder(folder: Path, model_type: str, seed: int = 0) -> Path:
+    """A tiny random encoder of an encoder-decoder family, saved as sentence-transformers saves one it loaded: its
+    config names the whole model (model_type 'marian', ...), its weights are the encoder's alone."""
+    import importlib
+
+    import torch
+    import transformers as tf
+
+    base = make_tiny_encoder(folder.parent / (folder.name + "-t5"), "t5")
+    t5 = json.loads((base / "config.json").read_text())
+    vocab, pad = t5["vocab_size"], t5["pad_token_id"]
+    bart = dict(vocab_size=vocab, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=128)
+    kwargs = {
+        "prophetnet": dict(vocab_size=vocab, hidden_size=32, num_encoder_layers=2, num_decoder_layers=2,
+                           num_encoder_attention_heads=4, num_decoder_attention_heads=4, encoder_ffn_dim=64,
+                           decoder_ffn_dim=64, max_position_embeddings=128, ngram=2, num_buckets=8,
+                           relative_max_distance=20),
+        "switch_transformers": dict(vocab_size=vocab, d_model=32, d_kv=8, d_ff=64, num_layers=2,
+                                    num_sparse_encoder_layers=1, num_decoder_layers=2, num_sparse_decoder_layers=1,
+                                    num_heads=4, num_experts=2, expert_capacity=8, relative_attention_num_buckets=8),
+        "pegasus_x": dict(bart, block_size=8, num_global_tokens=4),
+    }.get(model_type, bart)
+    config_class, module, name = SEQ2SEQ_ENCODERS[model_type]
+    config = getattr(tf, config_class)(**kwargs, pad_token_id=pad, decoder_start_token_id=pad)
+    raw = folder.parent / (folder.name + "-hf")
+    raw.mkdir(parents=True)
+    for f in base.glob("*.json"):
+        if f.name.startswith(("tokenizer", "special_tokens")):
+            shutil.copyfile(f, raw / f.name)
+    torch.manual_seed(seed)
+    getattr(importlib.import_module(module), name)(config).eval().save_pretrained(raw)
+    shutil.rmtree(base)
+    return _wrap_transformer(folder, raw, "mean")
+
+
+def _wrap_transformer(folder: Path, raw: Path, pooling: str) -> Path:
+    from st_onnx import SentenceTransformer
+    from st_onnx.models import Normalize, Pooling, Transformer
+
     transformer = Transformer(str(raw), max_seq_length=64)
     modules = [transformer, Pooling(transformer.get_word_embedding_dimension(), pooling_mode=pooling), Normalize()]
     SentenceTransformer(modules=modules, device="cpu").save(folder)

@@ -13,7 +13,7 @@ import json
 import numpy as np
 import pytest
 
-from helpers import ARCHITECTURES, SENTENCES, make_tiny_encoder
+from helpers import ARCHITECTURES, SENTENCES, SEQ2SEQ_ENCODERS, make_tiny_encoder, make_tiny_seq2seq_encoder
 from st_onnx import SentenceTransformer, layout
 
 TEXTS = SENTENCES + [" ".join(SENTENCES) * 3]  # the last is cut at max_seq_length (64 tokens)
@@ -174,6 +174,53 @@ def test_a_full_mt5_checkpoint_loads_its_encoder_quietly_as_sentence_transformer
     name = {"mt5": "MT5EncoderModel", "umt5": "UMT5EncoderModel"}[model_type]
     assert run.stdout.split()[0] == name and "decoder" not in run.stdout  # the class is left as it was
     assert "UNEXPECTED" not in run.stderr
+
+
+@pytest.mark.parametrize("model_type", sorted(set(SEQ2SEQ_ENCODERS) - {"pegasus_x", "switch_transformers"}))
+def test_the_encoder_of_an_encoder_decoder_family_loads_and_exports_as_sentence_transformers_loads_it(
+        tmp_path, model_type):
+    """sentence-transformers 6 loads these families' encoders alone (MarianEncoder, ...), and saves them so: their
+    folders failed here, AutoModel building the whole model, whose forward asks for decoder inputs ('You cannot
+    specify both decoder_input_ids and decoder_inputs_embeds')."""
+    import sentence_transformers as st
+
+    folder = make_tiny_seq2seq_encoder(tmp_path / "m", model_type)
+    theirs = st.SentenceTransformer(str(folder), device="cpu")
+    ours = SentenceTransformer(str(folder), device="cpu")
+    assert type(ours[0].auto_model) is type(theirs[0].auto_model)
+    expected = theirs.encode(TEXTS)
+    np.testing.assert_allclose(ours.encode(TEXTS), expected, atol=1e-6)
+    onnx = SentenceTransformer(str(folder), backend="onnx", device="cpu")
+    np.testing.assert_allclose(onnx.encode(TEXTS), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("model_type, why", [("switch_transformers", "mixture-of-experts"),
+                                             ("pegasus_x", "block-local attention")])
+def test_a_model_whose_graph_a_trace_cannot_capture_is_refused_naming_why(tmp_path, model_type, why):
+    """Their traced graphs fix what depends on the texts to the tracing batch's: ONNX Runtime failed on other texts
+    ('Cannot split using values in split attribute', 'cannot be reshaped'), or could run them wrongly."""
+    from st_onnx.errors import BackendError
+
+    folder = make_tiny_seq2seq_encoder(tmp_path / "m", model_type)
+    assert SentenceTransformer(str(folder), device="cpu").encode(TEXTS).shape == (len(TEXTS), 32)
+    with pytest.raises(BackendError, match=rf"\(model_type '{model_type}'\) has no fused graph: its {why}.*"
+                                           r"backend='torch' runs it"):
+        SentenceTransformer(str(folder), backend="onnx", device="cpu")
+    assert not (folder / "onnx").exists()
+
+
+def test_a_graph_onnx_runtime_cannot_run_on_the_parity_texts_fails_naming_the_model(tmp_path, monkeypatch):
+    """Pegasus-X's graph, let through: ONNX Runtime failed on the parity texts with a bare 'Fail:
+    [ONNXRuntimeError] ... Reshape ...' naming no model."""
+    from st_onnx.errors import BackendError
+    from st_onnx.export import exporter
+
+    monkeypatch.setattr(exporter, "_UNTRACEABLE_MODELS", {})
+    folder = make_tiny_seq2seq_encoder(tmp_path / "m", "pegasus_x")
+    with pytest.raises(BackendError, match=r"graph traced from PegasusXEncoder \(model_type 'pegasus_x'\) does "
+                                           r"not run in ONNX Runtime on the parity texts: .*backend='torch' runs it"):
+        SentenceTransformer(str(folder), backend="onnx", device="cpu")
+    assert not (folder / "onnx").exists()
 
 
 @pytest.mark.parametrize("arch", ["t5", "gemma3"])

@@ -63,6 +63,7 @@ def export_fused_graph(stack, out_dir: str | os.PathLike, precision: str = "fp32
         raise InvalidInputError(f"sentences (the texts parity is checked on) must be a list of non-empty strings; "
                                 f"got {sentences!r:.80}")
     check_traceable_transformers()
+    _check_traceable_model(stack.transformer.auto_model)
     was_training = stack.training
     digest = stack.content_digest()  # of the modules as given (fp16 ones too): what a save compares
     stack = _cpu_eval(stack)
@@ -116,6 +117,21 @@ def check_traceable_transformers(version: str | None = None) -> None:
             "(fixed in 5.9); install transformers>=5.23, this project's floor, to export (graphs exported already "
             "run with any version)"
         )
+
+
+# model types whose graph a trace cannot capture: it would fix, to the tracing batch's, what depends on the texts
+_UNTRACEABLE_MODELS = {
+    "switch_transformers": "its mixture-of-experts layers send each token to an expert chosen from the token's "
+                           "values, and a trace fixes how many tokens each expert gets",
+    "pegasus_x": "its block-local attention splits texts into blocks, and a trace fixes the number of blocks",
+}
+
+
+def _check_traceable_model(model) -> None:
+    why = _UNTRACEABLE_MODELS.get(getattr(model.config, "model_type", None))
+    if why:
+        raise BackendError(f"{type(model).__name__} (model_type {model.config.model_type!r}) has no fused graph: "
+                           f"{why}; backend='torch' runs it")
 
 
 def _export_into(stack, tmp: Path, target: Path, precision: str, fingerprint: str, opset: int, optimize: bool,
@@ -319,7 +335,7 @@ def _trace(stack, names: tuple[str, ...], path: Path, opset: int, prompt: bool =
 
 # torch's allocators raise RuntimeError ("DefaultCPUAllocator: can't allocate memory", "Could not allocate bytes
 # object!"): not a model the tracer cannot follow
-_OUT_OF_MEMORY = re.compile(r"out of memory|(can't|cannot|could not|unable to) allocate", re.IGNORECASE)
+_OUT_OF_MEMORY = re.compile(r"out of memory|(can't|cannot|could not|unable to|failed to) allocate", re.IGNORECASE)
 
 
 def _graph_inputs(session, names: tuple[str, ...]) -> tuple[str, ...]:
@@ -380,14 +396,33 @@ def _verify(stack, graph: Path, names, precision: str, sentences,
     # as the runtime's sessions (runtime/session.py default_session_options): fp32 weights not prepacked, which
     # would be a second copy of every GEMM weight (+0.3 GB for a 0.74 GB graph)
     options.add_session_config_entry("session.disable_prepacking", "0" if precision == "int8" else "1")
-    session = ort.InferenceSession(str(graph), sess_options=options, providers=providers)
-    if precision == "fp16" and session.get_providers()[0] != "CUDAExecutionProvider":
-        logger.warning("fp16 graph parity-checked on the CPU provider only (no usable CUDA GPU): this verifies the "
-                       "fp16 conversion, not the CUDA kernels it will run on")
-    names = _graph_inputs(session, names)
-    report = check_parity(stack, session, names, precision, sentences)
-    prompt_report = check_parity(stack, session, names, precision, sentences, prompt_length=2) if prompt else None
+    try:
+        session = ort.InferenceSession(str(graph), sess_options=options, providers=providers)
+        if precision == "fp16" and session.get_providers()[0] != "CUDAExecutionProvider":
+            logger.warning("fp16 graph parity-checked on the CPU provider only (no usable CUDA GPU): this verifies "
+                           "the fp16 conversion, not the CUDA kernels it will run on")
+        names = _graph_inputs(session, names)
+        report = check_parity(stack, session, names, precision, sentences)
+        prompt_report = check_parity(stack, session, names, precision, sentences, prompt_length=2) if prompt else None
+    except _ort_errors() as e:
+        if _OUT_OF_MEMORY.search(str(e)):
+            raise
+        model = stack.transformer.auto_model
+        # a graph traced with a shape of the tracing batch built in (Pegasus-X's blocks): it runs no other texts
+        raise BackendError(
+            f"the {precision} graph traced from {type(model).__name__} (model_type "
+            f"{getattr(model.config, 'model_type', None)!r}) does not run in ONNX Runtime on the parity texts: "
+            f"{type(e).__name__}: {str(e)[:300]}; backend='torch' runs it"
+        ) from e
     return report, prompt_report, names
+
+
+def _ort_errors() -> tuple[type[BaseException], ...]:
+    """ONNX Runtime's own exception classes (they derive from Exception alone)."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    return tuple(getattr(state, name) for name in ("Fail", "RuntimeException", "InvalidArgument", "NotImplemented",
+                                                     "InvalidGraph", "InvalidProtobuf") if hasattr(state, name))
 
 
 def _manifest(stack, graph: Path, names, dim: int, precision: str, fingerprint: str, opset: int,

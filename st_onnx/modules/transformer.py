@@ -1,5 +1,5 @@
-"""Transformer: a Hugging Face AutoModel (for T5, mT5, UMT5 and LongT5 the encoder class, as sentence-transformers
-loads them) and its fast tokenizer, producing token embeddings."""
+"""Transformer: a Hugging Face AutoModel (for T5 and the other encoder-decoder families, the encoder class, as
+sentence-transformers loads them) and its fast tokenizer, producing token embeddings."""
 
 from __future__ import annotations
 
@@ -26,8 +26,21 @@ _FIRST_IMPORT = threading.Lock()
 
 # encoder-decoder families whose sentence embeddings come from the encoder alone (sentence-t5, gtr-t5): loaded as
 # sentence-transformers loads them; AutoModel builds the encoder-decoder, whose forward asks for decoder inputs
-_ENCODER_CLASSES = {"t5": "T5EncoderModel", "mt5": "MT5EncoderModel", "umt5": "UMT5EncoderModel",
-                    "longt5": "LongT5EncoderModel"}
+# (model_type: the module holding the class, and its name; the text families of sentence-transformers 6's list)
+_ENCODER_CLASSES = {
+    "t5": ("transformers", "T5EncoderModel"),
+    "mt5": ("transformers", "MT5EncoderModel"),
+    "umt5": ("transformers", "UMT5EncoderModel"),
+    "longt5": ("transformers", "LongT5EncoderModel"),
+    "switch_transformers": ("transformers", "SwitchTransformersEncoderModel"),
+    "prophetnet": ("transformers", "ProphetNetEncoder"),
+    "marian": ("transformers.models.marian.modeling_marian", "MarianEncoder"),
+    "pegasus": ("transformers.models.pegasus.modeling_pegasus", "PegasusEncoder"),
+    "pegasus_x": ("transformers.models.pegasus_x.modeling_pegasus_x", "PegasusXEncoder"),
+    "m2m_100": ("transformers.models.m2m_100.modeling_m2m_100", "M2M100Encoder"),
+    "blenderbot": ("transformers.models.blenderbot.modeling_blenderbot", "BlenderbotEncoder"),
+    "blenderbot-small": ("transformers.models.blenderbot_small.modeling_blenderbot_small", "BlenderbotSmallEncoder"),
+}
 
 
 _ENCODER_LOAD = threading.Lock()
@@ -91,8 +104,9 @@ class Transformer(nn.Module):
                     model_name_or_path, config=config, **hf_kwargs, **(model_args or {})
                 )
             else:
-                self.auto_model = _load_encoder(getattr(import_module("transformers"), encoder_class),
-                                                model_name_or_path, config, hf_kwargs, model_args)
+                module, name = encoder_class
+                self.auto_model = _load_encoder(getattr(import_module(module), name), model_name_or_path, config,
+                                                hf_kwargs, model_args)
             self.tokenizer = AutoTokenizer.from_pretrained(
                 tokenizer_name_or_path or model_name_or_path, **hf_kwargs, **(tokenizer_args or {})
             )
