@@ -205,18 +205,15 @@ def _save_encoder(folder: Path, raw: Path, config: Any, pooling: str, seed: int)
     return _wrap_transformer(folder, raw, pooling)
 
 
-# the encoders of encoder-decoder families sentence-transformers 6 loads alone (besides T5's): config class, and
-# the encoder class with its module
+# the encoders of encoder-decoder families sentence-transformers 6 loads alone (besides T5's): config class and
+# encoder class, the latter in transformers.models.<type>.modeling_<type>
 SEQ2SEQ_ENCODERS = {
-    "marian": ("MarianConfig", "transformers.models.marian.modeling_marian", "MarianEncoder"),
-    "pegasus": ("PegasusConfig", "transformers.models.pegasus.modeling_pegasus", "PegasusEncoder"),
-    "m2m_100": ("M2M100Config", "transformers.models.m2m_100.modeling_m2m_100", "M2M100Encoder"),
-    "blenderbot": ("BlenderbotConfig", "transformers.models.blenderbot.modeling_blenderbot", "BlenderbotEncoder"),
-    "blenderbot-small": ("BlenderbotSmallConfig", "transformers.models.blenderbot_small.modeling_blenderbot_small",
-                         "BlenderbotSmallEncoder"),
-    "prophetnet": ("ProphetNetConfig", "transformers", "ProphetNetEncoder"),
-    "switch_transformers": ("SwitchTransformersConfig", "transformers", "SwitchTransformersEncoderModel"),
-    "pegasus_x": ("PegasusXConfig", "transformers.models.pegasus_x.modeling_pegasus_x", "PegasusXEncoder"),
+    "marian": ("MarianConfig", "MarianEncoder"), "pegasus": ("PegasusConfig", "PegasusEncoder"),
+    "m2m_100": ("M2M100Config", "M2M100Encoder"), "blenderbot": ("BlenderbotConfig", "BlenderbotEncoder"),
+    "blenderbot-small": ("BlenderbotSmallConfig", "BlenderbotSmallEncoder"),
+    "prophetnet": ("ProphetNetConfig", "ProphetNetEncoder"),
+    "switch_transformers": ("SwitchTransformersConfig", "SwitchTransformersEncoderModel"),
+    "pegasus_x": ("PegasusXConfig", "PegasusXEncoder"),
 }
 
 
@@ -243,7 +240,9 @@ def make_tiny_seq2seq_encoder(folder: Path, model_type: str, seed: int = 0) -> P
                                     num_heads=4, num_experts=2, expert_capacity=8, relative_attention_num_buckets=8),
         "pegasus_x": dict(bart, block_size=8, num_global_tokens=4),
     }.get(model_type, bart)
-    config_class, module, name = SEQ2SEQ_ENCODERS[model_type]
+    config_class, name = SEQ2SEQ_ENCODERS[model_type]
+    family = model_type.replace("-", "_")
+    module = f"transformers.models.{family}.modeling_{family}"
     config = getattr(tf, config_class)(**kwargs, pad_token_id=pad, decoder_start_token_id=pad)
     raw = folder.parent / (folder.name + "-hf")
     raw.mkdir(parents=True)

@@ -209,7 +209,6 @@ def test_module_methods_scripts_call_behave_as_sentence_transformers(tiny_model_
     assert ours.encode(SENTENCES).dtype == np.float32
 
 
-
 @pytest.mark.parametrize("cast", ["half", "bfloat16"])
 @pytest.mark.parametrize("mode", ["mean", "weightedmean", "mean_sqrt_len_tokens"])
 def test_half_precision_pooling_sums_in_fp32_as_sentence_transformers(tmp_path, cast, mode):
@@ -220,7 +219,6 @@ def test_half_precision_pooling_sums_in_fp32_as_sentence_transformers(tmp_path, 
     got, want = (m.encode(texts, convert_to_tensor=True) for m in (ours, theirs))
     assert got.dtype == want.dtype == getattr(torch, {"half": "float16"}.get(cast, cast))
     assert torch.equal(got, want)
-
 
 
 @pytest.mark.parametrize("backend", ["torch", "onnx"])
@@ -361,7 +359,6 @@ def test_modules_from_sentence_transformers_models_are_adopted(tmp_path):
         SentenceTransformer(modules=[transformer, pooling, models.LayerNorm(32)], device="cpu")
 
 
-
 @pytest.mark.parametrize("kind, kwargs", [
     ("Dense", {"use_residual": True}),
     ("Dense", {"module_input_name": "token_embeddings"}),
@@ -393,7 +390,6 @@ def test_modules_routed_off_the_sentence_embedding_are_refused(tmp_path, kind, k
     theirs.save(str(tmp_path / "saved"))
     with pytest.raises(ModelFolderError, match=name):
         SentenceTransformer(str(tmp_path / "saved"), device="cpu")
-
 
 
 def _with_chat_template(folder):
@@ -547,7 +543,6 @@ def test_the_default_max_seq_length_is_the_smaller_of_positions_and_tokenizer_li
     config = raw / "tokenizer_config.json"
     config.write_text(json.dumps({**json.loads(config.read_text()), "model_max_length": 512}))
     assert Transformer(str(raw)).max_seq_length == 128 == st.SentenceTransformer(str(raw), device="cpu").max_seq_length
-
 
 
 def test_a_dense_without_bias_and_with_given_weights_round_trips_as_sentence_transformers(tmp_path):

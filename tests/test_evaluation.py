@@ -166,7 +166,6 @@ def test_main_similarity_and_from_input_examples(pairs):
         InformationRetrievalEvaluator({"q": "the cat"}, {}, {"q": {"d"}})
 
 
-
 @pytest.mark.parametrize("build, named", [
     (lambda: EmbeddingSimilarityEvaluator(["a", "b"], ["c", "d"], [0.5, 0.2], 16, None, None, "sts-dev"),
      "show_progress_bar='sts-dev'"),
@@ -183,6 +182,7 @@ def test_evaluators_built_in_the_newer_positional_order_are_refused_when_built(b
     EmbeddingSimilarityEvaluator(["a", "b"], ["c", "d"], [0.5, 0.2], 16, None, None, None, None)  # 2.x's defaults
     EmbeddingSimilarityEvaluator(["a", "b"], ["c", "d"], [0.5, 0.2], np.int64(8), show_progress_bar=1, write_csv=0)
     TripletEvaluator(["a"], ["b"], ["c"], None, None, np.int64(8), np.bool_(False), 0)  # truth values, as encode
+
 
 def test_sequential_evaluator(pairs):
     s1, s2, scores, labels = pairs

@@ -225,7 +225,6 @@ def test_failed_export_into_a_new_folder_leaves_no_folder(exported, tmp_path, mo
     assert list(tmp_path.iterdir()) == []  # neither new/onnx/st_onnx/ nor its work folder
 
 
-
 def test_fp32_parity_fails_a_graph_off_on_one_text_of_many():
     """The per-text threshold, not the mean: one text at cosine 0.999 among 200 keeps the mean above 0.99999."""
     from st_onnx.export.verify import compare
@@ -264,6 +263,7 @@ def test_parity_pads_every_batch_so_a_graph_pooling_the_padding_fails(tiny_model
     texts = ["the cat"] * 8 + ["the quick brown fox jumps over the lazy dog"] * 8
     assert check_parity(stack, real, names, "fp32", texts).passed
     assert not check_parity(stack, PaddingLeaks(), names, "fp32", texts).passed
+
 
 def test_parity_fails_embeddings_of_the_right_direction_and_another_length(tmp_path):
     """Cosine alone passed a graph whose embeddings were scaled: here the graph of a model pooling with

@@ -411,7 +411,6 @@ def test_save_to_hub_refuses_a_token_in_privates_place(server, tiny_model_dir, m
     assert not any(path.startswith("/api/repos") for _, path in server.requests)
 
 
-
 def test_save_to_hub_refuses_the_newer_order_that_asks_for_a_private_repo(server, tiny_model_dir):
     """save_to_hub(repo, None, None, True) asks sentence-transformers 3-6 for a private repo; in 2.x's order the True
     is the commit message, and the model went to a public repo with a commit titled 'True'."""
@@ -439,6 +438,7 @@ def test_a_prompt_name_as_the_fifth_argument_for_a_hub_id_is_refused_naming_the_
         SentenceTransformer("alice/prompted", None, "cpu", None, "query")
     assert SentenceTransformer("alice/prompted", None, "cpu", None, TOKEN).prompts["query"] == "query: "
 
+
 def _push_folder(server, repo_id: str, folder: Path) -> str:
     files = {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*")
              if p.is_file() and "st_onnx" not in p.parts}
@@ -459,7 +459,6 @@ def test_a_bare_name_is_a_sentence_transformers_model_as_there(server, tiny_mode
     assert "/api/models/bert-base-uncased" in server.paths_requested("GET")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     assert SentenceTransformer("tiny-st", cache_folder=cache, device="cpu").model_path == model.model_path
-
 
 
 def test_original_checkpoint_names_match_in_any_case_as_in_sentence_transformers():
@@ -495,6 +494,7 @@ def test_safe_serialization_other_than_true_is_refused(value):
     check_safe_serialization(True)
     with pytest.raises(InvalidInputError, match="safe_serialization"):
         check_safe_serialization(value)
+
 
 def test_a_hub_that_accepts_and_never_answers_times_out(server, tmp_path, monkeypatch):
     """A stalled proxy or endpoint held the constructor forever (no timeout on the metadata call)."""

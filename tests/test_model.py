@@ -305,7 +305,6 @@ def test_a_folder_that_cannot_be_swapped_is_saved_into_in_place(tmp_path, tiny_m
                                m.encode(["a cat"]), atol=1e-6)
 
 
-
 def test_a_json_write_that_fails_midway_leaves_the_old_file_whole(tmp_path):
     """Manifests, stat records, modules.json and configs are written beside and renamed over: never half a file."""
     path = tmp_path / "config.json"
@@ -314,6 +313,7 @@ def test_a_json_write_that_fails_midway_leaves_the_old_file_whole(tmp_path):
         layout.write_json(path, {"b": 2, "c": object()})  # json.dump fails after writing '{"b": 2, "c": '
     assert json.loads(path.read_text()) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["config.json"]
+
 
 def test_a_failed_rename_puts_the_old_folder_back(tmp_path, tiny_model_dir, monkeypatch):
     import os
@@ -489,7 +489,6 @@ def test_prompts_in_the_newer_positional_place_are_refused_naming_the_order(tiny
     assert model.prompts["query"] == "query: " and model.default_prompt_name == "query"
 
 
-
 def test_a_prompt_name_as_the_fifth_argument_is_refused_naming_the_order(tiny_model_dir, tmp_path):
     """sentence-transformers 2.4-5 take default_prompt_name fifth: here that is use_auth_token, and 'query' was kept
     as a token (unused for a folder) while encode ran without the prompt."""
@@ -510,6 +509,7 @@ def test_cuda_takes_what_nn_module_cuda_takes(tiny_model_dir, monkeypatch):
     model.cuda(torch.device("cuda", 1)), model.cuda(torch.device("cuda")), model.cuda(2), model.cuda()
     model.cuda(np.int64(3))
     assert asked == ["cuda:1", "cuda", "cuda:2", "cuda", "cuda:3"]
+
 
 def test_onnx_options_without_the_onnx_backend_are_refused(tiny_model_dir):
     """They would be ignored: the torch modules run, at fp32, whatever the options ask."""

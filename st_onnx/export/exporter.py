@@ -408,7 +408,8 @@ def _verify(stack, graph: Path, names, precision: str, sentences,
         if _OUT_OF_MEMORY.search(str(e)):
             raise
         model = stack.transformer.auto_model
-        # a graph traced with a shape of the tracing batch built in (Pegasus-X's blocks): it runs no other texts
+        # a graph traced with a shape of the tracing batch built in runs no other texts (Pegasus-X's did, before
+        # _UNTRACEABLE_MODELS refused it)
         raise BackendError(
             f"the {precision} graph traced from {type(model).__name__} (model_type "
             f"{getattr(model.config, 'model_type', None)!r}) does not run in ONNX Runtime on the parity texts: "

@@ -26,20 +26,12 @@ _FIRST_IMPORT = threading.Lock()
 
 # encoder-decoder families whose sentence embeddings come from the encoder alone (sentence-t5, gtr-t5): loaded as
 # sentence-transformers loads them; AutoModel builds the encoder-decoder, whose forward asks for decoder inputs
-# (model_type: the module holding the class, and its name; the text families of sentence-transformers 6's list)
+# (the text families of sentence-transformers 6's list; each class is in transformers.models.<type>.modeling_<type>)
 _ENCODER_CLASSES = {
-    "t5": ("transformers", "T5EncoderModel"),
-    "mt5": ("transformers", "MT5EncoderModel"),
-    "umt5": ("transformers", "UMT5EncoderModel"),
-    "longt5": ("transformers", "LongT5EncoderModel"),
-    "switch_transformers": ("transformers", "SwitchTransformersEncoderModel"),
-    "prophetnet": ("transformers", "ProphetNetEncoder"),
-    "marian": ("transformers.models.marian.modeling_marian", "MarianEncoder"),
-    "pegasus": ("transformers.models.pegasus.modeling_pegasus", "PegasusEncoder"),
-    "pegasus_x": ("transformers.models.pegasus_x.modeling_pegasus_x", "PegasusXEncoder"),
-    "m2m_100": ("transformers.models.m2m_100.modeling_m2m_100", "M2M100Encoder"),
-    "blenderbot": ("transformers.models.blenderbot.modeling_blenderbot", "BlenderbotEncoder"),
-    "blenderbot-small": ("transformers.models.blenderbot_small.modeling_blenderbot_small", "BlenderbotSmallEncoder"),
+    "t5": "T5EncoderModel", "mt5": "MT5EncoderModel", "umt5": "UMT5EncoderModel", "longt5": "LongT5EncoderModel",
+    "switch_transformers": "SwitchTransformersEncoderModel", "prophetnet": "ProphetNetEncoder",
+    "marian": "MarianEncoder", "pegasus": "PegasusEncoder", "pegasus_x": "PegasusXEncoder", "m2m_100": "M2M100Encoder",
+    "blenderbot": "BlenderbotEncoder", "blenderbot-small": "BlenderbotSmallEncoder",
 }
 
 
@@ -98,15 +90,16 @@ class Transformer(nn.Module):
 
         try:  # a broken folder: one error that names it (OSError, for missing files, passes as transformers raises it)
             config = AutoConfig.from_pretrained(model_name_or_path, **hf_kwargs, **(config_args or {}))
-            encoder_class = _ENCODER_CLASSES.get(getattr(config, "model_type", None))
-            if encoder_class is None:
+            model_type = getattr(config, "model_type", None)
+            if model_type not in _ENCODER_CLASSES:
                 self.auto_model = AutoModel.from_pretrained(
                     model_name_or_path, config=config, **hf_kwargs, **(model_args or {})
                 )
             else:
-                module, name = encoder_class
-                self.auto_model = _load_encoder(getattr(import_module(module), name), model_name_or_path, config,
-                                                hf_kwargs, model_args)
+                family = model_type.replace("-", "_")  # blenderbot-small's module is blenderbot_small
+                module = import_module(f"transformers.models.{family}.modeling_{family}")
+                self.auto_model = _load_encoder(getattr(module, _ENCODER_CLASSES[model_type]), model_name_or_path,
+                                                config, hf_kwargs, model_args)
             self.tokenizer = AutoTokenizer.from_pretrained(
                 tokenizer_name_or_path or model_name_or_path, **hf_kwargs, **(tokenizer_args or {})
             )

@@ -9,10 +9,10 @@ Choices, each measured on the 2-core development machine (see benchmarks/bench_e
   ``encode.batching.DEFAULT_TOKEN_BUDGET`` padded tokens (runtime/encoder.py runs 'cores' of them at once), so
   the arena stops growing after the first full batches. Kept on, it spares every run the page faults of fresh
   buffers and pools the runs' memory; off, each executor thread's malloc arena keeps its own high-water mark, and
-  runs are 8-18% slower. Measured when the budget was 1024 (all-MiniLM-L6-v2, 2 runs of 1024 tokens at once): 60 mixed batches (1-32
-  texts x 2-300 words) flat at 272 MB with the arena, 288 -> 313 MB creeping without; peak RSS 244 MB (1000
-  short texts) and 323 MB (1000 long) against 277 MB and 364 MB without. ORT's kSameAsRequested extension
-  strategy fragments on the CPU (+100 MB on short texts); the CUDA arena uses it.
+  runs are 8-18% slower. Measured when the budget was 1024 (all-MiniLM-L6-v2, 2 runs of 1024 tokens at once):
+  60 mixed batches (1-32 texts x 2-300 words) flat at 272 MB with the arena, 288 -> 313 MB creeping without; peak
+  RSS 244 MB (1000 short texts) and 323 MB (1000 long) against 277 MB and 364 MB without. ORT's kSameAsRequested
+  extension strategy fragments on the CPU (+100 MB on short texts); the CUDA arena uses it.
 - fusions: on the CPU, ORT's load-time SkipLayerNormFusion and BiasGeluFusion are switched off: its CPU kernels
   for those fused ops are slower than the ops they replace (numbers in export/optimize.py), and CPU graphs are
   exported without them. A CUDA session keeps them.
