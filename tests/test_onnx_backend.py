@@ -297,6 +297,7 @@ def test_copies_of_modules_do_not_pile_up_in_the_cache_and_those_in_use_stay(tin
     """modules=[...] with new weights each time (a training loop evaluating on the onnx backend) saved a full
     model folder with its graph into the cache every time, for good (143 MB each for MiniLM int8; found by a
     review of a long-running service). Copies beyond the last few go, unless a live model still uses them."""
+    import copy
     import gc
 
     import torch
@@ -307,10 +308,11 @@ def test_copies_of_modules_do_not_pile_up_in_the_cache_and_those_in_use_stay(tin
     modules = list(load_stack(tiny_folder))
     root = tmp_path / "st_onnx_graphs" / "modules"
 
-    def new_weights_model():
+    def new_weights_model():  # a model of its own modules: the next step's change would leave its graph behind
         with torch.no_grad():
             modules[0].auto_model.embeddings.word_embeddings.weight[0, 0] += 0.01  # a training step
-        return SentenceTransformer(modules=modules, backend="onnx", device="cpu", cache_folder=str(tmp_path))
+        return SentenceTransformer(modules=copy.deepcopy(modules), backend="onnx", device="cpu",
+                                   cache_folder=str(tmp_path))
 
     def copies():
         return sorted(p.name for p in root.iterdir() if not p.name.startswith("."))
@@ -347,7 +349,8 @@ def test_a_modules_copy_stays_while_a_shallow_copy_of_its_model_runs_it_and_unus
     def new_weights_model():
         with torch.no_grad():
             modules[0].auto_model.embeddings.word_embeddings.weight[0, 0] += 0.01
-        return SentenceTransformer(modules=modules, backend="onnx", device="cpu", cache_folder=str(tmp_path))
+        return SentenceTransformer(modules=copy.deepcopy(modules), backend="onnx", device="cpu",
+                                   cache_folder=str(tmp_path))
 
     original = new_weights_model()
     twin = copy.copy(original)
@@ -616,6 +619,43 @@ def test_save_carries_the_graph_when_the_modules_are_unchanged(tiny_model_copy, 
     for folder in ("weights", "pooling"):
         assert not (tmp_path / folder / layout.FUSED_DIR).exists(), folder
     assert sum("not carrying fp32.onnx" in r.getMessage() for r in caplog.records) == 2
+
+
+def test_torch_modules_changed_in_memory_are_refused_rather_than_encoded_with_the_old_graph(tiny_model_copy):
+    """``model[i]`` are the modules the graph was exported from: once their weights or settings change in memory
+    (an optimizer step over ``model.parameters()``, a pooling mode), the graph computes something else, and
+    encoding with it would return the old model's embeddings without a word."""
+    from st_onnx.errors import BackendError
+
+    model = SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu")
+    before = model.encode(SENTENCES)
+    model[1].pooling_mode = "max"
+    with pytest.raises(BackendError, match=r"changed in memory.*model\[1\] \(Pooling\).*pooling_mode_max_tokens"):
+        model.encode(SENTENCES)
+    with pytest.raises(BackendError, match="changed in memory"):  # the pool's sessions run the same graph
+        model.encode(SENTENCES, pool=object())
+    model[1].pooling_mode = "mean"  # back to what the graph computes
+    np.testing.assert_array_equal(model.encode(SENTENCES), before)
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    features = {k: torch.from_numpy(v) for k, v in model.tokenize(SENTENCES).items()}
+    model.forward(features)["sentence_embedding"].sum().backward()
+    optimizer.step()
+    with pytest.raises(BackendError, match=r"model\[0\] \(Transformer\): its tensor 'auto_model\..*Save the model"):
+        model.encode(SENTENCES[0])
+
+
+def test_shared_settings_and_the_same_weights_loaded_again_are_no_change(tiny_model_copy):
+    """max_seq_length and include_prompt reach the graph; weights written again with the same values (their
+    version counters move) are compared by content and pass."""
+    model = SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu")
+    before = model.encode(SENTENCES)
+    model[0].auto_model.load_state_dict({k: v.clone() for k, v in model[0].auto_model.state_dict().items()})
+    model[1].include_prompt = False
+    model[0].max_seq_length = 8
+    assert model.encode(SENTENCES).shape == before.shape  # no BackendError
+    model[0].max_seq_length, model[1].include_prompt = 128, True
+    np.testing.assert_array_equal(model.encode(SENTENCES), before)
 
 
 def test_a_text_longer_than_the_model_takes_raises_a_runtime_error(tiny_model_copy):

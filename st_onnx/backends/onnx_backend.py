@@ -121,6 +121,8 @@ class OnnxBackend:
         self._include_prompt = bool(self.manifest.get("pooling_include_prompt", True))
         self._linked_transformer: Any = None  # the torch Transformer module, once the facade loads it
         self._linked_pooling: Any = None  # and its Pooling module
+        self._linked_stack: Any = None  # all of them, and their change marks when linked: see check_modules
+        self._linked_marks: Any = None
         self._device_lock = threading.Lock()  # device changes from several threads: one at a time
         self._encoder = self._make_encoder(device)
         # the graph's own inputs decide whether pairs carry token types (its manifest says so too, unless edited)
@@ -255,6 +257,29 @@ class OnnxBackend:
         if pooling is not None:
             pooling.include_prompt = self._include_prompt
             self._linked_pooling = pooling
+        self._linked_stack, self._linked_marks = stack, stack.change_marks()
+
+    def check_modules(self) -> None:
+        """Refuse to encode once the linked torch modules compute something other than the graph: their weights
+        or settings changed in memory (an optimizer step over ``model.parameters()``, ``model[0].auto_model``'s
+        ``load_state_dict``, ``model[1].pooling_mode = ...``), which the graph, exported from the saved ones,
+        does not follow. Cheap marks tell that nothing changed; where they moved, the modules' content digest
+        is compared with the one the graph was exported from (weights loaded again unchanged pass)."""
+        stack = self._linked_stack
+        if stack is None:
+            return
+        marks = stack.change_marks()
+        if marks == self._linked_marks:
+            return
+        if stack.content_digest(self.manifest.get("pooling_include_prompt")) == self.manifest.get("module_digest"):
+            self._linked_marks = marks
+            return
+        raise BackendError(
+            f"the torch modules changed in memory since the graph {self.graph_path.name} was exported from them "
+            f"({_first_change(self._linked_marks, marks)}); the onnx backend would encode with the old weights and "
+            "settings. Save the model and load the saved folder with backend='onnx' (its graph is exported again), "
+            "or encode with backend='torch'"
+        )
 
     def _sync_max_seq_length(self) -> None:
         linked = self._linked_transformer
@@ -287,6 +312,7 @@ class OnnxBackend:
         return self.text_tokenizer.prompt_length(prompt)  # the property: at the max_seq_length in use
 
     def encode(self, inputs: list, opts: EncodeOptions) -> Any:
+        self.check_modules()
         if opts.device is not None:
             self.to(opts.device)
         self._sync_max_seq_length()
@@ -295,6 +321,18 @@ class OnnxBackend:
 
     def __repr__(self) -> str:
         return f"OnnxBackend({str(self.graph_path)!r}, device={self.device!r})"
+
+
+def _first_change(before: list, after: list) -> str:
+    """Which module changed between two ``change_marks``, and how, in words."""
+    for idx, ((kind, settings, tensors), (_, settings_now, tensors_now)) in enumerate(zip(before, after)):
+        keys = sorted(k for k in settings.keys() | settings_now.keys() if settings.get(k) != settings_now.get(k))
+        if keys:
+            return f"model[{idx}] ({kind}): its settings {keys}"
+        if tensors != tensors_now:
+            names = [a[0] for a, b in zip(tensors, tensors_now) if a != b] or [t[0] for t in tensors_now]
+            return f"model[{idx}] ({kind}): its tensor {names[0]!r}"
+    return "the list of modules"
 
 
 # (folder, precision) -> [its lock, the threads holding or waiting for it]; an entry goes with its last thread, so

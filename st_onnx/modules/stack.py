@@ -64,7 +64,7 @@ class ModuleStack(nn.Sequential):
                     return int(getattr(module, attr)())
         return None
 
-    def content_digest(self) -> str:
+    def content_digest(self, include_prompt: bool | None = None) -> str:
         """sha256 of what the modules compute: each module's kind and settings (a Transformer's model config as
         transformers reads it) and every tensor of its state dict, bytes and all.
 
@@ -75,15 +75,18 @@ class ModuleStack(nn.Sequential):
         keys of the model config (``_name_or_path``, ``transformers_version``, the attention implementation), and
         its ``architectures``, which transformers' save rewrites to the class that saves (a checkpoint saved as
         T5ForConditionalGeneration or BertForMaskedLM is written as T5EncoderModel or BertModel by the same modules).
+        ``include_prompt``, where given, stands for the Pooling modules' own (the onnx backend shares that setting
+        with its graph, and compares the modules as they were at export).
         """
         import hashlib
         import json
 
         h = hashlib.sha256()
         for idx, module in enumerate(self):
-            settings: dict[str, Any] = dict(module.get_config_dict()) if hasattr(module, "get_config_dict") else {}
+            settings = _settings(module)
+            if include_prompt is not None and "include_prompt" in settings:
+                settings["include_prompt"] = include_prompt
             if isinstance(module, Transformer):
-                settings = {k: v for k, v in settings.items() if k not in ("max_seq_length", "do_lower_case")}
                 config = module.auto_model.config.to_dict()
                 settings["model_config"] = {k: v for k, v in config.items()
                                             if not k.startswith("_") and k not in ("transformers_version",
@@ -94,6 +97,18 @@ class ModuleStack(nn.Sequential):
                 h.update(f"\0{name}:{tensor.dtype}:{tuple(tensor.shape)}\0".encode())
                 h.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
         return "sha256:" + h.hexdigest()
+
+    def change_marks(self) -> list[tuple]:
+        """Cheap marks of the modules' state, one per module: its kind and settings (those ``content_digest``
+        reads, less the model config and ``include_prompt``) and, per tensor, its identity, storage, dtype, shape and
+        torch's in-place version counter, which optimizer steps, ``load_state_dict`` and casts all move. Marks that
+        differ from earlier ones mean the modules may have changed (``content_digest`` tells); equal marks mean they
+        have not, short of writes through a tensor's ``.data``, which torch does not count."""
+        return [(type(module).__name__,
+                 {k: v for k, v in _settings(module).items() if k != "include_prompt"},  # shared with the graph
+                 [(name, id(t), t._version, t.data_ptr(), t.dtype, tuple(t.shape))
+                  for name, t in module.state_dict(keep_vars=True).items()])
+                for module in self]
 
     def save(self, folder: str | os.PathLike) -> list[dict]:
         """Write every module into ``folder`` and return the modules.json entries."""
@@ -114,6 +129,15 @@ class ModuleStack(nn.Sequential):
             entries.append({"idx": idx, "name": str(idx), "path": path, "type": layout.MODULE_TYPES[kind]})
         layout.write_json(folder / layout.MODULES_JSON, entries)
         return entries
+
+
+def _settings(module: nn.Module) -> dict[str, Any]:
+    """A module's settings as its config file holds them, less the tokenizer's (``max_seq_length``,
+    ``do_lower_case``), which the graph does not depend on."""
+    settings: dict[str, Any] = dict(module.get_config_dict()) if hasattr(module, "get_config_dict") else {}
+    if isinstance(module, Transformer):
+        settings = {k: v for k, v in settings.items() if k not in ("max_seq_length", "do_lower_case")}
+    return settings
 
 
 def adopt(module: Any) -> Any:
