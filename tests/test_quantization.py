@@ -119,8 +119,10 @@ def test_encode_quantizes_token_embeddings_as_sentence_transformers(tiny_model_c
                 assert all(np.array_equal(g, w) for g, w in zip(got, want))
     one = ours.encode(SENTENCES[0], output_value="token_embeddings", precision="binary")
     assert isinstance(one, np.ndarray) and one.dtype == np.int8 and one.shape == (len(got[0]), 4)
-    tensors = ours.encode(SENTENCES, output_value="token_embeddings", precision="int8", convert_to_tensor=True)
-    assert all(isinstance(t, torch.Tensor) and t.dtype == torch.int8 for t in tensors)
+    for kwargs in ({"convert_to_tensor": True}, {"convert_to_tensor": True, "convert_to_numpy": False}):
+        got = ours.encode(SENTENCES, output_value="token_embeddings", precision="int8", **kwargs)
+        want = theirs.encode(SENTENCES, output_value="token_embeddings", precision="int8", **kwargs)
+        assert [type(g) for g in got] == [type(w) for w in want] == [np.ndarray] * len(SENTENCES)  # were tensors
 
 
 def test_encode_with_a_pool_is_encode_multi_process(tiny_model_copy):
