@@ -13,7 +13,9 @@ Each one subclasses the builtin it means, so code that already catches ``ValueEr
     ├── BackendError                 (RuntimeError) the operation needs the other backend (e.g. ``fit`` on ONNX)
     ├── GraphRunError                (RuntimeError) ONNX Runtime failed running the graph on a batch
     ├── PoolError                    (RuntimeError) the session pool is stopped or a worker died
-    └── HubError                     (RuntimeError) a hub call failed: names the repo and the fix
+    ├── HubError                     (RuntimeError) a hub call failed: names the repo and the fix
+    └── DiskFullError                (OSError, errno ENOSPC) a write ran out of room: names the folder and the
+                                     room left there (nothing half-written is left)
 
     ProviderFallbackWarning          (RuntimeWarning, not an StOnnxError) CUDA was asked for, ONNX Runtime bound
                                      the CPU
@@ -71,6 +73,10 @@ class PoolError(StOnnxError, RuntimeError):
 
 class HubError(StOnnxError, RuntimeError):
     """A call to the Hugging Face Hub failed."""
+
+
+class DiskFullError(StOnnxError, OSError):
+    """A write ran out of room on its disk (``errno`` ENOSPC): the message names the folder written into."""
 
 
 class ProviderFallbackWarning(RuntimeWarning):

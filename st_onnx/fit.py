@@ -394,6 +394,7 @@ def fit(model, train_objectives, evaluator=None, epochs: int = 1, steps_per_epoc
         return checkpoint_path is not None and bool(checkpoint_save_steps) and step % checkpoint_save_steps == 0
 
     first_epoch, first_step = divmod(state.global_step, steps_per_epoch) if steps_per_epoch else (epochs, 0)
+    resumed_at = state.global_step
     for epoch in trange(first_epoch, epochs, desc="Epoch", disable=not show_progress_bar):
         _set_train(model, objectives, True)
         start = first_step if epoch == first_epoch else 0
@@ -416,7 +417,9 @@ def fit(model, train_objectives, evaluator=None, epochs: int = 1, steps_per_epoc
     _set_train(model, objectives, False)
     if evaluator is None and output_path is not None:
         model.save(output_path)
-    if checkpoint_path is not None:
+    # the last step, unless the end of its epoch was checkpointed just now (again, it would take a second copy's
+    # room on the disk, and fail there after the training had succeeded)
+    if checkpoint_path is not None and not (state.global_step > resumed_at and checkpoint_due(state.global_step)):
         _checkpoint(model, checkpoint_path, checkpoint_save_total_limit, objectives, state)
     _note_old_graphs(model)
 

@@ -18,6 +18,7 @@ repo id and the fix. A token is never put into a message, a log line or a file.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import glob
 import logging
@@ -290,16 +291,17 @@ def push(model, repo_id: str, *, private: bool | None, commit_message: str, loca
     try:
         if "/" not in repo_id:
             repo_id = f"{api.whoami()['name']}/{repo_id}"
-        _create_repo(api, repo_id, private, exist_ok)
-        keep_card = not replace_model_card and api.file_exists(repo_id, "README.md")
-        if local_model_path is not None:
-            commit = _upload(api, repo_id, local_model_path, commit_message, keep_card)
-        else:
-            with tempfile.TemporaryDirectory(prefix="st-onnx-push-") as tmp:
-                folder = Path(tmp) / "model"
+        if not exist_ok and api.repo_exists(repo_id):  # before the save below, which may take minutes
+            raise _exists_error(repo_id)
+        keep_card = not replace_model_card and api.file_exists(repo_id, "README.md")  # False: no such repo yet
+        with contextlib.ExitStack() as cleanup:
+            folder = local_model_path
+            if folder is None:  # saved before the repo is made: a save that fails (a full disk) makes no empty repo
+                folder = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="st-onnx-push-"))) / "model"
                 model.save(folder, model_name=repo_id, create_model_card=not keep_card,
                            train_datasets=train_datasets)
-                commit = _upload(api, repo_id, folder, commit_message, keep_card)
+            _create_repo(api, repo_id, private, exist_ok)
+            commit = _upload(api, repo_id, folder, commit_message, keep_card)
     except HubError:
         raise
     except Exception as e:
@@ -352,11 +354,13 @@ def _create_repo(api, repo_id: str, private: bool | None, exist_ok: bool) -> Non
         api.create_repo(repo_id, private=private, exist_ok=exist_ok)
     except HfHubHTTPError as e:
         if _status(e) == 409:
-            raise HubError(
-                f"the Hub repo {repo_id!r} already exists (409 Conflict): pass exist_ok=True to push into it "
-                "(a new commit; its README.md is kept unless replace_model_card=True), or choose another repo_name"
-            ) from e
+            raise _exists_error(repo_id) from e
         raise
+
+
+def _exists_error(repo_id: str) -> HubError:
+    return HubError(f"the Hub repo {repo_id!r} already exists (409 Conflict): pass exist_ok=True to push into it (a "
+                    "new commit; its README.md is kept unless replace_model_card=True), or choose another repo_name")
 
 
 def _upload(api, repo_id: str, folder: str | os.PathLike, commit_message: str, keep_card: bool):

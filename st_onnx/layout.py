@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import InvalidInputError, ModelFolderError
+from .errors import DiskFullError, InvalidInputError, ModelFolderError
 
 logger = logging.getLogger(__name__)
 
@@ -293,9 +293,39 @@ def work_folder(parent: str | os.PathLike, kind: str, fallback: Path | None = No
                 raise
     try:
         yield tmp
+    except BaseException as e:
+        full = disk_full(e, parent)
+        if full is not None:
+            raise full from e
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         remove_empty(made)  # a failed write leaves no empty onnx/st_onnx/ behind; a graph written keeps it
+
+
+# How other libraries' writers report a full disk when they raise no OSError (safetensors' SafetensorError,
+# tokenizers' Exception): the text of the OS error only
+_DISK_FULL_TEXTS = ("No space left on device", "os error 28", "Disk quota exceeded", "os error 122")
+
+
+def disk_full(error: BaseException, folder: Path) -> DiskFullError | None:
+    """For an error that a full disk caused while writing into ``folder``, a DiskFullError naming the folder and
+    the room left there; None for any other error, and for one that names its folder already."""
+    if isinstance(error, DiskFullError):
+        return None
+    if isinstance(error, OSError):
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            return None
+    elif not any(text in str(error) for text in _DISK_FULL_TEXTS):
+        return None
+    where = next((p for p in (folder, *folder.parents) if p.exists()), folder)
+    try:
+        room = f"{shutil.disk_usage(where).free / 1e6:,.0f} MB free there now"
+    except OSError:
+        room = "its free space unknown"
+    detail = "" if isinstance(error, OSError) and not error.filename else f" ({type(error).__name__}: {error})"
+    return DiskFullError(errno.ENOSPC, f"No space left on device writing into {folder} ({room}; what was written "
+                                       f"is removed again){detail}")
 
 
 def missing_folders(folder: Path) -> list[Path]:
@@ -390,8 +420,9 @@ def atomic_folder(target: str | os.PathLike) -> Iterator[Path]:
 
     An existing ``target`` that cannot be swapped is filled in place, entry by entry, as sentence-transformers
     writes every folder: a mount point (a container's volume: renaming it fails), or a writable folder in a
-    parent this process cannot write (the temporary folder is then made inside ``target``). A crash during that
-    fill can leave a mix of old and new files; an exception before it leaves ``target`` as it was.
+    parent this process cannot write (the temporary folder is then made inside ``target``). The new files come
+    whole into ``target``'s file system first, then renames swap the entries: an exception, a full disk included,
+    leaves ``target`` as it was; a crash during the renames can leave a mix of old and new entries.
     """
     target = Path(target).absolute()
     if target.is_symlink():
@@ -432,12 +463,15 @@ def atomic_folder(target: str | os.PathLike) -> Iterator[Path]:
                 _fill_in_place(tmp, target)
                 return
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as e:
         if old is not None and old.exists() and not target.exists():
             os.replace(old, target)  # the new folder did not take its place: the old one goes back
         if tmp.exists():
             _make_writable(tmp)
             shutil.rmtree(tmp, ignore_errors=True)
+        full = disk_full(e, target)
+        if full is not None:
+            raise full from e
         raise
     if here:  # save("."): the process stays in the folder by that name, not in the one moved aside
         os.chdir(target)
@@ -487,18 +521,57 @@ def is_work_entry(name: str) -> bool:
 
 
 def _fill_in_place(tmp: Path, target: Path) -> None:
-    """Make ``target`` hold what ``tmp`` holds (``tmp`` beside or inside it), entry by entry, then remove
-    ``tmp``. Work folders in ``target`` (another write's, under way) are left alone."""
-    new = {entry.name for entry in tmp.iterdir()}
-    for entry in target.iterdir():
-        if entry.name not in new and not is_work_entry(entry.name):
-            _remove_entry(entry)
-    for entry in tmp.iterdir():
-        dest = target / entry.name
-        if dest.is_symlink() or dest.exists():
-            _remove_entry(dest)
-        shutil.move(str(entry), str(dest))  # a rename, or (tmp on another file system) a copy, then a delete
-    tmp.rmdir()
+    """Make ``target`` hold what ``tmp`` holds (``tmp`` beside or inside it), then remove ``tmp``.
+
+    The new entries first come whole into a work folder inside ``target`` (renamed, or copied where ``tmp`` is on
+    another file system, as beside a mount point): a disk that fills up meanwhile leaves ``target`` as it was.
+    The rest is renames within ``target``, undone on an error. Work folders in ``target`` (another write's,
+    under way) are left alone."""
+    for work in (f".{target.name}.tmp-*", f".{target.name}.old-*"):
+        remove_abandoned(target, work)  # a crashed fill's
+    staged = tmp if tmp.parent == target else Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target))
+    try:
+        if staged is not tmp:
+            for entry in list(tmp.iterdir()):
+                shutil.move(str(entry), str(staged / entry.name))
+        _swap_entries(staged, target)
+    except BaseException:
+        if staged is not tmp and staged.exists():
+            _make_writable(staged)
+            shutil.rmtree(staged, ignore_errors=True)
+        raise
+    staged.rmdir()
+    if staged is not tmp:
+        tmp.rmdir()
+
+
+def _swap_entries(staged: Path, target: Path) -> None:
+    """Renames within ``target``'s file system: its entries (work folders aside) into a folder inside it, those
+    of ``staged`` into their place, then that folder goes. Renames need no room on the disk; one that fails
+    has the earlier ones undone."""
+    aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target))
+    done: list[tuple[Path, Path]] = []
+    try:
+        for entry in list(target.iterdir()):
+            if not is_work_entry(entry.name):
+                os.replace(entry, aside / entry.name)
+                done.append((entry, aside / entry.name))
+        for entry in list(staged.iterdir()):
+            os.replace(entry, target / entry.name)
+            done.append((entry, target / entry.name))
+    except BaseException:
+        for src, dst in reversed(done):
+            try:
+                os.replace(dst, src)
+            except OSError:
+                pass
+        try:
+            aside.rmdir()  # empty unless an undo failed: then what it holds is kept
+        except OSError:
+            pass
+        raise
+    _make_writable(aside)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _remove_entry(path: Path) -> None:

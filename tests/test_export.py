@@ -216,6 +216,77 @@ def test_failed_parity_raises_and_writes_nothing(exported, tmp_path, monkeypatch
     assert sorted(p.name for p in graph.parent.iterdir()) == ["fp32.json", "fp32.onnx"]
 
 
+@pytest.mark.parametrize("optimize", [False, True])
+def test_an_export_that_cannot_write_its_manifest_keeps_the_graph_and_manifest_there(exported, tmp_path,
+                                                                                      monkeypatch, optimize):
+    """The old manifest was removed and the new graph put in place before the new manifest was written: a full
+    disk then left a graph without a manifest, which export='never' refuses (found by a disk-full review)."""
+    import errno
+
+    from st_onnx.errors import DiskFullError
+    from st_onnx.export import manifest as manifest_mod
+
+    out = tmp_path / "out"
+    stack = load_stack(exported[0])
+    graph = export_fused_graph(stack, out, fingerprint="sha256:old", optimize=optimize)
+    before = {p.name: p.read_bytes() for p in graph.parent.iterdir()}
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(manifest_mod, "write_manifest", full)
+    with pytest.raises(DiskFullError, match=f"No space left on device writing into {graph.parent} "
+                                            r"\([\d,]+ MB free there now") as info:
+        export_fused_graph(stack, out, fingerprint="sha256:new", optimize=optimize)
+    assert info.value.errno == errno.ENOSPC
+    assert {p.name: p.read_bytes() for p in graph.parent.iterdir()} == before
+
+
+@pytest.mark.parametrize("free", ["plenty", "none"])
+def test_an_intermediate_graph_cut_short_is_one_clear_error(tiny_model_dir, tmp_path, monkeypatch, capsys, free):
+    """ONNX's shape inference (run by the quantizer) writes a cut-short file on a full disk and raises nothing;
+    reading it back raised protobuf's DecodeError, a traceback from `st-onnx export` (found by a disk-full
+    review). It is a DiskFullError where the disk has no room left, else a BackendError naming the folder."""
+    import onnx
+
+    from st_onnx import cli
+    from st_onnx.export import optimize as optimize_mod
+
+    real = onnx.shape_inference.infer_shapes_path
+
+    def cut_short(src, dst, *args, **kwargs):
+        real(src, dst, *args, **kwargs)
+        with open(dst, "r+b") as f:
+            f.truncate(4096)
+
+    monkeypatch.setattr(onnx.shape_inference, "infer_shapes_path", cut_short)
+    if free == "none":
+        monkeypatch.setattr(optimize_mod.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9, 0))
+    out = tmp_path / "out"
+    assert cli.main(["export", str(tiny_model_dir), str(out), "--precision", "int8"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("error: "), err
+    assert ("No space left on device writing into" if free == "none" else "could not read back the graph") in err
+    assert not out.exists()
+
+
+def test_an_int8_export_needs_no_room_in_the_system_temp_folder(tiny_model_dir, tmp_path, monkeypatch):
+    """The quantizer's reload wrote the whole graph to the system's temporary folder (a small /tmp in a container
+    failed an export whose destination had room: found by a disk-full review); it writes into the work folder."""
+    import tempfile
+
+    import onnx
+
+    system_tmp = tmp_path / "tmp"
+    system_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(system_tmp))
+    real, saved = onnx.save_model, []
+    monkeypatch.setattr(onnx, "save_model", lambda model, f, *a, **kw: (saved.append(str(f)), real(model, f, *a, **kw)))
+    graph = export_model_folder(tiny_model_dir, "int8", out_dir=tmp_path / "out")
+    assert read_manifest(graph)["precision"] == "int8" and saved
+    assert [f for f in saved if f.startswith(str(system_tmp))] == []
+
+
 def test_failed_export_into_a_new_folder_leaves_no_folder(exported, tmp_path, monkeypatch):
     from st_onnx.export import verify
 

@@ -287,6 +287,23 @@ def test_checkpoints_kept_to_the_limit(tiny_model_dir, tmp_path):
         assert torch.equal(reloaded.torch_modules.state_dict()[k], v)
 
 
+@pytest.mark.parametrize("every, written", [(2, [2, 4, 6, 8]), (3, [3, 6, 8])])
+def test_each_checkpoint_is_written_once_and_the_last_step_always(tiny_model_dir, tmp_path, monkeypatch, every,
+                                                                  written):
+    """The last step was checkpointed at the end of its epoch, then once more after training: a second copy's
+    room on the disk, and a failure after training had succeeded where it had none (found by a disk-full review)."""
+    import st_onnx.fit as fit_mod
+
+    steps, real = [], fit_mod.save_checkpoint
+    monkeypatch.setattr(fit_mod, "save_checkpoint",
+                        lambda model, path, state, limit: (steps.append(state.global_step),
+                                                           real(model, path, state, limit)))
+    model = model_from(tiny_model_dir)
+    run(model, losses.CosineSimilarityLoss(model), checkpoint_path=str(tmp_path / "ckpt"),
+        checkpoint_save_steps=every)
+    assert steps == written
+
+
 def test_resume_continues_where_it_stopped(tiny_model_dir, tmp_path):
     straight = model_from(tiny_model_dir)
     run(straight, losses.CosineSimilarityLoss(straight))

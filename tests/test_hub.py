@@ -263,11 +263,29 @@ def test_push_to_hub_refuses_what_it_does_not_do(server, tiny_model_dir):
 
 
 # -- errors --------------------------------------------------------------------------------------------------------
-def test_push_to_an_existing_repo_needs_exist_ok(server, tiny_model_dir):
+def test_push_to_an_existing_repo_needs_exist_ok(server, tiny_model_dir, monkeypatch):
     server.add_repo("acme/taken", {"README.md": b"x\n"})
     model = SentenceTransformer(str(tiny_model_dir), device="cpu", use_auth_token=TOKEN)
+    monkeypatch.setattr(type(model), "save", lambda *a, **kw: pytest.fail("saved for a push that cannot happen"))
     with pytest.raises(HubError, match=r"'acme/taken' already exists.*exist_ok=True"):
         model.save_to_hub("taken", organization="acme")
+
+
+def test_a_push_whose_local_save_fails_makes_no_repo(server, tiny_model_dir, monkeypatch):
+    """The repo was created before the model was saved to upload: a save that failed (a full temporary folder)
+    left an empty repo, and the same call again met 409 Conflict (found by a disk-full review)."""
+    import errno
+
+    from st_onnx.modules.pooling import Pooling
+
+    model = SentenceTransformer(str(tiny_model_dir), device="cpu", use_auth_token=TOKEN)
+    with monkeypatch.context() as m:
+        m.setattr(Pooling, "save", lambda self, path: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left")))
+        with pytest.raises(OSError, match="No space left"):
+            model.save_to_hub("full", organization="acme")
+    assert "acme/full" not in server.repos
+    model.save_to_hub("full", organization="acme")  # the same call, with room again
+    assert "modules.json" in server.files("acme/full")
 
 
 def test_push_without_a_token(server, tiny_model_dir):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -303,6 +304,78 @@ def test_a_folder_that_cannot_be_swapped_is_saved_into_in_place(tmp_path, tiny_m
     assert not [p.name for p in target.iterdir() if p.name.startswith(".")]
     np.testing.assert_allclose(SentenceTransformer(str(target), device="cpu").encode(["a cat"]),
                                m.encode(["a cat"]), atol=1e-6)
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("fails", ["copy onto the volume", "rename in it"])
+def test_a_volume_that_fills_up_or_fails_during_an_in_place_save_keeps_its_model(tmp_path, tiny_model_dir,
+                                                                                 monkeypatch, fails):
+    """The in-place fill deleted each old entry and then moved the new one across file systems: a full volume
+    half-way left half a model.safetensors beside the old config, and the whole new copy was deleted too (found
+    by a disk-full review). The new files now come onto the volume whole before any old one moves."""
+    m = SentenceTransformer(str(tiny_model_dir), device="cpu")
+    target = tmp_path / "vol"
+    m.save(target)
+    (target / "notes.txt").write_text("mine")
+    before = _files(target)
+    cannot_swap("mount point", target, monkeypatch)
+    if fails == "copy onto the volume":
+        real_move = shutil.move
+
+        def move(src, dst, *args, **kwargs):  # the copy from the parent's file system fills the volume
+            if Path(src).name == "model.safetensors":
+                Path(dst).write_bytes(Path(src).read_bytes()[:1000])
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real_move(src, dst, *args, **kwargs)
+
+        monkeypatch.setattr(shutil, "move", move)
+    else:
+        swap_replace, failed = os.replace, []  # cannot_swap's: the volume itself cannot be renamed
+
+        def replace(src, dst, *args, **kwargs):
+            if Path(dst) == target / "config.json" and not failed:  # new entries half in place already
+                failed.append(dst)
+                raise OSError(errno.EIO, "Input/output error", str(dst))
+            return swap_replace(src, dst, *args, **kwargs)
+
+        monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OSError):
+        m.save(target)
+    monkeypatch.undo()
+    assert _files(target) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["vol"]
+    assert not [p.name for p in target.iterdir() if p.name.startswith(".")]
+
+
+def test_a_save_onto_a_full_disk_says_so_naming_the_folder(tmp_path, tiny_model_dir, monkeypatch):
+    """safetensors and tokenizers report a full disk in their own exception types, with the OS error's text only
+    (SafetensorError, Exception), and Python's write() names no file: the user learnt neither that the disk was
+    full nor which one (found by a disk-full review). A DiskFullError (an OSError, errno ENOSPC) names it."""
+    import transformers.modeling_utils
+    from safetensors import SafetensorError
+
+    from st_onnx.errors import DiskFullError
+
+    def full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", full)
+    m = SentenceTransformer(str(tiny_model_dir), device="cpu")
+    with pytest.raises(DiskFullError, match=f"No space left on device writing into {tmp_path / 'out'} "
+                                            r"\([\d,]+ MB free there now.*\(SafetensorError: Error while") as info:
+        m.save(tmp_path / "out")
+    assert info.value.errno == errno.ENOSPC and isinstance(info.value, OSError)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(DiskFullError, match=r"writing into .*bundle .*\(Exception: No space left on device \(os"):
+        with layout.atomic_folder(tmp_path / "bundle"):  # tokenizers' Tokenizer.save on a full disk
+            raise Exception("No space left on device (os error 28)")
+    with pytest.raises(ValueError, match="^not a disk$"):  # any other error passes unchanged
+        with layout.atomic_folder(tmp_path / "bundle"):
+            raise ValueError("not a disk")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_json_write_that_fails_midway_leaves_the_old_file_whole(tmp_path):

@@ -162,13 +162,19 @@ def _export_into(stack, tmp: Path, target: Path, precision: str, fingerprint: st
     if source_files is not None:
         extra["source_files"] = source_files
     inputs = names + ((PROMPT_LENGTH,) if prompt else ())
-    # a load meanwhile finds no manifest: it waits for this lock (runtime/graphs.py find_graph), then looks again
+    # Graph and manifest are written whole in the work folder, the graph under its own name (a weights file's name
+    # is recorded inside the graph), so that what follows is renames: a disk that fills up leaves the folder's
+    # graph and manifest as they were. A load meanwhile finds no manifest: it waits for this lock
+    # (runtime/graphs.py find_graph), then looks again.
+    final = tmp / target.name
+    if graph != final:
+        place_graph(graph, final)
+    manifest_mod.write_manifest(final, _manifest(stack, final, inputs, dim, precision, fingerprint, opset, fusions,
+                                                 extra, report, digest))
     with layout.locked(target.parent):
         layout.manifest_path(target).unlink(missing_ok=True)
-        place_graph(graph, target)  # with its weights file, for a graph over 2 GB
-        manifest = _manifest(stack, target, inputs, dim, precision, fingerprint, opset, fusions, extra, report,
-                             digest)
-        manifest_mod.write_manifest(target, manifest)
+        place_graph(final, target)  # with its weights file, for a graph over 2 GB
+        os.replace(layout.manifest_path(final), layout.manifest_path(target))
     logger.info("exported %s (%s)", target, report)
 
 

@@ -7,11 +7,13 @@ over protobuf's 2 GB is written with its weights in a data file beside it (``gra
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import gc
 import logging
 import math
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -19,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import layout
-from ..errors import InvalidInputError
+from ..errors import BackendError, InvalidInputError
 from .graph_files import save_graph
 
 logger = logging.getLogger(__name__)
@@ -208,24 +210,35 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, *, per_channel
     # dropped, so that `st-onnx export` prints only what concerns the user.
     hint = _DropMessage("pre-processing before quantization", "Failed to infer data type of tensor")
     logs = functools.partial(_quantizer_logging, hint)
-    with _one_swap_at_a_time(logs), _one_swap_at_a_time(_swap_quantizer_reload):
-        quantize_dynamic(Path(src), Path(dst), per_channel=per_channel, reduce_range=reduce_range,
-                         weight_type=QuantType.QInt8,
-                         # a source with a data file (over 2 GB, or the exporter's intermediate): so is the result
-                         use_external_data_format=layout.graph_data_path(src).is_file(),
-                         op_types_to_quantize=list(op_types) if op_types else None,
-                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    from google.protobuf.message import DecodeError
+
+    reload = functools.partial(_swap_quantizer_reload, Path(dst).parent)
+    try:
+        with _one_swap_at_a_time(logs), _one_swap_at_a_time(reload):
+            quantize_dynamic(Path(src), Path(dst), per_channel=per_channel, reduce_range=reduce_range,
+                             weight_type=QuantType.QInt8,
+                             # a source with a data file (over 2 GB, or the exporter's intermediate): so is the result
+                             use_external_data_format=layout.graph_data_path(src).is_file(),
+                             op_types_to_quantize=list(op_types) if op_types else None,
+                             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    except DecodeError as e:  # ONNX's shape inference cuts its output short on a full disk, and raises nothing
+        folder = Path(dst).parent
+        if shutil.disk_usage(folder).free < Path(src).stat().st_size:
+            raise layout.disk_full(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), folder) from e
+        raise BackendError(f"the quantizer could not read back the graph ONNX's shape inference wrote into {folder} "
+                           f"({e})") from e
     if layout.graph_data_path(dst).is_file():  # int8 weights may bring a graph over 2 GB back into one file
         save_graph(onnx.load(str(dst)), dst)
     return {"per_channel": per_channel, "reduce_range": reduce_range, "op_types": list(op_types or ["all"])}
 
 
 @contextlib.contextmanager
-def _swap_quantizer_reload():
+def _swap_quantizer_reload(folder: Path):
     """ORT's dynamic quantizer re-infers shapes with ``save_and_reload_model_with_shape_infer``, which deep-copies
     the whole model before writing it out (+1 copy of the fp32 weights, measured +0.72 GB on a 0.74 GB graph); the
     model it is given is replaced by the reloaded one right after, so it is written out itself instead (its weights
-    move to the temporary data file). Without ORT's functions as expected: unchanged."""
+    move to the temporary data file, in ``folder``, the export's work folder, rather than the system's temporary
+    folder, which may have no room for a whole graph). Without ORT's functions as expected: unchanged."""
     import onnx
 
     try:
@@ -240,8 +253,8 @@ def _swap_quantizer_reload():
     originals = [getattr(m, name) for m in modules]
 
     def save_and_reload(model):
-        with tempfile.TemporaryDirectory(prefix="ort.quant.") as folder:
-            path = Path(folder) / "model.onnx"
+        with tempfile.TemporaryDirectory(prefix=".quant-", dir=folder) as work:
+            path = Path(work) / "model.onnx"
             onnx.save_model(model, str(path), save_as_external_data=True)
             return quant_utils.load_model_with_shape_infer(path)
 
