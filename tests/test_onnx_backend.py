@@ -246,6 +246,39 @@ def test_device_none_is_the_cpu_where_onnxruntime_lists_cuda_but_no_gpu_is_seen(
         assert SentenceTransformer(str(tiny_folder), backend="onnx").device == "cpu"
 
 
+@pytest.fixture
+def cpu_package_on_a_gpu_machine(monkeypatch):
+    """ONNX Runtime's CPU package (no CUDA provider) where the CUDA driver sees a GPU: an aarch64 GPU server, or
+    onnxruntime installed beside onnxruntime-gpu, its files on top (found by a review of the CPU package)."""
+    import onnxruntime as ort
+
+    from st_onnx.runtime import providers
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["AzureExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(providers, "cuda_device_count", lambda: 1)
+    return providers
+
+
+@pytest.mark.parametrize("installed", [["onnxruntime"], ["onnxruntime", "onnxruntime-gpu"]])
+def test_cuda_asked_of_the_cpu_package_names_the_package_to_install(tiny_folder, cpu_package_on_a_gpu_machine,
+                                                                     monkeypatch, capfd, installed):
+    """The warning blamed the CUDA libraries and LD_LIBRARY_PATH, and ONNX Runtime printed its own C++ line about
+    a missing provider; the cause is the package, which the warning now names with the commands that fix it."""
+    from st_onnx.errors import ProviderFallbackWarning
+
+    monkeypatch.setattr(cpu_package_on_a_gpu_machine, "_installed", lambda name: name in installed)
+    capfd.readouterr()
+    with pytest.warns(ProviderFallbackWarning) as record:
+        model = SentenceTransformer(str(tiny_folder), backend="onnx", device="cuda")
+    message = " ".join(str(w.message) for w in record if w.category is ProviderFallbackWarning)
+    assert "LD_LIBRARY_PATH" not in message and "pip install onnxruntime-gpu" in message
+    assert ("both onnxruntime and onnxruntime-gpu are installed" in message) == (len(installed) == 2), message
+    assert "onnxruntime" not in capfd.readouterr().err  # no C++ line from ONNX Runtime besides
+    assert model.device == "cpu" and model.encode(SENTENCES).shape[0] == len(SENTENCES)
+    with pytest.raises(InvalidInputError, match=r"fp16.*has no CUDAExecutionProvider|fp16.*both onnxruntime"):
+        SentenceTransformer(str(tiny_folder), backend="onnx", device="cuda", onnx_options={"precision": "fp16"})
+
+
 @pytest.mark.parametrize("backend", ["onnx", "torch"])
 def test_token_embeddings_hold_each_texts_own_tokens_not_its_batchs_padding(tiny_folder, st_model, backend):
     """One row per token of the text, as sentence-transformers gives (close() below trims to the shorter array,
@@ -527,7 +560,7 @@ def test_cuda_asked_cpu_bound_warns(tiny_folder, capfd):
     with pytest.warns(ProviderFallbackWarning):  # no precision: fp32, since the CPU will run it (fp16 is for CUDA)
         default = SentenceTransformer(str(tiny_folder), backend="onnx", device="cuda")
     assert default._backend.manifest["precision"] == "fp32"
-    with pytest.raises(InvalidInputError, match="'fp16' runs on CUDA only.*CUDA usable: False"):
+    with pytest.raises(InvalidInputError, match="'fp16' runs on CUDA only.*the CUDA driver reports no GPU"):
         SentenceTransformer(str(tiny_folder), backend="onnx", device="cuda", onnx_options={"precision": "fp16"})
     threads = SentenceTransformer(str(tiny_folder), backend="onnx", device="cpu",
                                   onnx_options={"intra_op_num_threads": np.int64(2), "token_budget": np.int32(512)})

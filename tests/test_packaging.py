@@ -61,7 +61,7 @@ def _floor(requirement: Requirement) -> Version:
     ("tokenizers", "0.23.3"),  # <= 0.23.2 pin huggingface-hub<2.0
     ("safetensors", "0.8"),  # transformers >= 5.13 need it
     ("onnx", "1.19"),  # 1.17/1.18 bring no ml_dtypes, which onnxruntime.quantization imports
-    ("onnxruntime-gpu", "1.31"),  # 1.27-1.30 fuse no Attention into fp16 graphs
+    ("onnxruntime-gpu", "1.31"),  # older releases fuse no Attention into fp16 graphs
     ("sentence-transformers", "6.2"),  # the test extra: older ones pin transformers<5 or huggingface-hub<2.0
 ])
 def test_each_declared_floor_installs_beside_the_others_and_exports(name, lowest):

@@ -69,6 +69,31 @@ def test_cpu_layout_graph_cannot_be_packed(tiny_model_copy):
     assert not layout.packed_graph_path(graph).exists()
 
 
+def test_an_onnxruntime_that_fuses_no_attention_into_fp16_graphs_is_named(tiny_model_copy, monkeypatch, caplog):
+    """Before 1.31, ONNX Runtime's optimizer fuses no attention into fp16 graphs (1.20.1, 1.26 and 1.30 measured),
+    and the CPU package's floor is 1.20.1: the export warns, and packing's refusal names the version the graph was
+    exported with (found by a review of the CPU package)."""
+    import logging
+
+    import onnxruntime
+
+    from st_onnx.export import optimize
+
+    real = optimize.fuse
+    # what 1.30 fuses into a graph for CUDA: no Attention
+    monkeypatch.setattr(optimize, "fuse", lambda src, dst, heads, hidden, target, **kw: real(src, dst, heads, hidden,
+                                                                                            "cpu", **kw))
+    monkeypatch.setattr(onnxruntime, "__version__", "1.30.0")
+    with caplog.at_level(logging.WARNING, logger="st_onnx"):
+        graph = export_model_folder(tiny_model_copy, "fp16")
+    assert any("onnxruntime 1.30.0 fuses no Attention into fp16 graphs (1.31 and newer do)" in r.getMessage()
+               for r in caplog.records)
+    with pytest.raises(GraphFileError, match=r"exported with onnxruntime 1\.30\.0.*onnxruntime-gpu 1\.31 or newer"):
+        pack_graph(graph)
+    assert [optimize.fuses_cuda_attention(v) for v in ("1.20.1", "1.30.0", "1.31.1", "1.32.0", "2.0")] == \
+        [False, False, True, True, True]
+
+
 def test_a_packed_graph_is_not_packed_twice(packed, tmp_path):
     with pytest.raises(InvalidInputError, match="already a packed graph"):
         pack_graph(packed, tmp_path / "again.onnx")

@@ -28,7 +28,8 @@ from ..encode.tokenize import TextTokenizer
 from ..errors import BackendError, InvalidInputError, ModelFolderError, warn
 from ..runtime.encoder import PROMPT_LENGTH, OrtEncoder
 from ..runtime.graphs import GraphChoice, cache_dir_for, find_graph, find_packed
-from ..runtime.providers import CUDA, check_providers, cuda_usable, provider_name, resolve_device
+from ..runtime.providers import (CUDA, check_providers, cuda_unusable_reason, cuda_usable, provider_name,
+                                 resolve_device)
 from ..runtime.session import OrtSession, available_cores, check_thread_count, default_session_options
 
 logger = logging.getLogger(__name__)
@@ -95,10 +96,11 @@ class OnnxOptions:
                 "slower than fp32; allowed on 'cpu': 'fp32', 'int8' (use fp16 with device='cuda')"
             )
         if precision == "fp16" and not cuda:
+            why = cuda_unusable_reason() or f"CUDA usable: {cuda_usable()}"
             raise InvalidInputError(
                 f"precision 'fp16' runs on CUDA only, and CUDA would not run it here (device {device!r}, providers "
-                f"{self.providers!r}, CUDA usable: {cuda_usable()}); ONNX Runtime's CPU kernels run fp16 graphs about "
-                "100x slower than fp32: use onnx_options={'precision': 'fp32'} (or 'int8'), or fix the CUDA setup"
+                f"{self.providers!r}: {why}); ONNX Runtime's CPU kernels run fp16 graphs about 100x slower than "
+                "fp32: use onnx_options={'precision': 'fp32'} (or 'int8'), or fix the CUDA setup"
             )
         if self.packing and (precision != "fp16" or not device.startswith("cuda")):
             raise InvalidInputError(

@@ -68,11 +68,11 @@ def format_sentence_embeddings(emb: Any, opts: EncodeOptions, single: bool) -> A
 def format_per_text(items: list, opts: EncodeOptions, single: bool) -> Any:
     """Per-text outputs (token embeddings, or dicts of every output) in input order."""
     want_tensor = opts.convert_to_tensor or not opts.convert_to_numpy or any(_is_tensor_item(i) for i in items[:1])
-    if opts.precision != "float32" and items:  # token embeddings, in one set of buckets: numpy, as in ST 6,
+    if opts.precision != "float32" and items:  # token embeddings, in one set of buckets
         from ..quantization import quantize_embeddings
 
         items = quantize_embeddings([_to_numpy(x) for x in items], opts.precision)
-        want_tensor = False  # whatever convert_to_tensor says (ST 6 switches it off for per-text outputs)
+        want_tensor = False  # numpy whatever convert_to_tensor says, as sentence-transformers 6 returns them
 
     def convert(x: Any) -> Any:
         if isinstance(x, dict):  # output_value=None: truncate_dim applies to its sentence embedding, as in ST

@@ -371,6 +371,13 @@ def _optimize(stack, raw: Path, tmp: Path, precision: str, optimize: bool) -> tu
                               external=precision == "int8")
         extra["fusion_target"] = target
         logger.info("ORT fusions: %s", fusions or "none")
+        if target == "cuda" and "Attention" not in fusions and not passes.fuses_cuda_attention():
+            import onnxruntime
+
+            logger.warning("onnxruntime %s fuses no Attention into fp16 graphs (%s and newer do): the graph runs "
+                           "on CUDA, slower, and packing mode refuses it; export fp16 with onnxruntime-gpu %s or "
+                           "newer", onnxruntime.__version__, passes.CUDA_ATTENTION_RELEASE,
+                           passes.CUDA_ATTENTION_RELEASE)
     if precision == "fp16":
         passes.to_fp16(graph, tmp / "fp16.onnx")
         graph = tmp / "fp16.onnx"

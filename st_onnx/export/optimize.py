@@ -71,6 +71,24 @@ INT8_OP_TYPES: tuple[str, ...] | None = ("MatMul", "Attention")
 CPU_FUSIONS_OFF = ("enable_attention", "enable_skip_layer_norm", "enable_bias_skip_layer_norm", "enable_bias_gelu")
 
 
+# ONNX Runtime's transformer optimizer fuses BERT's attention into fp16 (CUDA) graphs from this release on; older
+# ones fuse none (measured on tiny BERT and all-MiniLM-L6-v2: 1.20.1, 1.26.0 and 1.30.0): such a graph runs on
+# CUDA, slower, and cannot be packed. onnxruntime-gpu's floor is 1.31; the CPU package's (macOS, aarch64) is lower.
+CUDA_ATTENTION_SINCE = (1, 31)
+CUDA_ATTENTION_RELEASE = ".".join(map(str, CUDA_ATTENTION_SINCE))
+
+
+def fuses_cuda_attention(version: str | None = None) -> bool:
+    """Whether this onnxruntime (or ``version``) fuses attention into graphs for CUDA."""
+    import re
+
+    if version is None:
+        import onnxruntime
+
+        version = onnxruntime.__version__
+    return tuple(int(n) for n in re.findall(r"\d+", version)[:2]) >= CUDA_ATTENTION_SINCE
+
+
 def fuse(src: str | os.PathLike, dst: str | os.PathLike, num_heads: int, hidden_size: int,
          target: str = "cpu", *, external: bool = False) -> dict[str, int]:
     """Run ORT's BERT fusions (``optimize_model``, model_type 'bert') for ``target`` ('cpu' or 'cuda').

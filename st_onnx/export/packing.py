@@ -32,6 +32,7 @@ import numpy as np
 from .. import layout
 from ..errors import GraphFileError, InvalidInputError, ParityError
 from . import manifest as manifest_mod
+from . import optimize as passes
 from .graph_files import place_graph, remove_graph, save_graph
 
 logger = logging.getLogger(__name__)
@@ -66,9 +67,14 @@ def pack_graph(src: str | os.PathLike, dst: str | os.PathLike | None = None, *,
     model = OnnxModel(onnx.load(str(src)))
     attentions = len(model.get_nodes_by_op_type("Attention"))
     if attentions == 0:
+        exported_with = (source_manifest.get("versions") or {}).get("onnxruntime")
+        older = (f"; it was exported with onnxruntime {exported_with}, which fuses no attention into fp16 graphs: "
+                 f"export it again with onnxruntime-gpu {passes.CUDA_ATTENTION_RELEASE} or newer" if exported_with
+                 and not passes.fuses_cuda_attention(str(exported_with)) else
+                 ", for a model whose attention ONNX Runtime's optimizer recognises (BERT's)")
         raise GraphFileError(
             f"{src} has no fused Attention nodes (fusion target {source_manifest.get('fusion_target', '?')!r}), so "
-            "it cannot be packed; packing mode needs a graph exported for CUDA: precision 'fp16'"
+            f"it cannot be packed; packing mode needs a graph exported for CUDA (precision 'fp16'){older}"
         )
     PackingMode(model).convert(use_symbolic_shape_infer=False)
     check_packed(model.model, attentions)

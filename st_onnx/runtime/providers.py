@@ -46,6 +46,35 @@ def cuda_usable() -> bool:
     return CUDA in ort.get_available_providers() and cuda_device_count() > 0
 
 
+def cuda_unusable_reason() -> str | None:
+    """Why ONNX Runtime cannot run CUDA here, in words for a message (with the fix where it is a package one);
+    None when it may: it has its CUDA provider and the driver sees a GPU (its libraries may still fail to load)."""
+    import onnxruntime as ort
+
+    reasons = []
+    if CUDA not in ort.get_available_providers():
+        if _installed("onnxruntime") and _installed("onnxruntime-gpu"):
+            reasons.append("both onnxruntime and onnxruntime-gpu are installed, and the CPU package's files took "
+                           "the place of the GPU one's: `pip uninstall -y onnxruntime onnxruntime-gpu`, then "
+                           "`pip install onnxruntime-gpu`")
+        else:
+            reasons.append(f"this onnxruntime ({ort.__version__}) has no CUDAExecutionProvider: it is the CPU "
+                           "package; for CUDA, `pip uninstall onnxruntime`, then `pip install onnxruntime-gpu`")
+    if cuda_device_count() == 0:
+        reasons.append("the CUDA driver reports no GPU")
+    return "; ".join(reasons) or None
+
+
+def _installed(distribution: str) -> bool:
+    from importlib import metadata
+
+    try:
+        metadata.distribution(distribution)
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
 def resolve_device(device: str | None) -> str:
     """'cpu' or 'cuda:N' for a requested device; None picks CUDA only when a GPU is really usable."""
     if device is None:
@@ -124,10 +153,8 @@ def check_bound(session: Any, asked: Sequence[str]) -> str:
         warn(f"{missing} were asked for but the session bound {bound} (not available in this "
              f"onnxruntime or on this machine)", ProviderFallbackWarning)
     if CUDA in asked and CUDA not in bound:
-        count = cuda_device_count()
-        why = ("the CUDA driver reports no GPU" if count == 0 else
-               "ONNX Runtime could not load its CUDA libraries (check the CUDA/cuDNN versions "
-               "onnxruntime-gpu needs, and LD_LIBRARY_PATH)")
+        why = cuda_unusable_reason() or ("ONNX Runtime could not load its CUDA libraries (check the CUDA/cuDNN "
+                                         "versions onnxruntime-gpu needs, and LD_LIBRARY_PATH)")
         warn(
             f"CUDAExecutionProvider was asked for but the session bound {bound}: {why}; encoding runs on the "
             "CPU. Pass device='cpu' to silence this, or fix the CUDA setup.",

@@ -34,7 +34,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import GraphFileError, GraphRunError, InvalidInputError, non_negative_int, positive_int, warn
-from .providers import CPU, CUDA, check_bound, cuda_device_count, providers_for
+from .providers import CPU, CUDA, check_bound, cuda_unusable_reason, providers_for
 
 logger = logging.getLogger(__name__)
 
@@ -193,9 +193,10 @@ class OrtSession:
             so.intra_op_num_threads = threads
         asked, opts = providers_for(device, providers, provider_options, cuda_defaults)
         names = asked
-        if CUDA in asked and cuda_device_count() == 0:
-            # CUDA cannot bind without a GPU: asking anyway prints ONNX Runtime's own C++ error lines about missing
-            # libraries before check_bound's warning tells the same in Python, where a caller can filter it
+        if CUDA in asked and cuda_unusable_reason():
+            # CUDA cannot bind without a GPU or without ONNX Runtime's CUDA provider: asking anyway prints ONNX
+            # Runtime's own C++ lines before check_bound's warning tells the same in Python, where a caller can
+            # filter it
             kept = [i for i, name in enumerate(asked) if name != CUDA]
             names, opts = [asked[i] for i in kept] or [CPU], [opts[i] for i in kept] or [{}]
         disabled = [] if CUDA in names else list(CPU_DISABLED_OPTIMIZERS)
