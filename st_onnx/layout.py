@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -308,9 +309,10 @@ def work_folder(parent: str | os.PathLike, kind: str, fallback: Path | None = No
 _DISK_FULL_TEXTS = ("No space left on device", "os error 28", "Disk quota exceeded", "os error 122")
 
 
-def disk_full(error: BaseException, folder: Path) -> DiskFullError | None:
+def disk_full(error: BaseException, folder: Path, disk: Path | None = None) -> DiskFullError | None:
     """For an error that a full disk caused while writing into ``folder``, a DiskFullError naming the folder and
-    the room left there; None for any other error, and for one that names its folder already."""
+    the room left on its disk (or on ``disk``'s, where the write went: beside a mount point); None for any other
+    error, and for one that names its folder already."""
     if isinstance(error, DiskFullError):
         return None
     if isinstance(error, OSError):
@@ -318,9 +320,10 @@ def disk_full(error: BaseException, folder: Path) -> DiskFullError | None:
             return None
     elif not any(text in str(error) for text in _DISK_FULL_TEXTS):
         return None
-    where = next((p for p in (folder, *folder.parents) if p.exists()), folder)
+    where = next((p for p in (disk or folder, *(disk or folder).parents) if p.exists()), folder)
     try:
-        room = f"{shutil.disk_usage(where).free / 1e6:,.0f} MB free there now"
+        room = f"{shutil.disk_usage(where).free / 1e6:,.0f} MB free" + (" there now" if disk is None else
+                                                                         f" now on the disk of {disk}")
     except OSError:
         room = "its free space unknown"
     detail = "" if isinstance(error, OSError) and not error.filename else f" ({type(error).__name__}: {error})"
@@ -445,8 +448,10 @@ def atomic_folder(target: str | os.PathLike) -> Iterator[Path]:
     tmp = _mkdtemp(f".{target.name}.tmp-", target.parent, fallback=target)
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700: the folder must read like any other the user makes
     old = None
+    filling = False  # into target's file system (else beside it, or inside it where tmp is inside it)
     try:
         yield tmp
+        filling = True
         if tmp.parent == target:
             _fill_in_place(tmp, target)
             return
@@ -469,7 +474,8 @@ def atomic_folder(target: str | os.PathLike) -> Iterator[Path]:
         if tmp.exists():
             _make_writable(tmp)
             shutil.rmtree(tmp, ignore_errors=True)
-        full = disk_full(e, target)
+        beside = not filling and tmp.parent != target and target.is_dir() and _other_disk(target, tmp.parent)
+        full = disk_full(e, target, disk=tmp.parent if beside else None)  # a mount point's copy went beside it
         if full is not None:
             raise full from e
         raise
@@ -554,15 +560,15 @@ def _swap_entries(staged: Path, target: Path) -> None:
     try:
         for entry in list(target.iterdir()):
             if not is_work_entry(entry.name):
-                os.replace(entry, aside / entry.name)
+                _move(entry, aside / entry.name)
                 done.append((entry, aside / entry.name))
         for entry in list(staged.iterdir()):
-            os.replace(entry, target / entry.name)
+            _move(entry, target / entry.name)
             done.append((entry, target / entry.name))
     except BaseException:
         for src, dst in reversed(done):
             try:
-                os.replace(dst, src)
+                _move(dst, src)
             except OSError:
                 pass
         try:
@@ -572,6 +578,34 @@ def _swap_entries(staged: Path, target: Path) -> None:
         raise
     _make_writable(aside)
     shutil.rmtree(aside, ignore_errors=True)
+
+
+def _other_disk(a: Path, b: Path) -> bool:
+    try:
+        return os.stat(a).st_dev != os.stat(b).st_dev
+    except OSError:
+        return False
+
+
+def _move(src: Path, dst: Path) -> None:
+    """``os.replace`` for an entry that changes folders. Linux lets a user move a folder into another only with
+    write access to it (its ``..`` is rewritten): a read-only folder (a model copied from a read-only store, the
+    user's own) gets its owner's write bit for the move, and its mode back after."""
+    mode = None
+    if src.is_dir() and not src.is_symlink():
+        mode = src.stat().st_mode
+        if mode & stat.S_IWUSR:
+            mode = None
+        else:
+            os.chmod(src, mode | stat.S_IWUSR)
+    try:
+        os.replace(src, dst)
+    except BaseException:
+        if mode is not None:
+            os.chmod(src, mode)
+        raise
+    if mode is not None:
+        os.chmod(dst, mode)
 
 
 def _remove_entry(path: Path) -> None:

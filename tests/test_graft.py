@@ -164,3 +164,22 @@ def test_a_transformer_only_graph_named_by_file_name_is_refused_at_load(tmp_path
     model = SentenceTransformer(str(folder), backend="onnx", device="cpu", onnx_options={"file_name": str(grafted)})
     compare_with_torch(grafted, load_stack(folder))
     assert model.encode(TEXTS).shape == (len(TEXTS), 32)
+
+
+def test_same_weights_loaded_again_pass_for_a_grafted_graph_and_changed_ones_are_refused(tmp_path):
+    """A graft's manifest records no module digest: the modules' own, as loaded, stands for what the graph computes
+    (found by the review of the in-memory check: weights loaded again unchanged were refused)."""
+    from st_onnx import layout
+
+    folder = make_tiny_model(tmp_path / "m")
+    graft_pooling(transformer_only_graph(load_stack(folder), tmp_path / "t.onnx"), folder,
+                  layout.fused_graph_path(folder, "fp32"))
+    model = SentenceTransformer(str(folder), backend="onnx", device="cpu", onnx_options={"export": "never"})
+    before = model.encode("a b")
+    weights = model[0].auto_model.state_dict()
+    model[0].auto_model.load_state_dict({k: v.clone() for k, v in weights.items()})
+    np.testing.assert_array_equal(model.encode("a b"), before)
+    with torch.no_grad():
+        weights["embeddings.word_embeddings.weight"][3] += 1.0
+    with pytest.raises(BackendError, match="changed in memory"):
+        model.encode("a b")

@@ -350,6 +350,35 @@ def test_a_volume_that_fills_up_or_fails_during_an_in_place_save_keeps_its_model
     assert not [p.name for p in target.iterdir() if p.name.startswith(".")]
 
 
+def test_an_in_place_fill_moves_read_only_folders_and_keeps_their_mode(tmp_path, tiny_model_dir, monkeypatch):
+    """Linux lets a user move a folder into another only with write access to it: the swap of a volume's entries
+    failed over a read-only folder, such as the user's eval/ (found by the review of the change). Root skips the
+    check, so the kernel's rule is added to cannot_swap's os.replace."""
+    m = SentenceTransformer(str(tiny_model_dir), device="cpu")
+    target = tmp_path / "vol"
+    m.save(target)
+    (target / "eval").mkdir()
+    (target / "eval" / "scores.csv").write_text("x")
+    os.chmod(target / "eval", 0o555)
+    os.chmod(target / "1_Pooling", 0o555)
+    cannot_swap("mount point", target, monkeypatch)
+    swap_replace = os.replace
+
+    def replace(src, dst, *args, **kwargs):
+        if Path(src).is_dir() and not Path(src).is_symlink() and Path(src).parent != Path(dst).parent \
+                and not os.stat(src).st_mode & stat.S_IWUSR:
+            raise PermissionError(errno.EACCES, "Permission denied", str(src))
+        return swap_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", replace)
+    m.save(target)
+    monkeypatch.undo()
+    assert (target / "eval" / "scores.csv").read_text() == "x"
+    assert stat.S_IMODE(os.stat(target / "eval").st_mode) == 0o555
+    assert not [p.name for p in target.iterdir() if p.name.startswith(".")]
+    os.chmod(target / "eval", 0o755)
+
+
 def test_a_save_onto_a_full_disk_says_so_naming_the_folder(tmp_path, tiny_model_dir, monkeypatch):
     """safetensors and tokenizers report a full disk in their own exception types, with the OS error's text only
     (SafetensorError, Exception), and Python's write() names no file: the user learnt neither that the disk was
@@ -376,6 +405,13 @@ def test_a_save_onto_a_full_disk_says_so_naming_the_folder(tmp_path, tiny_model_
         with layout.atomic_folder(tmp_path / "bundle"):
             raise ValueError("not a disk")
     assert list(tmp_path.iterdir()) == []
+    # a volume's copy is written beside it first: the free space is the disk's where that write went
+    (tmp_path / "vol").mkdir()
+    cannot_swap("mount point", tmp_path / "vol", monkeypatch)
+    monkeypatch.setattr(layout, "_other_disk", lambda a, b: True)
+    with pytest.raises(DiskFullError, match=f"writing into {tmp_path / 'vol'} .*MB free now on the disk of "
+                                            f"{tmp_path}"):
+        m.save(tmp_path / "vol")
 
 
 def test_a_json_write_that_fails_midway_leaves_the_old_file_whole(tmp_path):

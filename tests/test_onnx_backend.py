@@ -678,6 +678,35 @@ def test_torch_modules_changed_in_memory_are_refused_rather_than_encoded_with_th
         model.encode(SENTENCES[0])
 
 
+def test_a_fused_optimizer_step_is_seen_too(tiny_model_copy):
+    """A fused AdamW step (transformers' Trainer's default) moves no tensor's version counter: the optimizer steps
+    taken are counted as well (found by the review of the in-memory check)."""
+    from st_onnx.errors import BackendError
+
+    model = SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True)
+    features = {k: torch.from_numpy(v) for k, v in model.tokenize(SENTENCES).items()}
+    model.forward(features)["sentence_embedding"].sum().backward()
+    versions = [p._version for p in model.parameters()]
+    optimizer.step()
+    assert [p._version for p in model.parameters()] == versions  # what the marks alone did not see
+    with pytest.raises(BackendError, match="changed in memory.*after an optimizer step"):
+        model.encode(SENTENCES[0])
+
+
+def test_modules_made_under_inference_mode_link(tiny_model_copy, tmp_path):
+    """Tensors made under torch.inference_mode() keep no version counter (reading it raises): such modules were
+    refused at construction (found by the review of the in-memory check)."""
+    from st_onnx.models import Dense
+    from st_onnx.modules import load_stack
+
+    with torch.inference_mode():
+        modules = [*load_stack(tiny_model_copy), Dense(32, 8)]
+    assert modules[-1].linear.weight.is_inference()
+    model = SentenceTransformer(modules=modules, backend="onnx", device="cpu", cache_folder=str(tmp_path))
+    assert model.encode(SENTENCES).shape == (len(SENTENCES), 8)
+
+
 def test_shared_settings_and_the_same_weights_loaded_again_are_no_change(tiny_model_copy):
     """max_seq_length and include_prompt reach the graph; weights written again with the same values (their
     version counters move) are compared by content and pass."""

@@ -125,6 +125,7 @@ class OnnxBackend:
         self._linked_pooling: Any = None  # and its Pooling module
         self._linked_stack: Any = None  # all of them, and their change marks when linked: see check_modules
         self._linked_marks: Any = None
+        self._linked_digest: str | None = None  # the content digest the graph computes
         self._device_lock = threading.Lock()  # device changes from several threads: one at a time
         self._encoder = self._make_encoder(device)
         # the graph's own inputs decide whether pairs carry token types (its manifest says so too, unless edited)
@@ -260,6 +261,11 @@ class OnnxBackend:
             pooling.include_prompt = self._include_prompt
             self._linked_pooling = pooling
         self._linked_stack, self._linked_marks = stack, stack.change_marks()
+        # the manifest's, else (a grafted graph records none) the modules' as loaded, which the graph computes
+        self._linked_digest = self.manifest.get("module_digest") or stack.content_digest(self._digest_prompt())
+
+    def _digest_prompt(self) -> Any:
+        return self.manifest.get("pooling_include_prompt")
 
     def check_modules(self) -> None:
         """Refuse to encode once the linked torch modules compute something other than the graph: their weights
@@ -273,7 +279,7 @@ class OnnxBackend:
         marks = stack.change_marks()
         if marks == self._linked_marks:
             return
-        if stack.content_digest(self.manifest.get("pooling_include_prompt")) == self.manifest.get("module_digest"):
+        if stack.content_digest(self._digest_prompt()) == self._linked_digest:
             self._linked_marks = marks
             return
         raise BackendError(
@@ -325,16 +331,19 @@ class OnnxBackend:
         return f"OnnxBackend({str(self.graph_path)!r}, device={self.device!r})"
 
 
-def _first_change(before: list, after: list) -> str:
+def _first_change(before: dict, after: dict) -> str:
     """Which module changed between two ``change_marks``, and how, in words."""
-    for idx, ((kind, settings, tensors), (_, settings_now, tensors_now)) in enumerate(zip(before, after)):
+    for idx, ((kind, settings, tensors), (_, settings_now, tensors_now)) in enumerate(zip(before["modules"],
+                                                                                         after["modules"])):
         keys = sorted(k for k in settings.keys() | settings_now.keys() if settings.get(k) != settings_now.get(k))
         if keys:
             return f"model[{idx}] ({kind}): its settings {keys}"
         if tensors != tensors_now:
             names = [a[0] for a, b in zip(tensors, tensors_now) if a != b] or [t[0] for t in tensors_now]
             return f"model[{idx}] ({kind}): its tensor {names[0]!r}"
-    return "the list of modules"
+    if len(before["modules"]) != len(after["modules"]):
+        return "the list of modules"
+    return "their weights, after an optimizer step"
 
 
 # (folder, precision) -> [its lock, the threads holding or waiting for it]; an entry goes with its last thread, so

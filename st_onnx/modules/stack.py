@@ -9,6 +9,7 @@ from typing import Any, Iterable
 
 import torch
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from .. import layout
 from ..errors import InvalidInputError, ModelFolderError
@@ -98,17 +99,20 @@ class ModuleStack(nn.Sequential):
                 h.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
         return "sha256:" + h.hexdigest()
 
-    def change_marks(self) -> list[tuple]:
-        """Cheap marks of the modules' state, one per module: its kind and settings (those ``content_digest``
-        reads, less the model config and ``include_prompt``) and, per tensor, its identity, storage, dtype, shape and
-        torch's in-place version counter, which optimizer steps, ``load_state_dict`` and casts all move. Marks that
-        differ from earlier ones mean the modules may have changed (``content_digest`` tells); equal marks mean they
-        have not, short of writes through a tensor's ``.data``, which torch does not count."""
-        return [(type(module).__name__,
-                 {k: v for k, v in _settings(module).items() if k != "include_prompt"},  # shared with the graph
-                 [(name, id(t), t._version, t.data_ptr(), t.dtype, tuple(t.shape))
-                  for name, t in module.state_dict(keep_vars=True).items()])
-                for module in self]
+    def change_marks(self) -> dict[str, Any]:
+        """Cheap marks of the modules' state: the optimizer steps taken in this process and, per module, its kind
+        and settings (those ``content_digest`` reads, less the model config and ``include_prompt``) and, per tensor,
+        its identity, storage, dtype, shape and torch's in-place version counter, which ``load_state_dict``, casts
+        and most optimizer steps move (fused ones do not: hence the step count). Marks that differ from earlier
+        ones mean the modules may have changed (``content_digest`` tells); equal marks mean they have not, short of
+        writes through a tensor's ``.data`` and of tensors made under ``torch.inference_mode``, whose writes torch
+        does not count."""
+        return {"optimizer_steps": _OPTIMIZER_STEPS[0],
+                "modules": [(type(module).__name__,
+                             {k: v for k, v in _settings(module).items() if k != "include_prompt"},  # shared
+                             [(name, id(t), -1 if t.is_inference() else t._version, t.data_ptr(), t.dtype,
+                               tuple(t.shape)) for name, t in module.state_dict(keep_vars=True).items()])
+                            for module in self]}
 
     def save(self, folder: str | os.PathLike) -> list[dict]:
         """Write every module into ``folder`` and return the modules.json entries."""
@@ -129,6 +133,18 @@ class ModuleStack(nn.Sequential):
             entries.append({"idx": idx, "name": str(idx), "path": path, "type": layout.MODULE_TYPES[kind]})
         layout.write_json(folder / layout.MODULES_JSON, entries)
         return entries
+
+
+# Optimizer steps taken in this process (any optimizer): a fused step (AdamW(fused=True), transformers' Trainer's
+# default) writes the weights without moving their version counters, so change_marks counts steps too
+_OPTIMIZER_STEPS = [0]
+
+
+def _count_step(optimizer: Any, args: Any, kwargs: Any) -> None:
+    _OPTIMIZER_STEPS[0] += 1
+
+
+register_optimizer_step_post_hook(_count_step)
 
 
 def _settings(module: nn.Module) -> dict[str, Any]:
