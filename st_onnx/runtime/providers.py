@@ -58,8 +58,9 @@ def cuda_unusable_reason() -> str | None:
                            "the place of the GPU one's: `pip uninstall -y onnxruntime onnxruntime-gpu`, then "
                            "`pip install onnxruntime-gpu`")
         else:
-            reasons.append(f"this onnxruntime ({ort.__version__}) has no CUDAExecutionProvider: it is the CPU "
-                           "package; for CUDA, `pip uninstall onnxruntime`, then `pip install onnxruntime-gpu`")
+            reasons.append(f"this onnxruntime ({ort.__version__}) has no CUDAExecutionProvider: it is a build "
+                           "without CUDA, such as the CPU package; for CUDA, uninstall it (`pip uninstall "
+                           "onnxruntime`), then `pip install onnxruntime-gpu`")
     if cuda_device_count() == 0:
         reasons.append("the CUDA driver reports no GPU")
     return "; ".join(reasons) or None
