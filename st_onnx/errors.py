@@ -78,6 +78,8 @@ class HubError(StOnnxError, RuntimeError):
 class DiskFullError(StOnnxError, OSError):
     """A write ran out of room on its disk (``errno`` ENOSPC): the message names the folder written into."""
 
+    detail = ""  # what the writer itself said, where it said more than ENOSPC
+
 
 class ProviderFallbackWarning(RuntimeWarning):
     """ONNX Runtime bound another execution provider than the one asked for."""

@@ -293,15 +293,16 @@ def work_folder(parent: str | os.PathLike, kind: str, fallback: Path | None = No
             if attempt == 2:
                 raise
     try:
-        yield tmp
+        try:
+            yield tmp
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+            remove_empty(made)  # a failed write leaves no empty onnx/st_onnx/ behind; a graph written keeps it
     except BaseException as e:
-        full = disk_full(e, parent)
+        full = disk_full(e, parent)  # the room left once the work folder went
         if full is not None:
             raise full from e
         raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        remove_empty(made)  # a failed write leaves no empty onnx/st_onnx/ behind; a graph written keeps it
 
 
 # How other libraries' writers report a full disk when they raise no OSError (safetensors' SafetensorError,
@@ -312,13 +313,17 @@ _DISK_FULL_TEXTS = ("No space left on device", "os error 28", "Disk quota exceed
 def disk_full(error: BaseException, folder: Path, disk: Path | None = None) -> DiskFullError | None:
     """For an error that a full disk caused while writing into ``folder``, a DiskFullError naming the folder and
     the room left on its disk (or on ``disk``'s, where the write went: beside a mount point); None for any other
-    error, and for one that names its folder already."""
+    error. A DiskFullError of a write inside ``folder`` (an export's work folder in OUT_DIR's copy) is named
+    again after ``folder``, the one the user asked to write."""
     if isinstance(error, DiskFullError):
-        return None
-    if isinstance(error, OSError):
+        detail = error.detail
+    elif isinstance(error, OSError) and error.errno is not None:
         if error.errno not in (errno.ENOSPC, errno.EDQUOT):
             return None
-    elif not any(text in str(error) for text in _DISK_FULL_TEXTS):
+        detail = f" ({type(error).__name__}: {error})" if error.filename else ""
+    elif any(text in str(error) for text in _DISK_FULL_TEXTS):  # shutil.Error (a copytree's) has no errno either
+        detail = f" ({type(error).__name__}: {str(error)[:300]})"
+    else:
         return None
     where = next((p for p in (disk or folder, *(disk or folder).parents) if p.exists()), folder)
     try:
@@ -326,9 +331,10 @@ def disk_full(error: BaseException, folder: Path, disk: Path | None = None) -> D
                                                                          f" now on the disk of {disk}")
     except OSError:
         room = "its free space unknown"
-    detail = "" if isinstance(error, OSError) and not error.filename else f" ({type(error).__name__}: {error})"
-    return DiskFullError(errno.ENOSPC, f"No space left on device writing into {folder} ({room}; what was written "
+    full = DiskFullError(errno.ENOSPC, f"No space left on device writing into {folder} ({room}; what was written "
                                        f"is removed again){detail}")
+    full.detail = detail
+    return full
 
 
 def missing_folders(folder: Path) -> list[Path]:

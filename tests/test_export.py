@@ -240,6 +240,10 @@ def test_an_export_that_cannot_write_its_manifest_keeps_the_graph_and_manifest_t
         export_fused_graph(stack, out, fingerprint="sha256:new", optimize=optimize)
     assert info.value.errno == errno.ENOSPC
     assert {p.name: p.read_bytes() for p in graph.parent.iterdir()} == before
+    new_out = tmp_path / "new"  # into a new OUT_DIR: named after it, not after the work folder inside its copy
+    with pytest.raises(DiskFullError, match=f"writing into {new_out} ") as info:
+        export_model_folder(exported[0], "fp32", out_dir=new_out)
+    assert ".export-" not in str(info.value) and not new_out.exists()
 
 
 @pytest.mark.parametrize("free", ["plenty", "none"])

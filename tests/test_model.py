@@ -15,7 +15,7 @@ import torch
 
 from helpers import SENTENCES, cannot_swap
 from st_onnx import SentenceTransformer, layout
-from st_onnx.errors import InvalidInputError, ModelFolderError, ModelNotFoundError
+from st_onnx.errors import DiskFullError, InvalidInputError, ModelFolderError, ModelNotFoundError
 from st_onnx.models import Dense, Normalize, Pooling, Transformer
 
 
@@ -310,7 +310,7 @@ def _files(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-@pytest.mark.parametrize("fails", ["copy onto the volume", "rename in it"])
+@pytest.mark.parametrize("fails", ["copy onto the volume", "folder copy onto the volume", "rename in it"])
 def test_a_volume_that_fills_up_or_fails_during_an_in_place_save_keeps_its_model(tmp_path, tiny_model_dir,
                                                                                  monkeypatch, fails):
     """The in-place fill deleted each old entry and then moved the new one across file systems: a full volume
@@ -332,6 +332,15 @@ def test_a_volume_that_fills_up_or_fails_during_an_in_place_save_keeps_its_model
             return real_move(src, dst, *args, **kwargs)
 
         monkeypatch.setattr(shutil, "move", move)
+    elif fails == "folder copy onto the volume":  # copytree gathers its errors into one shutil.Error, no errno
+        real_move = shutil.move
+
+        def move(src, dst, *args, **kwargs):
+            if Path(src).name == "1_Pooling":
+                raise shutil.Error([(str(src), str(dst), "[Errno 28] No space left on device")])
+            return real_move(src, dst, *args, **kwargs)
+
+        monkeypatch.setattr(shutil, "move", move)
     else:
         swap_replace, failed = os.replace, []  # cannot_swap's: the volume itself cannot be renamed
 
@@ -342,10 +351,12 @@ def test_a_volume_that_fills_up_or_fails_during_an_in_place_save_keeps_its_model
             return swap_replace(src, dst, *args, **kwargs)
 
         monkeypatch.setattr(os, "replace", replace)
-    with pytest.raises(OSError):
+    with pytest.raises(OSError) as info:
         m.save(target)
     monkeypatch.undo()
     assert _files(target) == before
+    if fails != "rename in it":  # a full disk is named as such, with the folder
+        assert isinstance(info.value, DiskFullError) and f"writing into {target} " in str(info.value)
     assert [p.name for p in tmp_path.iterdir()] == ["vol"]
     assert not [p.name for p in target.iterdir() if p.name.startswith(".")]
 
@@ -385,8 +396,6 @@ def test_a_save_onto_a_full_disk_says_so_naming_the_folder(tmp_path, tiny_model_
     full nor which one (found by a disk-full review). A DiskFullError (an OSError, errno ENOSPC) names it."""
     import transformers.modeling_utils
     from safetensors import SafetensorError
-
-    from st_onnx.errors import DiskFullError
 
     def full(*args, **kwargs):
         raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from .. import layout
-from ..errors import BackendError, InvalidInputError, ModelFolderError, ParityError, int_between
+from ..errors import BackendError, DiskFullError, InvalidInputError, ModelFolderError, ParityError, int_between
 from ..runtime.encoder import PROMPT_LENGTH
 from . import manifest as manifest_mod
 from . import optimize as passes
@@ -235,16 +235,19 @@ def export_model_folder(model_folder: str | os.PathLike, precision: str = "fp32"
     from ..saving import keep_foreign_entries
 
     real = Path(os.path.realpath(out_dir))
-    # named after out_dir, as its tmp folder; inside an existing out_dir whose parent cannot be written
-    with layout.work_folder(real.parent, f"{real.name}.export", fallback=real) as work:
-        graph = export_fused_graph(stack, work, precision, fingerprint=fingerprint, source_files=sources)
-        with layout.locked(real.parent), layout.atomic_folder(out_dir) as tmp:
-            layout.copy_model_folder(model_folder, tmp)  # configs, prompts and tokenizer as they are now
-            _drop_graphs_of_other_weights(tmp, fingerprint)  # the source's stale graphs: out_dir's fresh ones win
-            _move_graph(graph, layout.fused_graph_path(tmp, precision).parent)
-            if out_dir.is_dir():  # what out_dir holds now, another export's graph of a moment ago included
-                _carry_graphs(out_dir, tmp, fingerprint)
-                keep_foreign_entries(out_dir, tmp)
+    try:
+        # named after out_dir, as its tmp folder; inside an existing out_dir whose parent cannot be written
+        with layout.work_folder(real.parent, f"{real.name}.export", fallback=real) as work:
+            graph = export_fused_graph(stack, work, precision, fingerprint=fingerprint, source_files=sources)
+            with layout.locked(real.parent), layout.atomic_folder(out_dir) as tmp:
+                layout.copy_model_folder(model_folder, tmp)  # configs, prompts and tokenizer as they are now
+                _drop_graphs_of_other_weights(tmp, fingerprint)  # the source's stale graphs: out_dir's fresh ones
+                _move_graph(graph, layout.fused_graph_path(tmp, precision).parent)
+                if out_dir.is_dir():  # what out_dir holds now, another export's graph of a moment ago included
+                    _carry_graphs(out_dir, tmp, fingerprint)
+                    keep_foreign_entries(out_dir, tmp)
+    except DiskFullError as e:  # named after out_dir, not the work folder beside it (which is gone)
+        raise layout.disk_full(e, Path(out_dir)) from e
     logger.info("wrote %s (a copy of %s with its %s graph)", out_dir, model_folder, precision)
     return layout.fused_graph_path(out_dir, precision)
 
