@@ -279,6 +279,25 @@ def test_cuda_asked_of_the_cpu_package_names_the_package_to_install(tiny_folder,
         SentenceTransformer(str(tiny_folder), backend="onnx", device="cuda", onnx_options={"precision": "fp16"})
 
 
+def test_both_onnx_runtime_packages_installed_are_named_once_a_process(tiny_folder, monkeypatch):
+    """Both packages ship the same files: where the GPU one's won, all runs until either is uninstalled, which
+    takes files the other needs (found by a review of the CPU package). A session warns of it, once."""
+    import warnings
+
+    from st_onnx.runtime import providers
+
+    monkeypatch.setattr(providers, "_installed", lambda name: name in ("onnxruntime", "onnxruntime-gpu"))
+    providers.warn_if_both_packages.cache_clear()
+    try:
+        with pytest.warns(UserWarning, match=r"both onnxruntime and onnxruntime-gpu are installed.*Keep one"):
+            SentenceTransformer(str(tiny_folder), backend="onnx", device="cpu")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            SentenceTransformer(str(tiny_folder), backend="onnx", device="cpu")  # told once
+    finally:
+        providers.warn_if_both_packages.cache_clear()
+
+
 @pytest.mark.parametrize("backend", ["onnx", "torch"])
 def test_token_embeddings_hold_each_texts_own_tokens_not_its_batchs_padding(tiny_folder, st_model, backend):
     """One row per token of the text, as sentence-transformers gives (close() below trims to the shorter array,

@@ -66,6 +66,16 @@ def cuda_unusable_reason() -> str | None:
     return "; ".join(reasons) or None
 
 
+@functools.lru_cache(maxsize=1)
+def warn_if_both_packages() -> None:
+    """Once a process: warn where both ONNX Runtime packages are installed. They ship the same ``onnxruntime``
+    files, the last one installed wins, and uninstalling either takes files the other needs."""
+    if _installed("onnxruntime") and _installed("onnxruntime-gpu"):
+        warn("both onnxruntime and onnxruntime-gpu are installed: they ship the same files, the last one installed "
+             "wins, and uninstalling either breaks the other. Keep one: `pip uninstall -y onnxruntime "
+             "onnxruntime-gpu`, then `pip install onnxruntime-gpu` (or `onnxruntime` where no CUDA is wanted)")
+
+
 def _installed(distribution: str) -> bool:
     from importlib import metadata
 

@@ -34,7 +34,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import GraphFileError, GraphRunError, InvalidInputError, non_negative_int, positive_int, warn
-from .providers import CPU, CUDA, check_bound, cuda_unusable_reason, providers_for
+from .providers import CPU, CUDA, check_bound, cuda_unusable_reason, providers_for, warn_if_both_packages
 
 logger = logging.getLogger(__name__)
 
@@ -208,6 +208,7 @@ class OrtSession:
                 raise
             raise GraphFileError(f"ONNX Runtime cannot load {self.graph_path}: {e}") from e
         self.provider = check_bound(self._session, asked)
+        warn_if_both_packages()
         # a failed run raises GraphRunError with ORT's message: its own "[E:onnxruntime:...]" stderr line besides
         # would tell it twice, and uncatchably for a caller that handles the error
         self._run_options = ort.RunOptions()
