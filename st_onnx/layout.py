@@ -475,11 +475,19 @@ def atomic_folder(target: str | os.PathLike) -> Iterator[Path]:
                 return
         os.replace(tmp, target)
     except BaseException as e:
-        if old is not None and old.exists() and not target.exists():
-            os.replace(old, target)  # the new folder did not take its place: the old one goes back
+        raced = False
+        if old is not None and old.exists():
+            if not target.exists():
+                os.replace(old, target)  # the new folder did not take its place: the old one goes back
+            else:  # another process's save put its folder in place meanwhile: it stays, and the old copy goes
+                raced = True
+                shutil.rmtree(old, ignore_errors=True)
         if tmp.exists():
             _make_writable(tmp)
             shutil.rmtree(tmp, ignore_errors=True)
+        if raced and isinstance(e, OSError) and e.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            raise FileExistsError(e.errno, f"another save into {target} finished while this one was writing; "
+                                           f"{target} holds that one: save again to replace it") from e
         beside = not filling and tmp.parent != target and target.is_dir() and _other_disk(target, tmp.parent)
         full = disk_full(e, target, disk=tmp.parent if beside else None)  # a mount point's copy went beside it
         if full is not None:
@@ -508,19 +516,78 @@ def _mkdtemp(prefix: str, folder: Path, fallback: Path | None = None) -> Path:
         return Path(tempfile.mkdtemp(prefix=prefix, dir=fallback))
 
 
-def interrupted_write_hint(target: str | os.PathLike) -> str:
-    """For a missing folder: where a write killed between ``atomic_folder``'s two renames left it (moved aside
-    as ``.NAME.old-PID``), as a sentence to append to the error; '' when there is no such folder."""
+def _moved_aside(target: Path) -> list[Path]:
+    """The ``.NAME.old-PID`` folders of writes into ``target`` between ``atomic_folder``'s two renames (or killed
+    there), the newest last."""
     import glob
 
-    target = Path(target).expanduser().absolute()
-    try:  # by time, the newest last (PIDs do not sort as text)
-        aside = sorted((p for p in target.parent.glob(f".{glob.escape(target.name)}.old-*") if p.is_dir()),
-                       key=lambda p: p.stat().st_mtime)
+    try:  # by time (PIDs do not sort as text)
+        return sorted((p for p in target.parent.glob(f".{glob.escape(target.name)}.old-*") if p.is_dir()),
+                      key=lambda p: p.stat().st_mtime)
     except OSError:
-        return ""
+        return []
+
+
+def _writer_alive(aside: Path) -> bool:
+    pid = aside.name.rpartition("-")[2]
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: another user's process, alive
+        return True
+    return True
+
+
+# How long a load waits for a folder that a live process's save has moved aside (its two renames are microseconds
+# apart; a loaded machine can stretch them)
+SWAP_WAIT_S = 2.0
+
+
+def wait_for_swap(target: str | os.PathLike) -> bool:
+    """For a missing folder that a save under way has moved aside (a live process's ``.NAME.old-PID``): wait up
+    to ``SWAP_WAIT_S`` for the new folder to take its place; True once a folder is there."""
+    import time
+
+    target = Path(target).expanduser().absolute()
+    deadline = time.monotonic() + SWAP_WAIT_S
+    while not target.is_dir():
+        if time.monotonic() > deadline or not any(_writer_alive(p) for p in _moved_aside(target)):
+            return target.is_dir()
+        time.sleep(0.01)
+    return True
+
+
+def folder_identity(folder: str | os.PathLike) -> tuple[int, ...] | None:
+    """Which save a path names now: the folder's device and inode (a save swaps a new folder in), and the inode
+    and modification time of its ``modules.json`` (else ``config.json``), which every save writes anew (a folder
+    filled in place too) and nothing else writes: a freed inode number can come back with the next save's folder.
+    None for a missing folder."""
+    try:
+        st = os.stat(folder)
+    except OSError:
+        return None
+    for name in ("modules.json", "config.json"):
+        try:
+            f = os.stat(os.path.join(folder, name))
+        except OSError:
+            continue
+        return st.st_dev, st.st_ino, f.st_ino, f.st_mtime_ns
+    return st.st_dev, st.st_ino
+
+
+def interrupted_write_hint(target: str | os.PathLike) -> str:
+    """For a missing folder: where a write between ``atomic_folder``'s two renames left it (moved aside as
+    ``.NAME.old-PID``), as a sentence to append to the error; '' when there is no such folder."""
+    target = Path(target).expanduser().absolute()
+    aside = _moved_aside(target)
     if not aside:
         return ""
+    if _writer_alive(aside[-1]):
+        return (f"; a save into it (process {aside[-1].name.rpartition('-')[2]}) has moved the folder aside as "
+                f"{aside[-1]} and has not put the new one in place yet: load it again once that save is done")
     return (f"; a save or export into it was stopped between moving the folder aside and putting the new one in "
             f"place: the folder as it was is {aside[-1]} (rename it back to {target.name} to use it)")
 

@@ -12,17 +12,20 @@ import dataclasses
 import logging
 import os
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from . import layout
 from .devices import check_device
 from .encode.options import EncodeOptions, as_input_list, check_one_kind, check_truncate_dim
 from .encode.prompts import ModelSettings, check_prompt, check_prompts, check_similarity_fn_name, prepend
 from .encode.output import format_per_text, format_sentence_embeddings
-from .errors import BackendError, InvalidInputError, ModelNotFoundError, allowed, positive_int, warn
+from .errors import BackendError, InvalidInputError, ModelFolderError, ModelNotFoundError, allowed, positive_int, warn
 from .module_api import ModuleMethods
 
 logger = logging.getLogger(__name__)
+
+# loads of a folder that saves keep replacing meanwhile, before giving up (SentenceTransformer._load_whole)
+_LOAD_TRIES = 3
 
 BACKENDS = ("torch", "onnx")
 
@@ -125,6 +128,7 @@ class SentenceTransformer(ModuleMethods):
                                     "name, or use_auth_token, the 2.x one)")
         self._token = token if token is not None else use_auth_token
         self.model_path: Path | None = None
+        self._folder_identity: tuple[int, ...] | None = None  # the folder loaded (layout.folder_identity)
         if model_name_or_path is not None:
             try:
                 self.model_path = self._resolve_path(str(model_name_or_path), revision, bool(local_files_only))
@@ -133,39 +137,70 @@ class SentenceTransformer(ModuleMethods):
                     raise _prompt_name_as_token(use_auth_token, "which is no Hugging Face token (those start "
                                                                 "'hf_') and which the Hub refused") from e
                 raise
-        self._settings = ModelSettings.load(self.model_path, prompts, default_prompt_name, similarity_fn_name,
-                                            truncate_dim)
-        if isinstance(use_auth_token, str) and use_auth_token in self._settings.prompts:  # not kept as a token
-            raise _prompt_name_as_token(use_auth_token, "the name of one of this model's prompts")
-        from .saving import ModelCardData
+        def load() -> None:
+            self._settings = ModelSettings.load(self.model_path, prompts, default_prompt_name, similarity_fn_name,
+                                                truncate_dim)
+            if isinstance(use_auth_token, str) and use_auth_token in self._settings.prompts:  # not kept as a token
+                raise _prompt_name_as_token(use_auth_token, "the name of one of this model's prompts")
+            from .saving import ModelCardData
 
-        self.model_card_data = ModelCardData.from_any(model_card_data)  # evaluators record metrics here for save()
-        # the folder's own card, which save() keeps until the model is trained (as sentence-transformers)
-        self._model_card_text = None
-        # (only a sentence-transformers folder's, as there: a transformers checkpoint's card describes another model)
-        if model_card_data is None and self.model_path is not None and layout.is_st_folder(self.model_path) \
-                and (self.model_path / "README.md").is_file():
-            self._model_card_text = (self.model_path / "README.md").read_text(encoding="utf-8", errors="replace")
-            # a card st-onnx wrote is written again on save (under the new name), with the fields it recorded
-            self.model_card_data = ModelCardData.from_card(self._model_card_text) or self.model_card_data
-        self._stack = None
-        if backend == "torch":
-            from .backends.torch_backend import TorchBackend
-            from .devices import default_torch_device
+            self.model_card_data = ModelCardData.from_any(model_card_data)  # evaluators record metrics here
+            # the folder's own card, which save() keeps until the model is trained (as sentence-transformers)
+            self._model_card_text = None
+            # (only a sentence-transformers folder's, as there: a transformers checkpoint's card is another model's)
+            if model_card_data is None and self.model_path is not None and layout.is_st_folder(self.model_path) \
+                    and (self.model_path / "README.md").is_file():
+                self._model_card_text = (self.model_path / "README.md").read_text(encoding="utf-8",
+                                                                                  errors="replace")
+                # a card st-onnx wrote is written again on save (under the new name), with the fields it recorded
+                self.model_card_data = ModelCardData.from_card(self._model_card_text) or self.model_card_data
+            self._stack = None
+            if backend == "torch":
+                from .backends.torch_backend import TorchBackend
+                from .devices import default_torch_device
 
-            device = device or default_torch_device()
-            self._backend = TorchBackend(self._load_stack(modules), device)
-        else:
-            from .backends.onnx_backend import OnnxBackend
+                self._backend = TorchBackend(self._load_stack(modules), device or default_torch_device())
+            else:
+                from .backends.onnx_backend import OnnxBackend
 
-            self._backend = OnnxBackend.load(self, modules=modules, device=device, options=onnx_options)
-            if self._stack is not None:  # modules=[...]: loaded before the backend existed
-                self._backend.link_modules(self._stack)
+                self._backend = OnnxBackend.load(self, modules=modules, device=device, options=onnx_options)
+                if self._stack is not None:  # modules=[...]: loaded before the backend existed
+                    self._backend.link_modules(self._stack)
+
+        self._load_whole(load)
+
+    def _load_whole(self, load: Callable[[], None]) -> None:
+        """Run ``load`` over the model folder until it reads one save's files. Another process's save swaps a new
+        folder in (its identity changes): a load that overlapped it may hold one save's Transformer and the
+        other's Pooling, or have failed on a file that moved away, so it is made again (a few times)."""
+        if self.model_path is None:
+            load()
+            return
+        for attempt in range(1, _LOAD_TRIES + 1):
+            seen = layout.folder_identity(self.model_path)
+            try:
+                load()
+            except Exception:
+                if attempt == _LOAD_TRIES or not self._replaced_since(seen):
+                    raise
+            else:
+                if not self._replaced_since(seen):
+                    self._folder_identity = seen
+                    return
+                if attempt == _LOAD_TRIES:
+                    raise ModelFolderError(f"{self.model_path} was replaced by a save {_LOAD_TRIES} times while it "
+                                           "loaded; load it once the process saving into it pauses")
+            logger.info("%s was replaced by a save while it loaded: loading it again", self.model_path)
+
+    def _replaced_since(self, seen: tuple[int, ...] | None) -> bool:
+        if not layout.wait_for_swap(self.model_path):  # gone for good: not a save under way
+            return seen is not None
+        return layout.folder_identity(self.model_path) != seen
 
     # -- construction helpers ---------------------------------------------------------------------------
     def _resolve_path(self, name: str, revision: str | None = None, local_files_only: bool = False) -> Path:
         path = Path(name).expanduser()
-        if path.is_dir():
+        if path.is_dir() or layout.wait_for_swap(path):  # (a save under way has it moved aside for a moment)
             return path.absolute()  # read again later (torch modules on first use, save, pools), from any cwd
         if path.exists():
             raise ModelNotFoundError(f"{name!r} is a file; model_name_or_path must be a model folder (or a Hub id)")
@@ -189,7 +224,11 @@ class SentenceTransformer(ModuleMethods):
             else:
                 raise BackendError("this model has no torch modules")
             if self.backend == "onnx" and getattr(self, "_backend", None) is not None:
-                self._backend.link_modules(self._stack)
+                try:
+                    self._backend.link_modules(self._stack)
+                except BaseException:  # modules the graph does not compute are not kept
+                    self._stack = None
+                    raise
         return self._stack
 
     @property

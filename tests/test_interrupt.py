@@ -129,11 +129,11 @@ def test_a_folder_left_aside_by_a_killed_save_is_named_by_the_load_that_misses_i
     from st_onnx import SentenceTransformer, cli
     from st_onnx.errors import ModelNotFoundError
 
-    shutil.copytree(tiny_model_dir, tmp_path / ".model.old-4242")  # the state a kill there leaves
+    shutil.copytree(tiny_model_dir, tmp_path / ".model.old-999999999")  # a kill there leaves this (a dead PID)
     monkeypatch.chdir(tmp_path)
     name = str(tmp_path / "model") if spelled == "absolute" else "model"
     with pytest.raises(ModelNotFoundError, match=r"does not exist; a save or export into it was stopped .*"
-                                                 r"\.model\.old-4242 \(rename it back to model"):
+                                                 r"\.model\.old-999999999 \(rename it back to model"):
         SentenceTransformer(name, device="cpu")
     capsys.readouterr()
     assert cli.main(["export", name, str(tmp_path / "out")]) != 0
@@ -147,5 +147,28 @@ def test_the_hint_names_only_the_missing_folders_own_folder_set_aside(tmp_path):
 
     (tmp_path / ".ma.old-1").mkdir()
     assert layout.interrupted_write_hint(tmp_path / "m[ab]") == ""
-    (tmp_path / ".m[ab].old-7").mkdir()
-    assert ".m[ab].old-7 (rename it back to m[ab]" in layout.interrupted_write_hint(tmp_path / "m[ab]")
+    (tmp_path / ".m[ab].old-999999999").mkdir()
+    assert ".m[ab].old-999999999 (rename it back to m[ab]" in layout.interrupted_write_hint(tmp_path / "m[ab]")
+
+
+def test_a_load_between_a_live_saves_two_renames_waits_for_it(tiny_model_dir, tmp_path, monkeypatch):
+    """A load in the microseconds between a save's two renames said the save was stopped and advised renaming
+    the old folder back, which would fail that save (found by a review of concurrent processes). While the saving
+    process lives, the load waits for the new folder; past the wait, it says a save is under way."""
+    import os
+    import shutil
+    import threading
+
+    from st_onnx import SentenceTransformer, layout
+    from st_onnx.errors import ModelNotFoundError
+
+    aside = tmp_path / f".model.old-{os.getpid()}"  # a live process's save
+    shutil.copytree(tiny_model_dir, aside)
+    monkeypatch.setattr(layout, "SWAP_WAIT_S", 0.2)
+    with pytest.raises(ModelNotFoundError, match=rf"a save into it \(process {os.getpid()}\) has moved the folder "
+                                                 r"aside .*load it again once that save is done"):
+        SentenceTransformer(str(tmp_path / "model"), device="cpu")
+    monkeypatch.setattr(layout, "SWAP_WAIT_S", 30.0)
+    staged = shutil.copytree(tiny_model_dir, tmp_path / ".model.tmp-x")
+    threading.Timer(0.3, os.rename, (staged, tmp_path / "model")).start()  # the save's second rename
+    assert SentenceTransformer(str(tmp_path / "model"), device="cpu").encode("a b").shape == (32,)

@@ -25,9 +25,9 @@ from .. import layout
 from ..encode.batching import DEFAULT_TOKEN_BUDGET, GPU_TOKEN_BUDGET, check_token_budget
 from ..encode.options import EncodeOptions
 from ..encode.tokenize import TextTokenizer
-from ..errors import BackendError, InvalidInputError, ModelFolderError, warn
+from ..errors import BackendError, InvalidInputError, ModelFolderError, StaleGraphError, warn
 from ..runtime.encoder import PROMPT_LENGTH, OrtEncoder
-from ..runtime.graphs import GraphChoice, cache_dir_for, find_graph, find_packed
+from ..runtime.graphs import GraphChoice, cache_dir_for, find_graph, find_packed, graph_problem
 from ..runtime.providers import (CUDA, check_providers, cuda_unusable_reason, cuda_usable, provider_name,
                                  resolve_device)
 from ..runtime.session import OrtSession, available_cores, check_thread_count, default_session_options
@@ -126,6 +126,7 @@ class OnnxBackend:
         self._linked_stack: Any = None  # all of them, and their change marks when linked: see check_modules
         self._linked_marks: Any = None
         self._linked_digest: str | None = None  # the content digest the graph computes
+        self.folder_identity = layout.folder_identity(folder)  # (load sets the one from before its reads)
         self._device_lock = threading.Lock()  # device changes from several threads: one at a time
         self._encoder = self._make_encoder(device)
         # the graph's own inputs decide whether pairs carry token types (its manifest says so too, unless edited)
@@ -144,6 +145,7 @@ class OnnxBackend:
             folder, in_use = _save_modules(model, modules, cache_folder)
         else:
             folder = Path(model.model_path)
+        seen = layout.folder_identity(folder)  # the folder this model loads (a save swaps in another)
         try:
             with _folder_lock(folder, precision):  # threads loading one graph at once: one exports, the rest load it
                 choice = find_graph(folder, precision, file_name=opts.file_name, export=opts.export,
@@ -151,6 +153,7 @@ class OnnxBackend:
             if opts.packing:
                 choice = find_packed(folder, choice, export=opts.export, cache_folder=cache_folder, packer=_pack)
             backend = cls(folder, choice, device, opts, TextTokenizer.from_folder(folder, choice.manifest))
+            backend.folder_identity = seen
         except BaseException:
             if in_use is not None:
                 os.close(in_use)
@@ -161,6 +164,14 @@ class OnnxBackend:
 
     def new_session(self, device: str, threads: int | None = None) -> OrtSession:
         """Another session over the same graph (the session pool makes one per device)."""
+        now = layout.folder_identity(self.folder)
+        if now != self.folder_identity:  # a save swapped another folder in: is the graph there still this one?
+            problem = graph_problem(self.graph_path, self.manifest)
+            if problem is not None:
+                raise StaleGraphError(f"{self.folder} was replaced by a save since this model loaded, and its graph "
+                                      f"is another one now ({problem}): this model's sessions would run another "
+                                      "model; load the model again")
+            self.folder_identity = now
         opts = self.options
         session_options = _session_options(opts.session_options, threads or opts.intra_op_num_threads,
                                            prepack=self.manifest.get("precision") == "int8")
@@ -254,6 +265,11 @@ class OnnxBackend:
         """Share ``max_seq_length`` with the torch Transformer module (``model[0]``) and ``include_prompt`` with
         the Pooling module: sentence-transformers users set them on the modules, and ``save`` writes the modules'
         values. This backend's values, possibly set before the modules loaded, are the modules' from now on."""
+        if layout.folder_identity(self.folder) != self.folder_identity and \
+                stack.content_digest(self._digest_prompt()) != self.manifest.get("module_digest"):
+            raise StaleGraphError(f"{self.folder} was replaced by a save of other weights since this model loaded: "
+                                  "its torch modules (model[i], save) would no longer be those of the graph it runs; "
+                                  "load the model again")
         stack.transformer.max_seq_length = self._text_tokenizer.max_seq_length
         self._linked_transformer = stack.transformer
         pooling = next((m for m in stack if hasattr(m, "include_prompt")), None)

@@ -218,8 +218,10 @@ def export_model_folder(model_folder: str | os.PathLike, precision: str = "fp32"
     if out_dir is not None and model_folder.resolve() in out_dir.resolve().parents:
         raise InvalidInputError(f"out_dir {out_dir} is inside the model folder {model_folder}: the copy would hold "
                                 "itself; allowed: the model folder itself, or a folder outside it")
-    # the fingerprint is taken before the modules load: weights saved in between make the graph stale (exported
-    # again), never a graph of older weights stamped with the newer fingerprint
+    # the fingerprint is taken before the modules load, and the folder's identity before both: a save swapping in
+    # another folder meanwhile (another process's) is refused below, as the modules may then be another save's
+    # than the fingerprint (a save of B, then of A again, gives A's fingerprint back)
+    seen = layout.folder_identity(model_folder)
     fingerprint, sources = folder_fingerprint(model_folder), source_digests(model_folder)
     in_place = out_dir is None or out_dir.resolve() == model_folder.resolve()
     if not (in_place or replace) and _is_model_folder(out_dir) and folder_fingerprint(out_dir) != fingerprint:
@@ -229,9 +231,18 @@ def export_model_folder(model_folder: str | os.PathLike, precision: str = "fp32"
             "(replace=True, or --replace, replaces it)"
         )
     stack = load_stack(model_folder)
+    if layout.folder_identity(model_folder) != seen:
+        raise ModelFolderError(f"{model_folder} was replaced by a save while its modules loaded for the export; "
+                               "export again once the process saving into it is done")
     check_tokenizer(model_folder, stack)  # before the export: a graph the runtime would feed other ids is no use
     if in_place:
-        return export_fused_graph(stack, model_folder, precision, fingerprint=fingerprint, source_files=sources)
+        try:
+            return export_fused_graph(stack, model_folder, precision, fingerprint=fingerprint, source_files=sources)
+        except Exception as e:  # its work folder went with the folder a save swapped out: an internal file's error
+            if layout.folder_identity(model_folder) == seen:
+                raise
+            raise ModelFolderError(f"{model_folder} was replaced by a save while its {precision} graph was being "
+                                   "exported into it; export again once the process saving into it is done") from e
     from ..saving import keep_foreign_entries
 
     real = Path(os.path.realpath(out_dir))
