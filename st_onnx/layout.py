@@ -455,6 +455,7 @@ def atomic_folder(target: str | os.PathLike) -> Iterator[Path]:
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700: the folder must read like any other the user makes
     old = None
     filling = False  # into target's file system (else beside it, or inside it where tmp is inside it)
+    swapping = False  # the new folder's rename into place
     try:
         yield tmp
         filling = True
@@ -466,6 +467,8 @@ def atomic_folder(target: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
             try:
                 os.replace(target, old)
+            except FileNotFoundError:  # another process's save moved it aside meanwhile; its own goes in next
+                old = None
             except OSError as e:
                 if e.errno not in _CANNOT_MOVE:
                     raise
@@ -473,9 +476,10 @@ def atomic_folder(target: str | os.PathLike) -> Iterator[Path]:
                 logger.info("%s cannot be moved aside (%s): writing into it in place", target, e.strerror)
                 _fill_in_place(tmp, target)
                 return
+        swapping = True
         os.replace(tmp, target)
     except BaseException as e:
-        raced = False
+        raced = swapping and target.exists()  # another process's save put its folder in place first
         if old is not None and old.exists():
             if not target.exists():
                 os.replace(old, target)  # the new folder did not take its place: the old one goes back
@@ -529,8 +533,13 @@ def _moved_aside(target: Path) -> list[Path]:
 
 
 def _writer_alive(aside: Path) -> bool:
+    """Whether the save that moved ``aside`` there may still be under way: moved a moment ago (a save's two
+    renames are microseconds apart) by a process that lives (a killed save's PID can be another process's now)."""
     pid = aside.name.rpartition("-")[2]
-    if not pid.isdigit():
+    try:
+        if not pid.isdigit() or _now() - aside.stat().st_ctime > SWAP_RECENT_S:  # a rename sets the ctime
+            return False
+    except OSError:
         return False
     try:
         os.kill(int(pid), 0)
@@ -542,8 +551,15 @@ def _writer_alive(aside: Path) -> bool:
 
 
 # How long a load waits for a folder that a live process's save has moved aside (its two renames are microseconds
-# apart; a loaded machine can stretch them)
+# apart; a loaded machine can stretch them), and how recent a folder moved aside is to count as a save under way
 SWAP_WAIT_S = 2.0
+SWAP_RECENT_S = 10.0
+
+
+def _now() -> float:
+    import time
+
+    return time.time()
 
 
 def wait_for_swap(target: str | os.PathLike) -> bool:

@@ -180,17 +180,22 @@ class SentenceTransformer(ModuleMethods):
             seen = layout.folder_identity(self.model_path)
             try:
                 load()
-            except Exception:
-                if attempt == _LOAD_TRIES or not self._replaced_since(seen):
+            except Exception as e:
+                if not self._replaced_since(seen):
                     raise
+                if attempt == _LOAD_TRIES:  # what failed was a file the save moved away, not a broken folder
+                    raise self._kept_replacing() from e
             else:
                 if not self._replaced_since(seen):
                     self._folder_identity = seen
                     return
                 if attempt == _LOAD_TRIES:
-                    raise ModelFolderError(f"{self.model_path} was replaced by a save {_LOAD_TRIES} times while it "
-                                           "loaded; load it once the process saving into it pauses")
+                    raise self._kept_replacing()
             logger.info("%s was replaced by a save while it loaded: loading it again", self.model_path)
+
+    def _kept_replacing(self) -> ModelFolderError:
+        return ModelFolderError(f"{self.model_path} was replaced by a save {_LOAD_TRIES} times while it loaded; load "
+                                "it once the process saving into it pauses")
 
     def _replaced_since(self, seen: tuple[int, ...] | None) -> bool:
         if not layout.wait_for_swap(self.model_path):  # gone for good: not a save under way

@@ -91,6 +91,10 @@ def test_what_an_onnx_model_reads_later_from_a_replaced_folder_must_be_what_it_r
     with pytest.raises(StaleGraphError, match="was replaced by a save since this model loaded"):
         model.start_multi_process_pool(["cpu"])
     np.testing.assert_array_equal(model.encode(SENTENCES), before)  # its own graph, loaded already, still runs
+    plain = make_tiny_model(folder_of_a.parent / "plain", pooling="cls", dense=16, seed=1)  # no graph
+    SentenceTransformer(str(plain), device="cpu").save(str(folder_of_a))
+    with pytest.raises(StaleGraphError, match="was replaced by a save since this model loaded"):  # not a raw
+        model._backend.new_session("cpu")                                                           # OSError
     # the same weights saved again (a new folder, the graph carried along): nothing to refuse
     model = SentenceTransformer(str(folder_of_a), backend="onnx", device="cpu")
     SentenceTransformer(str(folder_of_a), device="cpu").save(str(folder_of_a))
@@ -127,6 +131,59 @@ def test_an_export_overlapping_a_save_is_refused_naming_the_folder(two_models, f
     monkeypatch.setattr(st_onnx.modules, "load_stack", load_between_two_saves)
     with pytest.raises(ModelFolderError, match="was replaced by a save while its modules loaded"):
         exporter.export_model_folder(folder_of_a, "fp32")
+
+
+def test_a_load_that_every_try_overlaps_a_save_says_so(two_models, folder_of_a, monkeypatch):
+    """The last of the load's tries failed on a file the save moved away, and that error went out as a broken
+    folder ('modules.json names 1_Pooling, which is not a folder') (found by the review of the change)."""
+    from st_onnx.modules import stack as stack_mod
+
+    a, b = two_models
+    models = [SentenceTransformer(str(m), device="cpu") for m in (b, a)]
+    transformer = stack_mod._KINDS["Transformer"]
+    real, calls = transformer.load, []
+
+    def load(*args, **kwargs):
+        calls.append(1)
+        models[len(calls) % 2].save(str(folder_of_a))
+        if len(calls) == 3:
+            raise ModelFolderError(f"modules.json names '1_Pooling', which is not a folder in {folder_of_a}")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(transformer, "load", staticmethod(load))
+    with pytest.raises(ModelFolderError, match="was replaced by a save 3 times while it loaded"):
+        SentenceTransformer(str(folder_of_a), device="cpu")
+
+
+@pytest.mark.parametrize("step", ["moving the folder aside", "putting the new one in place"])
+def test_a_save_racing_another_at_either_rename_ends_whole_or_says_so(two_models, folder_of_a, monkeypatch, step):
+    """Another process's save moved the folder aside just before this one tried to (a raw FileNotFoundError
+    saying M did not exist), or put its folder in place while this one found none (a raw ENOTEMPTY of the
+    temporary folder) (found by the review of the change)."""
+    a, b = two_models
+    x, y = SentenceTransformer(str(a), device="cpu"), SentenceTransformer(str(b), device="cpu")
+    real_replace, other_aside = os.replace, folder_of_a.parent / ".M.old-999999999"
+
+    if step == "putting the new one in place":
+        real_replace(folder_of_a, other_aside)  # the other save is between its two renames: no folder to move
+
+    def replace(src, dst, *args, **kwargs):
+        if step == "moving the folder aside" and Path(src) == folder_of_a and not other_aside.exists():
+            real_replace(folder_of_a, other_aside)  # the other save's first rename, a moment earlier
+        if step == "putting the new one in place" and Path(dst) == folder_of_a and not folder_of_a.exists():
+            shutil.copytree(b, folder_of_a)  # the other save's second rename lands first
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", replace)
+    if step == "moving the folder aside":
+        x.save(str(folder_of_a))  # its folder takes the place; the other save's second rename then says so
+    else:
+        with pytest.raises(FileExistsError, match=f"another save into {folder_of_a} finished while this one"):
+            x.save(str(folder_of_a))
+    monkeypatch.undo()
+    assert [p.name for p in folder_of_a.parent.iterdir() if p.name.startswith(".M.tmp")] == []
+    np.testing.assert_allclose(_embeddings(folder_of_a), _embeddings(a if step == "moving the folder aside" else b),
+                               atol=1e-6)
 
 
 def test_a_save_that_another_save_overtakes_leaves_no_copy_behind(two_models, folder_of_a, monkeypatch):

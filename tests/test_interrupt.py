@@ -172,3 +172,23 @@ def test_a_load_between_a_live_saves_two_renames_waits_for_it(tiny_model_dir, tm
     staged = shutil.copytree(tiny_model_dir, tmp_path / ".model.tmp-x")
     threading.Timer(0.3, os.rename, (staged, tmp_path / "model")).start()  # the save's second rename
     assert SentenceTransformer(str(tmp_path / "model"), device="cpu").encode("a b").shape == (32,)
+
+
+def test_a_folder_moved_aside_long_ago_under_a_pid_now_alive_is_named_as_stopped(tiny_model_dir, tmp_path,
+                                                                                  monkeypatch):
+    """A killed save's PID can be another live process's now (PID 1 in containers): the load waited, then said a
+    save was under way, never the recovery (found by the review of the change). Moved aside minutes ago, it is
+    a stopped save."""
+    import os
+    import shutil
+    import time
+
+    from st_onnx import SentenceTransformer, layout
+    from st_onnx.errors import ModelNotFoundError
+
+    shutil.copytree(tiny_model_dir, tmp_path / f".model.old-{os.getpid()}")
+    monkeypatch.setattr(layout, "_now", lambda: time.time() + 600)
+    start = time.monotonic()
+    with pytest.raises(ModelNotFoundError, match=r"rename it back to model"):
+        SentenceTransformer(str(tmp_path / "model"), device="cpu")
+    assert time.monotonic() - start < 1.0

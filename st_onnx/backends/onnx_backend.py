@@ -166,7 +166,10 @@ class OnnxBackend:
         """Another session over the same graph (the session pool makes one per device)."""
         now = layout.folder_identity(self.folder)
         if now != self.folder_identity:  # a save swapped another folder in: is the graph there still this one?
-            problem = graph_problem(self.graph_path, self.manifest)
+            try:
+                problem = graph_problem(self.graph_path, self.manifest)
+            except OSError as e:  # a save without graphs: gone
+                problem = f"{self.graph_path.name}: {e.strerror}"
             if problem is not None:
                 raise StaleGraphError(f"{self.folder} was replaced by a save since this model loaded, and its graph "
                                       f"is another one now ({problem}): this model's sessions would run another "
