@@ -128,7 +128,6 @@ class SentenceTransformer(ModuleMethods):
                                     "name, or use_auth_token, the 2.x one)")
         self._token = token if token is not None else use_auth_token
         self.model_path: Path | None = None
-        self._folder_identity: tuple[int, ...] | None = None  # the folder loaded (layout.folder_identity)
         if model_name_or_path is not None:
             try:
                 self.model_path = self._resolve_path(str(model_name_or_path), revision, bool(local_files_only))
@@ -187,7 +186,6 @@ class SentenceTransformer(ModuleMethods):
                     raise self._kept_replacing() from e
             else:
                 if not self._replaced_since(seen):
-                    self._folder_identity = seen
                     return
                 if attempt == _LOAD_TRIES:
                     raise self._kept_replacing()
