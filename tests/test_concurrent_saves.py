@@ -161,7 +161,7 @@ def test_a_save_racing_another_at_either_rename_ends_whole_or_says_so(two_models
     saying M did not exist), or put its folder in place while this one found none (a raw ENOTEMPTY of the
     temporary folder) (found by the review of the change)."""
     a, b = two_models
-    x, y = SentenceTransformer(str(a), device="cpu"), SentenceTransformer(str(b), device="cpu")
+    x = SentenceTransformer(str(a), device="cpu")
     real_replace, other_aside = os.replace, folder_of_a.parent / ".M.old-999999999"
 
     if step == "putting the new one in place":
