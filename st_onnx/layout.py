@@ -26,6 +26,7 @@ import os
 import shutil
 import stat
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -264,8 +265,6 @@ WORK_FOLDERS = (".export-*", ".pack-*", ".graft-*", ".*.tmp-*", ".*.old-*", ".*.
 
 def remove_abandoned(folder: Path, pattern: str) -> None:
     """Remove the work folders matching ``pattern`` in ``folder`` older than ``ABANDONED_S``."""
-    import time
-
     for old in folder.glob(pattern):
         try:
             if old.is_dir() and not old.is_symlink() and time.time() - old.stat().st_mtime > ABANDONED_S:
@@ -556,17 +555,12 @@ SWAP_WAIT_S = 2.0
 SWAP_RECENT_S = 10.0
 
 
-def _now() -> float:
-    import time
-
-    return time.time()
+_now = time.time  # the clock _writer_alive reads (tests move it)
 
 
 def wait_for_swap(target: str | os.PathLike) -> bool:
     """For a missing folder that a save under way has moved aside (a live process's ``.NAME.old-PID``): wait up
     to ``SWAP_WAIT_S`` for the new folder to take its place; True once a folder is there."""
-    import time
-
     target = Path(target).expanduser().absolute()
     deadline = time.monotonic() + SWAP_WAIT_S
     while not target.is_dir():
@@ -695,14 +689,6 @@ def _move(src: Path, dst: Path) -> None:
         raise
     if mode is not None:
         os.chmod(dst, mode)
-
-
-def _remove_entry(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        _make_writable(path)
-        shutil.rmtree(path)
-    else:
-        path.unlink()
 
 
 def _working_dir() -> Path | None:

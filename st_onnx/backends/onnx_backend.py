@@ -268,11 +268,13 @@ class OnnxBackend:
         """Share ``max_seq_length`` with the torch Transformer module (``model[0]``) and ``include_prompt`` with
         the Pooling module: sentence-transformers users set them on the modules, and ``save`` writes the modules'
         values. This backend's values, possibly set before the modules loaded, are the modules' from now on."""
-        if layout.folder_identity(self.folder) != self.folder_identity and \
-                stack.content_digest(self._digest_prompt()) != self.manifest.get("module_digest"):
-            raise StaleGraphError(f"{self.folder} was replaced by a save of other weights since this model loaded: "
-                                  "its torch modules (model[i], save) would no longer be those of the graph it runs; "
-                                  "load the model again")
+        recorded, digest = self.manifest.get("module_digest"), None
+        if layout.folder_identity(self.folder) != self.folder_identity:
+            digest = stack.content_digest(self._digest_prompt())
+            if digest != recorded:
+                raise StaleGraphError(f"{self.folder} was replaced by a save of other weights since this model "
+                                      "loaded: its torch modules (model[i], save) would no longer be those of the "
+                                      "graph it runs; load the model again")
         stack.transformer.max_seq_length = self._text_tokenizer.max_seq_length
         self._linked_transformer = stack.transformer
         pooling = next((m for m in stack if hasattr(m, "include_prompt")), None)
@@ -281,7 +283,7 @@ class OnnxBackend:
             self._linked_pooling = pooling
         self._linked_stack, self._linked_marks = stack, stack.change_marks()
         # the manifest's, else (a grafted graph records none) the modules' as loaded, which the graph computes
-        self._linked_digest = self.manifest.get("module_digest") or stack.content_digest(self._digest_prompt())
+        self._linked_digest = recorded or digest or stack.content_digest(self._digest_prompt())
 
     def _digest_prompt(self) -> Any:
         return self.manifest.get("pooling_include_prompt")

@@ -46,6 +46,10 @@ def cuda_usable() -> bool:
     return CUDA in ort.get_available_providers() and cuda_device_count() > 0
 
 
+# both ONNX Runtime packages installed (they ship the same files): the commands that keep the GPU one
+_KEEP_ONE = "`pip uninstall -y onnxruntime onnxruntime-gpu`, then `pip install onnxruntime-gpu`"
+
+
 def cuda_unusable_reason() -> str | None:
     """Why ONNX Runtime cannot run CUDA here, in words for a message (with the fix where it is a package one);
     None when it may: it has its CUDA provider and the driver sees a GPU (its libraries may still fail to load)."""
@@ -55,8 +59,7 @@ def cuda_unusable_reason() -> str | None:
     if CUDA not in ort.get_available_providers():
         if _installed("onnxruntime") and _installed("onnxruntime-gpu"):
             reasons.append("both onnxruntime and onnxruntime-gpu are installed, and the CPU package's files took "
-                           "the place of the GPU one's: `pip uninstall -y onnxruntime onnxruntime-gpu`, then "
-                           "`pip install onnxruntime-gpu`")
+                           f"the place of the GPU one's: {_KEEP_ONE}")
         else:
             reasons.append(f"this onnxruntime ({ort.__version__}) has no CUDAExecutionProvider: it is a build "
                            "without CUDA, such as the CPU package; for CUDA, uninstall it (`pip uninstall "
@@ -72,8 +75,8 @@ def warn_if_both_packages() -> None:
     files, the last one installed wins, and uninstalling either takes files the other needs."""
     if _installed("onnxruntime") and _installed("onnxruntime-gpu"):
         warn("both onnxruntime and onnxruntime-gpu are installed: they ship the same files, the last one installed "
-             "wins, and uninstalling either breaks the other. Keep one: `pip uninstall -y onnxruntime "
-             "onnxruntime-gpu`, then `pip install onnxruntime-gpu` (or `onnxruntime` where no CUDA is wanted)")
+             f"wins, and uninstalling either breaks the other. Keep one: {_KEEP_ONE} (or `onnxruntime` where no "
+             "CUDA is wanted)")
 
 
 def _installed(distribution: str) -> bool:
