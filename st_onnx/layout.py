@@ -314,15 +314,10 @@ def disk_full(error: BaseException, folder: Path, disk: Path | None = None) -> D
     the room left on its disk (or on ``disk``'s, where the write went: beside a mount point); None for any other
     error. A DiskFullError of a write inside ``folder`` (an export's work folder in OUT_DIR's copy) is named
     again after ``folder``, the one the user asked to write."""
-    if isinstance(error, DiskFullError):
-        detail = error.detail
-    elif isinstance(error, OSError) and error.errno is not None:
-        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
-            return None
-        detail = f" ({type(error).__name__}: {error})" if error.filename else ""
-    elif any(text in str(error) for text in _DISK_FULL_TEXTS):  # shutil.Error (a copytree's) has no errno either
-        detail = f" ({type(error).__name__}: {str(error)[:300]})"
-    else:
+    if not isinstance(error, Exception):  # an interrupt while a write failed stays an interrupt
+        return None
+    detail = next((d for d in map(_disk_full_detail, _chain(error)) if d is not None), None)
+    if detail is None:
         return None
     where = next((p for p in (disk or folder, *(disk or folder).parents) if p.exists()), folder)
     try:
@@ -334,6 +329,29 @@ def disk_full(error: BaseException, folder: Path, disk: Path | None = None) -> D
                                        f"is removed again){detail}")
     full.detail = detail
     return full
+
+
+def _disk_full_detail(error: BaseException) -> str | None:
+    """What a message adds about ``error`` where a full disk caused it ("" for a plain ENOSPC); None otherwise."""
+    if isinstance(error, DiskFullError):
+        return error.detail
+    if isinstance(error, OSError) and error.errno is not None:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            return None
+        return f" ({type(error).__name__}: {error})" if error.filename else ""
+    if any(text in str(error) for text in _DISK_FULL_TEXTS):  # shutil.Error (a copytree's) has no errno either
+        return f" ({type(error).__name__}: {str(error)[:300]})"
+    return None
+
+
+def _chain(error: BaseException | None):
+    """``error``, then the errors it was raised from or while handling (torch.save writing into a Python file
+    raises its own RuntimeError, "unexpected pos", over the file's ENOSPC)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__
 
 
 def missing_folders(folder: Path) -> list[Path]:

@@ -4,7 +4,9 @@ ONNX graph follows the new weights."""
 from __future__ import annotations
 
 import csv
+import errno
 import math
+import os
 import shutil
 
 import numpy as np
@@ -13,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from st_onnx import InputExample, SentenceTransformer, losses
-from st_onnx.errors import InvalidInputError
+from st_onnx.errors import DiskFullError, InvalidInputError
 from st_onnx.evaluation import EmbeddingSimilarityEvaluator
 from st_onnx.fit import NO_DECAY, objective_parameters
 from st_onnx.training.checkpoints import STATE_FILE, list_checkpoints
@@ -302,6 +304,48 @@ def test_each_checkpoint_is_written_once_and_the_last_step_always(tiny_model_dir
     run(model, losses.CosineSimilarityLoss(model), checkpoint_path=str(tmp_path / "ckpt"),
         checkpoint_save_steps=every)
     assert steps == written
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full, a file whose writes fail ENOSPC")
+def test_a_checkpoint_onto_a_full_disk_says_so(tiny_model_dir, tmp_path, monkeypatch):
+    """torch.save's own writer reports a full disk as RuntimeError "unexpected pos", naming neither the disk
+    nor the folder (found by a disk-full review). The training state goes through a Python file, whose ENOSPC
+    becomes a DiskFullError naming the checkpoint; nothing of the checkpoint stays."""
+    import st_onnx.fit as fit_mod
+
+    model = model_from(tiny_model_dir)
+    real_save = type(model).save
+
+    def save_then_fill(self, path, *args, **kwargs):  # the training state written next lands on a full disk
+        real_save(self, path, *args, **kwargs)
+        os.symlink("/dev/full", os.path.join(path, STATE_FILE))
+
+    monkeypatch.setattr(type(model), "save", save_then_fill)
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(DiskFullError, match=f"No space left on device writing into {ckpt / '2'} "):
+        fit_mod.save_checkpoint(model, ckpt, fit_mod.TrainingState(global_step=2), 0)
+    assert list(ckpt.iterdir()) == []
+
+
+def test_disk_full_sees_through_an_error_raised_over_enospc(tmp_path):
+    """torch.save into a Python file on a full tmpfs raises its RuntimeError while handling the file's ENOSPC;
+    an interrupt raised over a full disk stays an interrupt."""
+    from st_onnx import layout
+
+    def raised_over(error, outer):
+        try:
+            try:
+                raise error
+            except OSError:
+                raise outer
+        except BaseException as e:
+            return e
+
+    full = layout.disk_full(raised_over(OSError(errno.ENOSPC, "No space left on device"),
+                                        RuntimeError("unexpected pos 3456 vs 3350")), tmp_path)
+    assert isinstance(full, DiskFullError) and str(tmp_path) in str(full)
+    assert layout.disk_full(raised_over(OSError(errno.ENOSPC, "full"), KeyboardInterrupt()), tmp_path) is None
+    assert layout.disk_full(raised_over(OSError(errno.EACCES, "denied"), RuntimeError("x")), tmp_path) is None
 
 
 def test_resume_continues_where_it_stopped(tiny_model_dir, tmp_path):

@@ -67,7 +67,8 @@ def save_checkpoint(model, checkpoint_path: str | os.PathLike, state: TrainingSt
     target = Path(checkpoint_path) / str(state.global_step)
     with layout.atomic_folder(target) as tmp:
         model.save(tmp)  # the model folder, written through model.save (stale fused graphs dropped)
-        torch.save(vars(state), tmp / STATE_FILE)
+        with open(tmp / STATE_FILE, "wb") as f:  # through Python's file: a full disk raises its ENOSPC (torch's own
+            torch.save(vars(state), f)           # writer says "unexpected pos"), which atomic_folder names
     logger.info("saved checkpoint %s", target)
     prune_checkpoints(checkpoint_path, total_limit)
     return target
