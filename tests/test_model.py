@@ -67,6 +67,7 @@ def test_inputs_are_read_as_sentence_transformers_reads_them(model):
     np.testing.assert_allclose(model.encode(two), reference.encode(list(two)), atol=1e-5)
     np.testing.assert_allclose(model.encode([two]), reference.encode([two]), atol=1e-5)  # one pair
     np.testing.assert_allclose(model.encode(np.array("hello")), model.encode("hello"))  # a 0-d array: one text
+    np.testing.assert_allclose(model.encode(t for t in two), model.encode(two))  # a generator: a batch (README)
     np.testing.assert_allclose(model.encode(np.array(list(two)), batch_size=np.int64(1), truncate_dim=np.int32(8)),
                                reference.encode(list(two), truncate_dim=8), atol=1e-5)
     before = model.max_seq_length
