@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import queue
 import threading
 import weakref
@@ -87,6 +88,7 @@ class SessionPool:
         self._jobs: queue.Queue = queue.Queue(maxsize=2 * len(self.devices))
         self._stop_event = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._pid = os.getpid()  # fork copies none of the worker threads
         runners = self._make_runners()
         for i, (device, runner) in enumerate(zip(self.devices, runners)):
             # the threads hold the queue and the stop event, not the pool: a pool dropped without stop() is
@@ -107,6 +109,9 @@ class SessionPool:
 
     def _check_alive(self) -> None:
         dead = [t.name for t in self._threads if not t.is_alive()]
+        if dead and not self.stopped and os.getpid() != self._pid:
+            raise PoolError(f"this pool was started in process {self._pid}, and fork copies none of its worker "
+                            "threads: start a pool in this process (the model's own encode works here)")
         if dead and not self.stopped:
             raise PoolError(f"pool worker(s) {dead} died; stop the pool and start a new one")
 

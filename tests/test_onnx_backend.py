@@ -388,9 +388,11 @@ def test_a_modules_copy_stays_while_a_shallow_copy_of_its_model_runs_it_and_unus
                                                                                               tmp_path):
     """The in-use lock lived as long as the facade, not the backend running the copy's graph: copy.copy(model)
     lost its folder once the original went. And copies in use took the slots of the unused ones kept, so two
-    live models newer than them removed every unused copy (found by the review of the change)."""
+    live models newer than them removed every unused copy (found by the review of the change). An unpickled
+    model takes the lock of its own."""
     import copy
     import gc
+    import pickle
 
     import torch
 
@@ -406,6 +408,7 @@ def test_a_modules_copy_stays_while_a_shallow_copy_of_its_model_runs_it_and_unus
 
     original = new_weights_model()
     twin = copy.copy(original)
+    unpickled = pickle.loads(pickle.dumps(original))  # holds the copy in use too (a DataLoader worker's model)
     unused = [new_weights_model()._backend.folder for _ in range(2)]
     del original
     gc.collect()
@@ -414,6 +417,12 @@ def test_a_modules_copy_stays_while_a_shallow_copy_of_its_model_runs_it_and_unus
     gc.collect()
     assert twin._backend.folder.is_dir() and all(folder.is_dir() for folder in unused)
     assert twin.encode(["a b c"], device=["cpu", "cpu"]).shape == (1, 32)
+    del twin
+    gc.collect()
+    new_weights_model()
+    gc.collect()
+    assert unpickled._backend.folder.is_dir()
+    assert unpickled.encode(["a b c"], device=["cpu", "cpu"]).shape == (1, 32)
     assert all(m.encode(["a b c"]).shape == (1, 32) for m in live)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import threading
 import time
@@ -99,6 +100,30 @@ def test_dead_worker_is_reported_not_waited_for(model):
     with pytest.raises(PoolError, match="died"):
         model.encode_multi_process(SENTENCES, pool)
     pool.stop()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork only")
+def test_a_pool_used_in_a_forked_child_names_the_fork(folder):
+    """fork copies none of a pool's worker threads: the child was told its workers died (found by a start-method
+    review), not why. (The child leaves through os._exit: ONNX Runtime 1.29+ hangs a child's sys.exit.)"""
+    model = SentenceTransformer(str(folder), backend="onnx", device="cpu")
+    with model.start_multi_process_pool(["cpu"]) as pool:
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: report what the pool says, then leave at once
+            try:
+                model.encode_multi_process(SENTENCES, pool)
+                message = b"no error"
+            except BaseException as e:
+                message = f"{type(e).__name__}: {e}".encode()
+            os.write(write, message[:4000])
+            os._exit(0)
+        os.close(write)
+        with os.fdopen(read, "rb") as f:
+            said = f.read().decode()
+        os.waitpid(pid, 0)
+        assert said.startswith("PoolError: this pool was started in process ") and "fork" in said
+        np.testing.assert_allclose(model.encode_multi_process(SENTENCES, pool), model.encode(SENTENCES), atol=ATOL)
 
 
 def test_stop_twice_and_use_after_stop(model):

@@ -59,6 +59,40 @@ def test_encode_in_a_forked_child_after_the_parent_encoded(folder, monkeypatch):
     np.testing.assert_allclose(q.get(timeout=5), want, atol=1e-6)
 
 
+def test_a_pickled_onnx_model_encodes_in_a_spawned_process(folder, monkeypatch):
+    """Spawn and forkserver pickle what they send (macOS' and Windows' default start method, Python 3.14's on
+    Linux): a DataLoader worker whose dataset holds the model, or ProcessPoolExecutor.map(model.encode, ...),
+    raised "cannot pickle '_thread.RLock' object" (found by a start-method review). The session is opened
+    again over the same graph in the receiving process; the settings changed in memory travel."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    model = _load(folder, monkeypatch)
+    model.max_seq_length, model.prompts = 5, {"q": "query: "}
+    want = model.encode(TEXTS[:8], prompt_name="q")
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+        got = pool.submit(model.encode, TEXTS[:8], prompt_name="q").result(timeout=120)
+    np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_an_unpickled_onnx_model_refuses_a_graph_changed_meanwhile(folder, monkeypatch, tmp_path):
+    import pickle
+    import shutil
+
+    from st_onnx.errors import StaleGraphError
+
+    own = tmp_path / "own"
+    shutil.copytree(folder, own)
+    model = _load(own, monkeypatch)
+    model[0]  # the torch modules travel with it, linked to the graph
+    again = pickle.loads(pickle.dumps(model))
+    np.testing.assert_allclose(again.encode(TEXTS[:4]), model.encode(TEXTS[:4]), atol=1e-6)
+    data = pickle.dumps(model)
+    graph = model._backend.graph_path
+    graph.write_bytes(graph.read_bytes() + b"\0")  # another graph in its place, as after a re-export elsewhere
+    with pytest.raises(StaleGraphError, match=f"unpickled onnx model finds its graph changed or missing .*{graph}"):
+        pickle.loads(data)
+
+
 class _Recorder:
     """Wraps a tokenizers.Tokenizer, recording the characters of every encode_batch call."""
 

@@ -127,6 +127,7 @@ class OnnxBackend:
         self._linked_marks: Any = None
         self._linked_digest: str | None = None  # the content digest the graph computes
         self.folder_identity = layout.folder_identity(folder)  # (load sets the one from before its reads)
+        self._copy_in_use: Path | None = None  # the lock file marking a modules=[...] copy in use
         self._device_lock = threading.Lock()  # device changes from several threads: one at a time
         self._encoder = self._make_encoder(device)
         # the graph's own inputs decide whether pairs carry token types (its manifest says so too, unless edited)
@@ -160,7 +161,33 @@ class OnnxBackend:
             raise
         if in_use is not None:  # the copy is in use while the backend running its graph lives (pools, to())
             weakref.finalize(backend, os.close, in_use)
+            backend._copy_in_use = folder.parent / f".{folder.name}.inuse"
         return backend
+
+    # -- pickling: DataLoader workers and process pools under spawn or forkserver (macOS, Windows, Python 3.14)
+    def __getstate__(self) -> dict[str, Any]:
+        """The graph's path and manifest, the options, the tokenizer and settings travel; ONNX Runtime's session
+        does not pickle: the receiving process opens one of its own on the same graph file."""
+        state = self.__dict__.copy()
+        del state["_encoder"], state["_device_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._device_lock = threading.Lock()
+        copy = state.get("_copy_in_use")  # a modules=[...] copy: in use here too, so no eviction removes it
+        in_use = _hold_in_use(copy) if copy is not None else None
+        if in_use is not None:
+            weakref.finalize(self, os.close, in_use)
+        try:  # the file must still be the graph this model ran: on another machine, or re-exported, it is not
+            problem = graph_problem(self.graph_path, self.manifest)
+        except OSError as e:
+            problem = f"{self.graph_path}: {e.strerror}"
+        if problem is not None:
+            raise StaleGraphError(f"an unpickled onnx model finds its graph changed or missing ({problem}); load "
+                                  "the model in this process instead (SentenceTransformer(path, backend='onnx'), "
+                                  "for example in a worker's initializer)")
+        self._encoder = self._make_encoder(self._requested_device)
 
     def new_session(self, device: str, threads: int | None = None) -> OrtSession:
         """Another session over the same graph (the session pool makes one per device)."""

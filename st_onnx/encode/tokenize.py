@@ -269,6 +269,15 @@ class TextTokenizer:
         return cls(tokenizer, max_seq_length, lower, type_ids=type_ids, pad_token=configured_pad_token(folder),
                    truncation_side=side)
 
+    def __getstate__(self) -> dict[str, Any]:  # a pickled model (DataLoader workers, process pools): no lock
+        state = self.__dict__.copy()
+        del state["_settings_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._settings_lock = threading.RLock()
+
     # -- settings -------------------------------------------------------------------------------------
     @property
     def tokenizer(self) -> Tokenizer:
