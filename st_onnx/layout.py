@@ -25,6 +25,7 @@ import logging
 import os
 import shutil
 import stat
+import sys
 import tempfile
 import time
 from contextlib import contextmanager
@@ -281,6 +282,7 @@ def work_folder(parent: str | os.PathLike, kind: str, fallback: Path | None = No
     go first. In ``fallback`` (an existing folder that ``atomic_folder`` will fill in place) where ``parent``
     cannot be written."""
     parent = Path(parent)
+    handling = sys.exc_info()[1]  # the caller's own error, if it writes while handling one: not this write's
     made = missing_folders(parent)
     for attempt in (1, 2):
         parent.mkdir(parents=True, exist_ok=True)
@@ -298,7 +300,7 @@ def work_folder(parent: str | os.PathLike, kind: str, fallback: Path | None = No
             shutil.rmtree(tmp, ignore_errors=True)
             remove_empty(made)  # a failed write leaves no empty onnx/st_onnx/ behind; a graph written keeps it
     except BaseException as e:
-        full = disk_full(e, parent)  # the room left once the work folder went
+        full = disk_full(e, parent, handling=handling)  # the room left once the work folder went
         if full is not None:
             raise full from e
         raise
@@ -309,14 +311,16 @@ def work_folder(parent: str | os.PathLike, kind: str, fallback: Path | None = No
 _DISK_FULL_TEXTS = ("No space left on device", "os error 28", "Disk quota exceeded", "os error 122")
 
 
-def disk_full(error: BaseException, folder: Path, disk: Path | None = None) -> DiskFullError | None:
+def disk_full(error: BaseException, folder: Path, disk: Path | None = None,
+              handling: BaseException | None = None) -> DiskFullError | None:
     """For an error that a full disk caused while writing into ``folder``, a DiskFullError naming the folder and
     the room left on its disk (or on ``disk``'s, where the write went: beside a mount point); None for any other
     error. A DiskFullError of a write inside ``folder`` (an export's work folder in OUT_DIR's copy) is named
-    again after ``folder``, the one the user asked to write."""
+    again after ``folder``, the one the user asked to write. ``handling``: the error the caller was handling
+    when the write began (``sys.exc_info()``), which says nothing of this write's disk."""
     if not isinstance(error, Exception):  # an interrupt while a write failed stays an interrupt
         return None
-    detail = next((d for d in map(_disk_full_detail, _chain(error)) if d is not None), None)
+    detail = next((d for d in map(_disk_full_detail, _chain(error, handling)) if d is not None), None)
     if detail is None:
         return None
     where = next((p for p in (disk or folder, *(disk or folder).parents) if p.exists()), folder)
@@ -344,11 +348,11 @@ def _disk_full_detail(error: BaseException) -> str | None:
     return None
 
 
-def _chain(error: BaseException | None):
+def _chain(error: BaseException | None, stop: BaseException | None = None):
     """``error``, then the errors it was raised from or while handling (torch.save writing into a Python file
-    raises its own RuntimeError, "unexpected pos", over the file's ENOSPC)."""
+    raises its own RuntimeError, "unexpected pos", over the file's ENOSPC), up to ``stop``."""
     seen = set()
-    while error is not None and id(error) not in seen:
+    while error is not None and error is not stop and id(error) not in seen:
         seen.add(id(error))
         yield error
         error = error.__cause__ or error.__context__
@@ -451,6 +455,7 @@ def atomic_folder(target: str | os.PathLike) -> Iterator[Path]:
     leaves ``target`` as it was; a crash during the renames can leave a mix of old and new entries.
     """
     target = Path(target).absolute()
+    handling = sys.exc_info()[1]  # the caller's own error, if it saves while handling one: not this write's
     if target.is_symlink():
         target = target.resolve()
     cwd = _working_dir()
@@ -510,7 +515,8 @@ def atomic_folder(target: str | os.PathLike) -> Iterator[Path]:
             raise FileExistsError(e.errno, f"another save into {target} finished while this one was writing; "
                                            f"{target} holds that one: save again to replace it") from e
         beside = not filling and tmp.parent != target and target.is_dir() and _other_disk(target, tmp.parent)
-        full = disk_full(e, target, disk=tmp.parent if beside else None)  # a mount point's copy went beside it
+        full = disk_full(e, target, disk=tmp.parent if beside else None,  # a mount point's copy went beside it
+                         handling=handling)
         if full is not None:
             raise full from e
         raise

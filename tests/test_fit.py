@@ -348,6 +348,29 @@ def test_disk_full_sees_through_an_error_raised_over_enospc(tmp_path):
     assert layout.disk_full(raised_over(OSError(errno.EACCES, "denied"), RuntimeError("x")), tmp_path) is None
 
 
+def test_a_write_failing_while_the_caller_handles_an_unrelated_full_disk_keeps_its_own_error(tmp_path):
+    """A save inside the caller's own handler of another disk's ENOSPC (a log write, a fallback save elsewhere)
+    that fails for another reason was reported as a full disk, naming a target with room (found by the review
+    of the change): the error being handled when the write began is not looked through."""
+    from st_onnx import layout
+
+    try:
+        with open("/dev/full" if os.path.exists("/dev/full") else tmp_path, "w") as log:
+            log.write("step done\n")
+            log.flush()
+    except OSError:
+        with pytest.raises(ValueError, match="^not a disk problem$"):
+            with layout.atomic_folder(tmp_path / "out"):
+                raise ValueError("not a disk problem")
+        with pytest.raises(ValueError, match="^not a disk problem$"):
+            with layout.work_folder(tmp_path / "graphs", "export"):
+                raise ValueError("not a disk problem")
+        with pytest.raises(DiskFullError, match=f"writing into {tmp_path / 'out'} "):  # its own full disk still is
+            with layout.atomic_folder(tmp_path / "out"):
+                raise OSError(errno.ENOSPC, "No space left on device")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 def test_resume_continues_where_it_stopped(tiny_model_dir, tmp_path):
     straight = model_from(tiny_model_dir)
     run(straight, losses.CosineSimilarityLoss(straight))

@@ -93,6 +93,38 @@ def test_an_unpickled_onnx_model_refuses_a_graph_changed_meanwhile(folder, monke
         pickle.loads(data)
 
 
+def test_pickling_refuses_a_session_options_object_and_checks_a_graph_without_manifest(folder, monkeypatch,
+                                                                                         tmp_path):
+    """onnxruntime.SessionOptions does not pickle: the error named pybind11's type, not the dict form that does
+    (found by the review of the change). A graph named by file_name= has no manifest to check an unpickled model
+    against: its size and modification time at load stand in."""
+    import pickle
+    import shutil
+
+    import onnxruntime as ort
+
+    from st_onnx import SentenceTransformer
+    from st_onnx.errors import InvalidInputError, StaleGraphError
+
+    model = SentenceTransformer(str(folder), backend="onnx", device="cpu",
+                                onnx_options={"session_options": ort.SessionOptions()})
+    with pytest.raises(InvalidInputError, match=r"SessionOptions, which does not pickle.*as a dict of its attr"):
+        pickle.dumps(model)
+    as_dict = SentenceTransformer(str(folder), backend="onnx", device="cpu",
+                                  onnx_options={"session_options": {"intra_op_num_threads": 1}})
+    np.testing.assert_allclose(pickle.loads(pickle.dumps(as_dict)).encode(TEXTS[:4]), as_dict.encode(TEXTS[:4]),
+                               atol=1e-6)
+
+    bare = tmp_path / "bare.onnx"
+    shutil.copy(_load(folder, monkeypatch)._backend.graph_path, bare)
+    model = SentenceTransformer(str(folder), backend="onnx", device="cpu", onnx_options={"file_name": str(bare)})
+    data = pickle.dumps(model)
+    np.testing.assert_allclose(pickle.loads(data).encode(TEXTS[:4]), model.encode(TEXTS[:4]), atol=1e-6)
+    bare.write_bytes(bare.read_bytes() + b"\0")  # another graph in its place
+    with pytest.raises(StaleGraphError, match="another size or modification time than when the model loaded"):
+        pickle.loads(data)
+
+
 class _Recorder:
     """Wraps a tokenizers.Tokenizer, recording the characters of every encode_batch call."""
 

@@ -128,6 +128,8 @@ class OnnxBackend:
         self._linked_digest: str | None = None  # the content digest the graph computes
         self.folder_identity = layout.folder_identity(folder)  # (load sets the one from before its reads)
         self._copy_in_use: Path | None = None  # the lock file marking a modules=[...] copy in use
+        # a graph without a manifest (file_name=) records no sha256: its size and time tell an unpickled copy
+        self._graph_stat = None if self.manifest.get("graph_sha256") else _stat_signature(self.graph_path)
         self._device_lock = threading.Lock()  # device changes from several threads: one at a time
         self._encoder = self._make_encoder(device)
         # the graph's own inputs decide whether pairs carry token types (its manifest says so too, unless edited)
@@ -168,6 +170,12 @@ class OnnxBackend:
     def __getstate__(self) -> dict[str, Any]:
         """The graph's path and manifest, the options, the tokenizer and settings travel; ONNX Runtime's session
         does not pickle: the receiving process opens one of its own on the same graph file."""
+        if self.options.session_options is not None and not isinstance(self.options.session_options, dict):
+            raise InvalidInputError(
+                "this model was loaded with onnx_options['session_options'] an onnxruntime.SessionOptions, which "
+                "does not pickle (nor can its settings be read back whole); to send the model to another process, "
+                "load it with session_options as a dict of its attributes, e.g. {'intra_op_num_threads': 1}"
+            )
         state = self.__dict__.copy()
         del state["_encoder"], state["_device_lock"]
         return state
@@ -181,6 +189,9 @@ class OnnxBackend:
             weakref.finalize(self, os.close, in_use)
         try:  # the file must still be the graph this model ran: on another machine, or re-exported, it is not
             problem = graph_problem(self.graph_path, self.manifest)
+            if problem is None and self._graph_stat is not None and _stat_signature(self.graph_path) != \
+                    self._graph_stat:
+                problem = f"{self.graph_path} has another size or modification time than when the model loaded"
         except OSError as e:
             problem = f"{self.graph_path}: {e.strerror}"
         if problem is not None:
@@ -524,6 +535,11 @@ def _export(folder: Path, precision: str, out_dir: Path | None) -> Path:
 
     # out_dir, when given, is the graph cache's copy of a read-only folder: st-onnx's own, replaced at will
     return Path(export_model_folder(folder, precision=precision, out_dir=out_dir, replace=out_dir is not None))
+
+
+def _stat_signature(path: Path) -> tuple[int, int]:
+    info = path.stat()
+    return info.st_size, info.st_mtime_ns
 
 
 def _pack(graph: Path, target: Path, folder: Path) -> Path:
