@@ -4,6 +4,7 @@ threads at once, a container's CPU quota."""
 
 import multiprocessing as mp
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -57,6 +58,41 @@ def test_encode_in_a_forked_child_after_the_parent_encoded(folder, monkeypatch):
     assert not hung, "model.encode hung in the forked child"
     assert p.exitcode == 0
     np.testing.assert_allclose(q.get(timeout=5), want, atol=1e-6)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork only")
+def test_a_fork_waits_for_the_runs_under_way_in_other_threads(folder, monkeypatch):
+    """A fork while another thread was inside ONNX Runtime's run copied the session's held lock into the child,
+    whose encode then waited forever (6 of 460 forks; found by a start-method review). fork() now waits
+    for the runs under way, and the child encodes."""
+    model = _load(folder, monkeypatch)
+    want = model.encode(TEXTS, show_progress_bar=False)
+    session = model._backend._encoder.session
+    real, events = session._session, []
+
+    class SlowRun:  # a run long enough for the fork to land in it
+        def run(self, *args):
+            events.append("run starts")
+            time.sleep(1.0)
+            out = real.run(*args)
+            events.append("run ends")
+            return out
+
+    monkeypatch.setattr(session, "_session", SlowRun())
+    busy = threading.Thread(target=model.encode, args=(["the cat runs"],))
+    busy.start()
+    while not events:
+        time.sleep(0.01)
+    monkeypatch.setattr(session, "_session", real)  # the child runs the real session
+    pid = os.fork()
+    if pid == 0:  # (SIGALRM's default action ends a child that hangs)
+        signal.alarm(60)
+        os._exit(0 if np.allclose(model.encode(TEXTS, show_progress_bar=False), want, atol=1e-6) else 3)
+    events.append("forked")
+    busy.join()
+    _, status = os.waitpid(pid, 0)
+    assert events == ["run starts", "run ends", "forked"]
+    assert os.waitstatus_to_exitcode(status) == 0
 
 
 def test_a_pickled_onnx_model_encodes_in_a_spawned_process(folder, monkeypatch):

@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -172,6 +173,53 @@ def is_ort_error(error: BaseException) -> bool:
     return type(error).__module__.startswith("onnxruntime") or type(error) in (RuntimeError, ValueError, TypeError)
 
 
+# How long a fork waits for the runs under way in other threads (a batch takes milliseconds to a few seconds)
+FORK_WAIT_S = 30.0
+
+
+class _RunGate:
+    """The runs under way in this process, and a fork waiting for them: a fork during a run copies the lock
+    ONNX Runtime's session holds while running into the child, where nothing releases it, so the child's first
+    run on that session waited forever (6 of 460 forks while another thread encoded). fork() waits for the
+    runs to end (at most FORK_WAIT_S) and holds new ones back until it returned."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._running = 0
+        self._forking = False
+
+    def __enter__(self) -> None:
+        with self._cond:
+            while self._forking:
+                self._cond.wait()
+            self._running += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._cond:
+            self._running -= 1
+            if self._running == 0:
+                self._cond.notify_all()
+
+    def before_fork(self) -> None:  # holds the lock through fork(): no run starts meanwhile
+        self._cond.acquire()
+        self._forking = True
+        self._cond.wait_for(lambda: self._running == 0, timeout=FORK_WAIT_S)
+
+    def after_fork_in_parent(self) -> None:
+        self._forking = False
+        self._cond.notify_all()
+        self._cond.release()
+
+    def after_fork_in_child(self) -> None:  # the child has none of the parent's other threads, nor their runs
+        self.__init__()
+
+
+_RUNS = _RunGate()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_RUNS.before_fork, after_in_parent=_RUNS.after_fork_in_parent,
+                        after_in_child=_RUNS.after_fork_in_child)
+
+
 class OrtSession:
     """Run the fused graph: numpy features in, numpy outputs out, on the device it was created for."""
 
@@ -249,9 +297,10 @@ class OrtSession:
         feed.update((name, np.asarray(features[name], dtype=np.int64)) for name in self.optional_input_names
                     if name in features)
         try:
-            if self.provider == CUDA:
-                return self._run_bound(feed, outputs)
-            return self._session.run(list(outputs), feed, self._run_options)
+            with _RUNS:
+                if self.provider == CUDA:
+                    return self._run_bound(feed, outputs)
+                return self._session.run(list(outputs), feed, self._run_options)
         except Exception as e:  # ORT's own Fail/InvalidArgument/RuntimeException types subclass no builtin error
             if not is_ort_error(e):  # a signal handler's TimeoutError, a task's time limit: the caller's own
                 raise
