@@ -95,6 +95,43 @@ def test_a_fork_waits_for_the_runs_under_way_in_other_threads(folder, monkeypatc
     assert os.waitstatus_to_exitcode(status) == 0
 
 
+def test_two_threads_forking_at_once_both_wait_for_the_runs(monkeypatch):
+    """The first fork's return let runs start again while a second thread's fork still waited: under steady load
+    that one waited out FORK_WAIT_S and forked with runs under way (found by the review of the change)."""
+    import st_onnx.runtime.session as session_mod
+
+    monkeypatch.setattr(session_mod, "FORK_WAIT_S", 2.0)
+    gate, stop, seen = session_mod._RunGate(), threading.Event(), []
+
+    def load():  # three threads running batches back to back
+        while not stop.is_set():
+            with gate:
+                time.sleep(0.05)
+
+    def fork(hold):
+        gate.before_fork()
+        seen.append(gate._running)  # runs under way as the fork happens
+        time.sleep(hold)
+        gate.after_fork_in_parent()
+
+    loaders = [threading.Thread(target=load) for _ in range(3)]
+    for t in loaders:
+        t.start()
+    try:
+        for _ in range(3):
+            forkers = [threading.Thread(target=fork, args=(0.1,)), threading.Thread(target=fork, args=(0.0,))]
+            forkers[0].start()
+            time.sleep(0.01)
+            forkers[1].start()
+            for t in forkers:
+                t.join()
+    finally:
+        stop.set()
+        for t in loaders:
+            t.join()
+    assert seen == [0] * 6
+
+
 def test_a_pickled_onnx_model_encodes_in_a_spawned_process(folder, monkeypatch):
     """Spawn and forkserver pickle what they send (macOS' and Windows' default start method, Python 3.14's on
     Linux): a DataLoader worker whose dataset holds the model, or ProcessPoolExecutor.map(model.encode, ...),

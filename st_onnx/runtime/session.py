@@ -186,7 +186,7 @@ class _RunGate:
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._running = 0
-        self._forking = False
+        self._forking = 0  # forks waiting or under way: two threads may fork at once
 
     def __enter__(self) -> None:
         with self._cond:
@@ -202,11 +202,11 @@ class _RunGate:
 
     def before_fork(self) -> None:  # holds the lock through fork(): no run starts meanwhile
         self._cond.acquire()
-        self._forking = True
+        self._forking += 1
         self._cond.wait_for(lambda: self._running == 0, timeout=FORK_WAIT_S)
 
-    def after_fork_in_parent(self) -> None:
-        self._forking = False
+    def after_fork_in_parent(self) -> None:  # runs stay held back while another thread's fork waits
+        self._forking -= 1
         self._cond.notify_all()
         self._cond.release()
 
