@@ -95,31 +95,52 @@ def test_a_fork_waits_for_the_runs_under_way_in_other_threads(folder, monkeypatc
     assert os.waitstatus_to_exitcode(status) == 0
 
 
-def test_two_threads_forking_at_once_both_wait_for_the_runs(monkeypatch):
+class _SlowRun:
+    """An ONNX Runtime session whose runs take ``seconds`` and may call ``during`` (a signal handler's work)."""
+
+    def __init__(self, real, seconds, during=None):
+        self.real, self.seconds, self.during = real, seconds, during
+
+    def run(self, *args):
+        time.sleep(self.seconds)
+        if self.during is not None:
+            self.during()
+        return self.real.run(*args)
+
+
+def _fork_hooks(gate):
+    """What os.fork() does around the fork with st-onnx's gate: (runs of other threads under way, seconds)."""
+    start = time.monotonic()
+    gate.before_fork()
+    try:
+        return gate._others_running(), time.monotonic() - start
+    finally:
+        gate.after_fork_in_parent()
+
+
+def test_two_threads_forking_at_once_both_wait_for_the_runs(folder, monkeypatch):
     """The first fork's return let runs start again while a second thread's fork still waited: under steady load
     that one waited out FORK_WAIT_S and forked with runs under way (found by the review of the change)."""
     import st_onnx.runtime.session as session_mod
 
-    monkeypatch.setattr(session_mod, "FORK_WAIT_S", 2.0)
-    gate, stop, seen = session_mod._RunGate(), threading.Event(), []
+    model = _load(folder, monkeypatch)
+    session = model._backend._encoder.session
+    features = {k: v for k, v in model.tokenize(["the cat runs"]).items()}
+    monkeypatch.setattr(session_mod, "FORK_WAIT_S", 5.0)
+    monkeypatch.setattr(session, "_session", _SlowRun(session._session, 0.05))
+    stop, seen = threading.Event(), []
 
     def load():  # three threads running batches back to back
         while not stop.is_set():
-            with gate:
-                time.sleep(0.05)
-
-    def fork(hold):
-        gate.before_fork()
-        seen.append(gate._running)  # runs under way as the fork happens
-        time.sleep(hold)
-        gate.after_fork_in_parent()
+            session.run(features, ["sentence_embedding"])
 
     loaders = [threading.Thread(target=load) for _ in range(3)]
     for t in loaders:
         t.start()
     try:
         for _ in range(3):
-            forkers = [threading.Thread(target=fork, args=(0.1,)), threading.Thread(target=fork, args=(0.0,))]
+            forkers = [threading.Thread(target=lambda: seen.append(_fork_hooks(session_mod._RUNS)[0]))
+                       for _ in range(2)]
             forkers[0].start()
             time.sleep(0.01)
             forkers[1].start()
@@ -129,7 +150,44 @@ def test_two_threads_forking_at_once_both_wait_for_the_runs(monkeypatch):
         stop.set()
         for t in loaders:
             t.join()
-    assert seen == [0] * 6
+    assert seen == [False] * 6
+
+
+def test_a_fork_waits_neither_for_its_own_threads_run_nor_for_a_note_an_exception_left(folder, monkeypatch,
+                                                                                        caplog):
+    """A fork from a signal handler, run while its thread was inside a run, waited out FORK_WAIT_S for that run,
+    which could not end before the handler did; and a time limit raised between the gate's note of a run and the
+    run left the note, so every later fork waited FORK_WAIT_S (found by the review of the change)."""
+    import st_onnx.runtime.session as session_mod
+
+    model = _load(folder, monkeypatch)
+    session = model._backend._encoder.session
+    features = {k: v for k, v in model.tokenize(["the cat runs"]).items()}
+    monkeypatch.setattr(session_mod, "FORK_WAIT_S", 20.0)
+    waited = []
+    monkeypatch.setattr(session, "_session", _SlowRun(session._session, 0.0,
+                                                      during=lambda: waited.append(_fork_hooks(session_mod._RUNS))))
+    session.run(features, ["sentence_embedding"])  # the handler forks from inside this thread's run
+
+    noted, release = threading.Event(), threading.Event()
+
+    def interrupted():  # noted as running, then interrupted before the run: the note stays
+        session_mod._RUNS.__enter__()
+        noted.set()
+        release.wait()
+
+    thread = threading.Thread(target=interrupted)
+    thread.start()
+    noted.wait()
+    try:
+        waited.append(_fork_hooks(session_mod._RUNS))
+    finally:
+        release.set()
+        thread.join()
+        session_mod._RUNS._running.pop(thread.ident, None)
+    assert [others for others, _ in waited] == [False, False]
+    assert all(seconds < 10 for _, seconds in waited), waited  # not the 20 s FORK_WAIT_S
+    assert "went ahead after waiting" not in caplog.text
 
 
 def test_a_pickled_onnx_model_encodes_in_a_spawned_process(folder, monkeypatch):

@@ -26,8 +26,10 @@ Choices, each measured on the 2-core development machine (see benchmarks/bench_e
 from __future__ import annotations
 
 import functools
+import importlib
 import logging
 import os
+import sys
 import threading
 from pathlib import Path
 from typing import Any, Sequence
@@ -180,30 +182,40 @@ FORK_WAIT_S = 30.0
 class _RunGate:
     """The runs under way in this process, and a fork waiting for them: a fork during a run copies the lock
     ONNX Runtime's session holds while running into the child, where nothing releases it, so the child's first
-    run on that session waited forever (6 of 460 forks while another thread encoded). fork() waits for the
-    runs to end (at most FORK_WAIT_S) and holds new ones back until it returned."""
+    run on that session waited forever (6 of 460 forks while another thread encoded). fork() waits for the runs
+    of other threads to end (at most FORK_WAIT_S) and holds new ones back until it returned.
+
+    Runs are noted per thread, and a fork waits only for threads that are inside ``OrtSession.run`` now: a fork
+    from a signal handler does not wait for the run its own thread is in, and a note left behind by an exception
+    a signal handler raised between the note and the run (a time limit) holds no fork up."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
-        self._running = 0
+        self._running: dict[int, bool] = {}  # thread ident -> a run under way
         self._forking = 0  # forks waiting or under way: two threads may fork at once
 
     def __enter__(self) -> None:
         with self._cond:
             while self._forking:
                 self._cond.wait()
-            self._running += 1
+            self._running[threading.get_ident()] = True
 
     def __exit__(self, *exc: object) -> None:
         with self._cond:
-            self._running -= 1
-            if self._running == 0:
+            self._running.pop(threading.get_ident(), None)
+            if self._forking:
                 self._cond.notify_all()
+
+    def _others_running(self) -> bool:
+        me, frames = threading.get_ident(), sys._current_frames()
+        return any(ident != me and _inside_run(frames.get(ident)) for ident in self._running)
 
     def before_fork(self) -> None:  # holds the lock through fork(): no run starts meanwhile
         self._cond.acquire()
         self._forking += 1
-        self._cond.wait_for(lambda: self._running == 0, timeout=FORK_WAIT_S)
+        if not self._cond.wait_for(lambda: not self._others_running(), timeout=FORK_WAIT_S):
+            logger.warning("fork() went ahead after waiting %.0f s for the ONNX Runtime runs of other threads: the "
+                           "child may hang in its first encode", FORK_WAIT_S)
 
     def after_fork_in_parent(self) -> None:  # runs stay held back while another thread's fork waits
         self._forking -= 1
@@ -214,8 +226,19 @@ class _RunGate:
         self.__init__()
 
 
+def _inside_run(frame: Any) -> bool:
+    while frame is not None:
+        if frame.f_code is OrtSession.run.__code__:
+            return True
+        frame = frame.f_back
+    return False
+
+
 _RUNS = _RunGate()
 if hasattr(os, "register_at_fork"):
+    # registered after concurrent.futures' own hook, so it runs before it (before-hooks run last registered
+    # first): a fork waiting for runs must not hold the lock every ThreadPoolExecutor.submit takes
+    importlib.import_module("concurrent.futures.thread")
     os.register_at_fork(before=_RUNS.before_fork, after_in_parent=_RUNS.after_fork_in_parent,
                         after_in_child=_RUNS.after_fork_in_child)
 
