@@ -128,8 +128,7 @@ class OnnxBackend:
         self._linked_digest: str | None = None  # the content digest the graph computes
         self.folder_identity = layout.folder_identity(folder)  # (load sets the one from before its reads)
         self._copy_in_use: Path | None = None  # the lock file marking a modules=[...] copy in use
-        # a graph without a manifest (file_name=) records no sha256: its size and time tell an unpickled copy
-        self._graph_stat = None if self.manifest.get("graph_sha256") else _stat_signature(self.graph_path)
+        self._graph_stat = _stat_signature(self.graph_path)  # its files' sizes and times: see graph_changed
         self._device_lock = threading.Lock()  # device changes from several threads: one at a time
         self._encoder = self._make_encoder(device)
         # the graph's own inputs decide whether pairs carry token types (its manifest says so too, unless edited)
@@ -187,27 +186,33 @@ class OnnxBackend:
         in_use = _hold_in_use(copy) if copy is not None else None
         if in_use is not None:
             weakref.finalize(self, os.close, in_use)
-        try:  # the file must still be the graph this model ran: on another machine, or re-exported, it is not
-            problem = graph_problem(self.graph_path, self.manifest)
-            if problem is None and self._graph_stat is not None and _stat_signature(self.graph_path) != \
-                    self._graph_stat:
-                problem = f"{self.graph_path} has another size or modification time than when the model loaded"
-        except OSError as e:
-            problem = f"{self.graph_path}: {e.strerror}"
+        problem = self.graph_changed()  # on another machine, or re-exported meanwhile, it is not this model's
         if problem is not None:
             raise StaleGraphError(f"an unpickled onnx model finds its graph changed or missing ({problem}); load "
                                   "the model in this process instead (SentenceTransformer(path, backend='onnx'), "
                                   "for example in a worker's initializer)")
         self._encoder = self._make_encoder(self._requested_device)
 
+    def graph_changed(self) -> str | None:
+        """Why the graph file is no longer the one this model loaded (gone, cut short, another one), else None.
+        Files of the sizes and times they had at load are taken as unchanged, unhashed; others are checked
+        against the manifest's size and sha256, and a graph without a manifest (``file_name=``) has no other
+        record than those sizes and times."""
+        try:
+            if _stat_signature(self.graph_path) == self._graph_stat:
+                return None
+            problem = graph_problem(self.graph_path, self.manifest)
+        except OSError as e:  # a save without graphs, a folder moved: gone
+            return f"{self.graph_path}: {e.strerror}"
+        if problem is None and not self.manifest.get("graph_sha256"):
+            problem = f"{self.graph_path} has another size or modification time than when the model loaded"
+        return problem
+
     def new_session(self, device: str, threads: int | None = None) -> OrtSession:
         """Another session over the same graph (the session pool makes one per device)."""
         now = layout.folder_identity(self.folder)
         if now != self.folder_identity:  # a save swapped another folder in: is the graph there still this one?
-            try:
-                problem = graph_problem(self.graph_path, self.manifest)
-            except OSError as e:  # a save without graphs: gone
-                problem = f"{self.graph_path.name}: {e.strerror}"
+            problem = self.graph_changed()
             if problem is not None:
                 raise StaleGraphError(f"{self.folder} was replaced by a save since this model loaded, and its graph "
                                       f"is another one now ({problem}): this model's sessions would run another "
@@ -537,9 +542,12 @@ def _export(folder: Path, precision: str, out_dir: Path | None) -> Path:
     return Path(export_model_folder(folder, precision=precision, out_dir=out_dir, replace=out_dir is not None))
 
 
-def _stat_signature(path: Path) -> tuple[int, int]:
-    info = path.stat()
-    return info.st_size, info.st_mtime_ns
+def _stat_signature(graph: Path) -> tuple[int, ...]:
+    """The sizes and modification times of a graph file and of its weights file, where it has one."""
+    info = graph.stat()
+    data = layout.graph_data_path(graph)
+    extra = data.stat() if data.is_file() else None
+    return (info.st_size, info.st_mtime_ns) + ((extra.st_size, extra.st_mtime_ns) if extra else ())
 
 
 def _pack(graph: Path, target: Path, folder: Path) -> Path:
