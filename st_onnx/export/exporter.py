@@ -109,9 +109,8 @@ def check_traceable_transformers(version: str | None = None) -> None:
         import transformers
 
         version = transformers.__version__
-    numbers = tuple(int(x) for x in re.findall(r"\d+", version)[:2])
     low, high = _UNTRACEABLE_TRANSFORMERS
-    if low <= numbers < high:
+    if low <= passes.major_minor(version) < high:
         raise BackendError(
             f"transformers {version} cannot be exported: torch.onnx.export fails inside its attention masks "
             "(fixed in 5.9); install transformers>=5.23, this project's floor, to export (graphs exported already "

@@ -13,6 +13,7 @@ import gc
 import logging
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -78,15 +79,18 @@ CUDA_ATTENTION_SINCE = (1, 31)
 CUDA_ATTENTION_RELEASE = ".".join(map(str, CUDA_ATTENTION_SINCE))
 
 
+def major_minor(version: str) -> tuple[int, ...]:
+    """``(major, minor)`` of a version string such as '1.31.1' or '5.0.0rc1'."""
+    return tuple(int(n) for n in re.findall(r"\d+", version)[:2])
+
+
 def fuses_cuda_attention(version: str | None = None) -> bool:
     """Whether this onnxruntime (or ``version``) fuses attention into graphs for CUDA."""
-    import re
-
     if version is None:
         import onnxruntime
 
         version = onnxruntime.__version__
-    return tuple(int(n) for n in re.findall(r"\d+", version)[:2]) >= CUDA_ATTENTION_SINCE
+    return major_minor(version) >= CUDA_ATTENTION_SINCE
 
 
 def fuse(src: str | os.PathLike, dst: str | os.PathLike, num_heads: int, hidden_size: int,
