@@ -51,6 +51,11 @@ PACKED_SUFFIX = "-packed"
 # embeddings, only slower: with torch weights at hand and export="auto" it is re-exported once.
 GRAPH_LAYOUT = 2
 
+# How a manifest's module_digest (modules/stack.py content_digest) was computed: a digest recorded under another
+# scheme (before this prefix: "sha256:...", which also hashed the model config's "architectures") is not
+# comparable, and is read as no digest at all, as a graft's: comparing it would call unchanged modules changed.
+MODULE_DIGEST_SCHEME = "st-onnx-modules/2:"
+
 # modules.json "type" strings, written in the classic spelling every sentence-transformers release loads.
 MODULE_TYPES = {
     "Transformer": "sentence_transformers.models.Transformer",

@@ -482,6 +482,95 @@ def test_graph_of_an_older_layout_is_re_exported_once(tiny_model_copy, caplog):
     assert _exports(caplog) == 2
 
 
+def _edit_manifest(folder, **changes):
+    """Set (or, with None, remove) keys of the fp32 graph's manifest; returns the graph's path."""
+    graph = layout.fused_graph_path(folder, "fp32")
+    manifest = json.loads(layout.manifest_path(graph).read_text())
+    manifest.update(changes)
+    layout.manifest_path(graph).write_text(json.dumps({k: v for k, v in manifest.items() if v is not None}))
+    return graph
+
+
+@pytest.mark.parametrize("change", [{"format": "st-onnx-fused/2"}, {"layout": layout.GRAPH_LAYOUT + 1}])
+def test_graph_of_a_newer_st_onnx_is_refused_by_name_and_left_alone(tiny_model_copy, change):
+    """A downgrade, or an older install sharing the folder: the graph's files may mean what this version does not
+    know, so it neither runs it nor exports over it (the newer version would export it again, and so on)."""
+    SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu")
+    graph = _edit_manifest(tiny_model_copy, **change)
+    before = {p: p.stat().st_mtime_ns for p in graph.parent.iterdir()}
+    found = str(next(iter(change.values())))
+    for export in ("auto", "never"):
+        with pytest.raises(GraphFileError, match=f"exported by a newer st-onnx .*{found}.*upgrade st-onnx"):
+            SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu", onnx_options={"export": export})
+    assert {p: p.stat().st_mtime_ns for p in graph.parent.iterdir()} == before
+
+
+def test_graph_of_a_foreign_format_is_not_run(tiny_model_copy, caplog):
+    caplog.set_level(logging.INFO, logger="st_onnx")
+    SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu")
+    _edit_manifest(tiny_model_copy, format="optimum/1")
+    with pytest.raises(GraphFileError, match="format 'optimum/1', where st-onnx writes 'st-onnx-fused/1'.*never"):
+        SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu", onnx_options={"export": "never"})
+    SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu")
+    assert _exports(caplog) == 2
+
+
+def test_unchecked_graft_of_the_first_layout_is_not_run_with_export_never(tiny_model_copy, caplog):
+    """The first st-onnx's grafts took the folder's fingerprint unchecked; one made from a stale onnx/model.onnx
+    embedded another model (cosine -0.3 with the torch modules) and ran with export='never' (found by the
+    review of folders across st-onnx versions). Such a manifest vouches for nothing: never refuses it, auto
+    exports the graph again."""
+    caplog.set_level(logging.INFO, logger="st_onnx")
+    SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu")
+    _edit_manifest(tiny_model_copy, layout=None, exporter="graft(model.onnx)",
+                   parity={"checked": False, "reason": "grafted with onnx alone"})
+    with pytest.raises(StaleGraphError, match="grafted by an older st-onnx.*without checking.*'never'"):
+        SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu", onnx_options={"export": "never"})
+    assert _exports(caplog) == 1
+    SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu")
+    assert _exports(caplog) == 2
+    _edit_manifest(tiny_model_copy, layout=None, exporter="torch.onnx.export(dynamo=False)")  # checked: runs
+    SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu", onnx_options={"export": "never"})
+
+
+def test_module_digest_of_another_scheme_is_not_compared(tiny_model_copy):
+    """A graph exported by an st-onnx that digested the modules otherwise (the model config's "architectures"
+    included) recorded a digest this one cannot reproduce: compared, it called unchanged modules changed after
+    any optimizer step in the process. It is read as no digest, as a graft's: the modules as loaded stand in."""
+    from st_onnx.errors import BackendError
+
+    SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu")
+    _edit_manifest(tiny_model_copy, module_digest="sha256:035ac24a298d3126247bd45ea866c123eabf9a1874d5b10fbf0ab6e57e8dad45")
+    model = SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu")
+    model[1].get_sentence_embedding_dimension()  # model[i] links the torch modules to the graph
+    before = model.encode(SENTENCES)
+    other = torch.nn.Linear(2, 2)
+    other(torch.ones(1, 2)).sum().backward()
+    torch.optim.SGD(other.parameters(), lr=0.1).step()  # another model's step: these modules are unchanged
+    np.testing.assert_array_equal(model.encode(SENTENCES), before)
+    with torch.no_grad():
+        next(model[0].parameters()).mul_(1.5)  # and a real change is still seen
+    with pytest.raises(BackendError, match="changed in memory"):
+        model.encode(SENTENCES)
+
+
+def test_graph_for_a_newer_onnx_runtime_says_so(tiny_model_copy):
+    import onnx
+
+    from st_onnx.export.manifest import file_fields
+
+    SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu")
+    graph = layout.fused_graph_path(tiny_model_copy, "fp32")
+    proto = onnx.load(str(graph))
+    for opset in proto.opset_import:
+        if opset.domain in ("", "ai.onnx"):
+            opset.version = 99
+    onnx.save(proto, str(graph))
+    _edit_manifest(tiny_model_copy, **file_fields(graph))
+    with pytest.raises(GraphFileError, match=r"(?s)cannot load .*Opset 99.*needs a newer ONNX Runtime than this one \(1\.\d+"):
+        SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu", onnx_options={"export": "never"})
+
+
 def test_export_never_without_a_graph(tiny_model_copy):
     with pytest.raises(GraphFileError, match="never"):
         SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu", onnx_options={"export": "never"})

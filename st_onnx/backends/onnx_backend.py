@@ -312,6 +312,8 @@ class OnnxBackend:
         the Pooling module: sentence-transformers users set them on the modules, and ``save`` writes the modules'
         values. This backend's values, possibly set before the modules loaded, are the modules' from now on."""
         recorded, digest = self.manifest.get("module_digest"), None
+        if not (isinstance(recorded, str) and recorded.startswith(layout.MODULE_DIGEST_SCHEME)):
+            recorded = None  # none (a graft), or of another st-onnx's scheme: not comparable with this one's
         if layout.folder_identity(self.folder) != self.folder_identity:
             digest = stack.content_digest(self._digest_prompt())
             if digest != recorded:

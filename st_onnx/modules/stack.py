@@ -97,7 +97,7 @@ class ModuleStack(nn.Sequential):
                 tensor = tensor.detach().cpu().contiguous()
                 h.update(f"\0{name}:{tensor.dtype}:{tuple(tensor.shape)}\0".encode())
                 h.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-        return "sha256:" + h.hexdigest()
+        return f"{layout.MODULE_DIGEST_SCHEME}sha256:{h.hexdigest()}"
 
     def change_marks(self) -> dict[str, Any]:
         """Cheap marks of the modules' state: the optimizer steps taken in this process and, per module, its kind

@@ -47,7 +47,31 @@ def read_manifest(graph: Path) -> dict[str, Any]:
         raise GraphFileError(f"{e}; re-export the graph (`st-onnx export MODEL_DIR MODEL_DIR`)") from e
     if not isinstance(manifest, dict):
         raise GraphFileError(f"the manifest {layout.manifest_path(graph)} is not a JSON object; re-export the graph")
+    _refuse_newer(graph, manifest)
     return manifest
+
+
+class NewerGraphError(GraphFileError):
+    """A graph that a newer st-onnx exported: neither run (its files may mean what this version does not know)
+    nor exported over (that version would export it again: two versions sharing a folder would take turns)."""
+
+
+def _refuse_newer(graph: Path, manifest: dict[str, Any]) -> None:
+    from ..export.manifest import FORMAT
+
+    found = manifest.get("format")
+    kind, _, number = str(found).rpartition("/")
+    ours, _, version = FORMAT.rpartition("/")
+    newer = kind == ours and number.isdigit() and int(number) > int(version)
+    found_layout = manifest.get("layout")
+    if isinstance(found_layout, int) and found_layout > layout.GRAPH_LAYOUT:
+        newer, found = True, f"graph layout {found_layout}"
+    if newer:
+        raise NewerGraphError(
+            f"{graph} was exported by a newer st-onnx (manifest {layout.manifest_path(graph).name}: {found}; this "
+            f"st-onnx reads {FORMAT}, graph layout up to {layout.GRAPH_LAYOUT}): upgrade st-onnx, or export the "
+            f"graph again with this one (`st-onnx export MODEL_DIR OUT_DIR`)"
+        )
 
 
 def graph_problem(graph: Path, manifest: dict[str, Any]) -> str | None:
@@ -55,13 +79,15 @@ def graph_problem(graph: Path, manifest: dict[str, Any]) -> str | None:
     copied over from another model, cut short or corrupted must not run as this model's. A manifest that lacks
     the two (edited by hand) describes no file: a problem too. No manifest at all is no problem here (a graph
     st-onnx did not export, named by ``file_name``; the callers decide)."""
+    from ..export.manifest import FORMAT, data_problem, file_sha256
+
+    if manifest and manifest.get("format") != FORMAT:
+        return f"the manifest of {graph} has format {manifest.get('format')!r}, where st-onnx writes {FORMAT!r}"
     size, digest = manifest.get("graph_bytes"), manifest.get("graph_sha256")
     if manifest and not (isinstance(size, int) and isinstance(digest, str)):
         return f"the manifest of {graph} does not record the graph's size and sha256 (graph_bytes, graph_sha256)"
     if isinstance(size, int) and graph.stat().st_size != size:
         return f"{graph} holds {graph.stat().st_size} bytes where its manifest says {size}"
-    from ..export.manifest import data_problem, file_sha256
-
     if isinstance(digest, str) and file_sha256(graph) != digest:
         return f"{graph} is not the graph its manifest describes (sha256 differs)"
     return data_problem(graph, manifest)
@@ -75,6 +101,8 @@ def _usable(folder: Path, graph: Path, fingerprint: str | None, precision: str,
     as they were before ``fingerprint`` was taken."""
     try:
         manifest = read_manifest(graph)
+    except NewerGraphError:
+        raise
     except GraphFileError as e:
         return None, e
     if manifest and manifest.get("precision") != precision:  # another precision's files copied under this name
@@ -186,8 +214,13 @@ def _look(folder: Path, candidates: list[Path], precision: str, export: str, aga
     """(the fresh graph, ...) or (None, why each graph there is not fresh, the folder's fingerprint, the snapshot
     of its files taken before that fingerprint). ``again``: the second look, which logs nothing the first did."""
     existing = [g for g in candidates if g.is_file()]
+    refused: list[Exception] = []
     if export == "auto":  # a fresh graph of an older layout is re-exported once (layout.GRAPH_LAYOUT)
         existing = [g for g in existing if not _older_layout(g, tell=not again)]
+    else:  # "never" runs an older layout's graph (same embeddings), but not one that no check vouched for
+        unchecked = {g: _unchecked_graft(g) for g in existing}
+        refused = [why for why in unchecked.values() if why]
+        existing = [g for g, why in unchecked.items() if why is None]
     for graph in existing:  # the quick look: the stat record vouches for weights and graph alike
         manifest = _manifest_or_empty(graph)
         if manifest.get("fingerprint") and _stat_unchanged(folder, graph, manifest["fingerprint"]):
@@ -196,7 +229,7 @@ def _look(folder: Path, candidates: list[Path], precision: str, export: str, aga
 
     sources = _Snapshot.take(folder)  # before hashing: a save while hashing or exporting leaves no record
     current = folder_fingerprint(folder)
-    problems = []
+    problems = list(refused)
     for graph in existing:
         manifest, problem = _usable(folder, graph, current, precision, sources)
         if manifest is not None:
@@ -246,6 +279,8 @@ def _export_graph(folder: Path, precision: str, candidates: list[Path], cache: P
 def _manifest_or_empty(graph: Path) -> dict[str, Any]:
     try:
         return read_manifest(graph)
+    except NewerGraphError:
+        raise
     except GraphFileError:
         return {}
 
@@ -290,6 +325,18 @@ def find_packed(folder: Path, padded: GraphChoice, *, export: str = "auto",
     logger.info("packing %s into %s (once: later loads reuse it)", padded.path, target)
     graph = Path(packer(padded.path, target, folder))
     return GraphChoice(graph, read_manifest(graph), exported=True)
+
+
+def _unchecked_graft(graph: Path) -> StaleGraphError | None:
+    """Grafts of the first layout took the folder's fingerprint without checking the graph against its weights:
+    one grafted from a stale onnx/model.onnx computes another model (cosine -0.3), labelled fresh."""
+    manifest = _manifest_or_empty(graph)
+    parity = manifest.get("parity")
+    if (manifest.get("layout", 1) == 1 and str(manifest.get("exporter", "")).startswith("graft(")
+            and not (isinstance(parity, dict) and parity.get("checked"))):
+        return StaleGraphError(f"the fused graph {graph} was grafted by an older st-onnx, which took the folder's "
+                               "fingerprint without checking the graph against its weights")
+    return None
 
 
 def _older_layout(graph: Path, tell: bool = True) -> bool:

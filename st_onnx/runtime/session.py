@@ -29,6 +29,7 @@ import functools
 import importlib
 import logging
 import os
+import re
 import sys
 import threading
 from pathlib import Path
@@ -277,7 +278,11 @@ class OrtSession:
         except Exception as e:  # ORT raises its own Fail/InvalidGraph/NoSuchFile types
             if not is_ort_error(e):
                 raise
-            raise GraphFileError(f"ONNX Runtime cannot load {self.graph_path}: {e}") from e
+            newer = re.search(r"opset|ir version", str(e), re.IGNORECASE) is not None
+            hint = (f"; the graph needs a newer ONNX Runtime than this one ({ort.__version__}): upgrade "
+                    "onnxruntime, or export the graph again beside this one (`st-onnx export MODEL_DIR OUT_DIR`)"
+                    if newer else "")
+            raise GraphFileError(f"ONNX Runtime cannot load {self.graph_path}: {str(e).strip()}{hint}") from e
         self.provider = check_bound(self._session, asked)
         warn_if_both_packages()
         # a failed run raises GraphRunError with ORT's message: its own "[E:onnxruntime:...]" stderr line besides
