@@ -99,6 +99,19 @@ def packed_graph_path(graph_path: str | os.PathLike) -> Path:
     return graph_path.with_name(f"{graph_path.stem}{PACKED_SUFFIX}.onnx")
 
 
+def export_command(precision: str | None, model_dir: Any = "MODEL_DIR", out_dir: Any = "MODEL_DIR") -> str:
+    """The `st-onnx export` line that writes the ``precision`` graph (the CLI's default is fp32): a message that
+    names the command without the precision sends the user to export fp32 and fail again."""
+    wanted = f" --precision {precision}" if precision in PRECISIONS and precision != "fp32" else ""
+    return f"st-onnx export {model_dir} {out_dir}{wanted}"
+
+
+def graph_precision(graph_path: str | os.PathLike) -> str | None:
+    """The precision a graph's file name says (``int8.onnx``, ``fp16-packed.onnx``), else None."""
+    stem = Path(graph_path).name.split(".")[0].removesuffix(PACKED_SUFFIX)
+    return stem if stem in PRECISIONS else None
+
+
 def manifest_path(graph_path: str | os.PathLike) -> Path:
     return Path(graph_path).with_suffix(".json")
 

@@ -976,3 +976,29 @@ def test_a_model_loaded_from_a_relative_path_keeps_its_folder_when_the_directory
     model.save(str(tmp_path / "saved"))
     assert close(SentenceTransformer(str(tmp_path / "saved"), device="cpu").encode(SENTENCES), want)
     assert close(model.encode(SENTENCES, device=["cpu", "cpu"]), want)
+
+
+@pytest.mark.parametrize("stale", [False, True])
+def test_refusals_name_the_export_command_of_the_precision_asked(tiny_model_copy, stale):
+    """The CLI exports fp32 unless told: a refused int8 load that named `st-onnx export DIR DIR` sent the user
+    to export fp32 and be refused again (minutes each, for a 2 GB model; found by the review of a model over 2 GB)."""
+    options = {"precision": "int8", "export": "never"}
+    if stale:
+        SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu", onnx_options={"precision": "int8"})
+        _change_weights(tiny_model_copy)
+    with pytest.raises(GraphFileError if not stale else StaleGraphError) as caught:
+        SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu", onnx_options=options)
+    assert f"`st-onnx export {tiny_model_copy} {tiny_model_copy} --precision int8`" in str(caught.value)
+    graph = layout.fused_graph_path(tiny_model_copy, "int8")
+    if stale:  # file_name names the graph: its manifest tells the precision
+        with pytest.raises(StaleGraphError, match="--precision int8"):
+            SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu",
+                                onnx_options={"file_name": str(graph)})
+
+
+def test_export_command_names_the_precision():
+    assert layout.export_command("fp32") == "st-onnx export MODEL_DIR MODEL_DIR"
+    assert layout.export_command("fp16", "a", "b") == "st-onnx export a b --precision fp16"
+    assert layout.export_command(None) == "st-onnx export MODEL_DIR MODEL_DIR"
+    assert [layout.graph_precision(n) for n in ("int8.onnx", "fp16-packed.onnx", "model.onnx", "fp32.onnx.data")] \
+        == ["int8", "fp16", None, "fp32"]

@@ -100,7 +100,7 @@ def read_manifest(graph_path: str | os.PathLike) -> dict[str, Any]:
     except FileNotFoundError as e:
         raise GraphFileError(
             f"the graph {graph_path} has no manifest {path.name} beside it; re-export it "
-            "(st-onnx export MODEL_DIR MODEL_DIR)"
+            f"({layout.export_command(layout.graph_precision(graph_path))})"
         ) from e
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise GraphFileError(f"the manifest {path} is not valid JSON ({e}); re-export the graph") from e
@@ -178,6 +178,7 @@ def check_fresh(folder: str | os.PathLike, graph_path: str | os.PathLike) -> dic
         raise StaleGraphError(
             f"the fused graph {graph_path} was exported from other weights (manifest fingerprint "
             f"{manifest.get('fingerprint')!r}, folder {folder} now {current!r}); re-export it with "
-            f"`st-onnx export {folder} {folder}` or load the model with backend='torch'"
+            f"`{layout.export_command(manifest.get('precision'), folder, folder)}` or load the model with "
+            "backend='torch'"
         )
     return manifest

@@ -44,7 +44,8 @@ def read_manifest(graph: Path) -> dict[str, Any]:
     try:
         manifest = layout.read_json_if_exists(layout.manifest_path(graph), {})
     except ModelFolderError as e:  # not JSON: cut short by a crash, or edited
-        raise GraphFileError(f"{e}; re-export the graph (`st-onnx export MODEL_DIR MODEL_DIR`)") from e
+        raise GraphFileError(f"{e}; re-export the graph (`{layout.export_command(layout.graph_precision(graph))}`)"
+                             ) from e
     if not isinstance(manifest, dict):
         raise GraphFileError(f"the manifest {layout.manifest_path(graph)} is not a JSON object; re-export the graph")
     _refuse_newer(graph, manifest)
@@ -70,7 +71,7 @@ def _refuse_newer(graph: Path, manifest: dict[str, Any]) -> None:
         raise NewerGraphError(
             f"{graph} was exported by a newer st-onnx (manifest {layout.manifest_path(graph).name}: {found}; this "
             f"st-onnx reads {FORMAT}, graph layout up to {layout.GRAPH_LAYOUT}): upgrade st-onnx, or export the "
-            f"graph again with this one (`st-onnx export MODEL_DIR OUT_DIR`)"
+            f"graph again with this one (`{layout.export_command(layout.graph_precision(graph), out_dir='OUT_DIR')}`)"
         )
 
 
@@ -184,14 +185,14 @@ def find_graph(folder: Path, precision: str, *, file_name: str | None = None, ex
         if not existing:
             raise ModelFolderError(
                 f"{folder} holds neither a fused {precision} graph ({candidates[0]}) nor torch weights to export "
-                f"one from; export it where the weights are (`st-onnx export MODEL_DIR {folder}`) or pass "
+                f"one from; export it where the weights are (`{layout.export_command(precision, out_dir=folder)}`) or pass "
                 "onnx_options={'precision': ...} naming a precision that was exported"
             )
         manifest, problem = _usable(folder, existing[0], None, precision, _Snapshot.take(folder))
         problem = problem or _changed_source(folder, existing[0], manifest)
         if problem:
             raise type(problem)(f"{problem}; export it again where the weights are "
-                                f"(`st-onnx export MODEL_DIR {folder}`)")
+                                f"(`{layout.export_command(precision, out_dir=folder)}`)")
         logger.debug("no torch weights in %s: using %s as it is", folder, existing[0])
         return GraphChoice(existing[0], manifest, exported=False)
     found, problems, current, sources = _look(folder, candidates, precision, export)
@@ -458,6 +459,7 @@ def _named_graph(folder: Path, file_name: str) -> GraphChoice:
         raise GraphFileError(f"onnx_options['file_name'] names {graph}, which is {what}; allowed: a fused graph "
                              "file (such as 'onnx/st_onnx/int8.onnx'), relative to the model folder or absolute")
     manifest = read_manifest(graph)
+    command = layout.export_command(manifest.get("precision") or layout.graph_precision(graph), folder, folder)
     if manifest.get("fingerprint") and has_weights(folder):
         from ..fingerprint import folder_fingerprint
 
@@ -465,21 +467,22 @@ def _named_graph(folder: Path, file_name: str) -> GraphChoice:
         if manifest["fingerprint"] != current:
             raise StaleGraphError(
                 f"the graph {graph} was exported from other weights (manifest {manifest['fingerprint']!r}, "
-                f"folder now {current!r}); re-export it (`st-onnx export {folder} {folder}`) or drop file_name"
+                f"folder now {current!r}); re-export it (`{command}`) or drop file_name"
             )
     problem = graph_problem(graph, manifest)
     if problem:
-        raise GraphFileError(f"{problem}; re-export it (`st-onnx export {folder} {folder}`) or drop file_name")
+        raise GraphFileError(f"{problem}; re-export it (`{command}`) or drop file_name")
     return GraphChoice(graph, manifest, exported=False)
 
 
 def _not_exporting(folder: Path, precision: str, problems: list[Exception], current: str) -> Exception:
+    command = layout.export_command(precision, folder, folder)
     if problems:
         return type(problems[0])(
-            f"{problems[0]}, and onnx_options['export'] is 'never'; re-export it (`st-onnx export {folder} "
-            f"{folder}`) or load with export='auto'"
+            f"{problems[0]}, and onnx_options['export'] is 'never'; re-export it (`{command}`) or load with "
+            "export='auto'"
         )
     return GraphFileError(
         f"{folder} has no fused {precision} graph and onnx_options['export'] is 'never'; export it "
-        f"(`st-onnx export {folder} {folder}`) or load with export='auto'"
+        f"(`{command}`) or load with export='auto'"
     )

@@ -37,6 +37,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .. import layout
 from ..errors import GraphFileError, GraphRunError, InvalidInputError, non_negative_int, positive_int, warn
 from .providers import CPU, CUDA, check_bound, cuda_unusable_reason, providers_for, warn_if_both_packages
 
@@ -280,7 +281,8 @@ class OrtSession:
                 raise
             newer = re.search(r"opset|ir version", str(e), re.IGNORECASE) is not None
             hint = (f"; the graph needs a newer ONNX Runtime than this one ({ort.__version__}): upgrade "
-                    "onnxruntime, or export the graph again beside this one (`st-onnx export MODEL_DIR OUT_DIR`)"
+                    "onnxruntime, or export the graph again beside this one "
+                    f"(`{layout.export_command(layout.graph_precision(self.graph_path), out_dir='OUT_DIR')}`)"
                     if newer else "")
             raise GraphFileError(f"ONNX Runtime cannot load {self.graph_path}: {str(e).strip()}{hint}") from e
         self.provider = check_bound(self._session, asked)
@@ -302,8 +304,8 @@ class OrtSession:
                 f"{self.graph_path} has inputs {self.input_names} and outputs {self.output_names}: not a fused "
                 "graph, which takes token ids and an attention_mask and gives 'sentence_embedding' (a "
                 "transformer-only graph, such as sentence-transformers' onnx/model.onnx, lacks the pooling); "
-                "export one (`st-onnx export MODEL_DIR MODEL_DIR`) or graft the pooling onto it "
-                "(st_onnx.export.graft_pooling)"
+                f"export one (`{layout.export_command(layout.graph_precision(self.graph_path))}`) or graft the "
+                "pooling onto it (st_onnx.export.graft_pooling)"
             )
         logger.debug("session on %s (%s, %d threads) over %s", self.device, self.provider, self.threads,
                      self.graph_path)
