@@ -1002,3 +1002,21 @@ def test_export_command_names_the_precision():
     assert layout.export_command(None) == "st-onnx export MODEL_DIR MODEL_DIR"
     assert [layout.graph_precision(n) for n in ("int8.onnx", "fp16-packed.onnx", "model.onnx", "fp32.onnx.data")] \
         == ["int8", "fp16", None, "fp32"]
+
+
+def test_prepacking_as_the_readme_turns_it_on_reaches_the_session_once(tiny_model_copy, capfd):
+    """fp32 weights are not prepacked by default (bulk encoding); the README's setting for one-query servers turns
+    it on, and goes in over st-onnx's own entry rather than beside it (ONNX Runtime printed a warning for the key
+    added twice on every load)."""
+    default = SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu")
+    capfd.readouterr()
+    setting = {"session_options": {"config_entries": {"session.disable_prepacking": "0"}}}
+    on = SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu", onnx_options=setting)
+    assert "already exists" not in capfd.readouterr().err
+
+    def entry(model):
+        options = model._backend._encoder.session._session.get_session_options()
+        return options.get_session_config_entry("session.disable_prepacking")
+
+    assert (entry(default), entry(on)) == ("1", "0")
+    np.testing.assert_allclose(on.encode(SENTENCES), default.encode(SENTENCES), atol=1e-6)

@@ -494,15 +494,15 @@ def _session_options(value: Any, threads: int | None, prepack: bool = False) -> 
     In a dict, ``config_entries`` ({key: value}) go to ``add_session_config_entry``; other keys are attributes.
     """
     if value is None or isinstance(value, dict):
-        so = default_session_options(threads, prepack)
+        entries = (value or {}).get("config_entries", {})
+        if not isinstance(entries, dict):
+            raise InvalidInputError(f"onnx_options['session_options']['config_entries'] must be a dict of config "
+                                    f"key -> value; got {entries!r}")
+        so = default_session_options(threads, prepack, {str(k): str(v) for k, v in entries.items()})
         for key, item in (value or {}).items():
             if key == "config_entries":
-                if not isinstance(item, dict):
-                    raise InvalidInputError(f"onnx_options['session_options']['config_entries'] must be a dict of "
-                                            f"config key -> value; got {item!r}")
-                for entry, setting in item.items():
-                    so.add_session_config_entry(str(entry), str(setting))
-            elif isinstance(key, str) and not key.startswith("_") and hasattr(so, key):
+                continue
+            if isinstance(key, str) and not key.startswith("_") and hasattr(so, key):
                 if key in ("intra_op_num_threads", "inter_op_num_threads"):  # 0: ONNX Runtime's default
                     item = check_thread_count(item, f"onnx_options['session_options'][{key!r}]", least=0)
                 try:

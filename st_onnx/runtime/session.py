@@ -16,8 +16,9 @@ Choices, each measured on the 2-core development machine (see benchmarks/bench_e
 - fusions: on the CPU, ORT's load-time SkipLayerNormFusion and BiasGeluFusion are switched off: its CPU kernels
   for those fused ops are slower than the ops they replace (numbers in export/optimize.py), and CPU graphs are
   exported without them. A CUDA session keeps them.
-- prepacking: off by default (a second copy of every fp32 GEMM weight, +17-25 MB RSS for MiniLM, for 0-6% speed
-  in fp32), on for int8 graphs, which run 7-15% faster on prepacked weights for a few MB.
+- prepacking: off by default (a second copy of every fp32 GEMM weight, +17-28 MB RSS for MiniLM, for 0-6% speed
+  on bulk fp32; one-text calls, which repack every weight for a few tokens, ran 1.43x faster with it: README says
+  how to turn it on), on for int8 graphs, which run 7-15% faster on prepacked weights for a few MB.
 - outputs: only the outputs asked for are fetched (token embeddings are (batch, seq, hidden): copying them for
   a sentence embedding would be waste). On CUDA, inputs and outputs go through IO binding, the outputs copied
   to the host once.
@@ -153,7 +154,10 @@ def check_thread_count(value: object, name: str, least: int = 1) -> int:
     return count
 
 
-def default_session_options(threads: int | None = None, prepack: bool = False) -> Any:
+def default_session_options(threads: int | None = None, prepack: bool = False,
+                            config_entries: dict[str, str] | None = None) -> Any:
+    """st-onnx's SessionOptions; ``config_entries`` (``add_session_config_entry``) go in over its own, each key
+    added once (ONNX Runtime prints a warning for a key added twice)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -164,10 +168,13 @@ def default_session_options(threads: int | None = None, prepack: bool = False) -
     so.enable_cpu_mem_arena = True
     so.enable_mem_pattern = False
     so.log_severity_level = 3
-    # Prepacked weights are a second copy of every fp32 GEMM weight (+17-25 MB RSS for MiniLM); packing per run
-    # instead costs O(K x N) against the run's O(M x K x N), M >= hundreds of tokens: 0-6% in fp32. int8 graphs
-    # run 7-15% faster on prepacked weights, which are a quarter the size: ``prepack=True`` for int8 graphs.
-    so.add_session_config_entry("session.disable_prepacking", "0" if prepack else "1")
+    # Prepacked weights are a second copy of every fp32 GEMM weight (+17-28 MB RSS for MiniLM); packing per run
+    # instead costs O(K x N) against the run's O(M x K x N), M >= hundreds of tokens: 0-6% in fp32 (where M is a
+    # one-query call's few tokens: 1.43x, README). int8 graphs run 7-15% faster on prepacked weights, which are a
+    # quarter the size: ``prepack=True`` for int8 graphs.
+    entries = {"session.disable_prepacking": "0" if prepack else "1", **(config_entries or {})}
+    for key, value in entries.items():
+        so.add_session_config_entry(key, value)
     return so
 
 
