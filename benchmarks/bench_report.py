@@ -17,14 +17,15 @@ def print_table(report: dict) -> None:
           f"repeat {report['repeat']}, load average before {_load(report.get('loadavg_before'))}, after "
           f"{_load(report['loadavg'])} (this run's own work counts in the second)")
     for corpus, res in report["corpora"].items():
+        width = max(28, *map(len, res["rows"]))
         print(f"\n{corpus}: {res['texts']} texts, {res['tokens']} tokens (unpadded)")
-        print(f"  {'row':28s} {'texts/s':>9s} {'tokens/s':>10s} {'ratio':>7s} {'peak RSS':>9s} {'load':>6s}")
+        print(f"  {'row':{width}s} {'texts/s':>9s} {'tokens/s':>10s} {'ratio':>7s} {'peak RSS':>9s} {'load':>6s}")
         for row, r in res["rows"].items():
             if "error" in r:
-                print(f"  {row:28s} error: {r['error']}")
+                print(f"  {row:{width}s} error: {r['error']}")
                 continue
             ratio = f"{r['ratio']:.2f}x" if "ratio" in r else "-"
-            print(f"  {row:28s} {r['texts_per_s']:9.1f} {r['tokens_per_s']:10.0f} {ratio:>7s} "
+            print(f"  {row:{width}s} {r['texts_per_s']:9.1f} {r['tokens_per_s']:10.0f} {ratio:>7s} "
                   f"{r['peak_rss_mb']:7.0f}MB {r['load_s']:5.2f}s")
     cold = report.get("cold_start") or {}
     if cold:
