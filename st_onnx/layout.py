@@ -23,6 +23,7 @@ import errno
 import json
 import logging
 import os
+import shlex
 import shutil
 import stat
 import sys
@@ -103,6 +104,8 @@ def export_command(precision: str | None, model_dir: Any = "MODEL_DIR", out_dir:
     """The `st-onnx export` line that writes the ``precision`` graph (the CLI's default is fp32): a message that
     names the command without the precision sends the user to export fp32 and fail again."""
     wanted = f" --precision {precision}" if precision in PRECISIONS and precision != "fp32" else ""
+    model_dir, out_dir = (p if p in ("MODEL_DIR", "OUT_DIR", "NEW_DIR") else shlex.quote(str(p))
+                          for p in (model_dir, out_dir))  # a path with spaces stays one argument
     return f"st-onnx export {model_dir} {out_dir}{wanted}"
 
 

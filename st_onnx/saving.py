@@ -139,13 +139,17 @@ def _carry_fused_graphs(source: Path, target: Path, stack: Any) -> None:
     """
     from .export.manifest import write_manifest
     from .fingerprint import folder_fingerprint, source_digests
-    from .runtime.graphs import read_manifest
+    from .runtime.graphs import NewerGraphError, read_manifest
 
     current = folder_fingerprint(target)
     digest = None
     for graph in sorted((source / layout.FUSED_DIR).glob("*.onnx")):
         try:
             manifest = read_manifest(graph)
+        except NewerGraphError as e:  # this st-onnx cannot judge it; the newer one checks it when it loads
+            logger.info("carrying %s as it is: %s", graph.name, e)
+            layout.copy_graph(graph, target / layout.FUSED_DIR)
+            continue
         except GraphFileError:  # cut short or edited by hand
             manifest = None
         if not manifest:  # a derived file: left behind, the next load exports

@@ -1020,3 +1020,62 @@ def test_prepacking_as_the_readme_turns_it_on_reaches_the_session_once(tiny_mode
 
     assert (entry(default), entry(on)) == ("1", "0")
     np.testing.assert_allclose(on.encode(SENTENCES), default.encode(SENTENCES), atol=1e-6)
+
+
+def test_a_newer_graph_in_the_cache_leaves_the_folders_own_graph_running(tiny_model_copy, tmp_path):
+    """A newer st-onnx re-exports a read-only folder's graph into the shared cache: this version then still runs
+    the folder's own fresh graph (it refused to load the folder at all; found by the review of this change)."""
+    from st_onnx.runtime.graphs import cache_dir_for
+
+    cache = tmp_path / "cache"
+    SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu", cache_folder=str(cache))
+    graph = layout.fused_graph_path(tiny_model_copy, "fp32")
+    cached = layout.fused_graph_path(cache_dir_for(tiny_model_copy, str(cache)), "fp32")
+    layout.copy_graph(graph, cached.parent)
+    manifest = json.loads(layout.manifest_path(graph).read_text())
+    layout.manifest_path(cached).write_text(json.dumps({**manifest, "layout": layout.GRAPH_LAYOUT + 1}))
+    for export in ("auto", "never"):
+        model = SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu", cache_folder=str(cache),
+                                    onnx_options={"export": export})
+        assert model._backend.graph_path == graph
+    _change_weights(tiny_model_copy)  # the folder's graph stale: exported again into the folder, the cache's kept
+    model = SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu", cache_folder=str(cache))
+    assert model._backend.graph_path == graph
+    assert json.loads(layout.manifest_path(cached).read_text())["layout"] == layout.GRAPH_LAYOUT + 1
+
+
+def test_save_carries_a_newer_st_onnx_graph_as_it_is(tiny_model_copy, tmp_path):
+    SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu", onnx_options={"precision": "int8"})
+    newer = layout.fused_graph_path(tiny_model_copy, "int8")
+    layout.manifest_path(newer).write_text(json.dumps({**json.loads(layout.manifest_path(newer).read_text()),
+                                                      "format": "st-onnx-fused/2"}))
+    SentenceTransformer(str(tiny_model_copy), device="cpu").save(str(tmp_path / "copy"))
+    copied = tmp_path / "copy" / newer.relative_to(tiny_model_copy)  # dropped before, as "unreadable"
+    assert copied.read_bytes() == newer.read_bytes()
+    assert layout.manifest_path(copied).read_text() == layout.manifest_path(newer).read_text()
+    with pytest.raises(GraphFileError, match=r"newer st-onnx.*--precision int8"):  # the manifest's precision
+        SentenceTransformer(str(tmp_path / "copy"), backend="onnx", device="cpu",
+                            onnx_options={"file_name": str(newer.relative_to(tiny_model_copy))})
+
+
+def test_newer_check_reads_only_ascii_format_numbers(tmp_path):
+    from st_onnx.runtime.graphs import _refuse_newer
+
+    _refuse_newer(tmp_path / "fp32.onnx", {"format": "st-onnx-fused/\u00b2"})  # not a number: no newer format
+    with pytest.raises(GraphFileError, match="newer st-onnx"):
+        _refuse_newer(tmp_path / "fp32.onnx", {"format": "st-onnx-fused/12"})
+
+
+def test_export_command_quotes_paths_and_names_the_precision_of_a_read_only_folder(tiny_model_copy, tmp_path,
+                                                                                    monkeypatch):
+    import shlex
+
+    from st_onnx.runtime import graphs
+
+    line = layout.export_command("int8", "/tmp/my models/m", "NEW_DIR")
+    assert shlex.split(line) == ["st-onnx", "export", "/tmp/my models/m", "NEW_DIR", "--precision", "int8"]
+    monkeypatch.setattr(graphs, "is_writable", lambda folder: False)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ModelFolderError, match="MODEL_DIR NEW_DIR --precision int8"):
+        SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu", cache_folder=str(tmp_path / "file"),
+                            onnx_options={"precision": "int8"})

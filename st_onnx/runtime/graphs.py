@@ -56,6 +56,10 @@ class NewerGraphError(GraphFileError):
     """A graph that a newer st-onnx exported: neither run (its files may mean what this version does not know)
     nor exported over (that version would export it again: two versions sharing a folder would take turns)."""
 
+    def __init__(self, message: str, graph: Path) -> None:
+        super().__init__(message)
+        self.graph = graph
+
 
 def _refuse_newer(graph: Path, manifest: dict[str, Any]) -> None:
     from ..export.manifest import FORMAT
@@ -63,16 +67,16 @@ def _refuse_newer(graph: Path, manifest: dict[str, Any]) -> None:
     found = manifest.get("format")
     kind, _, number = str(found).rpartition("/")
     ours, _, version = FORMAT.rpartition("/")
-    newer = kind == ours and number.isdigit() and int(number) > int(version)
+    newer = kind == ours and number.isascii() and number.isdigit() and int(number) > int(version)
     found_layout = manifest.get("layout")
     if isinstance(found_layout, int) and found_layout > layout.GRAPH_LAYOUT:
         newer, found = True, f"graph layout {found_layout}"
     if newer:
+        precision = manifest.get("precision") or layout.graph_precision(graph)
         raise NewerGraphError(
             f"{graph} was exported by a newer st-onnx (manifest {layout.manifest_path(graph).name}: {found}; this "
             f"st-onnx reads {FORMAT}, graph layout up to {layout.GRAPH_LAYOUT}): upgrade st-onnx, or export the "
-            f"graph again with this one (`{layout.export_command(layout.graph_precision(graph), out_dir='OUT_DIR')}`)"
-        )
+            f"graph again with this one (`{layout.export_command(precision, out_dir='OUT_DIR')}`)", graph)
 
 
 def graph_problem(graph: Path, manifest: dict[str, Any]) -> str | None:
@@ -214,13 +218,19 @@ def _look(folder: Path, candidates: list[Path], precision: str, export: str, aga
           ) -> tuple[GraphChoice | None, list[Exception], str | None, "_Snapshot | None"]:
     """(the fresh graph, ...) or (None, why each graph there is not fresh, the folder's fingerprint, the snapshot
     of its files taken before that fingerprint). ``again``: the second look, which logs nothing the first did."""
-    existing = [g for g in candidates if g.is_file()]
-    refused: list[Exception] = []
+    existing, refused = [], []
+    for graph in candidates:  # a newer st-onnx's graph is not run, nor does it keep the other one from running
+        try:
+            if graph.is_file():
+                _manifest_or_empty(graph)
+                existing.append(graph)
+        except NewerGraphError as e:
+            refused.append(e)
     if export == "auto":  # a fresh graph of an older layout is re-exported once (layout.GRAPH_LAYOUT)
         existing = [g for g in existing if not _older_layout(g, tell=not again)]
     else:  # "never" runs an older layout's graph (same embeddings), but not one that no check vouched for
         unchecked = {g: _unchecked_graft(g) for g in existing}
-        refused = [why for why in unchecked.values() if why]
+        refused += [why for why in unchecked.values() if why]
         existing = [g for g, why in unchecked.items() if why is None]
     for graph in existing:  # the quick look: the stat record vouches for weights and graph alike
         manifest = _manifest_or_empty(graph)
@@ -254,17 +264,23 @@ def _export_graph(folder: Path, precision: str, candidates: list[Path], cache: P
                   current: str, sources: "_Snapshot") -> GraphChoice:
     if export == "never":
         raise _not_exporting(folder, precision, problems, current)
-    for problem in problems:
-        logger.warning("%s: exporting the graph again", problem)
     out_dir = None if is_writable(folder) else cache
+    target = candidates[0] if out_dir is None else candidates[1]
+    for problem in problems:
+        if isinstance(problem, NewerGraphError):
+            if problem.graph == target:  # exporting would write over it
+                raise problem
+            logger.info("leaving alone %s", problem)
+        else:
+            logger.warning("%s: exporting the graph again", problem)
     if out_dir is not None:
         try:
             cache.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise ModelFolderError(
                 f"{folder} is read-only and the graph cache {cache} cannot be written ({e}); export the graph "
-                "where it can be written (`st-onnx export MODEL_DIR NEW_DIR`), or point the cache elsewhere with "
-                "the ST_ONNX_CACHE environment variable or cache_folder="
+                f"where it can be written (`{layout.export_command(precision, out_dir='NEW_DIR')}`), or point the "
+                "cache elsewhere with the ST_ONNX_CACHE environment variable or cache_folder="
             ) from e
     if exporter is None:
         raise GraphFileError(f"no exporter available to export the {precision} graph of {folder}")
@@ -477,6 +493,8 @@ def _named_graph(folder: Path, file_name: str) -> GraphChoice:
 
 def _not_exporting(folder: Path, precision: str, problems: list[Exception], current: str) -> Exception:
     command = layout.export_command(precision, folder, folder)
+    if problems and isinstance(problems[0], NewerGraphError):  # its message says what to do
+        return problems[0]
     if problems:
         return type(problems[0])(
             f"{problems[0]}, and onnx_options['export'] is 'never'; re-export it (`{command}`) or load with "
