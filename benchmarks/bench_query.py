@@ -1,23 +1,24 @@
 """One-query latency: the time of ``encode(one_text)``, the call a search server makes per request, for
 sentence-transformers and st-onnx's onnx rows, side by side in one run.
 
-    python benchmarks/bench_query.py                       # 200 queries x 5 rounds: about a minute
+    python benchmarks/bench_query.py                       # 200 queries x 5 rounds, one caller: about a minute
+    python benchmarks/bench_query.py --clients 1 2 4       # also 2 and 4 threads calling at once
     python benchmarks/bench_query.py --calls 50 --rounds 3
 
 The queries are the first ``--calls`` texts of the short corpus. Every row's model is loaded once, in this one
-process (a load is not timed: bench_encode.py measures cold starts); each round times every row over the same
-queries, one call per text, the rows' order rotating from round to round so that none always runs after the same
-neighbour. Reported per row: the median over rounds of the mean milliseconds per call, the median and 90th
-percentile of single calls, and the median of the per-round ratios to sentence-transformers (its time over the
-row's: above 1 is faster). Rows:
+process (a load is not timed: bench_encode.py measures cold starts); each round runs every row over the same
+queries, one call per text, from ``--clients`` threads at once sharing the row's model, the rows' order rotating
+from round to round so that none always runs after the same neighbour. Reported per row: calls per second and the
+mean milliseconds per call (medians over rounds), the 50th, 90th and 99th percentiles of single calls, and the
+median of the per-round ratios of calls per second to sentence-transformers' (above 1 is faster). Rows:
 
 - sentence-transformers: torch fp32, its own threads (as many as torch takes, all cores by default);
 - st-onnx onnx fp32 / int8: the default sessions, made for bulk encoding: batches run side by side, one thread
   each, so a call of one text runs on one core;
 - st-onnx onnx fp32 prepacked: fp32 with ONNX Runtime's weight prepacking on (st-onnx leaves it off for fp32: a
   second copy of the weights, for a few percent on bulk batches; README);
-- ..., N threads: ``intra_op_num_threads`` set to the cores: one batch at a time, on every core (a server's
-  setting for queries; README).
+- ..., N threads: ``intra_op_num_threads`` set to the cores: one batch at a time, on every core (fastest for a
+  single caller on idle cores; README says when not).
 
 Writes a table to stdout and JSON into benchmarks/out/. Never asserts a time.
 """
@@ -29,6 +30,7 @@ import json
 import os
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -66,34 +68,62 @@ def build(model: str, options: dict | None):
     return lambda text: m.encode(text)
 
 
-def time_calls(encode, queries: list[str]) -> list[float]:
-    """Seconds of each call, in order."""
-    times = []
-    for text in queries:
-        start = time.perf_counter()
-        encode(text)
-        times.append(time.perf_counter() - start)
-    return times
+def time_round(encode, queries: list[str], clients: int) -> tuple[float, list[float]]:
+    """(wall seconds, seconds of each call) for the queries, one call each, from ``clients`` threads at once
+    that take the next query as they finish one (a threaded server's request handlers)."""
+    latencies: list[float] = []
+    next_query = iter(queries)
+    lock = threading.Lock()
+
+    def client() -> None:
+        while True:
+            with lock:
+                text = next(next_query, None)
+            if text is None:
+                return
+            start = time.perf_counter()
+            encode(text)
+            took = time.perf_counter() - start
+            with lock:
+                latencies.append(took)
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - start, latencies
 
 
-def measure(encoders: dict, queries: list[str], rounds: int) -> dict[str, dict]:
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
+
+
+def measure(encoders: dict, queries: list[str], rounds: int, clients: int = 1) -> dict[str, dict]:
     names = list(encoders)
     for encode in encoders.values():  # warm-up: first-call allocations and lazy imports out of the timings
-        time_calls(encode, queries[:5])
-    calls: dict[str, list[list[float]]] = {name: [] for name in names}
+        time_round(encode, queries[:5], 1)
+    walls: dict[str, list[float]] = {name: [] for name in names}
+    singles: dict[str, list[float]] = {name: [] for name in names}
+    means: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:
-            calls[name].append(time_calls(encoders[name], queries))
-    means = {name: [statistics.fmean(c) for c in calls[name]] for name in names}
+            wall, latencies = time_round(encoders[name], queries, clients)
+            walls[name].append(wall)
+            singles[name] += latencies
+            means[name].append(statistics.fmean(latencies))
     result = {}
     for name in names:
-        singles = sorted(t for c in calls[name] for t in c)
-        ratios = [ref / own for ref, own in zip(means[REFERENCE], means[name])]
+        ratios = [ref / own for ref, own in zip(walls[REFERENCE], walls[name])]  # throughput, per round
         result[name] = {
+            "calls_per_s": statistics.median(len(queries) / w for w in walls[name]),
             "ms_per_call": statistics.median(means[name]) * 1e3,
             "round_ms_per_call": [m * 1e3 for m in means[name]],
-            "p50_ms": singles[len(singles) // 2] * 1e3,
-            "p90_ms": singles[min(len(singles) - 1, int(len(singles) * 0.9))] * 1e3,
+            "p50_ms": _percentile(singles[name], 0.5) * 1e3,
+            "p90_ms": _percentile(singles[name], 0.9) * 1e3,
+            "p99_ms": _percentile(singles[name], 0.99) * 1e3,
             "ratio": statistics.median(ratios),
             "round_ratios": ratios,
         }
@@ -106,14 +136,17 @@ def print_table(report: dict) -> None:
     print(f"\nmachine: {summary(report['machine'])}")
     print(f"model {report['model']}: {report['calls']} one-text calls x {report['rounds']} rounds, load average "
           f"before {report['loadavg_before'][0]:.2f}")
-    print(f"\n  {'row':40s} {'ms/call':>8s} {'p50 ms':>7s} {'p90 ms':>7s} {'ratio':>7s}  per round")
-    for name, r in report["rows"].items():
-        if "error" in r:
-            print(f"  {name:40s} {r['error']}")
-            continue
-        rounds = ", ".join(f"{x:.2f}" for x in r["round_ratios"])
-        print(f"  {name:40s} {r['ms_per_call']:8.2f} {r['p50_ms']:7.2f} {r['p90_ms']:7.2f} {r['ratio']:6.2f}x  "
-              f"({rounds})")
+    for clients, rows in report["by_clients"].items():
+        print(f"\n{clients} client thread(s) at once; ratio: calls/s over sentence-transformers', per round")
+        print(f"  {'row':40s} {'calls/s':>8s} {'ms/call':>8s} {'p50 ms':>7s} {'p90 ms':>7s} {'p99 ms':>7s} "
+              f"{'ratio':>7s}  per round")
+        for name, r in rows.items():
+            if "error" in r:
+                print(f"  {name:40s} {r['error']}")
+                continue
+            rounds = ", ".join(f"{x:.2f}" for x in r["round_ratios"])
+            print(f"  {name:40s} {r['calls_per_s']:8.1f} {r['ms_per_call']:8.2f} {r['p50_ms']:7.2f} "
+                  f"{r['p90_ms']:7.2f} {r['p99_ms']:7.2f} {r['ratio']:6.2f}x  ({rounds})")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -122,11 +155,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data", default=str(DEFAULT_DATA), help="folder with short.json.gz (the queries)")
     p.add_argument("--calls", type=int, default=200, help="queries per round, one encode call each")
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--clients", type=int, nargs="+", default=[1],
+                   help="threads calling encode at once on each row's one model (a threaded server), one run each")
     p.add_argument("--out", default=str(DEFAULT_OUT))
     args = p.parse_args(argv)
     for flag in ("calls", "rounds"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag} must be at least 1; got {getattr(args, flag)}")
+    if min(args.clients) < 1:
+        p.error(f"--clients must be at least 1; got {min(args.clients)}")
     return args
 
 
@@ -154,10 +191,12 @@ def main(argv: list[str] | None = None) -> int:
         encoders[name] = build(model, options)
     from machine import describe
 
-    results = measure(encoders, queries, args.rounds)
+    by_clients = {}
+    for clients in args.clients:
+        results = measure(encoders, queries, args.rounds, clients)
+        by_clients[str(clients)] = {name: results.get(name) or {"error": errors[name]} for name in wanted}
     report = {"model": model, "calls": len(queries), "rounds": args.rounds, "machine": describe(),
-              "loadavg_before": load_before, "loadavg": os.getloadavg(),
-              "rows": {name: results.get(name) or {"error": errors[name]} for name in wanted},
+              "loadavg_before": load_before, "loadavg": os.getloadavg(), "by_clients": by_clients,
               "time": time.strftime("%Y-%m-%d %H:%M:%S")}
     print_table(report)
     path = out / "query.json"

@@ -146,17 +146,18 @@ def test_bench_query_times_every_row_in_one_run(tiny_model_copy, tmp_path):
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_query.py"), "--model",
                            str(tiny_model_copy), "--data", str(data), "--calls", "6", "--rounds", "3", "--out",
-                           str(out)], capture_output=True, text=True, timeout=300)
+                           str(out), "--clients", "1", "3"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads((out / "query.json").read_text())
     assert report["calls"] == 6 and report["rounds"] == 3 and report["machine"]["cpu_model"]
-    rows = report["rows"]
-    assert rows["sentence-transformers"]["ratio"] == 1.0 and len(rows) == 6
-    for name, row in rows.items():
-        assert row["ms_per_call"] > 0 and row["p90_ms"] >= row["p50_ms"] > 0, name
-        assert len(row["round_ratios"]) == 3 and len(row["round_ms_per_call"]) == 3, name
-    assert any(name.startswith("st-onnx onnx fp32 prepacked, ") for name in rows)
-    assert "st-onnx onnx int8" in proc.stdout and "ms/call" in proc.stdout
+    assert list(report["by_clients"]) == ["1", "3"]
+    for rows in report["by_clients"].values():
+        assert rows["sentence-transformers"]["ratio"] == 1.0 and len(rows) == 6
+        for name, row in rows.items():
+            assert row["calls_per_s"] > 0 and row["p99_ms"] >= row["p90_ms"] >= row["p50_ms"] > 0, name
+            assert len(row["round_ratios"]) == 3 and len(row["round_ms_per_call"]) == 3, name
+        assert any(name.startswith("st-onnx onnx fp32 prepacked, ") for name in rows)
+    assert "3 client thread(s) at once" in proc.stdout and "calls/s" in proc.stdout
     bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_query.py"), "--calls", "0"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--calls must be at least 1; got 0" in bad.stderr
