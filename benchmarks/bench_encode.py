@@ -37,8 +37,8 @@ ROWS = {
     "st-onnx onnx int8": {"kind": "onnx", "precision": "int8"},
     "pool 2 sessions x 1 thread": {"kind": "pool", "precision": "fp32", "devices": ["cpu", "cpu"]},
     "pool 1 session x 2 threads": {"kind": "pool", "precision": "fp32", "devices": ["cpu"]},
-    # README's setting for one-query servers (bench_query.py): one batch at a time on every core, weights
-    # prepacked; here, what it costs on bulk encoding. Not in the default run.
+    # one batch at a time on every core, weights prepacked (README: for one request at a time; bench_query.py);
+    # here, what it costs on bulk encoding. Not in the default run.
     "st-onnx onnx fp32 query setting": {"kind": "onnx", "precision": "fp32", "query_setting": True},
     "st-onnx onnx int8 query setting": {"kind": "onnx", "precision": "int8", "query_setting": True},
 }
