@@ -55,6 +55,15 @@ class GraphFileError(StOnnxError, ValueError):
     """A graph file is truncated, corrupted, or lacks the inputs/outputs st-onnx needs."""
 
 
+class NewerGraphError(GraphFileError):
+    """A graph that a newer st-onnx exported: neither run (its files may mean what this version does not know)
+    nor exported over (that version would export it again: two versions sharing a folder would take turns)."""
+
+    def __init__(self, message: str, graph: "os.PathLike[str] | None" = None) -> None:
+        super().__init__(message)
+        self.graph = graph
+
+
 class ParityError(StOnnxError, RuntimeError):
     """An exported graph's outputs differ from PyTorch's beyond the precision's threshold."""
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import layout
-from .errors import GraphFileError, InvalidInputError, ModelFolderError, warn
+from .errors import GraphFileError, InvalidInputError, ModelFolderError, NewerGraphError, warn
 
 logger = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ def _carry_fused_graphs(source: Path, target: Path, stack: Any) -> None:
     """
     from .export.manifest import write_manifest
     from .fingerprint import folder_fingerprint, source_digests
-    from .runtime.graphs import NewerGraphError, read_manifest
+    from .runtime.graphs import read_manifest
 
     current = folder_fingerprint(target)
     digest = None

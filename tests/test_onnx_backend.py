@@ -1059,11 +1059,25 @@ def test_save_carries_a_newer_st_onnx_graph_as_it_is(tiny_model_copy, tmp_path):
 
 
 def test_newer_check_reads_only_ascii_format_numbers(tmp_path):
-    from st_onnx.runtime.graphs import _refuse_newer
+    from st_onnx.export.manifest import refuse_newer
 
-    _refuse_newer(tmp_path / "fp32.onnx", {"format": "st-onnx-fused/\u00b2"})  # not a number: no newer format
+    refuse_newer(tmp_path / "fp32.onnx", {"format": "st-onnx-fused/\u00b2"})  # not a number: no newer format
     with pytest.raises(GraphFileError, match="newer st-onnx"):
-        _refuse_newer(tmp_path / "fp32.onnx", {"format": "st-onnx-fused/12"})
+        refuse_newer(tmp_path / "fp32.onnx", {"format": "st-onnx-fused/12"})
+
+
+def test_check_graph_names_a_newer_st_onnx(tiny_model_copy):
+    """The public check (export kit, deployments) says the same as a load: it said 'Re-export the graph' of a
+    newer format and passed a newer layout."""
+    from st_onnx.errors import NewerGraphError
+    from st_onnx.export import check_graph
+
+    SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu")
+    for change in ({"format": "st-onnx-fused/2"}, {"layout": layout.GRAPH_LAYOUT + 1}):
+        graph = _edit_manifest(tiny_model_copy, **change)
+        with pytest.raises(NewerGraphError, match="exported by a newer st-onnx.*upgrade st-onnx"):
+            check_graph(graph)
+        _edit_manifest(tiny_model_copy, format="st-onnx-fused/1", layout=layout.GRAPH_LAYOUT)
 
 
 def test_export_command_quotes_paths_and_names_the_precision_of_a_read_only_folder(tiny_model_copy, tmp_path,

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import layout
-from ..errors import GraphFileError, StaleGraphError
+from ..errors import GraphFileError, NewerGraphError, StaleGraphError
 
 FORMAT = "st-onnx-fused/1"
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
@@ -91,6 +91,24 @@ def write_manifest(graph_path: str | os.PathLike, manifest: dict[str, Any]) -> P
     return target
 
 
+def refuse_newer(graph: Path, manifest: dict[str, Any]) -> None:
+    """Raise NewerGraphError where ``manifest`` is of a newer st-onnx: a higher format number, or a graph layout
+    above this one's (``layout.GRAPH_LAYOUT``)."""
+    found = manifest.get("format")
+    kind, _, number = str(found).rpartition("/")
+    ours, _, version = FORMAT.rpartition("/")
+    newer = kind == ours and number.isascii() and number.isdigit() and int(number) > int(version)
+    found_layout = manifest.get("layout")
+    if isinstance(found_layout, int) and found_layout > layout.GRAPH_LAYOUT:
+        newer, found = True, f"graph layout {found_layout}"
+    if newer:
+        precision = manifest.get("precision") or layout.graph_precision(graph)
+        raise NewerGraphError(
+            f"{graph} was exported by a newer st-onnx (manifest {layout.manifest_path(graph).name}: {found}; this "
+            f"st-onnx reads {FORMAT}, graph layout up to {layout.GRAPH_LAYOUT}): upgrade st-onnx, or export the "
+            f"graph again with this one (`{layout.export_command(precision, out_dir='OUT_DIR')}`)", graph)
+
+
 def read_manifest(graph_path: str | os.PathLike) -> dict[str, Any]:
     """The manifest of a fused graph; GraphFileError when it is missing, broken or of another format."""
     path = layout.manifest_path(graph_path)
@@ -104,6 +122,8 @@ def read_manifest(graph_path: str | os.PathLike) -> dict[str, Any]:
         ) from e
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise GraphFileError(f"the manifest {path} is not valid JSON ({e}); re-export the graph") from e
+    if isinstance(manifest, dict):
+        refuse_newer(Path(graph_path), manifest)
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
         raise GraphFileError(f"the manifest {path} has format {found!r}; allowed: {FORMAT!r}. Re-export the graph")

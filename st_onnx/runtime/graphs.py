@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from .. import layout
-from ..errors import GraphFileError, InvalidInputError, ModelFolderError, StaleGraphError
+from ..errors import GraphFileError, InvalidInputError, ModelFolderError, NewerGraphError, StaleGraphError
 from .encoder import PROMPT_LENGTH
 
 logger = logging.getLogger(__name__)
@@ -48,35 +48,10 @@ def read_manifest(graph: Path) -> dict[str, Any]:
                              ) from e
     if not isinstance(manifest, dict):
         raise GraphFileError(f"the manifest {layout.manifest_path(graph)} is not a JSON object; re-export the graph")
-    _refuse_newer(graph, manifest)
+    from ..export.manifest import refuse_newer
+
+    refuse_newer(graph, manifest)
     return manifest
-
-
-class NewerGraphError(GraphFileError):
-    """A graph that a newer st-onnx exported: neither run (its files may mean what this version does not know)
-    nor exported over (that version would export it again: two versions sharing a folder would take turns)."""
-
-    def __init__(self, message: str, graph: Path) -> None:
-        super().__init__(message)
-        self.graph = graph
-
-
-def _refuse_newer(graph: Path, manifest: dict[str, Any]) -> None:
-    from ..export.manifest import FORMAT
-
-    found = manifest.get("format")
-    kind, _, number = str(found).rpartition("/")
-    ours, _, version = FORMAT.rpartition("/")
-    newer = kind == ours and number.isascii() and number.isdigit() and int(number) > int(version)
-    found_layout = manifest.get("layout")
-    if isinstance(found_layout, int) and found_layout > layout.GRAPH_LAYOUT:
-        newer, found = True, f"graph layout {found_layout}"
-    if newer:
-        precision = manifest.get("precision") or layout.graph_precision(graph)
-        raise NewerGraphError(
-            f"{graph} was exported by a newer st-onnx (manifest {layout.manifest_path(graph).name}: {found}; this "
-            f"st-onnx reads {FORMAT}, graph layout up to {layout.GRAPH_LAYOUT}): upgrade st-onnx, or export the "
-            f"graph again with this one (`{layout.export_command(precision, out_dir='OUT_DIR')}`)", graph)
 
 
 def graph_problem(graph: Path, manifest: dict[str, Any]) -> str | None:
