@@ -72,17 +72,23 @@ def time_round(encode, queries: list[str], clients: int) -> tuple[float, list[fl
     """(wall seconds, seconds of each call) for the queries, one call each, from ``clients`` threads at once
     that take the next query as they finish one (a threaded server's request handlers)."""
     latencies: list[float] = []
+    failures: list[BaseException] = []
     next_query = iter(queries)
     lock = threading.Lock()
 
     def client() -> None:
         while True:
             with lock:
-                text = next(next_query, None)
+                text = None if failures else next(next_query, None)  # a failed call stops every client
             if text is None:
                 return
             start = time.perf_counter()
-            encode(text)
+            try:
+                encode(text)
+            except BaseException as e:  # noqa: BLE001 - raised again in the caller's thread, below
+                with lock:
+                    failures.append(e)
+                return
             took = time.perf_counter() - start
             with lock:
                 latencies.append(took)
@@ -93,7 +99,10 @@ def time_round(encode, queries: list[str], clients: int) -> tuple[float, list[fl
         thread.start()
     for thread in threads:
         thread.join()
-    return time.perf_counter() - start, latencies
+    wall = time.perf_counter() - start
+    if failures:
+        raise failures[0]
+    return wall, latencies
 
 
 def _percentile(values: list[float], q: float) -> float:

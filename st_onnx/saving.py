@@ -144,12 +144,11 @@ def _carry_fused_graphs(source: Path, target: Path, stack: Any) -> None:
     current = folder_fingerprint(target)
     digest = None
     for graph in sorted((source / layout.FUSED_DIR).glob("*.onnx")):
+        newer = False
         try:
             manifest = read_manifest(graph)
-        except NewerGraphError as e:  # this st-onnx cannot judge it; the newer one checks it when it loads
-            logger.info("carrying %s as it is: %s", graph.name, e)
-            layout.copy_graph(graph, target / layout.FUSED_DIR)
-            continue
+        except NewerGraphError:  # carried as it is while it is of these weights: the newer st-onnx checks it
+            manifest, newer = layout.read_json(layout.manifest_path(graph), "manifest"), True
         except GraphFileError:  # cut short or edited by hand
             manifest = None
         if not manifest:  # a derived file: left behind, the next load exports
@@ -163,7 +162,7 @@ def _carry_fused_graphs(source: Path, target: Path, stack: Any) -> None:
                 continue
         dest = target / layout.FUSED_DIR
         layout.copy_graph(graph, dest)
-        if restamp:
+        if restamp and not newer:
             write_manifest(dest / graph.name, {**manifest, "fingerprint": current,
                                                "source_files": source_digests(target)})
 

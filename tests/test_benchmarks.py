@@ -163,6 +163,26 @@ def test_bench_query_times_every_row_in_one_run(tiny_model_copy, tmp_path):
     assert bad.returncode == 2 and "--calls must be at least 1; got 0" in bad.stderr
 
 
+def test_bench_query_stops_at_a_failing_call_from_any_client():
+    """A client thread's exception ended that thread alone: the round counted the failed and the skipped queries
+    as served (found by the review of --clients)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import bench_query
+
+    calls = []
+
+    def encode(text):
+        calls.append(text)
+        if text == "q3":
+            raise RuntimeError("boom")
+
+    for clients in (1, 2):
+        calls.clear()
+        with pytest.raises(RuntimeError, match="boom"):
+            bench_query.measure({"sentence-transformers": encode}, [f"q{i}" for i in range(50)], 1, clients=clients)
+        assert len(calls) < 50
+
+
 def test_machine_names_the_cpu_its_kernel_flags_and_versions(monkeypatch):
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import machine

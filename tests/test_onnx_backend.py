@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import shutil
 
 import numpy as np
@@ -988,7 +989,8 @@ def test_refusals_name_the_export_command_of_the_precision_asked(tiny_model_copy
         _change_weights(tiny_model_copy)
     with pytest.raises(GraphFileError if not stale else StaleGraphError) as caught:
         SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu", onnx_options=options)
-    assert f"`st-onnx export {tiny_model_copy} {tiny_model_copy} --precision int8`" in str(caught.value)
+    folder = shlex.quote(str(tiny_model_copy))  # quoted where pytest's base folder has a space
+    assert f"`st-onnx export {folder} {folder} --precision int8`" in str(caught.value)
     graph = layout.fused_graph_path(tiny_model_copy, "int8")
     if stale:  # file_name names the graph: its manifest tells the precision
         with pytest.raises(StaleGraphError, match="--precision int8"):
@@ -1082,8 +1084,6 @@ def test_check_graph_names_a_newer_st_onnx(tiny_model_copy):
 
 def test_export_command_quotes_paths_and_names_the_precision_of_a_read_only_folder(tiny_model_copy, tmp_path,
                                                                                     monkeypatch):
-    import shlex
-
     from st_onnx.runtime import graphs
 
     line = layout.export_command("int8", "/tmp/my models/m", "NEW_DIR")
@@ -1093,3 +1093,66 @@ def test_export_command_quotes_paths_and_names_the_precision_of_a_read_only_fold
     with pytest.raises(ModelFolderError, match="MODEL_DIR NEW_DIR --precision int8"):
         SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu", cache_folder=str(tmp_path / "file"),
                             onnx_options={"precision": "int8"})
+
+
+def _mark_newer(graph):
+    manifest = json.loads(layout.manifest_path(graph).read_text())
+    layout.manifest_path(graph).write_text(json.dumps({**manifest, "layout": layout.GRAPH_LAYOUT + 1}))
+
+
+def test_save_after_training_leaves_a_newer_graph_of_the_old_weights_behind(tiny_model_copy, tmp_path):
+    """Carried, a newer st-onnx's graph of the old weights kept this version from exporting the trained folder's
+    own graph (found by the review of carrying such graphs)."""
+    SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu")
+    _mark_newer(layout.fused_graph_path(tiny_model_copy, "fp32"))
+    model = SentenceTransformer(str(tiny_model_copy), device="cpu")
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.01)
+    model.save(str(tmp_path / "trained"))
+    assert not layout.fused_graph_path(tmp_path / "trained", "fp32").exists()
+    loaded = SentenceTransformer(str(tmp_path / "trained"), backend="onnx", device="cpu")
+    assert loaded._backend.graph_path == layout.fused_graph_path(tmp_path / "trained", "fp32")
+
+
+def test_export_never_names_the_folders_stale_graph_not_the_caches_newer_one(tiny_model_copy, tmp_path):
+    from st_onnx.runtime.graphs import cache_dir_for
+
+    cache = tmp_path / "cache"
+    SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu", cache_folder=str(cache))
+    cached = layout.fused_graph_path(cache_dir_for(tiny_model_copy, str(cache)), "fp32")
+    layout.copy_graph(layout.fused_graph_path(tiny_model_copy, "fp32"), cached.parent)
+    _mark_newer(cached)
+    _change_weights(tiny_model_copy)
+    with pytest.raises(StaleGraphError, match="exported from other weights"):
+        SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu", cache_folder=str(cache),
+                            onnx_options={"export": "never"})
+
+
+def test_a_newer_packed_graph_leaves_a_usable_one_running(tmp_path):
+    import hashlib
+
+    from st_onnx.errors import NewerGraphError
+    from st_onnx.export.manifest import FORMAT
+    from st_onnx.runtime import graphs
+
+    folder, cache = tmp_path / "m", tmp_path / "cache"
+    padded = layout.fused_graph_path(folder, "fp16")
+    padded.parent.mkdir(parents=True)
+    padded.write_bytes(b"padded")
+    choice = graphs.GraphChoice(padded, {"precision": "fp16", "graph_sha256": "abc", "format": FORMAT}, False)
+
+    def put(path, **extra):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"packed")
+        layout.manifest_path(path).write_text(json.dumps({
+            "format": FORMAT, "precision": "fp16", "graph_bytes": 6, "packing": {"source_sha256": "abc"},
+            "graph_sha256": "sha256:" + hashlib.sha256(b"packed").hexdigest(), **extra}))
+
+    put(layout.packed_graph_path(padded), layout=layout.GRAPH_LAYOUT + 1)
+    cached = layout.packed_graph_path(layout.fused_graph_path(graphs.cache_dir_for(folder, str(cache)), "fp16"))
+    put(cached)
+    assert graphs.find_packed(folder, choice, export="never", cache_folder=str(cache)).path == cached
+    cached.unlink()  # only the newer one: packing would write over it
+    with pytest.raises(NewerGraphError, match="newer st-onnx"):
+        graphs.find_packed(folder, choice, cache_folder=str(cache), packer=lambda *a: pytest.fail("packed"))

@@ -291,9 +291,13 @@ def find_packed(folder: Path, padded: GraphChoice, *, export: str = "auto",
     from ..export.manifest import content_digest
 
     source = content_digest(padded.manifest)  # the graph's sha256, and its data file's if it has one
-    problems = []
+    problems, newer = [], {}
     for graph in targets:
-        manifest = read_manifest(graph) if graph.is_file() else {}
+        try:
+            manifest = read_manifest(graph) if graph.is_file() else {}
+        except NewerGraphError as e:  # not run; refused below only where packing would write over it
+            newer[graph] = e
+            continue
         if not (source and (manifest.get("packing") or {}).get("source_sha256") == source):
             continue
         if not _stat_unchanged(folder, graph, source):
@@ -306,6 +310,7 @@ def find_packed(folder: Path, padded: GraphChoice, *, export: str = "auto",
             _record_stat(folder, graph, source, sources, checked)
         return GraphChoice(graph, manifest, exported=False)
     if export == "never":
+        problems += [str(e) for e in newer.values()]
         raise GraphFileError(
             f"no usable packed graph made from {padded.path} ({'; '.join(problems) or 'none found'}) and "
             "onnx_options['export'] is 'never'; load once with export='auto' (or drop packing)"
@@ -313,6 +318,8 @@ def find_packed(folder: Path, padded: GraphChoice, *, export: str = "auto",
     if packer is None:
         raise GraphFileError(f"no packer available to pack {padded.path}")
     target = targets[0] if os.access(padded.path.parent, os.W_OK) else cached
+    if target in newer:
+        raise newer[target]
     target.parent.mkdir(parents=True, exist_ok=True)
     logger.info("packing %s into %s (once: later loads reuse it)", padded.path, target)
     graph = Path(packer(padded.path, target, folder))
@@ -468,7 +475,9 @@ def _named_graph(folder: Path, file_name: str) -> GraphChoice:
 
 def _not_exporting(folder: Path, precision: str, problems: list[Exception], current: str) -> Exception:
     command = layout.export_command(precision, folder, folder)
-    if problems and isinstance(problems[0], NewerGraphError):  # its message says what to do
+    # a newer st-onnx's graph is named only where nothing else is wrong (its message says what to do)
+    problems = [p for p in problems if not isinstance(p, NewerGraphError)] or problems
+    if problems and isinstance(problems[0], NewerGraphError):
         return problems[0]
     if problems:
         return type(problems[0])(
