@@ -49,7 +49,8 @@ def rows(cores: int) -> dict[str, dict]:
         REFERENCE: None,
         "st-onnx onnx fp32": {"precision": "fp32"},
         "st-onnx onnx fp32 prepacked": {"precision": "fp32", **PREPACK},
-        f"st-onnx onnx fp32 prepacked, {cores} threads": {"precision": "fp32", **PREPACK, "intra_op_num_threads": cores},
+        f"st-onnx onnx fp32 prepacked, {cores} threads": {"precision": "fp32", **PREPACK,
+                                                          "intra_op_num_threads": cores},
         "st-onnx onnx int8": {"precision": "int8"},
         f"st-onnx onnx int8, {cores} threads": {"precision": "int8", "intra_op_num_threads": cores},
     }

@@ -541,7 +541,8 @@ def test_module_digest_of_another_scheme_is_not_compared(tiny_model_copy):
     from st_onnx.errors import BackendError
 
     SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu")
-    _edit_manifest(tiny_model_copy, module_digest="sha256:035ac24a298d3126247bd45ea866c123eabf9a1874d5b10fbf0ab6e57e8dad45")
+    _edit_manifest(tiny_model_copy,
+                   module_digest="sha256:035ac24a298d3126247bd45ea866c123eabf9a1874d5b10fbf0ab6e57e8dad45")
     model = SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu")
     model[1].get_sentence_embedding_dimension()  # model[i] links the torch modules to the graph
     before = model.encode(SENTENCES)
@@ -568,7 +569,8 @@ def test_graph_for_a_newer_onnx_runtime_says_so(tiny_model_copy):
             opset.version = 99
     onnx.save(proto, str(graph))
     _edit_manifest(tiny_model_copy, **file_fields(graph))
-    with pytest.raises(GraphFileError, match=r"(?s)cannot load .*Opset 99.*needs a newer ONNX Runtime than this one \(1\.\d+"):
+    with pytest.raises(GraphFileError,
+                       match=r"(?s)cannot load .*Opset 99.*needs a newer ONNX Runtime than this one \(1\.\d+"):
         SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu", onnx_options={"export": "never"})
 
 

@@ -164,8 +164,8 @@ def find_graph(folder: Path, precision: str, *, file_name: str | None = None, ex
         if not existing:
             raise ModelFolderError(
                 f"{folder} holds neither a fused {precision} graph ({candidates[0]}) nor torch weights to export "
-                f"one from; export it where the weights are (`{layout.export_command(precision, out_dir=folder)}`) or pass "
-                "onnx_options={'precision': ...} naming a precision that was exported"
+                f"one from; export it where the weights are (`{layout.export_command(precision, out_dir=folder)}`) "
+                "or pass onnx_options={'precision': ...} naming a precision that was exported"
             )
         manifest, problem = _usable(folder, existing[0], None, precision, _Snapshot.take(folder))
         problem = problem or _changed_source(folder, existing[0], manifest)
