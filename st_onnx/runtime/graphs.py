@@ -193,22 +193,22 @@ def _look(folder: Path, candidates: list[Path], precision: str, export: str, aga
           ) -> tuple[GraphChoice | None, list[Exception], str | None, "_Snapshot | None"]:
     """(the fresh graph, ...) or (None, why each graph there is not fresh, the folder's fingerprint, the snapshot
     of its files taken before that fingerprint). ``again``: the second look, which logs nothing the first did."""
-    existing, refused = [], []
+    manifests, refused = {}, []
     for graph in candidates:  # a newer st-onnx's graph is not run, nor does it keep the other one from running
         try:
             if graph.is_file():
-                _manifest_or_empty(graph)
-                existing.append(graph)
+                manifests[graph] = _manifest_or_empty(graph)
         except NewerGraphError as e:
             refused.append(e)
+    existing = list(manifests)
     if export == "auto":  # a fresh graph of an older layout is re-exported once (layout.GRAPH_LAYOUT)
-        existing = [g for g in existing if not _older_layout(g, tell=not again)]
+        existing = [g for g in existing if not _older_layout(g, manifests[g], tell=not again)]
     else:  # "never" runs an older layout's graph (same embeddings), but not one that no check vouched for
-        unchecked = {g: _unchecked_graft(g) for g in existing}
+        unchecked = {g: _unchecked_graft(g, manifests[g]) for g in existing}
         refused += [why for why in unchecked.values() if why]
         existing = [g for g, why in unchecked.items() if why is None]
     for graph in existing:  # the quick look: the stat record vouches for weights and graph alike
-        manifest = _manifest_or_empty(graph)
+        manifest = manifests[graph]
         if manifest.get("fingerprint") and _stat_unchanged(folder, graph, manifest["fingerprint"]):
             return GraphChoice(graph, manifest, exported=False), [], None, None
     from ..fingerprint import folder_fingerprint
@@ -326,10 +326,9 @@ def find_packed(folder: Path, padded: GraphChoice, *, export: str = "auto",
     return GraphChoice(graph, read_manifest(graph), exported=True)
 
 
-def _unchecked_graft(graph: Path) -> StaleGraphError | None:
+def _unchecked_graft(graph: Path, manifest: dict[str, Any]) -> StaleGraphError | None:
     """Grafts of the first layout took the folder's fingerprint without checking the graph against its weights:
     one grafted from a stale onnx/model.onnx computes another model (cosine -0.3), labelled fresh."""
-    manifest = _manifest_or_empty(graph)
     parity = manifest.get("parity")
     if (manifest.get("layout", 1) == 1 and str(manifest.get("exporter", "")).startswith("graft(")
             and not (isinstance(parity, dict) and parity.get("checked"))):
@@ -338,8 +337,7 @@ def _unchecked_graft(graph: Path) -> StaleGraphError | None:
     return None
 
 
-def _older_layout(graph: Path, tell: bool = True) -> bool:
-    manifest = _manifest_or_empty(graph)
+def _older_layout(graph: Path, manifest: dict[str, Any], tell: bool = True) -> bool:
     if not manifest:  # none, or unreadable: decided (re-exported) with the fingerprint
         return False
     found = manifest.get("layout", 1)  # manifests of the first st-onnx have no "layout"
