@@ -702,8 +702,6 @@ class SentenceTransformer(ModuleMethods):
         caller formats)."""
         from .pool import encode_with_pool
 
-        if self.backend == "onnx":  # the pool's sessions run the same graph
-            self._backend.check_modules()
         return encode_with_pool(self, inputs, pool, batch_size=opts.batch_size, chunk_size=chunk_size,
                                 show_progress_bar=opts.show_progress_bar, prompt_length=opts.prompt_length,
                                 output_value=opts.output_value)

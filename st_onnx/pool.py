@@ -138,6 +138,8 @@ class SessionPool:
         if self.stopped:
             raise PoolError("this pool is stopped; start a new one with model.start_multi_process_pool()")
         self._check_alive()
+        if self.backend_name == "onnx":  # the sessions run the graph: refused once the modules changed since
+            self.model._backend.check_modules()
         EncodeOptions.from_args(batch_size=batch_size)
         inputs, single = as_input_list(sentences)
         size = _chunk_size(chunk_size, len(inputs), len(self.devices))
@@ -310,7 +312,8 @@ def _onnx_runners(backend: Any, devices: list[str]) -> list[Callable]:
 
     n_cpu = sum(d == "cpu" for d in devices)
     budget = backend.options.intra_op_num_threads or available_cores()  # the user's cap, if set
-    cpu_threads = max(1, budget // n_cpu) if n_cpu else None
+    # session_options setting the threads are the user's for each session, not a budget to divide
+    cpu_threads = max(1, budget // n_cpu) if n_cpu and not backend.options.fixed_threads else None
     runners = []
     for device in devices:  # one device at a time: each session is checked on its provider as it is made
         session = backend.new_session(device, cpu_threads if device == "cpu" else None)

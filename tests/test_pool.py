@@ -12,7 +12,7 @@ import pytest
 
 from helpers import SENTENCES, stsb_sentences
 from st_onnx import SentenceTransformer
-from st_onnx.errors import InvalidInputError, PoolError
+from st_onnx.errors import BackendError, InvalidInputError, PoolError
 from st_onnx.pool import SessionPool
 
 # Pool chunks are batched differently from one encode call, so rows can differ in the last float bits.
@@ -419,6 +419,44 @@ def test_the_onnx_pool_keeps_the_users_thread_cap(folder, monkeypatch):
     with model.start_multi_process_pool(["cpu"]) as pool:
         assert model.encode_multi_process(SENTENCES, pool).shape == (len(SENTENCES), 32)
     assert made == [("cpu", 1)]
+
+
+@pytest.mark.parametrize("form", ["dict", "object"])
+def test_the_onnx_pool_keeps_the_threads_session_options_set(folder, monkeypatch, form):
+    """Threads set in session_options are each session's: the pool overwrote them with its share of the cores
+    (2 here), and wrote that share into the caller's SessionOptions object, which later models then took."""
+    import onnxruntime as ort
+
+    if form == "dict":
+        options = {"intra_op_num_threads": 1}
+    else:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+    monkeypatch.setattr("st_onnx.runtime.session.available_cores", lambda: 2)
+    model = SentenceTransformer(str(folder), backend="onnx", device="cpu", onnx_options={"session_options": options})
+    made = _session_threads(monkeypatch, model)
+    with model.start_multi_process_pool(["cpu"]) as pool:
+        assert model.encode_multi_process(SENTENCES, pool).shape == (len(SENTENCES), 32)
+    assert made == [("cpu", 1)]
+    if form == "object":
+        assert options.intra_op_num_threads == 1
+
+
+def test_threads_set_twice_are_refused_by_name(folder):
+    with pytest.raises(InvalidInputError, match=r"sets the threads twice: intra_op_num_threads=2"):
+        SentenceTransformer(str(folder), backend="onnx", device="cpu",
+                            onnx_options={"intra_op_num_threads": 2, "session_options": {"intra_op_num_threads": 1}})
+
+
+def test_a_pools_own_encode_refuses_modules_changed_since_the_export(folder):
+    """SessionPool.encode is public: it ran the graph of the old modules where encode_multi_process refused."""
+    model = SentenceTransformer(str(folder), backend="onnx", device="cpu")
+    with model.start_multi_process_pool(["cpu"]) as pool:
+        model[1].pooling_mode = "cls"
+        with pytest.raises(BackendError, match="changed"):
+            pool.encode(SENTENCES)
+        with pytest.raises(BackendError, match="changed"):
+            model.encode_multi_process(SENTENCES, pool)
 
 
 def test_an_onnx_pool_on_devices_it_cannot_use_is_refused(folder):

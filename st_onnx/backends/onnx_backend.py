@@ -77,6 +77,12 @@ class OnnxOptions:
                 and type(opts.session_options).__name__ != "SessionOptions":
             raise InvalidInputError(f"onnx_options['session_options'] must be an onnxruntime.SessionOptions or a "
                                     f"dict of its attributes; got {opts.session_options!r}")
+        if opts.intra_op_num_threads is not None and opts.fixed_threads:
+            raise InvalidInputError(
+                f"onnx_options sets the threads twice: intra_op_num_threads={opts.intra_op_num_threads!r} and "
+                "session_options (a SessionOptions object, whose intra_op_num_threads is used as it is, or a dict "
+                "naming intra_op_num_threads); pass one of them"
+            )
         if not isinstance(opts.packing, bool):
             raise InvalidInputError(f"onnx_options['packing'] must be True or False; got {opts.packing!r}")
         if opts.packing and opts.file_name is not None:
@@ -85,6 +91,14 @@ class OnnxOptions:
                 f"({opts.file_name!r}), packing derives one from the fp16 graph; pass one of them"
             )
         return opts
+
+    @property
+    def fixed_threads(self) -> bool:
+        """True when ``session_options`` sets the sessions' threads (a SessionOptions object, used as it is, or a
+        dict naming them): st-onnx then neither runs batches side by side nor divides the cores among a pool's
+        sessions."""
+        so = self.session_options
+        return so is not None and (not isinstance(so, dict) or "intra_op_num_threads" in so)
 
     def precision_for(self, device: str) -> str:
         # default: fp16 where CUDA will run the graph, else fp32 (a CUDA fallback to the CPU warns when bound)
@@ -221,8 +235,7 @@ class OnnxBackend:
         opts = self.options
         session_options = _session_options(opts.session_options, threads or opts.intra_op_num_threads,
                                            prepack=self.manifest.get("precision") == "int8")
-        session = OrtSession(self.graph_path, device, threads=threads or opts.intra_op_num_threads,
-                             session_options=session_options, providers=opts.providers,
+        session = OrtSession(self.graph_path, device, session_options=session_options, providers=opts.providers,
                              provider_options=opts.provider_options,
                              cuda_defaults=cuda_defaults(self.manifest.get("precision")),
                              max_positions=_max_positions(self.folder))
@@ -256,7 +269,7 @@ class OnnxBackend:
         _warn_if_left_padding_shifts(self.graph_path, self.manifest)
         # the old encoder is not closed: a call running on it in another thread finishes there; its executor's
         # threads exit once the last call lets go of it (ThreadPoolExecutor's weakref callback)
-        if device == "cpu" and self.options.intra_op_num_threads is None and not _fixed_threads(self.options):
+        if device == "cpu" and self.options.intra_op_num_threads is None and not self.options.fixed_threads:
             # batch-level parallelism: one thread per run, as many runs at once as cores (see runtime/encoder.py)
             cores = available_cores()
             encoder = self.encoder_for(self.new_session(device, threads=1), parallel=cores)
@@ -480,12 +493,6 @@ def _warn_if_left_padding_shifts(graph: Path, manifest: dict[str, Any]) -> None:
             "sentence-transformers) differ; set padding_side to 'right' in tokenizer_config.json and re-export",
             UserWarning,
         )
-
-
-def _fixed_threads(options: OnnxOptions) -> bool:
-    """True when the caller set the session's threads (a SessionOptions object, or a dict naming them)."""
-    so = options.session_options
-    return so is not None and (not isinstance(so, dict) or "intra_op_num_threads" in so)
 
 
 def _session_options(value: Any, threads: int | None, prepack: bool = False) -> Any:

@@ -178,6 +178,12 @@ def default_session_options(threads: int | None = None, prepack: bool = False,
     return so
 
 
+def disabled_optimizers(providers: Sequence[str]) -> list[str]:
+    """The load-time fusions st-onnx's sessions turn off: on the CPU those its export leaves apart on purpose
+    (``CPU_DISABLED_OPTIMIZERS``), none where CUDA runs. The export's parity check loads its graph so too."""
+    return [] if CUDA in providers else list(CPU_DISABLED_OPTIMIZERS)
+
+
 def is_ort_error(error: BaseException) -> bool:
     """An error ONNX Runtime raised (its pybind11 types, or a C++ exception pybind11 translated), as opposed to
     one raised into the call from outside: a signal handler's TimeoutError, Celery's SoftTimeLimitExceeded."""
@@ -268,9 +274,10 @@ class OrtSession:
             raise GraphFileError(f"fused graph {self.graph_path} does not exist; export it first")
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads <= 0):
             raise InvalidInputError(f"intra_op_num_threads must be a positive int; got {threads!r}")
+        if session_options is not None and threads is not None:  # setting it would change the caller's object
+            raise InvalidInputError(f"OrtSession takes threads ({threads!r}) or session_options, not both: set "
+                                    "intra_op_num_threads on the SessionOptions")
         so = session_options if session_options is not None else default_session_options(threads)
-        if session_options is not None and threads is not None:
-            so.intra_op_num_threads = threads
         asked, opts = providers_for(device, providers, provider_options, cuda_defaults)
         names = asked
         if CUDA in asked and cuda_unusable_reason():
@@ -279,7 +286,7 @@ class OrtSession:
             # filter it
             kept = [i for i, name in enumerate(asked) if name != CUDA]
             names, opts = [asked[i] for i in kept] or [CPU], [opts[i] for i in kept] or [{}]
-        disabled = [] if CUDA in names else list(CPU_DISABLED_OPTIMIZERS)
+        disabled = disabled_optimizers(names)
         try:
             self._session = ort.InferenceSession(str(self.graph_path), sess_options=so, providers=names,
                                                  provider_options=opts, disabled_optimizers=disabled)
