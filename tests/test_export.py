@@ -155,6 +155,29 @@ def test_cpu_session_keeps_the_graph_unfused(exported, tmp_path):
     assert {n.op_type for n in onnx.load(str(plain)).graph.node} & {"SkipLayerNormalization", "BiasGelu"}
 
 
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_the_parity_check_loads_the_graph_as_encode_does(tmp_path, monkeypatch, precision):
+    """The export's parity check built sessions of its own, which let ONNX Runtime fuse at load what the CPU
+    export leaves apart (BiasGelu, SkipLayerNormalization): it checked kernels encode never runs."""
+    import onnxruntime as ort
+
+    from st_onnx.runtime.session import CPU_DISABLED_OPTIMIZERS
+
+    seen = []
+    real = ort.InferenceSession
+
+    def spy(path, sess_options=None, providers=None, **kwargs):
+        seen.append((sess_options.get_session_config_entry("session.disable_prepacking"),
+                     kwargs.get("disabled_optimizers")))
+        return real(path, sess_options=sess_options, providers=providers, **kwargs)
+
+    monkeypatch.setattr(ort, "InferenceSession", spy)
+    stack = load_stack(make_tiny_model(tmp_path / "model"))
+    export_fused_graph(stack, tmp_path / "out", precision=precision, fingerprint="sha256:x")
+    assert seen and all(entry == ("0" if precision == "int8" else "1", list(CPU_DISABLED_OPTIMIZERS))
+                        for entry in seen), seen
+
+
 def test_stale_graph_is_refused(exported, tmp_path):
     folder = tmp_path / "model"
     shutil.copytree(exported[0], folder)

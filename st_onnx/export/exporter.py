@@ -413,17 +413,18 @@ def _verify(stack, graph: Path, names, precision: str, sentences,
     import onnxruntime as ort
 
     from ..runtime.providers import cuda_usable
+    from ..runtime.session import default_session_options, disabled_optimizers
 
     providers = ["CPUExecutionProvider"]
     if precision == "fp16" and cuda_usable():  # not merely listed: onnxruntime-gpu lists CUDA without a GPU
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # not ORT's warning that an input with a default is no constant (prompt_length)
-    # as the runtime's sessions (runtime/session.py default_session_options): fp32 weights not prepacked, which
-    # would be a second copy of every GEMM weight (+0.3 GB for a 0.74 GB graph)
-    options.add_session_config_entry("session.disable_prepacking", "0" if precision == "int8" else "1")
+    # loaded as the runtime's sessions load it, so the check runs the kernels encode will run: the same fusions
+    # left off on the CPU, fp32 weights not prepacked (a second copy of every GEMM weight, +0.3 GB for a 0.74 GB
+    # graph), log level 3 (not ORT's warning that an input with a default is no constant: prompt_length)
+    options = default_session_options(prepack=precision == "int8")
     try:
-        session = ort.InferenceSession(str(graph), sess_options=options, providers=providers)
+        session = ort.InferenceSession(str(graph), sess_options=options, providers=providers,
+                                       disabled_optimizers=disabled_optimizers(providers))
         if precision == "fp16" and session.get_providers()[0] != "CUDAExecutionProvider":
             logger.warning("fp16 graph parity-checked on the CPU provider only (no usable CUDA GPU): this verifies "
                            "the fp16 conversion, not the CUDA kernels it will run on")
