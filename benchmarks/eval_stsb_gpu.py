@@ -106,9 +106,9 @@ def _machine() -> dict:
 
 def write_json(path: Path, source: Path, device: str, results: dict, **extra) -> None:
     """The numbers so far, replaced whole (written to a temporary file, then renamed: never half a file)."""
-    from st_onnx import layout
+    from st_onnx import folders
 
-    with layout.atomic_file(path, "w") as f:
+    with folders.atomic_file(path, "w") as f:
         f.write(json.dumps({"model": source.name, "device": device, "published": PUBLISHED, "rows": results,
                             "machine": _machine(), **extra}, indent=2) + "\n")
 

@@ -27,7 +27,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from st_onnx import layout
+from st_onnx import folders, layout
 from st_onnx.encode.prompts import ModelSettings
 from st_onnx.errors import StOnnxError
 from st_onnx.encode.tokenize import (TextTokenizer, configured_normalizer, configured_pad_token, lowercase_first,
@@ -85,7 +85,7 @@ def make_bundle(model_dir: Path, bundle_dir: Path, precision: str = "fp32") -> P
     if not (tokenizer_dir / TOKENIZER).is_file():
         raise SystemExit(f"{tokenizer_dir} has no {TOKENIZER}; save the model with a fast tokenizer first")
     check_tokenizer(model_dir, stack)  # the bundle's tokenizer.json must feed the ids transformers feeds
-    with layout.atomic_folder(bundle_dir) as tmp:
+    with folders.atomic_folder(bundle_dir) as tmp:
         graph = export_fused_graph(stack, tmp / "export", precision, fingerprint=folder_fingerprint(model_dir))
         place_graph(graph, tmp / GRAPH)  # with model.onnx.data, the weights of a graph over 2 GB
         manifest = with_file_fields(read_manifest(graph), tmp / GRAPH)  # the files as named here

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
-from . import layout
+from . import folders, layout
 from .devices import check_device
 from .encode.options import EncodeOptions, as_input_list, check_one_kind, check_truncate_dim
 from .encode.prompts import ModelSettings, check_prompt, check_prompts, check_similarity_fn_name, prepend
@@ -176,7 +176,7 @@ class SentenceTransformer(ModuleMethods):
             load()
             return
         for attempt in range(1, _LOAD_TRIES + 1):
-            seen = layout.folder_identity(self.model_path)
+            seen = folders.folder_identity(self.model_path)
             try:
                 load()
             except Exception as e:
@@ -196,18 +196,18 @@ class SentenceTransformer(ModuleMethods):
                                 "it once the process saving into it pauses")
 
     def _replaced_since(self, seen: tuple[int, ...] | None) -> bool:
-        if not layout.wait_for_swap(self.model_path):  # gone for good: not a save under way
+        if not folders.wait_for_swap(self.model_path):  # gone for good: not a save under way
             return seen is not None
-        return layout.folder_identity(self.model_path) != seen
+        return folders.folder_identity(self.model_path) != seen
 
     # -- construction helpers ---------------------------------------------------------------------------
     def _resolve_path(self, name: str, revision: str | None = None, local_files_only: bool = False) -> Path:
         path = Path(name).expanduser()
-        if path.is_dir() or layout.wait_for_swap(path):  # (a save under way has it moved aside for a moment)
+        if path.is_dir() or folders.wait_for_swap(path):  # (a save under way has it moved aside for a moment)
             return path.absolute()  # read again later (torch modules on first use, save, pools), from any cwd
         if path.exists():
             raise ModelNotFoundError(f"{name!r} is a file; model_name_or_path must be a model folder (or a Hub id)")
-        hint = layout.interrupted_write_hint(path)
+        hint = folders.interrupted_write_hint(path)
         if hint or name.startswith((".", "/", "~")) or os.sep in name.strip("/").replace("/", "", 1):
             raise ModelNotFoundError(f"model folder {name!r} does not exist{hint}")
         from .hub import hub_model_id, resolve_model_path

@@ -12,7 +12,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
-from . import layout
+from . import folders, layout
 from .errors import GraphFileError, InvalidInputError, ModelFolderError, NewerGraphError, warn
 
 logger = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ def save_model(model, path: str | os.PathLike, model_name: str | None = None, cr
     path = Path(path)
     stack = model.torch_modules
     source = model.model_path
-    with layout.atomic_folder(path) as tmp:
+    with folders.atomic_folder(path) as tmp:
         stack.save(tmp)
         settings = model._settings.to_config() if hasattr(model, "_settings") else {}
         layout.write_json(tmp / layout.ST_CONFIG_JSON, {
@@ -120,7 +120,7 @@ def keep_foreign_entries(old: Path, new: Path, owned: Callable[[str], bool] | No
         modules = _old_module_folders(old)
         owned = lambda name: bool(_OWNED.match(name)) or name in modules  # noqa: E731
     for entry in old.iterdir():  # not a work folder: another write's, or this one's own (made inside ``old``)
-        if owned(entry.name) or layout.is_work_entry(entry.name) or (new / entry.name).exists():
+        if owned(entry.name) or folders.is_work_entry(entry.name) or (new / entry.name).exists():
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.copytree(entry, new / entry.name, copy_function=link_or_copy, symlinks=True)
@@ -139,7 +139,7 @@ def _carry_fused_graphs(source: Path, target: Path, stack: Any) -> None:
     """
     from .export.manifest import write_manifest
     from .fingerprint import folder_fingerprint, source_digests
-    from .runtime.graphs import read_manifest
+    from .runtime.manifest import read_manifest
 
     current = folder_fingerprint(target)
     digest = None
@@ -161,7 +161,7 @@ def _carry_fused_graphs(source: Path, target: Path, stack: Any) -> None:
                 logger.info("not carrying %s: it was exported from other weights", graph.name)
                 continue
         dest = target / layout.FUSED_DIR
-        layout.copy_graph(graph, dest)
+        folders.copy_graph(graph, dest)
         if restamp and not newer:
             write_manifest(dest / graph.name, {**manifest, "fingerprint": current,
                                                "source_files": source_digests(target)})

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from helpers import SENTENCES, cannot_swap, make_tiny_model, stsb_sentences
-from st_onnx import layout
+from st_onnx import folders, layout
 from st_onnx.errors import GraphFileError, InvalidInputError, ModelFolderError, ParityError, StaleGraphError
 from st_onnx.export import (
     FORMAT, ParityReport, check_fresh, check_graph, export_fused_graph, export_model_folder, graph_is_fresh,
@@ -24,6 +24,7 @@ from st_onnx.export import (
 )
 from st_onnx.fingerprint import folder_fingerprint
 from st_onnx.modules import load_stack
+from st_onnx.runtime.manifest import file_sha256
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -197,16 +198,21 @@ def test_truncated_or_corrupted_graph_raises(exported, tmp_path):
     shutil.copy(layout.manifest_path(exported[1]), layout.manifest_path(graph))
     data = graph.read_bytes()
     graph.write_bytes(data[: len(data) // 2])
-    with pytest.raises(GraphFileError, match="truncated"):
+    with pytest.raises(GraphFileError, match=f"holds {len(data) // 2} bytes where its manifest says {len(data)}"):
         check_graph(graph)
     graph.write_bytes(data[:100] + bytes([data[100] ^ 0xFF]) + data[101:])
-    with pytest.raises(GraphFileError, match="corrupted"):
+    with pytest.raises(GraphFileError, match="sha256 differs.*corrupted"):
         check_graph(graph)
+    assert check_graph(graph, verify_hash=False)["precision"] == "fp32"  # the size alone is checked
     graph.write_bytes(b"\x00garbage" * 10)
     manifest = json.loads(layout.manifest_path(graph).read_text())
-    manifest.pop("graph_bytes"), manifest.pop("graph_sha256")
+    manifest.update(graph_bytes=80, graph_sha256=file_sha256(graph))
     layout.manifest_path(graph).write_text(json.dumps(manifest))
     with pytest.raises(GraphFileError, match="not a readable ONNX model"):
+        check_graph(graph)
+    manifest.pop("graph_bytes"), manifest.pop("graph_sha256")  # a load refuses it: check_graph passed it
+    layout.manifest_path(graph).write_text(json.dumps(manifest))
+    with pytest.raises(GraphFileError, match="does not record the graph's size and sha256"):
         check_graph(graph)
     layout.manifest_path(graph).unlink()
     with pytest.raises(GraphFileError, match="no manifest"):
@@ -587,10 +593,10 @@ def test_an_encoder_told_to_pad_on_the_left_is_named_at_export_and_load(tmp_path
 
 
 def test_locked_serializes_writers_across_processes(tmp_path):
-    """layout.locked: a second process waits while the first holds the folder's lock."""
-    code = ("import sys, time; from st_onnx import layout\n"
-            "with layout.locked(sys.argv[1]):\n    print(time.time(), flush=True)\n")
-    with layout.locked(tmp_path):
+    """folders.locked: a second process waits while the first holds the folder's lock."""
+    code = ("import sys, time; from st_onnx import folders\n"
+            "with folders.locked(sys.argv[1]):\n    print(time.time(), flush=True)\n")
+    with folders.locked(tmp_path):
         child = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
         time.sleep(1.5)
         released = time.time()
@@ -817,7 +823,7 @@ def test_work_folders_of_killed_exports_are_removed_a_day_later(tiny_model_copy)
 def test_work_folder_survives_another_failed_write_removing_its_parent(tmp_path, monkeypatch):
     """Two exports into a new folder: the one that fails removes the empty folder it made, which the other made
     too, just before the other makes its work folder in it. The other makes the folder again."""
-    made = layout._mkdtemp
+    made = folders._mkdtemp
     calls = []
 
     def removed_once(prefix, folder, fallback=None):
@@ -827,9 +833,9 @@ def test_work_folder_survives_another_failed_write_removing_its_parent(tmp_path,
             folder.parent.rmdir()
         return made(prefix, folder, fallback)
 
-    monkeypatch.setattr(layout, "_mkdtemp", removed_once)
+    monkeypatch.setattr(folders, "_mkdtemp", removed_once)
     target = tmp_path / "new" / "onnx"
-    with layout.work_folder(target, "export") as work:
+    with folders.work_folder(target, "export") as work:
         assert work.parent == target and work.is_dir()
     assert len(calls) == 2 and not (tmp_path / "new").exists()
 

@@ -330,7 +330,7 @@ def test_a_checkpoint_onto_a_full_disk_says_so(tiny_model_dir, tmp_path, monkeyp
 def test_disk_full_sees_through_an_error_raised_over_enospc(tmp_path):
     """torch.save into a Python file on a full tmpfs raises its RuntimeError while handling the file's ENOSPC;
     an interrupt raised over a full disk stays an interrupt."""
-    from st_onnx import layout
+    from st_onnx import folders
 
     def raised_over(error, outer):
         try:
@@ -341,18 +341,18 @@ def test_disk_full_sees_through_an_error_raised_over_enospc(tmp_path):
         except BaseException as e:
             return e
 
-    full = layout.disk_full(raised_over(OSError(errno.ENOSPC, "No space left on device"),
+    full = folders.disk_full(raised_over(OSError(errno.ENOSPC, "No space left on device"),
                                         RuntimeError("unexpected pos 3456 vs 3350")), tmp_path)
     assert isinstance(full, DiskFullError) and str(tmp_path) in str(full)
-    assert layout.disk_full(raised_over(OSError(errno.ENOSPC, "full"), KeyboardInterrupt()), tmp_path) is None
-    assert layout.disk_full(raised_over(OSError(errno.EACCES, "denied"), RuntimeError("x")), tmp_path) is None
+    assert folders.disk_full(raised_over(OSError(errno.ENOSPC, "full"), KeyboardInterrupt()), tmp_path) is None
+    assert folders.disk_full(raised_over(OSError(errno.EACCES, "denied"), RuntimeError("x")), tmp_path) is None
 
 
 def test_a_write_failing_while_the_caller_handles_an_unrelated_full_disk_keeps_its_own_error(tmp_path):
     """A save inside the caller's own handler of another disk's ENOSPC (a log write, a fallback save elsewhere)
     that fails for another reason was reported as a full disk, naming a target with room (found by the review
     of the change): the error being handled when the write began is not looked through."""
-    from st_onnx import layout
+    from st_onnx import folders
 
     try:
         with open("/dev/full" if os.path.exists("/dev/full") else tmp_path, "w") as log:
@@ -360,13 +360,13 @@ def test_a_write_failing_while_the_caller_handles_an_unrelated_full_disk_keeps_i
             log.flush()
     except OSError:
         with pytest.raises(ValueError, match="^not a disk problem$"):
-            with layout.atomic_folder(tmp_path / "out"):
+            with folders.atomic_folder(tmp_path / "out"):
                 raise ValueError("not a disk problem")
         with pytest.raises(ValueError, match="^not a disk problem$"):
-            with layout.work_folder(tmp_path / "graphs", "export"):
+            with folders.work_folder(tmp_path / "graphs", "export"):
                 raise ValueError("not a disk problem")
         with pytest.raises(DiskFullError, match=f"writing into {tmp_path / 'out'} "):  # its own full disk still is
-            with layout.atomic_folder(tmp_path / "out"):
+            with folders.atomic_folder(tmp_path / "out"):
                 raise OSError(errno.ENOSPC, "No space left on device")
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 

@@ -33,13 +33,14 @@ def test_interrupted_modules_load_leaves_no_model_copy_in_the_cache(tiny_model_d
 CHILD = textwrap.dedent("""
     import sys, time
     import st_onnx.layout as layout
+    import st_onnx.folders as folders
     from st_onnx import cli
-    real = layout.copy_model_folder
+    real = folders.copy_model_folder
     def slow_copy(src, dst):  # the export's graph is built; its copy is being assembled when the signal comes
         real(src, dst)
         print("MARK", flush=True)
         time.sleep(60)
-    layout.copy_model_folder = slow_copy
+    folders.copy_model_folder = slow_copy
     sys.exit(cli.main(["export", sys.argv[1], sys.argv[2]]))
 """)
 
@@ -84,11 +85,11 @@ def test_a_timeout_raised_during_a_run_reaches_the_caller_as_itself(tiny_model_c
 
 
 def test_a_timeout_while_waiting_for_the_folder_lock_is_not_swallowed(tmp_path, monkeypatch):
-    """layout.locked waits in flock(); a signal handler's TimeoutError raised there must propagate, not be taken
+    """folders.locked waits in flock(); a signal handler's TimeoutError raised there must propagate, not be taken
     for 'this file system has no locks' (the write then went ahead unlocked, past the caller's deadline)."""
     import fcntl
 
-    from st_onnx import layout
+    from st_onnx import folders
 
     def flock(fd, op):
         raise TimeoutError("deadline")  # what a SIGALRM handler raises while flock() waits
@@ -96,7 +97,7 @@ def test_a_timeout_while_waiting_for_the_folder_lock_is_not_swallowed(tmp_path, 
     monkeypatch.setattr(fcntl, "flock", flock)
     entered = []
     with pytest.raises(TimeoutError):
-        with layout.locked(tmp_path):
+        with folders.locked(tmp_path):
             entered.append(True)
     assert entered == []
 
@@ -107,14 +108,14 @@ def test_a_file_system_without_locks_is_written_unlocked(tmp_path, monkeypatch, 
     unlocked (ENOSYS failed it, once the timeout fix above let only a list of errnos through)."""
     import fcntl
 
-    from st_onnx import layout
+    from st_onnx import folders
 
     def flock(fd, op):
         raise OSError(code, os.strerror(code))
 
     monkeypatch.setattr(fcntl, "flock", flock)
     entered = []
-    with layout.locked(tmp_path):
+    with folders.locked(tmp_path):
         entered.append(True)
     assert entered == [True]
 
@@ -143,12 +144,12 @@ def test_a_folder_left_aside_by_a_killed_save_is_named_by_the_load_that_misses_i
 def test_the_hint_names_only_the_missing_folders_own_folder_set_aside(tmp_path):
     """The folder's name went into a glob pattern unescaped: a missing 'm[ab]' was said to be at '.ma.old-1',
     another folder's (found by the review of the change)."""
-    from st_onnx import layout
+    from st_onnx import folders
 
     (tmp_path / ".ma.old-1").mkdir()
-    assert layout.interrupted_write_hint(tmp_path / "m[ab]") == ""
+    assert folders.interrupted_write_hint(tmp_path / "m[ab]") == ""
     (tmp_path / ".m[ab].old-999999999").mkdir()
-    assert ".m[ab].old-999999999 (rename it back to m[ab]" in layout.interrupted_write_hint(tmp_path / "m[ab]")
+    assert ".m[ab].old-999999999 (rename it back to m[ab]" in folders.interrupted_write_hint(tmp_path / "m[ab]")
 
 
 def test_a_load_between_a_live_saves_two_renames_waits_for_it(tiny_model_dir, tmp_path, monkeypatch):
@@ -159,16 +160,16 @@ def test_a_load_between_a_live_saves_two_renames_waits_for_it(tiny_model_dir, tm
     import shutil
     import threading
 
-    from st_onnx import SentenceTransformer, layout
+    from st_onnx import SentenceTransformer, folders
     from st_onnx.errors import ModelNotFoundError
 
     aside = tmp_path / f".model.old-{os.getpid()}"  # a live process's save
     shutil.copytree(tiny_model_dir, aside)
-    monkeypatch.setattr(layout, "SWAP_WAIT_S", 0.2)
+    monkeypatch.setattr(folders, "SWAP_WAIT_S", 0.2)
     with pytest.raises(ModelNotFoundError, match=rf"a save into it \(process {os.getpid()}\) has moved the folder "
                                                  r"aside .*load it again once that save is done"):
         SentenceTransformer(str(tmp_path / "model"), device="cpu")
-    monkeypatch.setattr(layout, "SWAP_WAIT_S", 30.0)
+    monkeypatch.setattr(folders, "SWAP_WAIT_S", 30.0)
     staged = shutil.copytree(tiny_model_dir, tmp_path / ".model.tmp-x")
     threading.Timer(0.3, os.rename, (staged, tmp_path / "model")).start()  # the save's second rename
     assert SentenceTransformer(str(tmp_path / "model"), device="cpu").encode("a b").shape == (32,)
@@ -183,11 +184,11 @@ def test_a_folder_moved_aside_long_ago_under_a_pid_now_alive_is_named_as_stopped
     import shutil
     import time
 
-    from st_onnx import SentenceTransformer, layout
+    from st_onnx import SentenceTransformer, folders
     from st_onnx.errors import ModelNotFoundError
 
     shutil.copytree(tiny_model_dir, tmp_path / f".model.old-{os.getpid()}")
-    monkeypatch.setattr(layout, "_now", lambda: time.time() + 600)
+    monkeypatch.setattr(folders, "_now", lambda: time.time() + 600)
     start = time.monotonic()
     with pytest.raises(ModelNotFoundError, match=r"rename it back to model"):
         SentenceTransformer(str(tmp_path / "model"), device="cpu")

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from helpers import SENTENCES, cannot_swap
-from st_onnx import SentenceTransformer, layout
+from st_onnx import SentenceTransformer, folders, layout
 from st_onnx.errors import DiskFullError, InvalidInputError, ModelFolderError, ModelNotFoundError
 from st_onnx.models import Dense, Normalize, Pooling, Transformer
 
@@ -409,16 +409,16 @@ def test_a_save_onto_a_full_disk_says_so_naming_the_folder(tmp_path, tiny_model_
     assert info.value.errno == errno.ENOSPC and isinstance(info.value, OSError)
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(DiskFullError, match=r"writing into .*bundle .*\(Exception: No space left on device \(os"):
-        with layout.atomic_folder(tmp_path / "bundle"):  # tokenizers' Tokenizer.save on a full disk
+        with folders.atomic_folder(tmp_path / "bundle"):  # tokenizers' Tokenizer.save on a full disk
             raise Exception("No space left on device (os error 28)")
     with pytest.raises(ValueError, match="^not a disk$"):  # any other error passes unchanged
-        with layout.atomic_folder(tmp_path / "bundle"):
+        with folders.atomic_folder(tmp_path / "bundle"):
             raise ValueError("not a disk")
     assert list(tmp_path.iterdir()) == []
     # a volume's copy is written beside it first: the free space is the disk's where that write went
     (tmp_path / "vol").mkdir()
     cannot_swap("mount point", tmp_path / "vol", monkeypatch)
-    monkeypatch.setattr(layout, "_other_disk", lambda a, b: True)
+    monkeypatch.setattr(folders, "_other_disk", lambda a, b: True)
     with pytest.raises(DiskFullError, match=f"writing into {tmp_path / 'vol'} .*MB free now on the disk of "
                                             f"{tmp_path}"):
         m.save(tmp_path / "vol")

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from helpers import SENTENCES, make_tiny_model, stsb_sentences
-from st_onnx import SentenceTransformer, layout
+from st_onnx import SentenceTransformer, folders, layout
 from st_onnx.errors import GraphFileError, InvalidInputError, ModelFolderError, StaleGraphError
 
 OUTPUT_VALUES = ["sentence_embedding", "token_embeddings", None]
@@ -785,8 +785,9 @@ def test_torch_modules_changed_in_memory_are_refused_rather_than_encoded_with_th
     model[1].pooling_mode = "max"
     with pytest.raises(BackendError, match=r"changed in memory.*model\[1\] \(Pooling\).*pooling_mode_max_tokens"):
         model.encode(SENTENCES)
-    with pytest.raises(BackendError, match="changed in memory"):  # the pool's sessions run the same graph
-        model.encode(SENTENCES, pool=object())
+    with model.start_multi_process_pool(["cpu"]) as pool:  # the pool's sessions run the same graph
+        with pytest.raises(BackendError, match="changed in memory"):
+            model.encode(SENTENCES, pool=pool)
     model[1].pooling_mode = "mean"  # back to what the graph computes
     np.testing.assert_array_equal(model.encode(SENTENCES), before)
 
@@ -1035,7 +1036,7 @@ def test_a_newer_graph_in_the_cache_leaves_the_folders_own_graph_running(tiny_mo
     SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu", cache_folder=str(cache))
     graph = layout.fused_graph_path(tiny_model_copy, "fp32")
     cached = layout.fused_graph_path(cache_dir_for(tiny_model_copy, str(cache)), "fp32")
-    layout.copy_graph(graph, cached.parent)
+    folders.copy_graph(graph, cached.parent)
     manifest = json.loads(layout.manifest_path(graph).read_text())
     layout.manifest_path(cached).write_text(json.dumps({**manifest, "layout": layout.GRAPH_LAYOUT + 1}))
     for export in ("auto", "never"):
@@ -1123,7 +1124,7 @@ def test_export_never_names_the_folders_stale_graph_not_the_caches_newer_one(tin
     cache = tmp_path / "cache"
     SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu", cache_folder=str(cache))
     cached = layout.fused_graph_path(cache_dir_for(tiny_model_copy, str(cache)), "fp32")
-    layout.copy_graph(layout.fused_graph_path(tiny_model_copy, "fp32"), cached.parent)
+    folders.copy_graph(layout.fused_graph_path(tiny_model_copy, "fp32"), cached.parent)
     _mark_newer(cached)
     _change_weights(tiny_model_copy)
     with pytest.raises(StaleGraphError, match="exported from other weights"):

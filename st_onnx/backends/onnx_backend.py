@@ -21,13 +21,14 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .. import layout
+from .. import folders, layout
 from ..encode.batching import DEFAULT_TOKEN_BUDGET, GPU_TOKEN_BUDGET, check_token_budget
 from ..encode.options import EncodeOptions
 from ..encode.tokenize import TextTokenizer
 from ..errors import BackendError, InvalidInputError, ModelFolderError, StaleGraphError, warn
 from ..runtime.encoder import PROMPT_LENGTH, OrtEncoder
-from ..runtime.graphs import GraphChoice, cache_dir_for, find_graph, find_packed, graph_problem
+from ..runtime.graphs import GraphChoice, cache_dir_for, find_graph, find_packed
+from ..runtime.manifest import graph_problem
 from ..runtime.providers import (CUDA, check_providers, cuda_unusable_reason, cuda_usable, provider_name,
                                  resolve_device)
 from ..runtime.session import OrtSession, available_cores, check_thread_count, default_session_options
@@ -140,7 +141,7 @@ class OnnxBackend:
         self._linked_stack: Any = None  # all of them, and their change marks when linked: see check_modules
         self._linked_marks: Any = None
         self._linked_digest: str | None = None  # the content digest the graph computes
-        self.folder_identity = layout.folder_identity(folder)  # (load sets the one from before its reads)
+        self.folder_identity = folders.folder_identity(folder)  # (load sets the one from before its reads)
         self._copy_in_use: Path | None = None  # the lock file marking a modules=[...] copy in use
         self._graph_stat = _stat_signature(self.graph_path)  # its files' sizes and times: see graph_changed
         self._device_lock = threading.Lock()  # device changes from several threads: one at a time
@@ -161,7 +162,7 @@ class OnnxBackend:
             folder, in_use = _save_modules(model, modules, cache_folder)
         else:
             folder = Path(model.model_path)
-        seen = layout.folder_identity(folder)  # the folder this model loads (a save swaps in another)
+        seen = folders.folder_identity(folder)  # the folder this model loads (a save swaps in another)
         try:
             with _folder_lock(folder, precision):  # threads loading one graph at once: one exports, the rest load it
                 choice = find_graph(folder, precision, file_name=opts.file_name, export=opts.export,
@@ -224,7 +225,7 @@ class OnnxBackend:
 
     def new_session(self, device: str, threads: int | None = None) -> OrtSession:
         """Another session over the same graph (the session pool makes one per device)."""
-        now = layout.folder_identity(self.folder)
+        now = folders.folder_identity(self.folder)
         if now != self.folder_identity:  # a save swapped another folder in: is the graph there still this one?
             problem = self.graph_changed()
             if problem is not None:
@@ -327,7 +328,7 @@ class OnnxBackend:
         recorded, digest = self.manifest.get("module_digest"), None
         if not (isinstance(recorded, str) and recorded.startswith(layout.MODULE_DIGEST_SCHEME)):
             recorded = None  # none (a graft), or of another st-onnx's scheme: not comparable with this one's
-        if layout.folder_identity(self.folder) != self.folder_identity:
+        if folders.folder_identity(self.folder) != self.folder_identity:
             digest = stack.content_digest(self._digest_prompt())
             if digest != recorded:
                 raise StaleGraphError(f"{self.folder} was replaced by a save of other weights since this model "
@@ -575,7 +576,7 @@ def _save_modules(model: Any, modules: Any, cache_folder: Any) -> tuple[Path, in
     model._load_stack(modules)
     root = cache_dir_for(Path(tempfile.gettempdir()), cache_folder).parent / "modules"
     root.mkdir(parents=True, exist_ok=True)
-    layout.remove_abandoned(root, ".modules-*")  # a killed process's (a day old)
+    folders.remove_abandoned(root, ".modules-*")  # a killed process's (a day old)
     staging = Path(tempfile.mkdtemp(prefix=".modules-", dir=root))
     try:
         save_model(model, staging / "model", create_model_card=False)

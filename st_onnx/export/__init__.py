@@ -1,11 +1,12 @@
-"""torch modules -> one fused ONNX graph: export, optimize, verify parity, graft, and the checks a runtime makes.
+"""torch modules -> one fused ONNX graph: export, optimize, verify parity, graft, and checking a graph file.
 
 Names resolve lazily (PEP 562): ``check_graph``, ``graph_is_fresh``, ``check_fresh``, ``read_manifest`` (module
 ``manifest``) and ``graft_pooling`` (module ``graft``) need only onnx/numpy, so the ONNX Runtime path can use
 them without importing torch; the exporter itself imports torch.
 
 Modules: ``graph_module`` (the traced torch wrapper), ``exporter`` (export_fused_graph, export_model_folder),
-``optimize`` (ORT fusions, fp16, int8), ``verify`` (ParityReport), ``manifest`` (the JSON beside the graph),
+``optimize`` (ORT fusions, fp16, int8), ``verify`` (ParityReport), ``manifest`` (writing the JSON beside the
+graph; the reading and file checks a load makes are ``st_onnx.runtime.manifest``'s),
 ``graft`` (pooling/dense/normalize appended to a transformer-only graph with onnx alone).
 """
 

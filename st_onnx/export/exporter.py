@@ -25,7 +25,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from .. import layout
+from .. import folders, layout
 from ..errors import BackendError, DiskFullError, InvalidInputError, ModelFolderError, ParityError, int_between
 from ..runtime.encoder import PROMPT_LENGTH
 from . import manifest as manifest_mod
@@ -68,7 +68,7 @@ def export_fused_graph(stack, out_dir: str | os.PathLike, precision: str = "fp32
     digest = stack.content_digest()  # of the modules as given (fp16 ones too): what a save compares
     stack = _cpu_eval(stack)
     try:
-        with layout.work_folder(target.parent, "export") as tmp:
+        with folders.work_folder(target.parent, "export") as tmp:
             _export_into(stack, tmp, target, precision, fingerprint, opset, optimize, sentences, digest,
                          source_files)
     finally:
@@ -170,7 +170,7 @@ def _export_into(stack, tmp: Path, target: Path, precision: str, fingerprint: st
         place_graph(graph, final)
     manifest_mod.write_manifest(final, _manifest(stack, final, inputs, dim, precision, fingerprint, opset, fusions,
                                                  extra, report, digest))
-    with layout.locked(target.parent):
+    with folders.locked(target.parent):
         layout.manifest_path(target).unlink(missing_ok=True)
         place_graph(final, target)  # with its weights file, for a graph over 2 GB
         os.replace(layout.manifest_path(final), layout.manifest_path(target))
@@ -197,7 +197,7 @@ def export_model_folder(model_folder: str | os.PathLike, precision: str = "fp32"
 
     model_folder = Path(model_folder)
     if not model_folder.exists():
-        raise ModelFolderError(f"{model_folder} does not exist{layout.interrupted_write_hint(model_folder)}; give a "
+        raise ModelFolderError(f"{model_folder} does not exist{folders.interrupted_write_hint(model_folder)}; give a "
                                "model folder (modules.json or config.json)")
     if not _is_model_folder(model_folder):
         raise ModelFolderError(f"{model_folder} is not a model folder (no modules.json or config.json)")
@@ -220,7 +220,7 @@ def export_model_folder(model_folder: str | os.PathLike, precision: str = "fp32"
     # the fingerprint is taken before the modules load, and the folder's identity before both: a save swapping in
     # another folder meanwhile (another process's) is refused below, as the modules may then be another save's
     # than the fingerprint (a save of B, then of A again, gives A's fingerprint back)
-    seen = layout.folder_identity(model_folder)
+    seen = folders.folder_identity(model_folder)
     fingerprint, sources = folder_fingerprint(model_folder), source_digests(model_folder)
     in_place = out_dir is None or out_dir.resolve() == model_folder.resolve()
     if not (in_place or replace) and _is_model_folder(out_dir) and folder_fingerprint(out_dir) != fingerprint:
@@ -230,7 +230,7 @@ def export_model_folder(model_folder: str | os.PathLike, precision: str = "fp32"
             "(replace=True, or --replace, replaces it)"
         )
     stack = load_stack(model_folder)
-    if layout.folder_identity(model_folder) != seen:
+    if folders.folder_identity(model_folder) != seen:
         raise ModelFolderError(f"{model_folder} was replaced by a save while its modules loaded for the export; "
                                "export again once the process saving into it is done")
     check_tokenizer(model_folder, stack)  # before the export: a graph the runtime would feed other ids is no use
@@ -238,7 +238,7 @@ def export_model_folder(model_folder: str | os.PathLike, precision: str = "fp32"
         try:
             return export_fused_graph(stack, model_folder, precision, fingerprint=fingerprint, source_files=sources)
         except Exception as e:  # its work folder went with the folder a save swapped out: an internal file's error
-            if layout.folder_identity(model_folder) == seen:
+            if folders.folder_identity(model_folder) == seen:
                 raise
             raise ModelFolderError(f"{model_folder} was replaced by a save while its {precision} graph was being "
                                    "exported into it; export again once the process saving into it is done") from e
@@ -247,17 +247,17 @@ def export_model_folder(model_folder: str | os.PathLike, precision: str = "fp32"
     real = Path(os.path.realpath(out_dir))
     try:
         # named after out_dir, as its tmp folder; inside an existing out_dir whose parent cannot be written
-        with layout.work_folder(real.parent, f"{real.name}.export", fallback=real) as work:
+        with folders.work_folder(real.parent, f"{real.name}.export", fallback=real) as work:
             graph = export_fused_graph(stack, work, precision, fingerprint=fingerprint, source_files=sources)
-            with layout.locked(real.parent), layout.atomic_folder(out_dir) as tmp:
-                layout.copy_model_folder(model_folder, tmp)  # configs, prompts and tokenizer as they are now
+            with folders.locked(real.parent), folders.atomic_folder(out_dir) as tmp:
+                folders.copy_model_folder(model_folder, tmp)  # configs, prompts and tokenizer as they are now
                 _drop_graphs_of_other_weights(tmp, fingerprint)  # the source's stale graphs: out_dir's fresh ones
                 _move_graph(graph, layout.fused_graph_path(tmp, precision).parent)
                 if out_dir.is_dir():  # what out_dir holds now, another export's graph of a moment ago included
                     _carry_graphs(out_dir, tmp, fingerprint)
                     keep_foreign_entries(out_dir, tmp)
     except DiskFullError as e:  # named after out_dir, not the work folder beside it (which is gone)
-        raise layout.disk_full(e, Path(out_dir)) from e
+        raise folders.disk_full(e, Path(out_dir)) from e
     logger.info("wrote %s (a copy of %s with its %s graph)", out_dir, model_folder, precision)
     return layout.fused_graph_path(out_dir, precision)
 
@@ -286,7 +286,7 @@ def _carry_graphs(old: Path, new: Path, fingerprint: str) -> None:
     """Keep the graphs an earlier export of the same weights wrote (other precisions) in the refreshed copy."""
     for graph, recorded in _recorded_fingerprints(old):
         if recorded == fingerprint and not (new / layout.FUSED_DIR / graph.name).exists():
-            layout.copy_graph(graph, new / layout.FUSED_DIR)
+            folders.copy_graph(graph, new / layout.FUSED_DIR)
 
 
 def _drop_graphs_of_other_weights(folder: Path, fingerprint: str) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import layout
+from .. import folders, layout
 from ..errors import BackendError, GraphFileError, InvalidInputError, ModelFolderError, ParityError
 from . import manifest as manifest_mod
 from .graph_files import place_graph, save_graph
@@ -120,7 +120,7 @@ def graft_pooling(transformer_graph_path: str | os.PathLike, model_folder: str |
         onnx.helper.make_tensor_value_info("sentence_embedding", onnx.TensorProto.FLOAT, ["batch", dim]),
         onnx.helper.make_tensor_value_info("token_embeddings", onnx.TensorProto.FLOAT, ["batch", "sequence", None]),
     ])
-    with layout.work_folder(out_path.parent, "graft") as work:
+    with folders.work_folder(out_path.parent, "graft") as work:
         # a source over 2 GB (onnx/model.onnx with model.onnx_data): the checker and the writer take it by path
         staged = save_graph(model, work / out_path.name)
         onnx.checker.check_model(str(staged))

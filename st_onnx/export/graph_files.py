@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .. import layout
+from .. import folders, layout
 
 # protobuf's limit on one serialized message (2 GB - 1); read at call time, so that tests can lower it
 MAX_PROTO_BYTES = 2**31 - 1
@@ -47,7 +47,7 @@ def save_graph(model: Any, dst: str | os.PathLike, *, external: bool = False) ->
     else:
         onnx.save_model(model, str(dst), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=data.name, size_threshold=1024)
-        layout.give_usual_mode(data)  # onnx creates it 0600: readable by the owner only, unlike the graph
+        folders.give_usual_mode(data)  # onnx creates it 0600: readable by the owner only, unlike the graph
     return dst
 
 

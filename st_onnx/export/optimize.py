@@ -21,7 +21,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from .. import layout
+from .. import folders, layout
 from ..errors import BackendError, InvalidInputError
 from .graph_files import save_graph
 
@@ -246,7 +246,7 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, *, per_channel
     except DecodeError as e:  # ONNX's shape inference cuts its output short on a full disk, and raises nothing
         folder = Path(dst).parent
         if shutil.disk_usage(folder).free < Path(src).stat().st_size:
-            raise layout.disk_full(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), folder) from e
+            raise folders.disk_full(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), folder) from e
         raise BackendError(f"the quantizer could not read back the graph ONNX's shape inference wrote into {folder} "
                            f"({e})") from e
     if layout.graph_data_path(dst).is_file():  # int8 weights may bring a graph over 2 GB back into one file

@@ -29,7 +29,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .. import layout
+from .. import folders, layout
 from ..errors import GraphFileError, InvalidInputError, ParityError
 from . import manifest as manifest_mod
 from . import optimize as passes
@@ -79,7 +79,7 @@ def pack_graph(src: str | os.PathLike, dst: str | os.PathLike | None = None, *,
     PackingMode(model).convert(use_symbolic_shape_infer=False)
     check_packed(model.model, attentions)
     layout.manifest_path(dst).unlink(missing_ok=True)  # never a manifest describing other bytes, even after a crash
-    with layout.work_folder(dst.parent, "pack") as work:
+    with folders.work_folder(dst.parent, "pack") as work:
         place_graph(save_graph(model.model, work / dst.name), dst)
     try:
         parity = _parity(src, dst, source_manifest, Path(model_folder) if model_folder else _model_folder(src), texts)

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .. import layout
+from .. import folders, layout
 from ..errors import GraphFileError, InvalidInputError, ModelFolderError, NewerGraphError, StaleGraphError
 from .encoder import PROMPT_LENGTH
+from .manifest import content_digest, graph_problem, read_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -39,38 +40,8 @@ def has_weights(folder: Path) -> bool:
     return bool(weight_files(layout.transformer_folder(folder)))
 
 
-def read_manifest(graph: Path) -> dict[str, Any]:
-    """The manifest beside a graph ({} when there is none: a graph st-onnx did not export)."""
-    try:
-        manifest = layout.read_json_if_exists(layout.manifest_path(graph), {})
-    except ModelFolderError as e:  # not JSON: cut short by a crash, or edited
-        raise GraphFileError(f"{e}; re-export the graph (`{layout.export_command(layout.graph_precision(graph))}`)"
-                             ) from e
-    if not isinstance(manifest, dict):
-        raise GraphFileError(f"the manifest {layout.manifest_path(graph)} is not a JSON object; re-export the graph")
-    from ..export.manifest import refuse_newer
-
-    refuse_newer(graph, manifest)
-    return manifest
 
 
-def graph_problem(graph: Path, manifest: dict[str, Any]) -> str | None:
-    """Why ``graph`` is not the file its manifest describes (size, then sha256), or None when it is: a graph
-    copied over from another model, cut short or corrupted must not run as this model's. A manifest that lacks
-    the two (edited by hand) describes no file: a problem too. No manifest at all is no problem here (a graph
-    st-onnx did not export, named by ``file_name``; the callers decide)."""
-    from ..export.manifest import FORMAT, data_problem, file_sha256
-
-    if manifest and manifest.get("format") != FORMAT:
-        return f"the manifest of {graph} has format {manifest.get('format')!r}, where st-onnx writes {FORMAT!r}"
-    size, digest = manifest.get("graph_bytes"), manifest.get("graph_sha256")
-    if manifest and not (isinstance(size, int) and isinstance(digest, str)):
-        return f"the manifest of {graph} does not record the graph's size and sha256 (graph_bytes, graph_sha256)"
-    if isinstance(size, int) and graph.stat().st_size != size:
-        return f"{graph} holds {graph.stat().st_size} bytes where its manifest says {size}"
-    if isinstance(digest, str) and file_sha256(graph) != digest:
-        return f"{graph} is not the graph its manifest describes (sha256 differs)"
-    return data_problem(graph, manifest)
 
 
 def _usable(folder: Path, graph: Path, fingerprint: str | None, precision: str,
@@ -138,13 +109,13 @@ def is_writable(folder: Path) -> bool:
     """Whether graphs can be written into ``folder``: its graph folder made (and removed again if it was not
     there: an export that fails leaves the model folder as it was) and found writable."""
     target = folder / layout.FUSED_DIR
-    made = layout.missing_folders(target)
+    made = folders.missing_folders(target)
     try:
         target.mkdir(parents=True, exist_ok=True)
     except OSError:
         return False
     writable = os.access(target, os.W_OK)
-    layout.remove_empty(made)
+    folders.remove_empty(made)
     return writable
 
 
@@ -181,7 +152,7 @@ def find_graph(folder: Path, precision: str, *, file_name: str | None = None, ex
     # folder's lock, the others wait for it and then find its graph. The second look holds the graph folders'
     # locks too: an export writing into them (`st-onnx export` in place) has the manifest away until it is done.
     # A graph found fresh takes no lock: its load never waits for another precision's export.
-    with layout.locked(folder, waiting=f"another export of {folder}"):
+    with folders.locked(folder, waiting=f"another export of {folder}"):
         with _holding(c.parent for c in candidates):
             found, problems, current, sources = _look(folder, candidates, precision, export, again=True)
         if found is not None:
@@ -225,12 +196,12 @@ def _look(folder: Path, candidates: list[Path], precision: str, export: str, aga
 
 
 @contextmanager
-def _holding(folders) -> Iterator[None]:
-    """Hold the locks of those of ``folders`` that exist: no graph is placed there meanwhile."""
+def _holding(graph_folders) -> Iterator[None]:
+    """Hold the locks of those of ``graph_folders`` that exist: no graph is placed there meanwhile."""
     with ExitStack() as stack:
-        for folder in folders:
+        for folder in graph_folders:
             if folder.is_dir():
-                stack.enter_context(layout.locked(folder, waiting=f"a graph being written into {folder}"))
+                stack.enter_context(folders.locked(folder, waiting=f"a graph being written into {folder}"))
         yield
 
 
@@ -288,8 +259,6 @@ def find_packed(folder: Path, padded: GraphChoice, *, export: str = "auto",
                                                               padded.manifest.get("precision", "fp16")))
     if cached != targets[0]:
         targets.append(cached)
-    from ..export.manifest import content_digest
-
     source = content_digest(padded.manifest)  # the graph's sha256, and its data file's if it has one
     problems, newer = [], {}
     for graph in targets:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import layout
+from .. import folders
 from ..errors import InvalidInputError
 
 logger = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ def restore_rng(state: dict[str, Any]) -> None:
 def save_checkpoint(model, checkpoint_path: str | os.PathLike, state: TrainingState, total_limit: int) -> Path:
     """Write ``<checkpoint_path>/<step>`` in one rename, then keep only the newest ``total_limit`` (0: all)."""
     target = Path(checkpoint_path) / str(state.global_step)
-    with layout.atomic_folder(target) as tmp:
+    with folders.atomic_folder(target) as tmp:
         model.save(tmp)  # the model folder, written through model.save (stale fused graphs dropped)
         with open(tmp / STATE_FILE, "wb") as f:  # through Python's file: a full disk raises its ENOSPC (torch's own
             torch.save(vars(state), f)           # writer says "unexpected pos"), which atomic_folder names
