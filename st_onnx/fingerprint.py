@@ -13,10 +13,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 from pathlib import Path
 from typing import Iterator
 
 from . import layout
+from .errors import ModelFolderError
 
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _SHARD_INDEX = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
@@ -34,7 +36,14 @@ def _hashed_parts(f: Path) -> list[bytes] | Iterator[bytes]:
 
 
 def _blocks(f: Path) -> Iterator[bytes]:
-    with open(f, "rb") as fh:
+    try:
+        fh = open(f, "rb")
+    except PermissionError as e:  # a folder saved as root, run as another user (transformers saves weights 0600)
+        raise ModelFolderError(
+            f"cannot read {f} ({e.strerror}): st-onnx hashes the model's files to tell whether a fused graph was "
+            f"exported from them; make it readable (chmod a+r {shlex.quote(str(f))})"
+        ) from e
+    with fh:
         yield from iter(lambda: fh.read(1 << 20), b"")
 
 

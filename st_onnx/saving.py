@@ -8,6 +8,7 @@ import numbers
 import os
 import re
 import shutil
+import stat
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
@@ -60,6 +61,7 @@ def save_model(model, path: str | os.PathLike, model_name: str | None = None, cr
     source = model.model_path
     with folders.atomic_folder(path) as tmp:
         stack.save(tmp)
+        _give_usual_modes(tmp)
         settings = model._settings.to_config() if hasattr(model, "_settings") else {}
         layout.write_json(tmp / layout.ST_CONFIG_JSON, {
             "__version__": versions(), "prompts": settings.get("prompts", {}),
@@ -78,6 +80,14 @@ def save_model(model, path: str | os.PathLike, model_name: str | None = None, cr
         if path.is_dir():
             keep_foreign_entries(path, tmp)
     logger.info("saved model to %s", path)
+
+
+def _give_usual_modes(folder: Path) -> None:
+    """Files the modules wrote readable as any file the user writes: transformers saves the weights 0600 (through
+    a temporary file), and an image built as root then runs as another user that cannot read them."""
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink() and stat.S_IMODE(path.stat().st_mode) == 0o600:
+            folders.give_usual_mode(path)
 
 
 # What a save owns in a model folder, besides what it writes and the module folders the old modules.json lists:

@@ -13,7 +13,7 @@ import pytest
 
 from helpers import SENTENCES, make_tiny_model
 from st_onnx import SentenceTransformer, layout
-from st_onnx.errors import GraphFileError, StaleGraphError
+from st_onnx.errors import GraphFileError, ModelFolderError, StaleGraphError
 from st_onnx.fingerprint import fingerprint_files, folder_fingerprint
 from st_onnx.runtime import graphs
 
@@ -383,3 +383,55 @@ def test_the_look_under_the_folder_lock_keeps_graphs_from_being_placed(tiny_mode
     with pytest.raises(StaleGraphError):
         graphs.find_graph(tiny_model_copy, "fp32", export="never")
     assert seen == ["a placement waits"]
+
+
+def _hashing_fails(monkeypatch):
+    """From now on, hashing the weights or a graph fails the test."""
+    def weights(folder):
+        raise AssertionError(f"hashed the weights of {folder}")
+
+    def graph(path):
+        raise AssertionError(f"hashed {path}")
+
+    monkeypatch.setattr("st_onnx.fingerprint.folder_fingerprint", weights)
+    monkeypatch.setattr("st_onnx.runtime.manifest.file_sha256", graph)
+
+
+def test_a_load_after_the_export_command_hashes_nothing(tiny_model_copy, monkeypatch, settled):
+    """`st-onnx export` in place hashed the weights and wrote the graph, but left no stat record: the first load
+    (in a container built so, every start) hashed both again (found by a review of cold starts)."""
+    from st_onnx.cli import main
+
+    assert main(["export", str(tiny_model_copy), str(tiny_model_copy), "--precision", "int8"]) == 0
+    _hashing_fails(monkeypatch)
+    _onnx(tiny_model_copy, export="never", precision="int8")
+
+
+def test_a_graph_named_by_file_name_is_hashed_once(tiny_model_copy, monkeypatch, settled):
+    """onnx_options={'file_name': ...} hashed the weights and the graph on every load, where the lookup by
+    precision trusts the stat record."""
+    _onnx(tiny_model_copy)
+    named = {"file_name": "onnx/st_onnx/fp32.onnx"}
+    for path in graphs._stat_paths(layout.fused_graph_path(tiny_model_copy, "fp32")):
+        path.unlink(missing_ok=True)
+    first = SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu", onnx_options=named)
+    _hashing_fails(monkeypatch)
+    again = SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu", onnx_options=named)
+    np.testing.assert_array_equal(again.encode(SENTENCES), first.encode(SENTENCES))
+
+
+def test_unreadable_weights_are_named_with_the_fix(tiny_model_copy, monkeypatch):
+    """A folder saved as root and run as another user: hashing the weights raised a bare PermissionError. (Root
+    reads any file, so the denial is made here.)"""
+    import builtins
+
+    import st_onnx.fingerprint as fingerprint
+
+    def denied(file, *args, **kwargs):
+        if Path(file).name == "model.safetensors":
+            raise PermissionError(13, "Permission denied", str(file))
+        return builtins.open(file, *args, **kwargs)
+
+    monkeypatch.setattr(fingerprint, "open", denied, raising=False)
+    with pytest.raises(ModelFolderError, match=r"cannot read .*model.safetensors \(Permission denied\).*chmod a\+r"):
+        _onnx(tiny_model_copy)

@@ -28,6 +28,7 @@ from typing import Any, Iterator, Sequence
 from .. import folders, layout
 from ..errors import BackendError, DiskFullError, InvalidInputError, ModelFolderError, ParityError, int_between
 from ..runtime.encoder import PROMPT_LENGTH
+from ..runtime.graphs import Snapshot, record_stat
 from . import manifest as manifest_mod
 from . import optimize as passes
 from .graph_files import place_graph, remove_graph, save_graph
@@ -221,6 +222,7 @@ def export_model_folder(model_folder: str | os.PathLike, precision: str = "fp32"
     # another folder meanwhile (another process's) is refused below, as the modules may then be another save's
     # than the fingerprint (a save of B, then of A again, gives A's fingerprint back)
     seen = folders.folder_identity(model_folder)
+    snapshot = Snapshot.take(model_folder)  # before hashing: files changed meanwhile leave no stat record
     fingerprint, sources = folder_fingerprint(model_folder), source_digests(model_folder)
     in_place = out_dir is None or out_dir.resolve() == model_folder.resolve()
     if not (in_place or replace) and _is_model_folder(out_dir) and folder_fingerprint(out_dir) != fingerprint:
@@ -236,7 +238,10 @@ def export_model_folder(model_folder: str | os.PathLike, precision: str = "fp32"
     check_tokenizer(model_folder, stack)  # before the export: a graph the runtime would feed other ids is no use
     if in_place:
         try:
-            return export_fused_graph(stack, model_folder, precision, fingerprint=fingerprint, source_files=sources)
+            graph = export_fused_graph(stack, model_folder, precision, fingerprint=fingerprint,
+                                       source_files=sources)
+            record_stat(model_folder, graph, fingerprint, snapshot)  # the next load need not hash them again
+            return graph
         except Exception as e:  # its work folder went with the folder a save swapped out: an internal file's error
             if folders.folder_identity(model_folder) == seen:
                 raise

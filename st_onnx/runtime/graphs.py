@@ -45,7 +45,7 @@ def has_weights(folder: Path) -> bool:
 
 
 def _usable(folder: Path, graph: Path, fingerprint: str | None, precision: str,
-            sources: "_Snapshot") -> tuple[dict[str, Any] | None, Exception | None]:
+            sources: "Snapshot") -> tuple[dict[str, Any] | None, Exception | None]:
     """(manifest, None) when ``graph`` may run for weights of ``fingerprint`` (None: a folder without weights)
     at ``precision``, else (None, the error saying why not: StaleGraphError or GraphFileError). A graph whose
     files are unchanged since last checked (the stat record) is not hashed again; ``sources``: the folder's files
@@ -70,7 +70,7 @@ def _usable(folder: Path, graph: Path, fingerprint: str | None, precision: str,
     problem = graph_problem(graph, manifest)
     if problem:
         return None, GraphFileError(problem)
-    _record_stat(folder, graph, fingerprint, sources, checked)
+    record_stat(folder, graph, fingerprint, sources, checked)
     return manifest, None
 
 
@@ -138,7 +138,7 @@ def find_graph(folder: Path, precision: str, *, file_name: str | None = None, ex
                 f"one from; export it where the weights are (`{layout.export_command(precision, out_dir=folder)}`) "
                 "or pass onnx_options={'precision': ...} naming a precision that was exported"
             )
-        manifest, problem = _usable(folder, existing[0], None, precision, _Snapshot.take(folder))
+        manifest, problem = _usable(folder, existing[0], None, precision, Snapshot.take(folder))
         problem = problem or _changed_source(folder, existing[0], manifest)
         if problem:
             raise type(problem)(f"{problem}; export it again where the weights are "
@@ -161,7 +161,7 @@ def find_graph(folder: Path, precision: str, *, file_name: str | None = None, ex
 
 
 def _look(folder: Path, candidates: list[Path], precision: str, export: str, again: bool = False
-          ) -> tuple[GraphChoice | None, list[Exception], str | None, "_Snapshot | None"]:
+          ) -> tuple[GraphChoice | None, list[Exception], str | None, "Snapshot | None"]:
     """(the fresh graph, ...) or (None, why each graph there is not fresh, the folder's fingerprint, the snapshot
     of its files taken before that fingerprint). ``again``: the second look, which logs nothing the first did."""
     manifests, refused = {}, []
@@ -184,7 +184,7 @@ def _look(folder: Path, candidates: list[Path], precision: str, export: str, aga
             return GraphChoice(graph, manifest, exported=False), [], None, None
     from ..fingerprint import folder_fingerprint
 
-    sources = _Snapshot.take(folder)  # before hashing: a save while hashing or exporting leaves no record
+    sources = Snapshot.take(folder)  # before hashing: a save while hashing or exporting leaves no record
     current = folder_fingerprint(folder)
     problems = list(refused)
     for graph in existing:
@@ -207,7 +207,7 @@ def _holding(graph_folders) -> Iterator[None]:
 
 def _export_graph(folder: Path, precision: str, candidates: list[Path], cache: Path, export: str,
                   exporter: Callable[[Path, str, Path | None], Path] | None, problems: list[Exception],
-                  current: str, sources: "_Snapshot") -> GraphChoice:
+                  current: str, sources: "Snapshot") -> GraphChoice:
     if export == "never":
         raise _not_exporting(folder, precision, problems, current)
     out_dir = None if is_writable(folder) else cache
@@ -235,7 +235,7 @@ def _export_graph(folder: Path, precision: str, candidates: list[Path], cache: P
     graph = Path(exporter(folder, precision, out_dir))
     manifest = read_manifest(graph)
     if manifest.get("fingerprint") == current:
-        _record_stat(folder, graph, current, sources)
+        record_stat(folder, graph, current, sources)
     return GraphChoice(graph, manifest, exported=True)
 
 
@@ -270,13 +270,13 @@ def find_packed(folder: Path, padded: GraphChoice, *, export: str = "auto",
         if not (source and (manifest.get("packing") or {}).get("source_sha256") == source):
             continue
         if not _stat_unchanged(folder, graph, source):
-            sources, checked = _Snapshot.take(folder), _graph_signature(folder, graph)
+            sources, checked = Snapshot.take(folder), _graph_signature(folder, graph)
             problem = graph_problem(graph, manifest)
             if problem:
                 logger.warning("%s: packing again", problem)
                 problems.append(problem)
                 continue
-            _record_stat(folder, graph, source, sources, checked)
+            record_stat(folder, graph, source, sources, checked)
         return GraphChoice(graph, manifest, exported=False)
     if export == "never":
         problems += [str(e) for e in newer.values()]
@@ -354,7 +354,7 @@ def _graph_signature(folder: Path, graph: Path) -> list:
     return _entries(folder, [f for f in files if f == graph or f.is_file()])
 
 
-def _stat_signature(folder: Path, graph: Path) -> list:
+def _record_signature(folder: Path, graph: Path) -> list:
     return _source_signature(folder) + _graph_signature(folder, graph)
 
 
@@ -365,13 +365,13 @@ RACY_NS = 1_000_000_000
 
 
 @dataclass(frozen=True)
-class _Snapshot:
+class Snapshot:
     """The fingerprinted files' signature, taken before they are hashed, and when."""
     files: list
     taken_ns: int
 
     @classmethod
-    def take(cls, folder: Path) -> "_Snapshot":
+    def take(cls, folder: Path) -> "Snapshot":
         return cls(_source_signature(folder), time.time_ns())
 
     def still(self, now: list) -> bool:
@@ -387,14 +387,14 @@ def _stat_unchanged(folder: Path, graph: Path, fingerprint: str | None) -> bool:
             record = json.loads(path.read_text(encoding="utf-8"))
             if (isinstance(record, dict) and record.get("fingerprint") == fingerprint
                     and record.get("folder") == str(folder.resolve())
-                    and record.get("files") == _stat_signature(folder, graph)):
+                    and record.get("files") == _record_signature(folder, graph)):
                 return True
         except (OSError, ValueError, ModelFolderError):
             continue
     return False
 
 
-def _record_stat(folder: Path, graph: Path, fingerprint: str | None, sources: _Snapshot,
+def record_stat(folder: Path, graph: Path, fingerprint: str | None, sources: Snapshot,
                  checked: list | None = None) -> None:
     """Record that the folder's files, as ``sources`` saw them before ``fingerprint`` was taken, go with this
     graph, as ``checked`` saw it before it was hashed (None: written by this process's export). Files changed
@@ -425,9 +425,13 @@ def _named_graph(folder: Path, file_name: str) -> GraphChoice:
                              "file (such as 'onnx/st_onnx/int8.onnx'), relative to the model folder or absolute")
     manifest = read_manifest(graph)
     command = layout.export_command(manifest.get("precision") or layout.graph_precision(graph), folder, folder)
+    sources = checked = None
     if manifest.get("fingerprint") and has_weights(folder):
         from ..fingerprint import folder_fingerprint
 
+        if _stat_unchanged(folder, graph, manifest["fingerprint"]):  # these weights, this graph: checked before
+            return GraphChoice(graph, manifest, exported=False)
+        sources, checked = Snapshot.take(folder), _graph_signature(folder, graph)
         current = folder_fingerprint(folder)
         if manifest["fingerprint"] != current:
             raise StaleGraphError(
@@ -437,6 +441,8 @@ def _named_graph(folder: Path, file_name: str) -> GraphChoice:
     problem = graph_problem(graph, manifest)
     if problem:
         raise GraphFileError(f"{problem}; re-export it (`{command}`) or drop file_name")
+    if sources is not None:
+        record_stat(folder, graph, manifest["fingerprint"], sources, checked)
     return GraphChoice(graph, manifest, exported=False)
 
 
