@@ -17,11 +17,12 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
-from .errors import DiskFullError, InvalidInputError
+from .errors import DiskFullError, InvalidInputError, ModelFolderError
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 # Work folders (an export's, a pack's, a graft's, an atomic write's) are hidden: ".export-*", ".pack-*" and
@@ -361,6 +362,39 @@ def wait_for_swap(target: str | os.PathLike) -> bool:
             return target.is_dir()
         time.sleep(0.01)
     return True
+
+
+# reads of a folder that saves keep replacing meanwhile, before giving up (read_whole)
+READ_TRIES = 3
+
+
+def read_whole(folder: Path, read: Callable[[], T]) -> T:
+    """``read()``'s result once it read one save's files of ``folder``. Another process's save swaps a new folder
+    in (its identity changes): a read that overlapped it may hold one save's Transformer and the other's
+    Pooling, or have failed on a file that moved away, so it is made again (up to READ_TRIES times)."""
+    error: Exception | None = None
+    for attempt in range(1, READ_TRIES + 1):
+        seen = folder_identity(folder)
+        try:
+            result = read()
+        except Exception as e:
+            if not _replaced_since(folder, seen):
+                raise
+            error = e  # a file the save moved away, not a broken folder
+        else:
+            if not _replaced_since(folder, seen):
+                return result
+            error = None
+        if attempt < READ_TRIES:
+            logger.info("%s was replaced by a save while it was read: reading it again", folder)
+    raise ModelFolderError(f"{folder} was replaced by a save {READ_TRIES} times while it loaded; load it once the "
+                           "process saving into it pauses") from error
+
+
+def _replaced_since(folder: Path, seen: tuple[int, ...] | None) -> bool:
+    if not wait_for_swap(folder):  # gone for good: not a save under way
+        return seen is not None
+    return folder_identity(folder) != seen
 
 
 def folder_identity(folder: str | os.PathLike) -> tuple[int, ...] | None:

@@ -12,20 +12,18 @@ import dataclasses
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
-from . import folders, layout
+from . import folders
 from .devices import check_device
 from .encode.options import EncodeOptions, as_input_list, check_one_kind, check_truncate_dim
 from .encode.prompts import ModelSettings, check_prompt, check_prompts, check_similarity_fn_name, prepend
 from .encode.output import format_per_text, format_sentence_embeddings
-from .errors import BackendError, InvalidInputError, ModelFolderError, ModelNotFoundError, allowed, positive_int, warn
+from .errors import BackendError, InvalidInputError, ModelNotFoundError, allowed, positive_int, warn
 from .module_api import ModuleMethods
 
 logger = logging.getLogger(__name__)
 
-# loads of a folder that saves keep replacing meanwhile, before giving up (SentenceTransformer._load_whole)
-_LOAD_TRIES = 3
 
 BACKENDS = ("torch", "onnx")
 
@@ -141,18 +139,11 @@ class SentenceTransformer(ModuleMethods):
                                                 truncate_dim)
             if isinstance(use_auth_token, str) and use_auth_token in self._settings.prompts:  # not kept as a token
                 raise _prompt_name_as_token(use_auth_token, "the name of one of this model's prompts")
-            from .saving import ModelCardData
+            from .saving import folder_card
 
-            self.model_card_data = ModelCardData.from_any(model_card_data)  # evaluators record metrics here
-            # the folder's own card, which save() keeps until the model is trained (as sentence-transformers)
-            self._model_card_text = None
-            # (only a sentence-transformers folder's, as there: a transformers checkpoint's card is another model's)
-            if model_card_data is None and self.model_path is not None and layout.is_st_folder(self.model_path) \
-                    and (self.model_path / "README.md").is_file():
-                self._model_card_text = (self.model_path / "README.md").read_text(encoding="utf-8",
-                                                                                  errors="replace")
-                # a card st-onnx wrote is written again on save (under the new name), with the fields it recorded
-                self.model_card_data = ModelCardData.from_card(self._model_card_text) or self.model_card_data
+            # card data evaluators record metrics in, and the folder's own card, which save() keeps until the
+            # model is trained (as sentence-transformers)
+            self.model_card_data, self._model_card_text = folder_card(self.model_path, model_card_data)
             self._stack = None
             if backend == "torch":
                 from .backends.torch_backend import TorchBackend
@@ -166,39 +157,10 @@ class SentenceTransformer(ModuleMethods):
                 if self._stack is not None:  # modules=[...]: loaded before the backend existed
                     self._backend.link_modules(self._stack)
 
-        self._load_whole(load)
-
-    def _load_whole(self, load: Callable[[], None]) -> None:
-        """Run ``load`` over the model folder until it reads one save's files. Another process's save swaps a new
-        folder in (its identity changes): a load that overlapped it may hold one save's Transformer and the
-        other's Pooling, or have failed on a file that moved away, so it is made again (a few times)."""
         if self.model_path is None:
             load()
-            return
-        for attempt in range(1, _LOAD_TRIES + 1):
-            seen = folders.folder_identity(self.model_path)
-            try:
-                load()
-            except Exception as e:
-                if not self._replaced_since(seen):
-                    raise
-                if attempt == _LOAD_TRIES:  # what failed was a file the save moved away, not a broken folder
-                    raise self._kept_replacing() from e
-            else:
-                if not self._replaced_since(seen):
-                    return
-                if attempt == _LOAD_TRIES:
-                    raise self._kept_replacing()
-            logger.info("%s was replaced by a save while it loaded: loading it again", self.model_path)
-
-    def _kept_replacing(self) -> ModelFolderError:
-        return ModelFolderError(f"{self.model_path} was replaced by a save {_LOAD_TRIES} times while it loaded; load "
-                                "it once the process saving into it pauses")
-
-    def _replaced_since(self, seen: tuple[int, ...] | None) -> bool:
-        if not folders.wait_for_swap(self.model_path):  # gone for good: not a save under way
-            return seen is not None
-        return folders.folder_identity(self.model_path) != seen
+        else:  # another process's save may swap a new folder in meanwhile: loaded again, a few times
+            folders.read_whole(self.model_path, load)
 
     # -- construction helpers ---------------------------------------------------------------------------
     def _resolve_path(self, name: str, revision: str | None = None, local_files_only: bool = False) -> Path:

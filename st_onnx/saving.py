@@ -288,6 +288,19 @@ _CARD_DATA_MARK = "<!-- st-onnx card data: "
 _CARD_PLACEHOLDER = "sentence_transformers_model_id"  # what sentence-transformers' cards name the model before it has one
 
 
+def folder_card(folder: Path | None, model_card_data: Any = None) -> tuple[ModelCardData, str | None]:
+    """A loaded model's card data (``model_card_data``, validated) and the card text its folder came with: only a
+    sentence-transformers folder's, as there (a transformers checkpoint's card is another model's), and none
+    where card data was given. A card st-onnx wrote gives back the fields it recorded (it is written again on
+    save, under the new name)."""
+    data = ModelCardData.from_any(model_card_data)
+    if model_card_data is not None or folder is None or not layout.is_st_folder(folder) \
+            or not (folder / "README.md").is_file():
+        return data, None
+    text = (folder / "README.md").read_text(encoding="utf-8", errors="replace")
+    return ModelCardData.from_card(text) or data, text
+
+
 def kept_model_card(model) -> str | None:
     """The card the model was loaded with, when a save should keep it, as sentence-transformers keeps it (its
     license, language and datasets stay): not when the model was trained here, evaluated (metrics to report),

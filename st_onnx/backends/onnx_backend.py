@@ -27,7 +27,7 @@ from ..encode.options import EncodeOptions
 from ..encode.tokenize import TextTokenizer
 from ..errors import BackendError, InvalidInputError, ModelFolderError, StaleGraphError, warn
 from ..runtime.encoder import PROMPT_LENGTH, OrtEncoder
-from ..runtime.graphs import GraphChoice, cache_dir_for, find_graph, find_packed
+from ..runtime.graphs import GraphChoice, find_graph, find_packed, graphs_root
 from ..runtime.manifest import graph_problem
 from ..runtime.providers import (CUDA, check_providers, cuda_unusable_reason, cuda_usable, provider_name,
                                  resolve_device)
@@ -574,7 +574,7 @@ def _save_modules(model: Any, modules: Any, cache_folder: Any) -> tuple[Path, in
     from ..saving import save_model
 
     model._load_stack(modules)
-    root = cache_dir_for(Path(tempfile.gettempdir()), cache_folder).parent / "modules"
+    root = graphs_root(cache_folder) / "modules"
     root.mkdir(parents=True, exist_ok=True)
     folders.remove_abandoned(root, ".modules-*")  # a killed process's (a day old)
     staging = Path(tempfile.mkdtemp(prefix=".modules-", dir=root))

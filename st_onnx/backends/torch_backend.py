@@ -53,7 +53,7 @@ class TorchBackend:
 
     # -- prompts --------------------------------------------------------------------------------------
     def pooling_include_prompt(self) -> bool:
-        return all(getattr(m, "include_prompt", True) for m in self.stack)
+        return self.stack.includes_prompt
 
     def set_pooling_include_prompt(self, include_prompt: bool) -> None:
         for module in self.stack:

@@ -32,7 +32,7 @@ from ..runtime.graphs import Snapshot, record_stat
 from . import manifest as manifest_mod
 from . import optimize as passes
 from .graph_files import place_graph, remove_graph, save_graph
-from .graph_module import FusedModule, eager_attention, excludes_prompt, graph_input_names, index_based_masks
+from .graph_module import FusedModule, eager_attention, graph_input_names, index_based_masks
 from .verify import LEFT_PADDING_TOLERANCE, ParityReport, check_parity, check_tokenizer, left_padding_shift
 
 logger = logging.getLogger(__name__)
@@ -137,7 +137,7 @@ def _check_traceable_model(model) -> None:
 def _export_into(stack, tmp: Path, target: Path, precision: str, fingerprint: str, opset: int, optimize: bool,
                  sentences: Sequence[str] | None, digest: str, source_files: dict[str, str] | None) -> None:
     names = graph_input_names(stack)
-    prompt = excludes_prompt(stack)
+    prompt = not stack.includes_prompt
     raw, dim = _trace(stack, names, tmp / "raw.onnx", opset, prompt)
     graph, fusions, extra = _optimize(stack, raw, tmp, precision, optimize)
     if prompt:
@@ -460,7 +460,6 @@ def _ort_errors() -> tuple[type[BaseException], ...]:
 
 def _manifest(stack, graph: Path, names, dim: int, precision: str, fingerprint: str, opset: int,
               fusions: dict, extra: dict, report: ParityReport, digest: str) -> dict[str, Any]:
-    pooling = next((m for m in stack if type(m).__name__ == "Pooling"), None)
     return {
         "format": manifest_mod.FORMAT,
         "layout": layout.GRAPH_LAYOUT,
@@ -473,7 +472,7 @@ def _manifest(stack, graph: Path, names, dim: int, precision: str, fingerprint: 
         "embedding_dimension": dim,
         "max_seq_length": int(stack.transformer.max_seq_length),
         "do_lower_case": bool(stack.transformer.do_lower_case),
-        "pooling_include_prompt": bool(getattr(pooling, "include_prompt", True)),
+        "pooling_include_prompt": stack.includes_prompt,
         "exporter": EXPORTER,
         "versions": _versions(),
         "fusions": fusions,

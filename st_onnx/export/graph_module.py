@@ -33,11 +33,6 @@ class FusedModule(nn.Module):
         return features["sentence_embedding"], features["token_embeddings"]
 
 
-def excludes_prompt(stack) -> bool:
-    """True when a module of the stack pools without the prompt's tokens (sentence-transformers' include_prompt)."""
-    return any(getattr(m, "include_prompt", True) is False for m in stack)
-
-
 def graph_input_names(stack) -> tuple[str, ...]:
     """``input_ids``, ``attention_mask``, and ``token_type_ids`` only where tokenizer and model both use them."""
     transformer = stack.transformer

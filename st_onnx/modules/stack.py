@@ -52,6 +52,11 @@ class ModuleStack(nn.Sequential):
         return features
 
     @property
+    def includes_prompt(self) -> bool:
+        """False when the Pooling pools without the prompt's tokens (sentence-transformers' include_prompt)."""
+        return all(getattr(m, "include_prompt", True) is not False for m in self)
+
+    @property
     def transformer(self) -> Transformer:
         first = self[0]
         if not isinstance(first, Transformer):

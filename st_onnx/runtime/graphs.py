@@ -97,12 +97,17 @@ def default_cache_root() -> Path:
     return Path(xdg) / "st_onnx"
 
 
+def graphs_root(cache_folder: str | os.PathLike | None) -> Path:
+    """The graph cache: ``cache_folder``'s ``st_onnx_graphs``, else the default cache root's."""
+    root = Path(cache_folder).expanduser() if cache_folder else default_cache_root()
+    return root / "st_onnx_graphs"
+
+
 def cache_dir_for(folder: Path, cache_folder: str | os.PathLike | None) -> Path:
     """Where graphs of a read-only folder go: one sub-folder per model folder path."""
     real = folder.resolve()  # a folder named through a link and by its real path: one cache folder, one export
     key = hashlib.sha256(str(real).encode()).hexdigest()[:16]
-    root = Path(cache_folder).expanduser() if cache_folder else default_cache_root()
-    return root / "st_onnx_graphs" / f"{real.name}-{key}"
+    return graphs_root(cache_folder) / f"{real.name}-{key}"
 
 
 def is_writable(folder: Path) -> bool:
