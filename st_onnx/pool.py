@@ -34,7 +34,7 @@ import numpy as np
 
 from .encode.batching import chunks, longest_first
 from .encode.options import EncodeOptions, as_input_list, text_length
-from .errors import InvalidInputError, PoolError, positive_int
+from .errors import InvalidInputError, PoolError, positive_int, warn
 
 logger = logging.getLogger(__name__)
 
@@ -314,6 +314,12 @@ def _onnx_runners(backend: Any, devices: list[str]) -> list[Callable]:
     budget = backend.options.intra_op_num_threads or available_cores()  # the user's cap, if set
     # session_options setting the threads are the user's for each session, not a budget to divide
     cpu_threads = max(1, budget // n_cpu) if n_cpu and not backend.options.fixed_threads else None
+    given = backend.options.session_options
+    if n_cpu > 1 and given is not None and not isinstance(given, dict) and not given.intra_op_num_threads:
+        # an onnxruntime.SessionOptions is used as it is (setting threads on it would change the caller's object)
+        warn(f"the pool's {n_cpu} CPU sessions each take every core: onnx_options['session_options'] is a "
+             "SessionOptions whose intra_op_num_threads is 0 (ONNX Runtime's default); set its threads, or pass "
+             "session_options as a dict, whose sessions share the cores", UserWarning)
     runners = []
     for device in devices:  # one device at a time: each session is checked on its provider as it is made
         session = backend.new_session(device, cpu_threads if device == "cpu" else None)

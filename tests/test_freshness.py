@@ -435,3 +435,19 @@ def test_unreadable_weights_are_named_with_the_fix(tiny_model_copy, monkeypatch)
     monkeypatch.setattr(fingerprint, "open", denied, raising=False)
     with pytest.raises(ModelFolderError, match=r"cannot read .*model.safetensors \(Permission denied\).*chmod a\+r"):
         _onnx(tiny_model_copy)
+
+
+def test_a_file_name_loads_record_vouches_for_no_other_precision(tiny_model_copy, settled):
+    """A file_name load records the graph it ran; the lookup by precision took that record for its own and ran
+    an int8 graph copied under fp32's name as fp32 (found by a review of this change)."""
+    _onnx(tiny_model_copy, precision="int8")
+    graph_dir = layout.fused_graph_path(tiny_model_copy, "fp32").parent
+    for suffix in (".onnx", ".json"):
+        shutil.copy(graph_dir / f"int8{suffix}", graph_dir / f"fp32{suffix}")
+    for record in graph_dir.glob("*.stat.json"):
+        record.unlink()
+    SentenceTransformer(str(tiny_model_copy), backend="onnx", device="cpu",
+                        onnx_options={"file_name": "onnx/st_onnx/fp32.onnx"})
+    assert (graph_dir / "fp32.stat.json").is_file()
+    with pytest.raises(GraphFileError, match="is a 'int8' graph by its manifest, where 'fp32' was asked for"):
+        _onnx(tiny_model_copy, export="never")

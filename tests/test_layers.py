@@ -49,6 +49,10 @@ RUNTIME_MAY_USE = ("st_onnx.runtime", "st_onnx.encode", "st_onnx.errors", "st_on
                    "st_onnx.fingerprint", "st_onnx.devices", "st_onnx.quantization")
 
 
+# what the folder format and the files under the runtime may import of st-onnx
+FOLDER_FORMAT = ("st_onnx.errors", "st_onnx.layout", "st_onnx.folders", "st_onnx.quantization")
+
+
 @pytest.mark.parametrize("path", files("runtime", "encode", "layout", "folders", "errors", "fingerprint", "quantization"),
                          ids=lambda p: str(p.relative_to(PACKAGE)))
 def test_the_onnx_runtime_path_imports_nothing_above_it(path):
@@ -56,9 +60,9 @@ def test_the_onnx_runtime_path_imports_nothing_above_it(path):
     # encode/output.py imports torch for convert_to_tensor only, which asks for torch tensors
     allowed = ("onnxruntime",) + (("torch",) if path.name == "output.py" else ())
     assert heavy(names, allowed) == []
-    if path.parent.name == "runtime":
-        above = sorted(n for n in names if n.startswith("st_onnx") and not n.startswith(RUNTIME_MAY_USE))
-        assert above == [], f"{path.name} imports {above}"
+    may_use = RUNTIME_MAY_USE if path.parent.name in ("runtime", "encode") else FOLDER_FORMAT
+    above = sorted(n for n in names if n.startswith("st_onnx") and not n.startswith(may_use))
+    assert above == [], f"{path.name} imports {above}"
 
 
 @pytest.mark.parametrize("path", files("modules", "training", "losses", "fit"),

@@ -442,6 +442,20 @@ def test_the_onnx_pool_keeps_the_threads_session_options_set(folder, monkeypatch
         assert options.intra_op_num_threads == 1
 
 
+def test_a_pool_says_when_a_session_options_object_gives_every_session_every_core(folder, monkeypatch):
+    """A SessionOptions object is used as it is: with its threads at 0 each CPU session takes every core, where
+    the pool divided them before (by writing into the caller's object)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    model = SentenceTransformer(str(folder), backend="onnx", device="cpu", onnx_options={"session_options": options})
+    with pytest.warns(UserWarning, match="the pool's 2 CPU sessions each take every core"):
+        pool = model.start_multi_process_pool(["cpu", "cpu"])
+    with pool:
+        assert model.encode_multi_process(SENTENCES, pool).shape == (len(SENTENCES), 32)
+    assert options.intra_op_num_threads == 0
+
+
 def test_threads_set_twice_are_refused_by_name(folder):
     with pytest.raises(InvalidInputError, match=r"sets the threads twice: intra_op_num_threads=2"):
         SentenceTransformer(str(folder), backend="onnx", device="cpu",

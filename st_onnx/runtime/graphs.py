@@ -183,9 +183,10 @@ def _look(folder: Path, candidates: list[Path], precision: str, export: str, aga
         unchecked = {g: _unchecked_graft(g, manifests[g]) for g in existing}
         refused += [why for why in unchecked.values() if why]
         existing = [g for g, why in unchecked.items() if why is None]
-    for graph in existing:  # the quick look: the stat record vouches for weights and graph alike
-        manifest = manifests[graph]
-        if manifest.get("fingerprint") and _stat_unchanged(folder, graph, manifest["fingerprint"]):
+    for graph in existing:  # the quick look: the stat record vouches for weights and graph alike (of what precision
+        manifest = manifests[graph]  # the manifest says: a file_name load's record vouches for any graph it ran)
+        if manifest.get("fingerprint") and manifest.get("precision") == precision \
+                and _stat_unchanged(folder, graph, manifest["fingerprint"]):
             return GraphChoice(graph, manifest, exported=False), [], None, None
     from ..fingerprint import folder_fingerprint
 
