@@ -315,6 +315,18 @@ SENTENCES = [
 ]
 
 
+def rename_fails(target: Path, error: OSError, monkeypatch) -> None:
+    """From now on, renaming ``target`` away (os.replace) raises ``error``; other renames go through."""
+    real_replace = os.replace
+
+    def replace(src, dst, *args, **kwargs):
+        if Path(src) == target:
+            raise error
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", replace)
+
+
 def cannot_swap(how: str, target: Path, monkeypatch) -> None:
     """Make ``target`` a folder that cannot be swapped: a mount point (renaming it fails with EBUSY), or a
     writable folder in a parent this user cannot write (root passes permission checks, so they are faked)."""
@@ -322,14 +334,7 @@ def cannot_swap(how: str, target: Path, monkeypatch) -> None:
     import tempfile
 
     if how == "mount point":
-        real_replace = os.replace
-
-        def replace(src, dst, *args, **kwargs):
-            if Path(src) == target:
-                raise OSError(errno.EBUSY, "Device or resource busy", str(src))
-            return real_replace(src, dst, *args, **kwargs)
-
-        monkeypatch.setattr(os, "replace", replace)
+        rename_fails(target, OSError(errno.EBUSY, "Device or resource busy", str(target)), monkeypatch)
     else:
         real_mkdtemp = tempfile.mkdtemp
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from torch.utils.data import DataLoader
 
+from helpers import rename_fails
 from st_onnx import InputExample, SentenceTransformer, folders, layout, losses
 from st_onnx.errors import GraphFileError, InvalidInputError, ModelFolderError, NewerGraphError
 
@@ -189,14 +190,7 @@ def test_atomic_folder_reraises_other_rename_errors_and_cleans_up(tmp_path, monk
     target = tmp_path / "a"
     target.mkdir()
     (target / "keep.txt").write_text("old")
-    real = os.replace
-
-    def replace(src, dst, *args, **kwargs):
-        if Path(src) == target:
-            raise OSError(errno.ENAMETOOLONG, "File name too long", str(src))
-        return real(src, dst, *args, **kwargs)
-
-    monkeypatch.setattr(os, "replace", replace)
+    rename_fails(target, OSError(errno.ENAMETOOLONG, "File name too long", str(target)), monkeypatch)
     with pytest.raises(OSError, match="File name too long"):
         with folders.atomic_folder(target) as tmp:
             (tmp / "new.txt").write_text("new")
